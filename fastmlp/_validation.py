@@ -1,0 +1,108 @@
+"""Checks at the public edge: every argument is validated before any work starts.
+
+Each check returns a clean value (a C-contiguous array of the wanted dtype, an
+``np.intp`` label vector, a Python number) or raises an error that names the
+argument, what was expected and what came. Inputs that are merely inconvenient
+(Fortran order, strided views, another numeric dtype, read-only) are copied, never
+modified.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def check_choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {_describe(value)}")
+    return value
+
+
+def check_positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {_describe(value)}")
+    return int(value)
+
+
+def check_nonnegative_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {_describe(value)}")
+    return int(value)
+
+
+def check_positive_float(value, name):
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not np.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a positive finite number, got {_describe(value)}")
+    return float(value)
+
+
+def check_dtype(dtype, name="dtype"):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"{name} must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def check_X(X, name="X", n_features=None, dtype=np.float64):
+    """A finite, non-empty 2-D numeric array as C-contiguous ``dtype``."""
+    arr = np.asarray(X)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {arr.ndim}-D of shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} must have at least one row, got shape {arr.shape}")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"{name} must have {n_features} columns (the model's n_in), got shape {arr.shape}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    out = np.ascontiguousarray(arr, dtype=dtype)
+    if out.dtype.kind == "f" and arr.dtype.kind != "f" and not np.isfinite(out).all():
+        raise ValueError(f"{name} has values too large for {np.dtype(dtype).name}")
+    return out
+
+
+def check_y(y, n_samples, n_out, name="y"):
+    """Integer labels (N,) in [0, n_out) or one-hot rows (N, n_out) -> np.intp labels."""
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold integer class labels or one-hot rows, got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        if arr.shape[1] != n_out:
+            raise ValueError(f"{name} one-hot rows must have {n_out} columns (n_out), got shape {arr.shape}")
+        ok = np.isin(arr, (0, 1)).all(axis=1) & (arr.sum(axis=1) == 1)
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok)[0])
+            raise ValueError(f"{name} row {bad} is not one-hot (a single 1, zeros elsewhere): {arr[bad][:20]}")
+        labels = arr.argmax(axis=1)
+    elif arr.ndim == 1:
+        if arr.dtype.kind == "f":
+            if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+                raise ValueError(f"{name} must hold integer class labels, got non-integer values")
+        labels = arr
+    else:
+        raise ValueError(f"{name} must be labels (N,) or one-hot (N, n_out), got shape {arr.shape}")
+    if len(labels) != n_samples:
+        raise ValueError(f"{name} has {len(labels)} entries but X has {n_samples} rows")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_out):
+        raise ValueError(
+            f"{name} labels must lie in [0, {n_out}) (n_out={n_out}), got values in "
+            f"[{labels.min()}, {labels.max()}]"
+        )
+    return np.ascontiguousarray(labels, dtype=np.intp)

@@ -1,0 +1,81 @@
+"""The backend registry: "numpy", "cython", "numba", and "auto".
+
+A backend is a module of ``fastmlp._kernels`` that implements the kernel
+contract. A backend whose module fails to import (no compiler at build time, no
+numba) is simply absent from ``available_backends()``; the rest works.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from threadpoolctl import threadpool_limits
+
+_MODULES = {
+    "numpy": "fastmlp._kernels._np",
+    "cython": "fastmlp._kernels._cy",
+    "numba": "fastmlp._kernels._nb",
+}
+NAMES = tuple(_MODULES) + ("auto",)
+
+# "auto": the fastest available backend for a batch size, from the MNIST
+# 784-100-10 float32 epoch benchmarks in benches/ (see the README's table).
+# Each row: (largest batch size it covers, backends from fastest to slowest).
+AUTO_ORDER = (
+    (None, ("cython", "numba", "numpy")),
+)
+
+# One BLAS thread below this batch size: for small GEMMs a second thread costs
+# more in synchronisation than it gains (measured: batch 1 and 10 slower with two).
+BLAS_THREADS_MIN_BATCH = 64
+
+_loaded: dict = {}
+_errors: dict = {}
+
+
+def _load(name):
+    if name not in _loaded and name not in _errors:
+        try:
+            _loaded[name] = importlib.import_module(_MODULES[name])
+        except Exception as exc:  # an absent or broken backend must not break the package
+            _errors[name] = exc
+    return _loaded.get(name)
+
+
+def available_backends():
+    """Names of the backends that really load on this machine, e.g. ["numpy", "cython", "numba"]."""
+    return [name for name in _MODULES if _load(name) is not None]
+
+
+def unavailable_backends():
+    """{name: reason} for the backends that failed to load."""
+    available_backends()
+    return {name: f"{type(exc).__name__}: {exc}" for name, exc in _errors.items()}
+
+
+def resolve(name, batch_size=None):
+    """The concrete backend name for ``name`` ("auto" picks by batch size)."""
+    if name not in NAMES:
+        raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
+    if name != "auto":
+        if _load(name) is None:
+            raise ValueError(
+                f"backend {name!r} is not available ({unavailable_backends()[name]}); "
+                f"available backends: {available_backends()}"
+            )
+        return name
+    available = available_backends()
+    for max_batch, order in AUTO_ORDER:
+        if max_batch is None or (batch_size is not None and batch_size <= max_batch):
+            return next(b for b in order if b in available)
+    return "numpy"
+
+
+def kernels(name, batch_size=None):
+    """The kernel module of backend ``name`` (resolving "auto")."""
+    return _load(resolve(name, batch_size))
+
+
+def blas_limits(batch_size):
+    """A context manager that sets the BLAS thread count suited to ``batch_size``."""
+    return threadpool_limits(limits=1 if batch_size < BLAS_THREADS_MIN_BATCH else None, user_api="blas")

@@ -1,0 +1,122 @@
+"""The ``fastmlp`` command: ``fastmlp train`` and ``fastmlp info``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from . import backends, datasets
+from ._version import __version__
+from .model import MLP
+from .train import evaluate, train
+
+# Per-dataset defaults: the practical's settings for circles, the usual ones for MNIST.
+DEFAULTS = {
+    "circles": {"hidden": 10, "lr": 0.03, "batch_size": 10, "epochs": 100},
+    "mnist": {"hidden": 100, "lr": 0.1, "batch_size": 64, "epochs": 10},
+}
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _load_data(args):
+    if args.dataset == "circles":
+        X, y = datasets.circles(args.n_samples, noise=args.noise, seed=args.seed)
+        X_test, y_test = datasets.circles(args.n_samples, noise=args.noise, seed=args.seed + 1)
+        return X, y, X_test, y_test
+    return datasets.load_mnist(args.data_dir, download=args.data_dir is None)
+
+
+def cmd_train(args):
+    for key, value in DEFAULTS[args.dataset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    X, y, X_test, y_test = _load_data(args)
+    n_out = int(max(y.max(), y_test.max())) + 1
+    model = MLP(X.shape[1], args.hidden, n_out, dtype=args.dtype, init=args.init, seed=args.seed)
+    backend = backends.resolve(args.backend, args.batch_size)
+    print(f"fastmlp {__version__}: {args.dataset} {X.shape[1]}-{args.hidden}-{n_out}, "
+          f"{len(X)} train / {len(X_test)} test, batch {args.batch_size}, lr {args.lr}, "
+          f"loss {args.loss}, {args.dtype}, backend {backend}")
+    history = train(model, X, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    loss=args.loss, backend=backend, seed=args.seed,
+                    validation_data=(X_test, y_test))
+    for e in range(history.epochs):
+        print(f"epoch {e + 1:3d}  loss {history.loss[e]:.4f}  accuracy {history.accuracy[e]:.4f}  "
+              f"test_loss {history.val_loss[e]:.4f}  test_accuracy {history.val_accuracy[e]:.4f}  "
+              f"{history.seconds[e] * 1e3:.2f} ms")
+    test_loss, test_acc = evaluate(model, X_test, y_test, args.loss)
+    print(f"test accuracy {test_acc:.4f}  (test loss {test_loss:.4f}, "
+          f"{sum(history.seconds):.3f} s training)")
+    if args.save:
+        model.save(args.save)
+        print(f"saved {args.save}")
+    return 0
+
+
+def cmd_info(args):
+    from threadpoolctl import threadpool_info
+
+    import scipy
+
+    print(f"fastmlp {__version__}")
+    print(f"python {sys.version.split()[0]}, numpy {np.__version__}, scipy {scipy.__version__}")
+    print(f"backends available: {', '.join(backends.available_backends())}")
+    for name, reason in backends.unavailable_backends().items():
+        print(f"backend {name} unavailable: {reason}")
+    print("auto backend by batch size: " + ", ".join(
+        f"{b}: {backends.resolve('auto', b)}" for b in (1, 10, 64, 256, 60000)))
+    print(f"BLAS threads: 1 below batch {backends.BLAS_THREADS_MIN_BATCH}, else the pool's default")
+    for pool in threadpool_info():
+        print(f"threadpool {pool.get('internal_api')} {pool.get('version', '')} "
+              f"kernel={pool.get('architecture', '?')} threads={pool.get('num_threads')} "
+              f"({pool.get('filepath', '').rsplit('/', 1)[-1]})")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fastmlp", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a network and report test accuracy")
+    t.add_argument("--dataset", choices=sorted(DEFAULTS), default="circles")
+    t.add_argument("--data-dir", default=None,
+                   help="directory of the MNIST IDX files (default: the cache, downloading if needed)")
+    t.add_argument("--n-samples", type=int, default=1000, help="circles: points per split")
+    t.add_argument("--noise", type=float, default=0.1, help="circles: radial noise")
+    t.add_argument("--hidden", type=int, default=None, help="hidden units")
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None, help="learning rate")
+    t.add_argument("--loss", choices=["ce", "mse"], default="ce")
+    t.add_argument("--init", choices=["xavier", "normal"], default="xavier")
+    t.add_argument("--backend", choices=list(backends.NAMES), default="auto")
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save", default=None, metavar="PATH", help="write the trained model (.npz)")
+    t.set_defaults(func=cmd_train)
+
+    i = sub.add_parser("info", help="version, backends, BLAS and threads")
+    i.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, OSError, CLIError) as exc:
+        print(f"fastmlp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastmlp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The network in plain NumPy: the oracle every compiled kernel is tested against.
+
+Readable first, fast never. Per example (column vectors), with a mini-batch
+averaging over its rows::
+
+    h~ = Wh x + bh          h  = tanh(h~)
+    y~ = Wy h + by          y^ = softmax(y~)
+    ce : l = -sum_i y_i log y^_i = log sum_j exp(y~_j) - y~_label
+    mse: l = 0.5 * sum_i (y^_i - y_i)^2
+
+Arrays hold one example per row, so in batch form ``H = tanh(X Wh^T + bh)`` and
+``Z = H Wy^T + by``. Shapes follow the out-by-in convention of
+``torch.nn.Linear``: Wh (n_hidden, n_in), bh (n_hidden,), Wy (n_out, n_hidden),
+by (n_out,).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+LOSSES = ("ce", "mse")
+INITS = ("xavier", "normal")
+PARAM_NAMES = ("Wh", "bh", "Wy", "by")
+
+
+class Outputs(NamedTuple):
+    """Everything the forward pass computes that the backward pass needs."""
+
+    X: np.ndarray  # (B, n_in) inputs
+    H: np.ndarray  # (B, n_hidden) hidden activations tanh(h~)
+    Z: np.ndarray  # (B, n_out) logits y~
+    Y_hat: np.ndarray  # (B, n_out) softmax(y~)
+
+
+def init_params(n_in, n_hidden, n_out, init="xavier", dtype=np.float32, seed=0):
+    """Initial parameters ``{"Wh", "bh", "Wy", "by"}``.
+
+    ``init="xavier"``: W ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) (Glorot &
+    Bengio 2010, suited to tanh), biases zero.
+    ``init="normal"``: every parameter, biases included, ~ N(0, 0.3^2) (the
+    practical's scheme).
+
+    The draws are made in float64 from ``np.random.default_rng(seed)`` and then cast,
+    so float32 and float64 models with the same seed start from the same values.
+    """
+    rng = np.random.default_rng(seed)
+    if init == "xavier":
+        a_h = np.sqrt(6.0 / (n_in + n_hidden))
+        a_y = np.sqrt(6.0 / (n_hidden + n_out))
+        params = {
+            "Wh": rng.uniform(-a_h, a_h, size=(n_hidden, n_in)),
+            "bh": np.zeros(n_hidden),
+            "Wy": rng.uniform(-a_y, a_y, size=(n_out, n_hidden)),
+            "by": np.zeros(n_out),
+        }
+    elif init == "normal":
+        params = {
+            "Wh": rng.normal(0.0, 0.3, size=(n_hidden, n_in)),
+            "bh": rng.normal(0.0, 0.3, size=n_hidden),
+            "Wy": rng.normal(0.0, 0.3, size=(n_out, n_hidden)),
+            "by": rng.normal(0.0, 0.3, size=n_out),
+        }
+    else:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
+
+
+def log_softmax(Z):
+    """log softmax(Z) per row, stable: Z - max - log sum exp(Z - max)."""
+    Zs = Z - Z.max(axis=1, keepdims=True)
+    return Zs - np.log(np.exp(Zs).sum(axis=1, keepdims=True))
+
+
+def softmax(Z):
+    """softmax(Z)_i = exp(Z_i - max Z) / sum_j exp(Z_j - max Z), per row."""
+    E = np.exp(Z - Z.max(axis=1, keepdims=True))
+    return E / E.sum(axis=1, keepdims=True)
+
+
+def one_hot(labels, n_out, dtype=np.float64):
+    """(B,) integer labels -> (B, n_out) rows with a single 1."""
+    Y = np.zeros((len(labels), n_out), dtype=dtype)
+    Y[np.arange(len(labels)), labels] = 1
+    return Y
+
+
+def as_labels(y):
+    """Integer class labels from labels (B,) or one-hot rows (B, n_out)."""
+    y = np.asarray(y)
+    return y.argmax(axis=1) if y.ndim == 2 else y.astype(np.intp, copy=False)
+
+
+def hidden_layer(X, Wh, bh):
+    """``H = tanh(X Wh^T + bh)``."""
+    return np.tanh(X @ Wh.T + bh)
+
+
+def output_layer(H, Wy, by):
+    """Logits ``Z = H Wy^T + by``."""
+    return H @ Wy.T + by
+
+
+def forward(params, X):
+    """Forward pass: ``H = tanh(X Wh^T + bh)``, ``Z = H Wy^T + by``, ``Y_hat = softmax(Z)``."""
+    H = hidden_layer(X, params["Wh"], params["bh"])
+    Z = output_layer(H, params["Wy"], params["by"])
+    return Outputs(X, H, Z, softmax(Z))
+
+
+def loss_accuracy(y_hat, y, loss="ce", logits=None):
+    """Mean loss over the batch and the fraction of rows whose argmax is the label.
+
+    ce:  mean of -log y^_label, computed as ``logsumexp(Z) - Z_label`` when the
+         logits are given (stable), else from ``y_hat`` clipped at the smallest
+         normal number.
+    mse: mean of ``0.5 * sum_i (y^_i - y_i)^2``.
+
+    ``y`` is integer labels (B,) or one-hot (B, n_out). Ties in the argmax go to
+    the lowest class index, as ``np.argmax`` does.
+    """
+    labels = as_labels(y)
+    rows = np.arange(len(labels))
+    scores = y_hat if logits is None else logits
+    accuracy = float(np.mean(scores.argmax(axis=1) == labels))
+    if loss == "ce":
+        if logits is not None:
+            nll = -log_softmax(logits)[rows, labels]
+        else:
+            nll = -np.log(np.maximum(y_hat[rows, labels], np.finfo(y_hat.dtype).tiny))
+        return float(np.mean(nll)), accuracy
+    if loss == "mse":
+        diff = y_hat - one_hot(labels, y_hat.shape[1], y_hat.dtype)
+        return float(np.mean(0.5 * np.sum(diff * diff, axis=1))), accuracy
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def output_delta(y_hat, y, loss="ce"):
+    """dl/dy~ per example, the error signal that enters the output layer.
+
+    ce:  y^ - y.
+    mse: J^T (y^ - y) with the softmax Jacobian J = diag(y^) - y^ y^T, which is
+         symmetric, so ``y^ * (g - sum(y^ * g))`` with ``g = y^ - y``.
+    """
+    labels = as_labels(y)
+    g = y_hat - one_hot(labels, y_hat.shape[1], y_hat.dtype)
+    if loss == "ce":
+        return g
+    if loss == "mse":
+        return y_hat * (g - np.sum(y_hat * g, axis=1, keepdims=True))
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def backward(params, outputs, y, loss="ce"):
+    """Gradients of the batch-mean loss, by hand.
+
+    ``dZ = dl/dy~ / B``; ``dWy = dZ^T H``, ``dby = sum_rows dZ``;
+    ``dH~ = (dZ Wy) * (1 - H*H)``; ``dWh = dH~^T X``, ``dbh = sum_rows dH~``.
+    """
+    X, H, _, Y_hat = outputs
+    dZ = output_delta(Y_hat, y, loss) / len(X)
+    return param_grads(X, H, dZ, hidden_delta(params["Wy"], H, dZ))
+
+
+def hidden_delta(Wy, H, dZ):
+    """``dH~ = (dZ Wy) * (1 - H*H)``: the error at the hidden pre-activations."""
+    return (dZ @ Wy) * (1 - H * H)
+
+
+def param_grads(X, H, dZ, dH):
+    """The outer products ``dWh = dH~^T X``, ``dbh = sum dH~``, ``dWy = dZ^T H``, ``dby = sum dZ``."""
+    return {
+        "Wh": dH.T @ X,
+        "bh": dH.sum(axis=0),
+        "Wy": dZ.T @ H,
+        "by": dZ.sum(axis=0),
+    }
+
+
+def sgd_step(params, grads, lr):
+    """In place: ``p <- p - lr * grad`` for every parameter."""
+    for name in PARAM_NAMES:
+        params[name] -= (lr * grads[name]).astype(params[name].dtype, copy=False)
+    return params
+
+
+def train_epoch(params, X, labels, perm, batch_size, lr, loss="ce"):
+    """One epoch of mini-batch SGD over ``X[perm]``, in place.
+
+    Returns ``(loss_sum, n_correct)``: the loss summed over the examples and the
+    number of correct predictions, both measured in each batch's forward pass
+    before its update (the running figures every backend reports).
+    """
+    loss_sum, n_correct = 0.0, 0
+    for start in range(0, len(perm), batch_size):
+        idx = perm[start:start + batch_size]
+        Xb, yb = X[idx], labels[idx]
+        out = forward(params, Xb)
+        batch_loss, batch_acc = loss_accuracy(out.Y_hat, yb, loss, logits=out.Z)
+        loss_sum += batch_loss * len(idx)
+        n_correct += round(batch_acc * len(idx))
+        sgd_step(params, backward(params, out, yb, loss), lr)
+    return loss_sum, n_correct

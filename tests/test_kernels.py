@@ -1,0 +1,140 @@
+"""Every backend's kernels against fastmlp.reference: one contract, one suite."""
+
+import numpy as np
+import pytest
+
+from fastmlp import backends
+from fastmlp import reference as ref
+
+from conftest import BACKENDS, DTYPES, random_problem
+
+# (n, n_in, n_hidden, n_out): degenerate sizes, odd sizes, MNIST-like widths
+SHAPES = [(1, 1, 1, 2), (5, 1, 3, 2), (9, 7, 1, 3), (33, 13, 17, 5), (64, 784, 100, 10)]
+LOSSES = ["ce", "mse"]
+
+
+def tol(dtype):
+    return dict(rtol=1e-4, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-13)
+
+
+def kernel_paths():
+    """(backend, path) for every implementation path of every available backend."""
+    return [(b, p) for b in BACKENDS for p in backends.kernels(b).PATHS]
+
+
+@pytest.fixture(params=BACKENDS)
+def kern(request):
+    return backends.kernels(request.param)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_hidden_and_logits(kern, dtype, shape):
+    X, _, p = random_problem(*shape, dtype)
+    H = kern.forward_hidden(X, p["Wh"], p["bh"])
+    Z = kern.forward_logits(H, p["Wy"], p["by"])
+    out = ref.forward(p, X)
+    assert H.dtype == dtype and Z.dtype == dtype
+    np.testing.assert_allclose(H, out.H, **tol(dtype))
+    np.testing.assert_allclose(Z, ref.output_layer(H, p["Wy"], p["by"]), **tol(dtype))
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_loss_grad(kern, dtype, shape, loss):
+    X, y, p = random_problem(*shape, dtype, seed=2)
+    out = ref.forward(p, X)
+    dZ, loss_sum, n_correct = kern.loss_grad(out.Z, y, loss)
+    mean_loss, acc = ref.loss_accuracy(out.Y_hat, y, loss, logits=out.Z)
+    assert dZ.dtype == dtype
+    np.testing.assert_allclose(dZ, ref.output_delta(out.Y_hat, y, loss) / len(X), **tol(dtype))
+    np.testing.assert_allclose(loss_sum, mean_loss * len(X), **tol(dtype))
+    assert n_correct == round(acc * len(X))
+
+
+def test_loss_grad_is_stable_and_breaks_ties_low(kern):
+    Z = np.array([[1e4, 0.0, -1e4], [3.0, 3.0, 1.0], [-800.0, -800.0, -801.0]], dtype=np.float32)
+    y = np.array([0, 1, 0], dtype=np.intp)
+    dZ, loss_sum, n_correct = kern.loss_grad(Z, y, "ce")
+    assert np.isfinite(dZ).all() and np.isfinite(loss_sum)
+    assert n_correct == 2  # row 1: argmax is class 0 (first of the tie), label 1
+    Zd = Z.astype(np.float64)
+    expected = -ref.log_softmax(Zd)[np.arange(3), y].sum()
+    assert np.isclose(loss_sum, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_update(kern, dtype, shape):
+    X, y, p = random_problem(*shape, dtype, seed=5)
+    out = ref.forward(p, X)
+    dZ = (ref.output_delta(out.Y_hat, y) / len(X)).astype(dtype)
+    dZ_before = dZ.copy()
+    expected = {k: v.copy() for k, v in p.items()}
+    dH_expected = ref.hidden_delta(p["Wy"], out.H, dZ)  # from Wy before the step
+    ref.sgd_step(expected, ref.param_grads(X, out.H, dZ, dH_expected), 0.3)
+    dH = kern.backward_update(X, out.H, dZ, p["Wh"], p["bh"], p["Wy"], p["by"], 0.3)
+    np.testing.assert_allclose(dH, dH_expected, **tol(dtype))
+    np.testing.assert_array_equal(dZ, dZ_before)
+    for k in ref.PARAM_NAMES:
+        np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
+
+
+@pytest.mark.parametrize("backend,path", kernel_paths())
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,batch", [
+    ((1, 1, 1, 2), 1), ((7, 3, 4, 2), 3), ((7, 3, 4, 2), 50), ((40, 13, 17, 5), 1),
+    ((40, 13, 17, 5), 8), ((64, 784, 100, 10), 16),
+])
+def test_train_epoch_matches_reference(backend, path, loss, dtype, shape, batch):
+    kern = backends.kernels(backend)
+    X, y, p = random_problem(*shape, dtype, seed=7, sparse=True)
+    expected = {k: v.copy() for k, v in p.items()}
+    perm = np.random.default_rng(0).permutation(len(X))
+    r_loss, r_correct = ref.train_epoch(expected, X, y, perm, batch, 0.05, loss)
+    k_loss, k_correct = kern.train_epoch(X, y, perm, p["Wh"], p["bh"], p["Wy"], p["by"],
+                                         0.05, batch, loss, path)
+    assert k_correct == r_correct
+    np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
+    for k in ref.PARAM_NAMES:
+        np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
+
+
+@pytest.mark.parametrize("backend,path", kernel_paths())
+@pytest.mark.parametrize("loss", LOSSES)
+def test_200_steps_match_reference_float64(backend, path, loss):
+    """200 steps in order (shuffle=False): errors must not accumulate."""
+    X, y, p = random_problem(400, 20, 16, 4, np.float64, seed=11)
+    expected = {k: v.copy() for k, v in p.items()}
+    perm = np.arange(len(X), dtype=np.intp)
+    kern = backends.kernels(backend)
+    for _ in range(2):  # 2 epochs x 100 batches of 4
+        ref.train_epoch(expected, X, y, perm, 4, 0.2, loss)
+        kern.train_epoch(X, y, perm, p["Wh"], p["bh"], p["Wy"], p["by"], 0.2, 4, loss, path)
+    for k in ref.PARAM_NAMES:
+        np.testing.assert_allclose(p[k], expected[k], rtol=1e-8, atol=1e-12)
+
+
+def test_tanh_float32_error_over_the_whole_float_range(kern):
+    """max |tanh_kernel(x) - tanh(x)| <= 1e-6 for float32 x: a strided walk over every
+    bit pattern (all exponents, mantissas sampled), a dense grid where tanh bends,
+    and the special values."""
+    bits = np.arange(0, 0x7F800000, 61, dtype=np.uint32)
+    x = bits.view(np.float32)
+    x = np.concatenate([x, -x, np.linspace(-12, 12, 2_000_001, dtype=np.float32),
+                        np.float32([0.0, -0.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45])])
+    t = kern.tanh(x)
+    assert t.dtype == np.float32
+    err = np.abs(t.astype(np.float64) - np.tanh(x.astype(np.float64)))
+    assert err.max() <= 1e-6, x[err.argmax()]
+    assert np.isnan(kern.tanh(np.float32([np.nan]))).all()
+
+
+def test_tanh_float64_error(kern):
+    x = np.concatenate([np.linspace(-40, 40, 1_000_001), np.logspace(-300, 2, 10_000)])
+    x = np.concatenate([x, -x, [np.inf, -np.inf, 0.0]])
+    t = kern.tanh(x)
+    assert t.dtype == np.float64
+    assert np.abs(t - np.tanh(x)).max() <= 1e-12

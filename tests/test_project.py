@@ -1,0 +1,18 @@
+"""The project's promises about itself: README commands, CI and version agree."""
+
+from pathlib import Path
+
+import fastmlp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci in (ROOT / "README.md").read_text().splitlines()
+
+
+def test_version_is_defined_once():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in text and "fastmlp._version.__version__" in text
+    assert fastmlp.__version__.count(".") == 2
