@@ -1,0 +1,428 @@
+"""Numba kernels of fastmlp: the contract of ``fastmlp._kernels``, JIT-compiled.
+
+Numba compiles for the host CPU, so these loops use AVX-512 where the machine
+has it. The GEMMs call scipy's BLAS directly (through the function pointers
+``scipy.linalg.cython_blas`` exports), so the updates are written straight into
+the weights with beta = 1, as in the Cython kernels; every function runs without
+the GIL (``nogil=True``).
+
+Compiled code is cached on disk (``cache=True``). Where no cache directory is
+writable (a read-only site-packages and a read-only home), Numba refuses to
+cache; the kernels are then compiled in memory on first use instead.
+"""
+
+import llvmlite.binding as llvm_binding
+import numba as nb
+import numpy as np
+from numba.core import types
+from numba.extending import get_cython_function_address
+
+LOSS_CODES = {"ce": 0, "mse": 1}
+PATHS = ("auto", "small", "blas")
+
+# Batches up to this size take the hand-written loops (see _cy.SMALL_BATCH_MAX).
+SMALL_BATCH_MAX = 4
+
+
+def _compile(func, fastmath):
+    # error_model="numpy": a float division by zero gives inf/NaN as in C instead
+    # of a check per element that stops the loop from vectorising.
+    # "contract" lets LLVM fuse a * b + c into FMAs (as gcc does), nothing else.
+    options = dict(nogil=True, error_model="numpy", fastmath=fastmath)
+    try:
+        return nb.njit(cache=True, **options)(func)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return nb.njit(**options)(func)
+
+
+def _jit(func):
+    return _compile(func, {"contract"})
+
+
+def _jit_fast_reduce(func):
+    # only for dot products: lets LLVM reorder the sum so that it vectorises
+    return _compile(func, {"contract", "reassoc"})
+
+
+# scipy's BLAS GEMMs as external symbols: resolved by name when compiled code is
+# linked, so the on-disk cache stays valid across processes (a ctypes pointer
+# would be baked into the code and forbid caching).
+for _name in ("sgemm", "dgemm"):
+    llvm_binding.add_symbol(f"fastmlp_{_name}", get_cython_function_address("scipy.linalg.cython_blas", _name))
+_GEMM_SIG = types.void(*([types.voidptr] * 13))
+_sgemm = types.ExternalFunction("fastmlp_sgemm", _GEMM_SIG)
+_dgemm = types.ExternalFunction("fastmlp_dgemm", _GEMM_SIG)
+
+_N, _T = 78, 84  # ord("N"), ord("T")
+
+
+@_jit
+def _gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws_int, ws_char, ws_real):
+    """Row-major C (M, N) = alpha op(A) op(B) + beta C; lda/ldb/ldc are row strides.
+
+    Column-major BLAS sees a row-major matrix as its transpose, so this is the
+    column-major C^T = alpha op(B)^T op(A)^T + beta C^T. BLAS takes every argument
+    by pointer: the small ws_* arrays hold them (allocated once per epoch).
+    A, B, C may be views starting anywhere; they are passed by data pointer.
+    """
+    ws_char[0] = _T if tb else _N
+    ws_char[1] = _T if ta else _N
+    ws_int[0] = N
+    ws_int[1] = M
+    ws_int[2] = K
+    ws_int[3] = ldb
+    ws_int[4] = lda
+    ws_int[5] = ldc
+    ws_real[0] = alpha
+    ws_real[1] = beta
+    args = (ws_char[0:].ctypes, ws_char[1:].ctypes, ws_int[0:].ctypes, ws_int[1:].ctypes,
+            ws_int[2:].ctypes, ws_real[0:].ctypes, B.ctypes, ws_int[3:].ctypes, A.ctypes,
+            ws_int[4:].ctypes, ws_real[1:].ctypes, C.ctypes, ws_int[5:].ctypes)
+    if C.itemsize == 4:
+        _sgemm(*args)
+    else:
+        _dgemm(*args)
+
+
+@_jit
+def _tanh_inplace(h):
+    """float32: the rational approximation of _fused_impl.h (max abs error 3.6e-7);
+    float64: libm's tanh."""
+    if h.itemsize == 4:
+        t = h.dtype.type
+        c = t(9.0)
+        a0, a1, a2 = t(9.999999404e-01), t(1.291923672e-01), t(2.920770319e-03)
+        a3, a4, a5 = t(9.267499991e-06), t(-1.278068140e-08), t(1.825586730e-11)
+        b1, b2, b3 = t(4.625251889e-01), t(2.376320399e-02), t(2.281013876e-04)
+        one = t(1.0)
+        for j in range(h.size):
+            x = h[j]
+            x = -c if x < -c else (c if x > c else x)
+            s = x * x
+            p = ((((a5 * s + a4) * s + a3) * s + a2) * s + a1) * s + a0
+            q = ((b3 * s + b2) * s + b1) * s + one
+            h[j] = x * p / q
+    else:
+        for j in range(h.size):
+            h[j] = np.tanh(h[j])
+
+
+@_jit_fast_reduce
+def _dot(a, b):
+    acc = a.dtype.type(0)
+    for j in range(a.size):
+        acc += a[j] * b[j]
+    return acc
+
+
+@_jit
+def _row_loss_grad(z, y, dz, loss, scale):
+    """One row of logits -> dz = scale * dl/dz (z and dz may be the same array).
+    Returns (loss, correct) of the row; argmax ties go to the first index."""
+    n = z.size
+    am = 0
+    m = z[0]
+    for i in range(1, n):
+        if z[i] > m:
+            m = z[i]
+            am = i
+    zy = z[y]
+    t = z.dtype.type
+    s = t(0)
+    for i in range(n):
+        dz[i] = np.exp(z[i] - m)
+        s += dz[i]
+    inv_s = z.dtype.type(1) / s
+    if loss == 0:
+        row_loss = float(np.log(s)) - float(zy - m)
+        for i in range(n):
+            dz[i] = (dz[i] * inv_s - (t(1) if i == y else t(0))) * scale
+    else:
+        l2 = z.dtype.type(0)
+        pg = z.dtype.type(0)
+        for i in range(n):
+            p = dz[i] * inv_s
+            g = p - (t(1) if i == y else t(0))
+            dz[i] = p
+            l2 += g * g
+            pg += p * g
+        row_loss = 0.5 * float(l2)
+        for i in range(n):
+            dz[i] = dz[i] * ((dz[i] - (t(1) if i == y else t(0))) - pg) * scale
+    return row_loss, 1 if am == y else 0
+
+
+@_jit
+def _nonzeros(x, idx):
+    """The indices of the non-zero entries of x, in order; returns their count.
+    All-zero blocks of 16 (image borders) are skipped in one test."""
+    n = x.size
+    k = 0
+    i = 0
+    while i + 16 <= n:
+        any_nz = False
+        for u in range(16):
+            any_nz |= x[i + u] != 0
+        if any_nz:
+            for u in range(16):
+                idx[k] = i + u
+                k += 1 if x[i + u] != 0 else 0
+        i += 16
+    while i < n:
+        idx[k] = i
+        k += 1 if x[i] != 0 else 0
+        i += 1
+    return k
+
+
+@_jit
+def _gather_axpy(h, x, idx, k, WhT):
+    """h += sum_t x[idx[t]] * WhT[idx[t], :], four rows per sweep over h."""
+    nh = h.size
+    t = 0
+    while t + 4 <= k:
+        a0, a1, a2, a3 = x[idx[t]], x[idx[t + 1]], x[idx[t + 2]], x[idx[t + 3]]
+        w0, w1, w2, w3 = WhT[idx[t]], WhT[idx[t + 1]], WhT[idx[t + 2]], WhT[idx[t + 3]]
+        for j in range(nh):
+            h[j] += (a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j])
+        t += 4
+    while t < k:
+        a = x[idx[t]]
+        w = WhT[idx[t]]
+        for j in range(nh):
+            h[j] += a * w[j]
+        t += 1
+
+
+@_jit
+def _small_epoch(X, labels, perm, batch, WhT, bh, Wy, by, lr, loss, H, dH, dZ, nz, nnz):
+    """Mini-batch SGD for small batches without BLAS; see fm_small_epoch in
+    _fused_impl.h. WhT is Wh transposed (n_in, nh), so the forward pass and the
+    update of Wh are contiguous axpys over the hidden units, for non-zero inputs only."""
+    n_ex = perm.size
+    nh = WhT.shape[1]
+    nout = Wy.shape[0]
+    one = WhT.dtype.type(1)
+    loss_sum = 0.0
+    n_correct = 0
+    start = 0
+    while start < n_ex:
+        B = min(batch, n_ex - start)
+        scale = one / WhT.dtype.type(B)
+        for b in range(B):
+            row = perm[start + b]
+            x = X[row]
+            idx = nz[b]
+            k = _nonzeros(x, idx)
+            nnz[b] = k
+            h = H[b]
+            for j in range(nh):
+                h[j] = bh[j]
+            _gather_axpy(h, x, idx, k, WhT)
+            _tanh_inplace(h)
+            dz = dZ[b]
+            for o in range(nout):
+                dz[o] = _dot(Wy[o], h) + by[o]
+            rl, rc = _row_loss_grad(dz, labels[row], dz, loss, scale)
+            loss_sum += rl
+            n_correct += rc
+            dh = dH[b]
+            for j in range(nh):
+                dh[j] = 0
+            for o in range(nout):
+                d = dz[o]
+                wy = Wy[o]
+                for j in range(nh):
+                    dh[j] += d * wy[j]
+            for j in range(nh):
+                dh[j] *= one - h[j] * h[j]
+        for b in range(B):
+            h = H[b]
+            dh = dH[b]
+            dz = dZ[b]
+            x = X[perm[start + b]]
+            idx = nz[b]
+            for o in range(nout):
+                a = lr * dz[o]
+                wy = Wy[o]
+                for j in range(nh):
+                    wy[j] -= a * h[j]
+                by[o] -= a
+            for t in range(nnz[b]):
+                a = lr * x[idx[t]]
+                w = WhT[idx[t]]
+                for j in range(nh):
+                    w[j] -= a * dh[j]
+            for j in range(nh):
+                bh[j] -= lr * dh[j]
+        start += B
+    return loss_sum, n_correct
+
+
+@_jit
+def _bias_tanh(H, b):
+    for r in range(H.shape[0]):
+        h = H[r]
+        for j in range(h.size):
+            h[j] += b[j]
+        _tanh_inplace(h)
+
+
+@_jit
+def _step_backward(Xb, Hb, dZb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_real):
+    """dH = (dZ Wy) * (1 - H*H) before Wy changes, then every parameter steps in place."""
+    B, n_in = Xb.shape
+    nh = Wh.shape[0]
+    nout = Wy.shape[0]
+    t = Wh.dtype.type
+    _gemm(False, False, B, nh, nout, t(1), dZb, nout, Wy, nh, t(0), dHb, nh, ws_int, ws_char, ws_real)
+    for r in range(B):
+        for j in range(nh):
+            dHb[r, j] *= t(1) - Hb[r, j] * Hb[r, j]
+    _gemm(True, False, nout, nh, B, -lr, dZb, nout, Hb, nh, t(1), Wy, nh, ws_int, ws_char, ws_real)
+    _gemm(True, False, nh, n_in, B, -lr, dHb, nh, Xb, n_in, t(1), Wh, n_in, ws_int, ws_char, ws_real)
+    for r in range(B):
+        for o in range(nout):
+            by[o] -= lr * dZb[r, o]
+        for j in range(nh):
+            bh[j] -= lr * dHb[r, j]
+
+
+@_jit
+def _blas_epoch(X, labels, perm, batch, Wh, bh, Wy, by, lr, loss, Xbuf, H, dH, Z, ws_int, ws_char,
+                ws_real):
+    n_ex = perm.size
+    n_in = X.shape[1]
+    nh = Wh.shape[0]
+    nout = Wy.shape[0]
+    t = Wh.dtype.type
+    loss_sum = 0.0
+    n_correct = 0
+    start = 0
+    while start < n_ex:
+        B = min(batch, n_ex - start)
+        in_order = True
+        for b in range(B):
+            if perm[start + b] != perm[start] + b:
+                in_order = False
+                break
+        if in_order:
+            Xb = X[perm[start]:perm[start] + B]
+        else:
+            for b in range(B):
+                src = X[perm[start + b]]
+                dst = Xbuf[b]
+                for i in range(n_in):
+                    dst[i] = src[i]
+            Xb = Xbuf[:B]
+        Hb, dHb, Zb = H[:B], dH[:B], Z[:B]
+        _gemm(False, True, B, nh, n_in, t(1), Xb, n_in, Wh, n_in, t(0), Hb, nh, ws_int, ws_char, ws_real)
+        _bias_tanh(Hb, bh)
+        _gemm(False, True, B, nout, nh, t(1), Hb, nh, Wy, nh, t(0), Zb, nout, ws_int, ws_char, ws_real)
+        scale = t(1) / t(B)
+        for b in range(B):
+            z = Zb[b]
+            for o in range(nout):
+                z[o] += by[o]
+            rl, rc = _row_loss_grad(z, labels[perm[start + b]], z, loss, scale)
+            loss_sum += rl
+            n_correct += rc
+        _step_backward(Xb, Hb, Zb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_real)
+        start += B
+    return loss_sum, n_correct
+
+
+def _gemm_workspace(dtype):
+    return np.zeros(6, np.int32), np.zeros(2, np.uint8), np.zeros(2, dtype)
+
+
+# ---- the Python-callable kernels (the shared contract) ----
+
+def _loss_code(loss):
+    try:
+        return LOSS_CODES[loss]
+    except KeyError:
+        raise ValueError(f"loss must be one of {tuple(LOSS_CODES)}, got {loss!r}") from None
+
+
+def tanh(x):
+    """tanh of a 1-D array, with the approximation the kernels use (float32)."""
+    out = np.array(x, copy=True)
+    _tanh_inplace(out)
+    return out
+
+
+def forward_hidden(X, Wh, bh):
+    """H = tanh(X Wh^T + bh)."""
+    H = np.empty((X.shape[0], Wh.shape[0]), dtype=Wh.dtype)
+    t = Wh.dtype.type
+    _gemm(False, True, X.shape[0], Wh.shape[0], X.shape[1], t(1), X, X.shape[1], Wh, X.shape[1],
+          t(0), H, Wh.shape[0], *_gemm_workspace(Wh.dtype))
+    _bias_tanh(H, bh)
+    return H
+
+
+def forward_logits(H, Wy, by):
+    """Z = H Wy^T + by."""
+    Z = np.empty((H.shape[0], Wy.shape[0]), dtype=Wy.dtype)
+    t = Wy.dtype.type
+    _gemm(False, True, H.shape[0], Wy.shape[0], H.shape[1], t(1), H, H.shape[1], Wy, H.shape[1],
+          t(0), Z, Wy.shape[0], *_gemm_workspace(Wy.dtype))
+    Z += by
+    return Z
+
+
+def loss_grad(Z, labels, loss="ce"):
+    """(dZ, loss_sum, n_correct): dZ = dl/dZ / B, the summed loss, the correct count."""
+    code = _loss_code(loss)
+    dZ = np.empty_like(Z)
+    return (dZ, *_loss_grad(Z, labels, dZ, code))
+
+
+@_jit
+def _loss_grad(Z, labels, dZ, loss):
+    scale = Z.dtype.type(1) / Z.dtype.type(Z.shape[0])
+    loss_sum = 0.0
+    n_correct = 0
+    for r in range(Z.shape[0]):
+        rl, rc = _row_loss_grad(Z[r], labels[r], dZ[r], loss, scale)
+        loss_sum += rl
+        n_correct += rc
+    return loss_sum, n_correct
+
+
+def backward_update(X, H, dZ, Wh, bh, Wy, by, lr):
+    """In place: the SGD step of every parameter; returns dH = (dZ Wy) * (1 - H*H)."""
+    dH = np.empty((X.shape[0], Wh.shape[0]), dtype=Wh.dtype)
+    _step_backward(X, H, dZ.copy(), dH, Wh, bh, Wy, by, Wh.dtype.type(lr), *_gemm_workspace(Wh.dtype))
+    return dH
+
+
+def train_epoch(X, labels, perm, Wh, bh, Wy, by, lr, batch_size, loss="ce", path="auto"):
+    """One epoch of mini-batch SGD over X[perm], in place, without the GIL.
+    Returns (loss_sum, n_correct). ``path`` as in the Cython kernels."""
+    code = _loss_code(loss)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    n_ex = len(perm)
+    if n_ex == 0:
+        return 0.0, 0
+    batch = min(int(batch_size), n_ex)
+    nh, n_in, nout = Wh.shape[0], X.shape[1], Wy.shape[0]
+    dtype = Wh.dtype
+    lr = dtype.type(lr)
+    small = path == "small" or (path == "auto" and batch <= SMALL_BATCH_MAX)
+    H = np.empty((batch, nh), dtype)
+    dH = np.empty((batch, nh), dtype)
+    Z = np.empty((batch, nout), dtype)
+    if small:
+        WhT = np.ascontiguousarray(Wh.T)
+        nz = np.empty((batch, n_in), np.intp)
+        nnz = np.empty(batch, np.intp)
+        result = _small_epoch(X, labels, perm, batch, WhT, bh, Wy, by, lr, code, H, dH, Z, nz, nnz)
+        Wh[...] = WhT.T
+    else:
+        Xbuf = np.empty((batch, n_in), dtype)
+        result = _blas_epoch(X, labels, perm, batch, Wh, bh, Wy, by, lr, code, Xbuf, H, dH, Z,
+                             *_gemm_workspace(dtype))
+    return result
