@@ -78,6 +78,48 @@ def cmd_info(args):
     return 0
 
 
+def cmd_bench(args):
+    import os
+
+    from . import bench
+
+    present = [v for v in bench.OPENBLAS_VARS if v in os.environ]
+    if args.best_blas and present:
+        # OpenBLAS reads these once, when it loads: rerun this command without them.
+        import subprocess
+
+        env = {k: v for k, v in os.environ.items() if k not in bench.OPENBLAS_VARS}
+        print(f"fastmlp bench: unset {', '.join(present)} for this run (OpenBLAS picks its best kernel)",
+              flush=True)
+        return subprocess.run([sys.executable, "-m", "fastmlp.cli", *sys.argv[1:]], env=env).returncode
+    batch_sizes = [b if b == "full" else _positive_int(b, "--batch-sizes") for b in args.batch_sizes.split(",")]
+    names = args.backends.split(",") if args.backends else None
+    for name in names or ():
+        if name not in backends.available_backends() + ["torch-autograd", "torch-manual"]:
+            raise CLIError(f"--backends: unknown or unavailable backend {name!r}; available: "
+                           f"{backends.available_backends() + ['torch-autograd', 'torch-manual']}")
+    nets = bench.networks(args.data_dir, args.networks.split(","))
+    bench.run(nets, batch_sizes, np.dtype(args.dtype), names, budget=args.budget)
+    if args.gil and "mnist" in nets:
+        X, labels, shape = nets["mnist"]
+        params = bench.ref.init_params(*shape, dtype=np.dtype(args.dtype), seed=0)
+        for backend in [b for b in backends.available_backends() if b != "numpy"]:
+            one, two = bench.gil_release_ratio(params, np.ascontiguousarray(X, args.dtype), labels, 64, backend)
+            print(f"GIL: {backend}, MNIST batch 64: one model {one:.3f} s/epoch, two models in two threads "
+                  f"{two:.3f} s ({two / one:.2f}x the time of one)")
+    return 0
+
+
+def _positive_int(text, name):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise CLIError(f"{name}: expected positive integers or 'full', got {text!r}")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="fastmlp", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
@@ -100,6 +142,21 @@ def build_parser():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", default=None, metavar="PATH", help="write the trained model (.npz)")
     t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="time one epoch per backend and batch size, print a table")
+    b.add_argument("--networks", default="mnist,circles", help="comma-separated: mnist, circles")
+    b.add_argument("--data-dir", default=None, help="directory of the MNIST IDX files")
+    b.add_argument("--batch-sizes", default="1,10,64,256,full")
+    b.add_argument("--backends", default=None,
+                   help="comma-separated (default: every available one, and torch if installed)")
+    b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    b.add_argument("--budget", type=float, default=1.0,
+                   help="seconds: slower epochs are timed on a prefix and scaled")
+    b.add_argument("--best-blas", action="store_true",
+                   help="run with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, so OpenBLAS uses its best kernel")
+    b.add_argument("--no-gil", dest="gil", action="store_false",
+                   help="skip the two-models-in-two-threads measurement")
+    b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="version, backends, BLAS and threads")
     i.set_defaults(func=cmd_info)

@@ -1,0 +1,272 @@
+"""Epoch timing of every backend against the NumPy reference and PyTorch: ``fastmlp bench``.
+
+The figures are seconds per training epoch (one pass over the training set,
+mini-batch SGD, loss and accuracy included), median of repeats, all measured in
+one process so that the ratios between backends hold even on a noisy machine.
+Slow runs (the NumPy and PyTorch loops at small batch sizes) are timed on a
+prefix of the epoch and scaled to the full epoch; the table marks them with "~".
+
+The pytest-benchmark suites in ``benches/`` time the same things per kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from . import backends
+from . import reference as ref
+
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def flop_per_example(n_in, n_hidden, n_out):
+    """Multiply-adds x 2 of one example's forward and backward pass.
+
+    forward 2 (n_in nh + nh nout); dH 2 nh nout; dWy 2 nh nout; dWh 2 n_in nh.
+    784-100-10: 319,600.
+    """
+    return 4 * n_in * n_hidden + 6 * n_hidden * n_out
+
+
+def gemm_peak_gflops(n=2048, repeats=3):
+    """Measured float32 GEMM rate of scipy's BLAS (n x n x n), best of ``repeats``, GFLOP/s."""
+    from scipy.linalg.blas import sgemm
+
+    rng = np.random.default_rng(0)
+    a = np.asfortranarray(rng.random((n, n), dtype=np.float32))
+    b = np.asfortranarray(rng.random((n, n), dtype=np.float32))
+    sgemm(1.0, a, b)
+    best = min(_timed(lambda: sgemm(1.0, a, b)) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def blas_description():
+    """The BLAS libraries loaded, their kernel (architecture) and thread counts."""
+    from threadpoolctl import threadpool_info
+
+    parts = []
+    for pool in threadpool_info():
+        if pool.get("user_api") == "blas":
+            lib = os.path.basename(pool.get("filepath", "")).split("-")[0].split(".")[0]
+            parts.append(f"{pool.get('internal_api')} {pool.get('version')} kernel={pool.get('architecture')} "
+                         f"threads={pool.get('num_threads')} ({lib})")
+    return "; ".join(parts) or "no BLAS found by threadpoolctl"
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# ---- PyTorch: the same network and SGD, for comparison ----
+
+def torch_available():
+    try:
+        import torch  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+class TorchTrainer:
+    """The same network and SGD in PyTorch, in two styles.
+
+    ``style="autograd"``: ``torch.nn.Sequential(Linear, Tanh, Linear)``,
+    ``CrossEntropyLoss`` and ``torch.optim.SGD`` — what a PyTorch user writes.
+    ``style="manual"``: the forward and backward passes by hand with tensor ops and
+    in-place ``addmm_`` updates — PyTorch at its leanest.
+    """
+
+    def __init__(self, params, style="autograd"):
+        import torch
+
+        self.torch, self.style = torch, style
+        t = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
+        if style == "autograd":
+            n_hidden, n_in = params["Wh"].shape
+            n_out = params["Wy"].shape[0]
+            dtype = t["Wh"].dtype
+            self.net = torch.nn.Sequential(torch.nn.Linear(n_in, n_hidden, dtype=dtype), torch.nn.Tanh(),
+                                           torch.nn.Linear(n_hidden, n_out, dtype=dtype))
+            with torch.no_grad():
+                self.net[0].weight.copy_(t["Wh"])
+                self.net[0].bias.copy_(t["bh"])
+                self.net[2].weight.copy_(t["Wy"])
+                self.net[2].bias.copy_(t["by"])
+            self.loss = torch.nn.CrossEntropyLoss()
+        elif style == "manual":
+            self.p = t
+        else:
+            raise ValueError(f"style must be 'autograd' or 'manual', got {style!r}")
+
+    def params(self):
+        if self.style == "autograd":
+            n = self.net
+            pairs = [("Wh", n[0].weight), ("bh", n[0].bias), ("Wy", n[2].weight), ("by", n[2].bias)]
+            return {k: v.detach().numpy().copy() for k, v in pairs}
+        return {k: v.numpy().copy() for k, v in self.p.items()}
+
+    def epoch(self, X, labels, perm, batch_size, lr):
+        """One epoch of SGD over X[perm] (torch tensors or arrays)."""
+        torch = self.torch
+        X = torch.as_tensor(X)
+        labels = torch.as_tensor(labels)
+        perm = torch.as_tensor(perm)
+        if self.style == "autograd":
+            opt = torch.optim.SGD(self.net.parameters(), lr=lr)
+            for s in range(0, len(perm), batch_size):
+                idx = perm[s:s + batch_size]
+                opt.zero_grad()
+                self.loss(self.net(X[idx]), labels[idx]).backward()
+                opt.step()
+            return
+        Wh, bh, Wy, by = (self.p[k] for k in ref.PARAM_NAMES)
+        with torch.no_grad():
+            for s in range(0, len(perm), batch_size):
+                idx = perm[s:s + batch_size]
+                xb, yb = X[idx], labels[idx]
+                H = torch.tanh(torch.addmm(bh, xb, Wh.T))
+                dZ = torch.softmax(torch.addmm(by, H, Wy.T), dim=1)
+                dZ[torch.arange(len(idx)), yb] -= 1
+                dZ /= len(idx)
+                dH = (dZ @ Wy).mul_(1 - H * H)
+                Wy.addmm_(dZ.T, H, alpha=-lr)
+                by.sub_(dZ.sum(0), alpha=lr)
+                Wh.addmm_(dH.T, xb, alpha=-lr)
+                bh.sub_(dH.sum(0), alpha=lr)
+
+
+# ---- the epoch table ----
+
+def _runner(name, params, X, labels, batch_size, lr):
+    """A function that runs one epoch (or its prefix) over a permutation."""
+    if name.startswith("torch-"):
+        trainer = TorchTrainer(params, name.split("-", 1)[1])
+        import torch
+
+        Xt, yt = torch.from_numpy(X), torch.from_numpy(labels.astype(np.int64))
+        return lambda perm: trainer.epoch(Xt, yt, torch.from_numpy(perm), batch_size, lr)
+    kern = backends.kernels(name)
+    p = {k: v.copy() for k, v in params.items()}
+    return lambda perm: kern.train_epoch(X, labels, perm, p["Wh"], p["bh"], p["Wy"], p["by"], lr,
+                                         batch_size, "ce")
+
+
+def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, perm=None):
+    """(seconds per epoch, extrapolated?) for backend ``name``.
+
+    A warm-up call on a short prefix compiles and fills caches. Then, if a whole
+    epoch would take much longer than ``budget`` seconds, a prefix sized to the
+    budget is timed and scaled; otherwise the median of ``repeats`` epochs.
+    """
+    n = len(X)
+    if perm is None:
+        perm = np.random.default_rng(0).permutation(n)
+    run = _runner(name, params, X, labels, batch_size, lr)
+    warm = perm[:max(batch_size, min(n, 10 * batch_size, 2000))]
+    with backends.blas_limits(batch_size):
+        run(warm)  # compile, fault in pages, spin up BLAS threads
+        estimate = _timed(lambda: run(warm)) * n / len(warm)
+        if estimate > 2 * budget:
+            m = max(batch_size, int(n * budget / estimate) // batch_size * batch_size)
+            return _timed(lambda: run(perm[:m])) * n / m, True
+        return statistics.median(_timed(lambda: run(perm)) for _ in range(repeats)), False
+
+
+def gil_release_ratio(params, X, labels, batch_size, backend, lr=0.1):
+    """(one model's epoch seconds, two models in two threads' seconds) for ``backend``."""
+    import threading
+
+    kern = backends.kernels(backend)
+    perm = np.random.default_rng(0).permutation(len(X))
+    models = [{k: v.copy() for k, v in params.items()} for _ in range(2)]
+
+    def epoch(p):
+        kern.train_epoch(X, labels, perm, p["Wh"], p["bh"], p["Wy"], p["by"], lr, batch_size, "ce")
+
+    with backends.blas_limits(1):  # one BLAS thread each: two threads fill the two cores
+        epoch(models[0])
+        one = statistics.median(_timed(lambda: epoch(models[0])) for _ in range(3))
+
+        def two():
+            threads = [threading.Thread(target=epoch, args=(p,)) for p in models]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        both = statistics.median(_timed(two) for _ in range(3))
+    return one, both
+
+
+def networks(data_dir=None, which=("mnist", "circles")):
+    """{name: (X float32, labels intp, (n_in, n_hidden, n_out))} for the benchmark networks."""
+    from . import datasets
+
+    out = {}
+    for name in which:
+        if name == "mnist":
+            X, y, _, _ = datasets.load_mnist(data_dir, download=data_dir is None)
+            out["mnist"] = (X, y.astype(np.intp), (784, 100, 10))
+        elif name == "circles":
+            X, y = datasets.circles(10_000, noise=0.1, seed=0)
+            out["circles"] = (X.astype(np.float32), y.astype(np.intp), (2, 10, 2))
+        else:
+            raise ValueError(f"network must be 'mnist' or 'circles', got {name!r}")
+    return out
+
+
+def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None, budget=1.0, out=sys.stdout):
+    """Time every backend on every network and batch size; print and return the table rows."""
+    names = list(names or backends.available_backends())
+    if names == backends.available_backends() and torch_available():
+        names += ["torch-autograd", "torch-manual"]
+    peak = gemm_peak_gflops()
+    threads = _torch_threads() if any(n.startswith("torch") for n in names) else None
+    print(f"fastmlp bench: {time.strftime('%Y-%m-%d')}, {np.dtype(dtype).name}, "
+          f"seconds per epoch (median; ~ = timed on part of the epoch and scaled)", file=out)
+    print(f"BLAS: {blas_description()}; one BLAS thread below batch {backends.BLAS_THREADS_MIN_BATCH}", file=out)
+    print(f"measured float32 GEMM peak: {peak:.0f} GFLOP/s" + (f"; torch threads: {threads}" if threads else ""),
+          file=out)
+    rows = []
+    for net, (X, labels, shape) in nets.items():
+        X = np.ascontiguousarray(X, dtype=dtype)
+        params = ref.init_params(*shape, dtype=dtype, seed=0)
+        flop = flop_per_example(*shape) * len(X)
+        print(f"\n{net} {'-'.join(map(str, shape))}, N = {len(X)}", file=out)
+        header = f"{'batch':>6} {'backend':>15} {'s/epoch':>9} {'x numpy':>8} {'x torch':>8} {'GFLOP/s':>8} {'% peak':>7}"
+        print(header, file=out)
+        for b in batch_sizes:
+            bs = len(X) if b == "full" else int(b)
+            lr = 0.01 if bs == 1 else 0.1
+            times = {}
+            for name in names:
+                times[name] = time_epoch(name, params, X, labels, bs, lr, budget)
+            torch_best = min((t for n, (t, _) in times.items() if n.startswith("torch")), default=None)
+            for name, (t, scaled) in times.items():
+                gflops = flop / t / 1e9
+                row = dict(network=net, batch=b, backend=name, seconds=t, scaled=scaled,
+                           speedup_numpy=times["numpy"][0] / t if "numpy" in times else None,
+                           speedup_torch=torch_best / t if torch_best else None,
+                           gflops=gflops, peak_fraction=gflops / peak)
+                rows.append(row)
+                print(f"{str(b):>6} {name:>15} {('~' if scaled else '') + f'{t:.4g}':>9} "
+                      f"{_fmt(row['speedup_numpy'])} {_fmt(row['speedup_torch'])} {gflops:8.1f} "
+                      f"{100 * gflops / peak:6.1f}%", file=out, flush=True)
+    return rows
+
+
+def _fmt(x):
+    return f"{x:8.1f}" if x is not None else f"{'-':>8}"
+
+
+def _torch_threads():
+    import torch
+
+    return torch.get_num_threads()
