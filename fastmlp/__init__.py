@@ -11,10 +11,11 @@ from . import datasets, reference
 from ._version import __version__
 from .backends import available_backends
 from .model import MLP
-from .train import History, evaluate, train
+from .train import DivergenceError, History, evaluate, train
 
 __all__ = [
     "MLP",
+    "DivergenceError",
     "History",
     "__version__",
     "available_backends",

@@ -72,8 +72,9 @@ def check_X(X, name="X", n_features=None, dtype=np.float64):
         raise ValueError(f"{name} must have {n_features} columns (the model's n_in), got shape {arr.shape}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinity")
-    out = np.ascontiguousarray(arr, dtype=dtype)
-    if out.dtype.kind == "f" and arr.dtype.kind != "f" and not np.isfinite(out).all():
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    if out.dtype != arr.dtype and not np.isfinite(out).all():
         raise ValueError(f"{name} has values too large for {np.dtype(dtype).name}")
     return out
 

@@ -7,7 +7,9 @@ numba) is simply absent from ``available_backends()``; the rest works.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import threading
 
 from threadpoolctl import threadpool_limits
 
@@ -76,6 +78,39 @@ def kernels(name, batch_size=None):
     return _load(resolve(name, batch_size))
 
 
-def blas_limits(batch_size):
-    """A context manager that sets the BLAS thread count suited to ``batch_size``."""
-    return threadpool_limits(limits=1 if batch_size < BLAS_THREADS_MIN_BATCH else None, user_api="blas")
+class _BlasThreads:
+    """The BLAS thread count for training, shared by concurrent trainings.
+
+    OpenBLAS's thread count is process-wide, and its results depend on it in the
+    last bits. The first training to start sets it (one thread below
+    BLAS_THREADS_MIN_BATCH, else the library's default), trainings that overlap it
+    keep that setting, and the last one to finish restores the previous one. So a
+    training never sees the count change under it, and models trained in parallel
+    threads end bitwise equal to the same models trained one after another.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._users = 0
+        self._limiter = None
+
+    @contextlib.contextmanager
+    def __call__(self, batch_size):
+        with self._lock:
+            if self._users == 0:
+                one = batch_size < BLAS_THREADS_MIN_BATCH
+                self._limiter = threadpool_limits(limits=1 if one else None, user_api="blas")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    self._limiter.restore_original_limits()
+                    self._limiter = None
+
+
+blas_limits = _BlasThreads()
+blas_limits.__doc__ = """blas_limits(batch_size): a context manager that sets the BLAS thread count
+suited to ``batch_size`` for the duration of a training (see _BlasThreads)."""

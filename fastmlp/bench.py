@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import threading
 import time
 
 import numpy as np
@@ -181,8 +182,6 @@ def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, p
 
 def gil_release_ratio(params, X, labels, batch_size, backend, lr=0.1):
     """(one model's epoch seconds, two models in two threads' seconds) for ``backend``."""
-    import threading
-
     kern = backends.kernels(backend)
     perm = np.random.default_rng(0).permutation(len(X))
     models = [{k: v.copy() for k, v in params.items()} for _ in range(2)]
@@ -194,15 +193,17 @@ def gil_release_ratio(params, X, labels, batch_size, backend, lr=0.1):
         epoch(models[0])
         one = statistics.median(_timed(lambda: epoch(models[0])) for _ in range(3))
 
-        def two():
-            threads = [threading.Thread(target=epoch, args=(p,)) for p in models]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-
-        both = statistics.median(_timed(two) for _ in range(3))
+        both = statistics.median(_timed(lambda: run_in_threads(epoch, models)) for _ in range(3))
     return one, both
+
+
+def run_in_threads(fn, items):
+    """fn(item) for every item, each in its own thread; returns when all are done."""
+    threads = [threading.Thread(target=fn, args=(item,)) for item in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def networks(data_dir=None, which=("mnist", "circles")):
@@ -224,9 +225,8 @@ def networks(data_dir=None, which=("mnist", "circles")):
 
 def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None, budget=1.0, out=sys.stdout):
     """Time every backend on every network and batch size; print and return the table rows."""
-    names = list(names or backends.available_backends())
-    if names == backends.available_backends() and torch_available():
-        names += ["torch-autograd", "torch-manual"]
+    if names is None:
+        names = backends.available_backends() + (["torch-autograd", "torch-manual"] if torch_available() else [])
     peak = gemm_peak_gflops()
     threads = _torch_threads() if any(n.startswith("torch") for n in names) else None
     print(f"fastmlp bench: {time.strftime('%Y-%m-%d')}, {np.dtype(dtype).name}, "

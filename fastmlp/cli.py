@@ -120,10 +120,16 @@ def _positive_int(text, name):
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # one line, like every other error of the command (argparse adds the usage)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="fastmlp", description=__doc__)
+    parser = _Parser(prog="fastmlp", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a network and report test accuracy")
     t.add_argument("--dataset", choices=sorted(DEFAULTS), default="circles")

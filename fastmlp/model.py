@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import zipfile
 
 import numpy as np
@@ -60,6 +61,7 @@ class MLP:
         check_choice(init, "init", ref.INITS)
         seed = check_nonnegative_int(seed, "seed")
         self.loss = "ce"
+        self._training = threading.Lock()
         self._params = ref.init_params(self._n_in, self._n_hidden, self._n_out, init, self._dtype, seed)
 
     # ---- shape and parameters ----
@@ -102,9 +104,18 @@ class MLP:
     def copy(self):
         """An independent copy of the model."""
         other = object.__new__(MLP)
-        other.__dict__.update(self.__dict__)
-        other._params = {k: v.copy() for k, v in self._params.items()}
+        other.__setstate__(self.__getstate__())
         return other
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_training"]
+        state["_params"] = {k: v.copy() for k, v in self._params.items()}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._training = threading.Lock()
 
     def __repr__(self):
         return (f"MLP(n_in={self._n_in}, n_hidden={self._n_hidden}, n_out={self._n_out}, "
@@ -136,39 +147,19 @@ class MLP:
 
     def save(self, path):
         """Write the model to ``path`` (.npz, see the module docstring), atomically."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".fastmlp-", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh,
-                    format_version=np.int64(FORMAT_VERSION),
-                    fastmlp_version=np.str_(__version__),
-                    loss=np.str_(self.loss),
-                    **self._params,
-                )
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        atomic_savez(path, **self._file_arrays())
+
+    def _file_arrays(self):
+        return dict(format_version=np.int64(FORMAT_VERSION), fastmlp_version=np.str_(__version__),
+                    loss=np.str_(self.loss), **self._params)
 
     @classmethod
     def load(cls, path):
         """Read a model written by ``save``; rejects truncated, corrupt or foreign files."""
-        path = os.fspath(path)
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                data = {k: f[k] for k in f.files}
-        except FileNotFoundError:
-            raise
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise ValueError(f"{path!r} is not a readable fastmlp model file: {exc}") from exc
+        return cls._from_arrays(read_npz(path, "model"), os.fspath(path))
+
+    @classmethod
+    def _from_arrays(cls, data, path):
         missing = {"format_version", "Wh", "bh", "Wy", "by"} - set(data)
         if missing:
             raise ValueError(f"{path!r} is not a fastmlp model file: missing {sorted(missing)}")
@@ -194,3 +185,36 @@ class MLP:
             model.loss = str(data["loss"])
         return model
 
+
+
+def atomic_savez(path, **arrays):
+    """np.savez to ``path`` through a temporary file in the same directory, fsynced
+    and renamed over the target: readers see the old file or the new one, never a
+    partial one, and a failed write leaves the old file as it was."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastmlp-", suffix=".npz.tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_npz(path, what):
+    """All arrays of an .npz file, no pickle; a clear ValueError for anything unreadable."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path!r} is not a readable fastmlp {what} file: {exc}") from exc

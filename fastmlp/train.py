@@ -65,8 +65,33 @@ def _check_validation_data(validation_data, model):
     return X_val, y_val
 
 
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss or parameter (usually: the learning rate is too large).
+
+    ``epoch`` and ``batch`` (0-based) locate the failing step; ``history`` holds
+    the epochs completed before it. The model keeps the parameters it had before
+    the failing step.
+    """
+
+    def __init__(self, epoch, batch, history):
+        self.epoch, self.batch, self.history = epoch, batch, history
+        super().__init__(
+            f"training diverged at epoch {epoch}, batch {batch} (0-based): the loss or a parameter became "
+            f"NaN or infinite (try a smaller lr); the model keeps its parameters from before that step"
+        )
+
+
+# Each compiled call covers about this many examples (whole batches): short enough
+# that Ctrl-C and divergence are noticed within milliseconds, long enough that the
+# per-call overhead stays under 1%.
+CHUNK_EXAMPLES = 8192
+
+CHECKPOINT_VERSION = 1
+
+
 def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto",
-          shuffle=True, seed=0, validation_data=None, progress=False):
+          shuffle=True, seed=0, validation_data=None, progress=False,
+          checkpoint=None, checkpoint_every=1, resume=None):
     """Train ``model`` in place by mini-batch SGD and return its ``History``.
 
     Each step applies ``p -= lr * (mean over the batch of dl/dp)``; the last batch
@@ -78,9 +103,12 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
     model : MLP
     X : array (n_samples, n_in)
         Any real dtype and memory layout; converted once to the model's dtype.
+        The caller's arrays are never modified.
     y : array
         Integer class labels (n_samples,) in [0, n_out) or one-hot rows (n_samples, n_out).
-    epochs, batch_size : int
+    epochs : int
+        Total number of epochs (with ``resume``: including those already done).
+    batch_size : int
     lr : float
         The learning rate.
     loss : {"ce", "mse"}
@@ -95,6 +123,25 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
         Evaluated after every epoch.
     progress : bool
         Print one line per epoch to stderr.
+    checkpoint : path, optional
+        Write a checkpoint there (atomically) every ``checkpoint_every`` epochs and
+        after the last: the parameters, the epochs done, the shuffling RNG's state
+        and the history.
+    resume : path, optional
+        Continue from a checkpoint: a run killed and resumed ends with exactly the
+        parameters of an uninterrupted run with the same settings.
+
+    Raises
+    ------
+    DivergenceError
+        A step made the loss or a parameter non-finite; the model keeps the
+        parameters from before that step.
+    KeyboardInterrupt
+        Passed on within milliseconds; the model holds the parameters from the start
+        of the interrupted chunk of the epoch (at most CHUNK_EXAMPLES examples back),
+        never a half-applied step.
+    RuntimeError
+        The model is being trained by another thread at the same time.
     """
     model = _check_model(model)
     epochs = check_nonnegative_int(epochs, "epochs")
@@ -103,34 +150,153 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
     check_choice(loss, "loss", ref.LOSSES)
     check_choice(backend, "backend", backends.NAMES)
     check_nonnegative_int(seed, "seed")
+    checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+    if not isinstance(shuffle, (bool, np.bool_)):
+        raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+    if checkpoint is not None:
+        _check_writable_dir(checkpoint, "checkpoint")
     X = check_X(X, "X", model.n_in, model.dtype)
     labels = check_y(y, len(X), model.n_out, "y")
     val = _check_validation_data(validation_data, model)
     name = backends.resolve(backend, batch_size)
     kernels = backends.kernels(name)
+    settings = dict(batch_size=batch_size, lr=lr, loss=loss, shuffle=bool(shuffle), seed=seed, n_samples=len(X))
+    state = _read_checkpoint(resume, model, settings) if resume is not None else None
 
-    history = History(backend=name)
-    rng = np.random.default_rng(seed)
-    n = len(X)
-    p = model.params
-    model.loss = loss
-    with backends.blas_limits(batch_size):
-        for epoch in range(epochs):
-            perm = rng.permutation(n) if shuffle else np.arange(n, dtype=np.intp)
-            t0 = time.perf_counter()
-            loss_sum, n_correct = kernels.train_epoch(
-                X, labels, perm, p["Wh"], p["bh"], p["Wy"], p["by"], lr, batch_size, loss
-            )
-            history.seconds.append(time.perf_counter() - t0)
-            history.loss.append(loss_sum / n)
-            history.accuracy.append(n_correct / n)
-            if val is not None:
-                vl, va = _evaluate(model, *val, loss)
-                history.val_loss.append(vl)
-                history.val_accuracy.append(va)
-            if progress:
-                _print_progress(epoch, epochs, history)
+    if not model._training.acquire(blocking=False):
+        raise RuntimeError("model is already being trained in another thread; train a copy (model.copy()) instead")
+    try:
+        history = History(backend=name)
+        rng = np.random.default_rng(seed)
+        first = 0
+        if state is not None:
+            first = state["epoch"]
+            rng.bit_generator.state = state["rng"]
+            for key, values in state["history"].items():
+                getattr(history, key).extend(values)
+            for k in ref.PARAM_NAMES:
+                model.params[k][...] = state["params"][k]
+        model.loss = loss
+        p = model.params
+        n = len(X)
+        with backends.blas_limits(batch_size):
+            for epoch in range(first, epochs):
+                perm = rng.permutation(n) if shuffle else np.arange(n, dtype=np.intp)
+                t0 = time.perf_counter()
+                loss_sum, n_correct = _run_epoch(kernels, X, labels, perm, p, lr, batch_size, loss,
+                                                 epoch, history)
+                history.seconds.append(time.perf_counter() - t0)
+                history.loss.append(loss_sum / n)
+                history.accuracy.append(n_correct / n)
+                if val is not None:
+                    vl, va = _evaluate(model, *val, loss)
+                    history.val_loss.append(vl)
+                    history.val_accuracy.append(va)
+                if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+                    _write_checkpoint(checkpoint, model, epoch + 1, rng, history, settings)
+                if progress:
+                    _print_progress(epoch, epochs, history)
+    finally:
+        model._training.release()
     return history
+
+
+def _run_epoch(kernels, X, labels, perm, p, lr, batch_size, loss, epoch, history):
+    """One epoch in compiled chunks of whole batches; Python regains control between
+    chunks (Ctrl-C), and each chunk is checked for a non-finite loss or parameter."""
+    chunk = max(1, CHUNK_EXAMPLES // batch_size) * batch_size
+    loss_sum, n_correct = 0.0, 0
+    for start in range(0, len(perm), chunk):
+        before = {k: v.copy() for k, v in p.items()}
+        try:
+            ls, nc = kernels.train_epoch(X, labels, perm[start:start + chunk], p["Wh"], p["bh"], p["Wy"],
+                                         p["by"], lr, batch_size, loss)
+        except KeyboardInterrupt:
+            # Ctrl-C can land between two parameter updates of a Python-level step;
+            # go back to the chunk's start, where every parameter is consistent.
+            for k in ref.PARAM_NAMES:
+                p[k][...] = before[k]
+            raise
+        if not (np.isfinite(ls) and _finite(p)):
+            _locate_divergence(kernels, X, labels, perm, p, before, start, chunk, lr, batch_size, loss,
+                               epoch, history)
+        loss_sum += ls
+        n_correct += nc
+    return loss_sum, n_correct
+
+
+def _finite(params):
+    return all(np.isfinite(v).all() for v in params.values())
+
+
+def _locate_divergence(kernels, X, labels, perm, p, before, start, chunk, lr, batch_size, loss, epoch, history):
+    """Replay the failed chunk from its start one batch at a time (the kernels are
+    deterministic), stop before the first step that fails, and raise."""
+    for k in ref.PARAM_NAMES:
+        p[k][...] = before[k]
+    for b0 in range(start, min(start + chunk, len(perm)), batch_size):
+        saved = {k: v.copy() for k, v in p.items()}
+        ls, _ = kernels.train_epoch(X, labels, perm[b0:b0 + batch_size], p["Wh"], p["bh"], p["Wy"], p["by"],
+                                    lr, batch_size, loss)
+        if not (np.isfinite(ls) and _finite(p)):
+            for k in ref.PARAM_NAMES:
+                p[k][...] = saved[k]
+            raise DivergenceError(epoch, b0 // batch_size, history)
+    raise DivergenceError(epoch, start // batch_size, history)  # not reproduced: report the chunk's start
+
+
+def _check_writable_dir(path, name):
+    import os
+
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{name}: directory {directory!r} does not exist")
+
+
+def _write_checkpoint(path, model, epochs_done, rng, history, settings):
+    import json
+
+    from .model import atomic_savez
+
+    arrays = model._file_arrays()
+    arrays.update(
+        checkpoint_version=np.int64(CHECKPOINT_VERSION),
+        epochs_done=np.int64(epochs_done),
+        rng_state=np.str_(json.dumps(rng.bit_generator.state)),
+        settings=np.str_(json.dumps(settings)),
+        **{f"history_{k}": np.asarray(getattr(history, k), dtype=np.float64)
+           for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")},
+    )
+    atomic_savez(path, **arrays)
+
+
+def _read_checkpoint(path, model, settings):
+    import json
+
+    from .model import MLP, read_npz
+
+    data = read_npz(path, "checkpoint")
+    if "checkpoint_version" not in data:
+        raise ValueError(f"resume: {path!r} is not a fastmlp checkpoint (a model file has no training state)")
+    if int(data["checkpoint_version"]) != CHECKPOINT_VERSION:
+        raise ValueError(f"resume: {path!r} has checkpoint version {int(data['checkpoint_version'])}, "
+                         f"this fastmlp reads version {CHECKPOINT_VERSION}")
+    saved = MLP._from_arrays(data, path)
+    if (saved.n_in, saved.n_hidden, saved.n_out, saved.dtype) != (model.n_in, model.n_hidden, model.n_out,
+                                                                 model.dtype):
+        raise ValueError(f"resume: {path!r} holds a {saved!r}, the model is a {model!r}")
+    old = json.loads(str(data["settings"]))
+    differ = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+    if differ:
+        raise ValueError("resume: the checkpoint was written with other settings (checkpoint, now): "
+                         + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in differ.items()))
+    return dict(
+        epoch=int(data["epochs_done"]),
+        rng=json.loads(str(data["rng_state"])),
+        params=saved.params,
+        history={k: data[f"history_{k}"].tolist()
+                 for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")},
+    )
 
 
 def _print_progress(epoch, epochs, history):

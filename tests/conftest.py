@@ -1,19 +1,7 @@
-import os
-from pathlib import Path
-
-import numpy as np
 import pytest
 
 import fastmlp
-
-ROOT = Path(__file__).resolve().parents[1]
-# Real MNIST for accuracy tests: $FASTMLP_MNIST_DIR, else the shared data folder
-# beside the project. Tests that need it skip where it is absent.
-MNIST_DIR = Path(os.environ.get("FASTMLP_MNIST_DIR", ROOT.parent / "shared" / "data" / "mnist"))
-
-BACKENDS = fastmlp.available_backends()
-COMPILED = [b for b in BACKENDS if b != "numpy"]
-DTYPES = [np.float32, np.float64]
+from helpers import MNIST_DIR
 
 
 @pytest.fixture
@@ -21,14 +9,3 @@ def mnist():
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST not found in {MNIST_DIR} (set FASTMLP_MNIST_DIR)")
     return fastmlp.datasets.load_mnist(MNIST_DIR)
-
-
-def random_problem(n, n_in, n_hidden, n_out, dtype, seed=0, sparse=False):
-    """A small random dataset and initial parameters."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, n_in))
-    if sparse:
-        X[rng.random(X.shape) < 0.7] = 0.0
-    y = rng.integers(0, n_out, size=n).astype(np.intp)
-    params = fastmlp.reference.init_params(n_in, n_hidden, n_out, "normal", dtype, seed + 1)
-    return X.astype(dtype), y, params

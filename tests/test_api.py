@@ -6,7 +6,7 @@ import pytest
 import fastmlp
 from fastmlp import reference as ref
 
-from conftest import BACKENDS, DTYPES, random_problem
+from helpers import BACKENDS, DTYPES, random_problem
 
 
 def make_model(n_in=4, n_hidden=6, n_out=3, dtype=np.float64, seed=0):

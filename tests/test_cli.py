@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 import fastmlp
-from conftest import MNIST_DIR
+from helpers import MNIST_DIR
 
 
 def run(*args):

@@ -5,7 +5,7 @@ import pytest
 
 from fastmlp import reference as ref
 
-from conftest import random_problem
+from helpers import random_problem
 
 
 def _loss(params, X, y, loss):

@@ -18,6 +18,8 @@ from libc.stdint cimport int64_t, intptr_t
 from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
+from ._common import batch_order
+
 cdef extern from "_fused.h" nogil:
     void fm_tanh_f(float *x, Py_ssize_t n)
     void fm_tanh_d(double *x, Py_ssize_t n)
@@ -279,6 +281,8 @@ def train_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] labels, const Py
     if n_ex == 0:
         return 0.0, 0
     dtype = np.asarray(Wh).dtype
+    perm_arr, in_order = batch_order(perm, X.shape[0], batch)
+    perm = perm_arr
     cdef floating[::1] work
     cdef floating[:, ::1] WhT, Xbuf, H, dH, Z
     cdef Py_ssize_t[::1] nz, lb
@@ -291,7 +295,7 @@ def train_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] labels, const Py
                          &WhT[0, 0], &bh[0], &Wy[0, 0], &by[0], nh, nout, <floating>lr, code,
                          &work[0], &nz[0], &loss_sum, &n_correct)
     else:
-        Xbuf = np.empty((batch, n_in), dtype=dtype)
+        Xbuf = np.empty((1 if in_order else batch, n_in), dtype=dtype)  # in order: X is read in place
         H = np.empty((batch, nh), dtype=dtype)
         dH = np.empty((batch, nh), dtype=dtype)
         Z = np.empty((batch, nout), dtype=dtype)

@@ -17,6 +17,8 @@ import numpy as np
 from numba.core import types
 from numba.extending import get_cython_function_address
 
+from ._common import batch_order
+
 LOSS_CODES = {"ce": 0, "mse": 1}
 PATHS = ("auto", "small", "blas")
 
@@ -195,10 +197,19 @@ def _gather_axpy(h, x, idx, k, WhT):
 
 
 @_jit
-def _small_epoch(X, labels, perm, batch, WhT, bh, Wy, by, lr, loss, H, dH, dZ, nz, nnz):
+def _small_epoch(X, labels, perm, batch, Wh, bh, Wy, by, lr, loss, WhT, H, dH, dZ, nz, nnz):
     """Mini-batch SGD for small batches without BLAS; see fm_small_epoch in
     _fused_impl.h. WhT is Wh transposed (n_in, nh), so the forward pass and the
-    update of Wh are contiguous axpys over the hidden units, for non-zero inputs only."""
+    update of Wh are contiguous axpys over the hidden units, for non-zero inputs only.
+    Wh is written back before returning: no Python runs between the updates."""
+    WhT[:, :] = Wh.T
+    result = _small_epoch_t(X, labels, perm, batch, WhT, bh, Wy, by, lr, loss, H, dH, dZ, nz, nnz)
+    Wh[:, :] = WhT.T
+    return result
+
+
+@_jit
+def _small_epoch_t(X, labels, perm, batch, WhT, bh, Wy, by, lr, loss, H, dH, dZ, nz, nnz):
     n_ex = perm.size
     nh = WhT.shape[1]
     nout = Wy.shape[0]
@@ -416,13 +427,13 @@ def train_epoch(X, labels, perm, Wh, bh, Wy, by, lr, batch_size, loss="ce", path
     dH = np.empty((batch, nh), dtype)
     Z = np.empty((batch, nout), dtype)
     if small:
-        WhT = np.ascontiguousarray(Wh.T)
+        WhT = np.empty((n_in, nh), dtype)
         nz = np.empty((batch, n_in), np.intp)
         nnz = np.empty(batch, np.intp)
-        result = _small_epoch(X, labels, perm, batch, WhT, bh, Wy, by, lr, code, H, dH, Z, nz, nnz)
-        Wh[...] = WhT.T
+        result = _small_epoch(X, labels, perm, batch, Wh, bh, Wy, by, lr, code, WhT, H, dH, Z, nz, nnz)
     else:
-        Xbuf = np.empty((batch, n_in), dtype)
+        perm, in_order = batch_order(perm, X.shape[0], batch)
+        Xbuf = np.empty((1 if in_order else batch, n_in), dtype)  # in order: X is read in place
         result = _blas_epoch(X, labels, perm, batch, Wh, bh, Wy, by, lr, code, Xbuf, H, dH, Z,
                              *_gemm_workspace(dtype))
     return result

@@ -1,0 +1,82 @@
+"""Property-based tests: for any shapes, dtypes, memory layouts and batch sizes,
+every backend trains as the reference does and leaves the caller's arrays alone."""
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastmlp
+from fastmlp import reference as ref
+
+from helpers import BACKENDS
+
+LAYOUTS = ["C", "F", "strided", "readonly", "int"]
+
+
+def _layout(X, layout):
+    if layout == "F":
+        return np.asfortranarray(X)
+    if layout == "strided":
+        wide = np.zeros((X.shape[0] * 2, X.shape[1] * 3), dtype=X.dtype)
+        wide[::2, ::3] = X
+        return wide[::2, ::3]
+    if layout == "readonly":
+        X = X.copy()
+        X.setflags(write=False)
+        return X
+    if layout == "int":
+        return np.round(X * 3).astype(np.int16)
+    return X
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(1, 40))
+    n_in = draw(st.integers(1, 12))
+    n_hidden = draw(st.integers(1, 12))
+    n_out = draw(st.integers(2, 5))
+    seed = draw(st.integers(0, 2 ** 16))
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, n_in)) * (rng.random((n, n_in)) < draw(st.floats(0.2, 1.0)))
+    y = rng.integers(0, n_out, n)
+    return dict(
+        X=_layout(X, draw(st.sampled_from(LAYOUTS))),
+        y=y if draw(st.booleans()) else ref.one_hot(y, n_out, np.int8),
+        shape=(n_in, n_hidden, n_out),
+        dtype=draw(st.sampled_from([np.float32, np.float64])),
+        batch_size=draw(st.sampled_from([1, 2, 3, 5, 8, 16, 64])),
+        loss=draw(st.sampled_from(["ce", "mse"])),
+        shuffle=draw(st.booleans()),
+        seed=seed,
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems(), st.sampled_from(BACKENDS))
+def test_every_backend_trains_as_the_reference(problem, backend):
+    p = problem
+    X_before, y_before = p["X"].copy(), p["y"].copy()
+    flags_before = (p["X"].dtype, p["X"].flags.c_contiguous, p["X"].flags.f_contiguous, p["X"].flags.writeable)
+    models = {}
+    for name in ("numpy", backend):
+        m = fastmlp.MLP(*p["shape"], dtype=p["dtype"], init="normal", seed=1)
+        hist = fastmlp.train(m, p["X"], p["y"], epochs=2, batch_size=p["batch_size"], lr=0.1, loss=p["loss"],
+                             backend=name, shuffle=p["shuffle"], seed=p["seed"])
+        models[name] = (m, hist)
+    tol = dict(rtol=1e-4, atol=1e-5) if p["dtype"] == np.float32 else dict(rtol=1e-9, atol=1e-12)
+    for k in ref.PARAM_NAMES:
+        np.testing.assert_allclose(models[backend][0].params[k], models["numpy"][0].params[k], **tol)
+    np.testing.assert_allclose(models[backend][1].loss, models["numpy"][1].loss, **tol)
+    np.testing.assert_array_equal(p["X"], X_before)
+    np.testing.assert_array_equal(p["y"], y_before)
+    assert (p["X"].dtype, p["X"].flags.c_contiguous, p["X"].flags.f_contiguous, p["X"].flags.writeable) == flags_before
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems())
+def test_predict_and_evaluate_accept_every_layout(problem):
+    p = problem
+    m = fastmlp.MLP(*p["shape"], dtype=p["dtype"], seed=2)
+    clean = np.ascontiguousarray(p["X"], dtype=p["dtype"])
+    np.testing.assert_array_equal(m.predict_proba(p["X"]), m.predict_proba(clean))
+    assert fastmlp.evaluate(m, p["X"], p["y"]) == fastmlp.evaluate(m, clean, p["y"])
