@@ -42,9 +42,12 @@ def cmd_train(args):
     print(f"fastmlp {__version__}: {args.dataset} {X.shape[1]}-{args.hidden}-{n_out}, "
           f"{len(X)} train / {len(X_test)} test, batch {args.batch_size}, lr {args.lr}, "
           f"loss {args.loss}, {args.dtype}, backend {backend}")
+    if args.plot:
+        _check_plot_target(args.plot)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
     history = train(model, X, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     loss=args.loss, backend=backend, seed=args.seed,
-                    validation_data=(X_test, y_test))
+                    validation_data=(X_test, y_test), progress=progress)
     for e in range(history.epochs):
         print(f"epoch {e + 1:3d}  loss {history.loss[e]:.4f}  accuracy {history.accuracy[e]:.4f}  "
               f"test_loss {history.val_loss[e]:.4f}  test_accuracy {history.val_accuracy[e]:.4f}  "
@@ -55,7 +58,26 @@ def cmd_train(args):
     if args.save:
         model.save(args.save)
         print(f"saved {args.save}")
+    if args.plot:
+        from .plot import training_figure
+
+        fig = training_figure(model, history, X_test, y_test)
+        fig.savefig(args.plot, dpi=100)
+        print(f"wrote {args.plot}")
     return 0
+
+
+def _check_plot_target(path):
+    import os
+
+    try:
+        import matplotlib
+    except ImportError:
+        raise CLIError("--plot needs matplotlib: pip install fastmlp[plot]") from None
+    matplotlib.use("Agg")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CLIError(f"--plot: directory {directory!r} does not exist")
 
 
 def cmd_info(args):
@@ -147,6 +169,10 @@ def build_parser():
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", default=None, metavar="PATH", help="write the trained model (.npz)")
+    t.add_argument("--plot", default=None, metavar="PNG",
+                   help="write learning curves (and, for 2-D data, the decision boundary) to PNG")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="time one epoch per backend and batch size, print a table")

@@ -143,6 +143,40 @@ class MLP:
         """The most probable class of each row (the first on ties), (n_samples,)."""
         return self.logits(X).argmax(axis=1)
 
+    # ---- PyTorch (optional: pip install fastmlp[bench] or any torch) ----
+
+    def to_torch(self):
+        """``torch.nn.Sequential(Linear(n_in, n_hidden), Tanh(), Linear(n_hidden, n_out))``
+        holding copies of these weights, in the model's dtype."""
+        import torch
+
+        dtype = torch.float32 if self._dtype == np.float32 else torch.float64
+        seq = torch.nn.Sequential(torch.nn.Linear(self._n_in, self._n_hidden, dtype=dtype), torch.nn.Tanh(),
+                                  torch.nn.Linear(self._n_hidden, self._n_out, dtype=dtype))
+        with torch.no_grad():
+            for param, name in zip(seq.parameters(), ref.PARAM_NAMES):
+                param.copy_(torch.from_numpy(self._params[name]))
+        return seq
+
+    @classmethod
+    def from_torch(cls, seq):
+        """A model with the weights of ``Sequential(Linear, Tanh, Linear)`` (copied)."""
+        import torch
+
+        layers = list(seq) if isinstance(seq, torch.nn.Sequential) else None
+        if (layers is None or len(layers) != 3 or not isinstance(layers[0], torch.nn.Linear)
+                or not isinstance(layers[1], torch.nn.Tanh) or not isinstance(layers[2], torch.nn.Linear)
+                or layers[0].bias is None or layers[2].bias is None
+                or layers[0].out_features != layers[2].in_features):
+            raise ValueError("seq must be torch.nn.Sequential(Linear(n_in, n_hidden), Tanh(), "
+                             f"Linear(n_hidden, n_out)) with biases, got {seq!r}")
+        weights = [p.detach().cpu().numpy() for p in seq.parameters()]
+        dtype = weights[0].dtype if weights[0].dtype in (np.float32, np.float64) else np.float32
+        model = cls(layers[0].in_features, layers[0].out_features, layers[2].out_features, dtype=dtype)
+        for name, value in zip(ref.PARAM_NAMES, weights):
+            model._set(name, value)
+        return model
+
     # ---- model files ----
 
     def save(self, path):

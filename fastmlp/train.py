@@ -7,6 +7,7 @@ what each epoch measured.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -122,7 +123,8 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
     validation_data : (X_val, y_val), optional
         Evaluated after every epoch.
     progress : bool
-        Print one line per epoch to stderr.
+        Show progress on stderr once per epoch (loss, accuracy, examples/s): a tqdm
+        bar where tqdm is installed (``pip install fastmlp[progress]``), else a line.
     checkpoint : path, optional
         Write a checkpoint there (atomically) every ``checkpoint_every`` epochs and
         after the last: the parameters, the epochs done, the shuffling RNG's state
@@ -179,7 +181,8 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
         model.loss = loss
         p = model.params
         n = len(X)
-        with backends.blas_limits(batch_size):
+        bar = _Progress(epochs, first) if progress else None
+        with backends.blas_limits(batch_size), (bar or contextlib.nullcontext()):
             for epoch in range(first, epochs):
                 perm = rng.permutation(n) if shuffle else np.arange(n, dtype=np.intp)
                 t0 = time.perf_counter()
@@ -194,8 +197,8 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
                     history.val_accuracy.append(va)
                 if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
                     _write_checkpoint(checkpoint, model, epoch + 1, rng, history, settings)
-                if progress:
-                    _print_progress(epoch, epochs, history)
+                if bar is not None:
+                    bar.update(history, len(X))
     finally:
         model._training.release()
     return history
@@ -299,12 +302,37 @@ def _read_checkpoint(path, model, settings):
     )
 
 
-def _print_progress(epoch, epochs, history):
-    line = (f"epoch {epoch + 1}/{epochs}  loss {history.loss[-1]:.4f}  "
-            f"accuracy {history.accuracy[-1]:.4f}")
-    if history.val_loss:
-        line += f"  val_loss {history.val_loss[-1]:.4f}  val_accuracy {history.val_accuracy[-1]:.4f}"
-    print(line + f"  ({history.seconds[-1]:.3f} s)", file=sys.stderr, flush=True)
+class _Progress:
+    """Per-epoch progress on stderr: a tqdm bar where tqdm is installed, else one line
+    per epoch. Updated between compiled epochs, never inside them."""
+
+    def __init__(self, epochs, first):
+        self.epochs = epochs
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            self.bar = None
+        else:
+            self.bar = tqdm(total=epochs, initial=first, unit="epoch", file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, history, n):
+        stats = {"loss": f"{history.loss[-1]:.4f}", "acc": f"{history.accuracy[-1]:.4f}"}
+        if history.val_loss:
+            stats.update(val_loss=f"{history.val_loss[-1]:.4f}", val_acc=f"{history.val_accuracy[-1]:.4f}")
+        stats["ex/s"] = f"{n / max(history.seconds[-1], 1e-12):.3g}"
+        if self.bar is not None:
+            self.bar.set_postfix(stats, refresh=False)
+            self.bar.update(1)
+        else:
+            print(f"epoch {history.epochs}/{self.epochs}  " + "  ".join(f"{k} {v}" for k, v in stats.items()),
+                  file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _evaluate(model, X, labels, loss):

@@ -1,7 +1,19 @@
+import os
+import sys
+
 import pytest
 
-import fastmlp
-from helpers import MNIST_DIR
+# The helpers module sits beside this file; with --import-mode=importlib (testing an
+# installed wheel from outside the tree) pytest puts no test directory on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import fastmlp  # noqa: E402
+from helpers import MNIST_DIR  # noqa: E402
+
+
+def pytest_report_header(config):
+    return [f"fastmlp {fastmlp.__version__} from {os.path.dirname(fastmlp.__file__)}; "
+            f"backends {fastmlp.available_backends()}"]
 
 
 @pytest.fixture
