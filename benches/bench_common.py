@@ -24,7 +24,7 @@ SMOKE_ROWS = 512
 FULL_ROWS = os.environ.get("FASTMLP_BENCH_ROWS", "10000")
 
 
-def load_network(name, smoke):
+def load_network(name, smoke, rows=FULL_ROWS):
     if name == "circles":
         X, y = fastmlp.datasets.circles(10_000, noise=0.1, seed=0)
         shape = (2, 10, 2)
@@ -36,6 +36,6 @@ def load_network(name, smoke):
         X = rng.random((60_000, 784), dtype=np.float32) * (rng.random((60_000, 784)) > 0.81)
         y = rng.integers(0, 10, 60_000)
         name, shape = "mnist-synthetic", (784, 100, 10)
-    rows = SMOKE_ROWS if smoke else (None if FULL_ROWS == "all" else int(FULL_ROWS))
+    rows = SMOKE_ROWS if smoke else (None if rows in (None, "all") else int(rows))
     X, y = X[:rows], y[:rows]
     return name, np.ascontiguousarray(X), np.ascontiguousarray(y, dtype=np.intp), shape

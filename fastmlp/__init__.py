@@ -11,6 +11,7 @@ from . import datasets, reference
 from ._version import __version__
 from .backends import available_backends
 from .model import MLP
+from .sweeps import sweep
 from .train import DivergenceError, History, evaluate, train
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "datasets",
     "evaluate",
     "reference",
+    "sweep",
     "train",
 ]

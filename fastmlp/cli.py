@@ -23,10 +23,10 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _load_data(args):
+def _load_data(args, n_circles):
     if args.dataset == "circles":
-        X, y = datasets.circles(args.n_samples, noise=args.noise, seed=args.seed)
-        X_test, y_test = datasets.circles(args.n_samples, noise=args.noise, seed=args.seed + 1)
+        X, y = datasets.circles(n_circles, noise=args.noise, seed=args.seed)
+        X_test, y_test = datasets.circles(n_circles, noise=args.noise, seed=args.seed + 1)
         return X, y, X_test, y_test
     return datasets.load_mnist(args.data_dir, download=args.data_dir is None)
 
@@ -35,7 +35,7 @@ def cmd_train(args):
     for key, value in DEFAULTS[args.dataset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    X, y, X_test, y_test = _load_data(args)
+    X, y, X_test, y_test = _load_data(args, args.n_samples)
     n_out = int(max(y.max(), y_test.max())) + 1
     model = MLP(X.shape[1], args.hidden, n_out, dtype=args.dtype, init=args.init, seed=args.seed)
     backend = backends.resolve(args.backend, args.batch_size)
@@ -132,6 +132,51 @@ def cmd_bench(args):
     return 0
 
 
+def cmd_sweep(args):
+    from .sweeps import plot_sweep, sweep
+
+    if args.plot:
+        _check_plot_target(args.plot)
+    grid = {}
+    for key, text, kind in [("lr", args.lr, float), ("n_hidden", args.hidden, int),
+                            ("batch_size", args.batch_size, int), ("n_samples", args.n_samples, int)]:
+        if text:
+            try:
+                grid[key] = [kind(v) for v in text.split(",")]
+            except ValueError:
+                raise CLIError(f"--{key.replace('_', '-')}: expected comma-separated numbers, got {text!r}") from None
+    grid.setdefault("lr", [DEFAULTS[args.dataset]["lr"]])
+    grid["backend"] = [args.backend]
+    grid["dtype"] = [args.dtype]
+    for key in ("hidden", "batch_size"):
+        grid.setdefault("n_hidden" if key == "hidden" else key, [DEFAULTS[args.dataset][key]])
+    args.seed = 0
+    X, y, X_test, y_test = _load_data(args, max(grid.get("n_samples", [1000])))
+    client = None
+    if args.scheduler:
+        from dask.distributed import Client
+
+        client = Client(args.scheduler)
+    try:
+        table = sweep(X, y, grid, validation_data=(X_test, y_test), epochs=args.epochs, repeats=args.repeats,
+                      client=client, n_jobs=args.n_jobs, progress=sys.stderr.isatty(), as_frame=True)
+    finally:
+        if client is not None:
+            client.close()
+    cols = [c for c in ("lr", "n_hidden", "batch_size", "n_samples", "seed", "accuracy", "val_accuracy",
+                        "seconds", "error") if c in table]
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    failed = table["error"].notna().sum()
+    print(f"{len(table)} trainings, {failed} failed, {table['seconds'].sum():.2f} s of training")
+    if args.out:
+        table.to_csv(args.out, index=False)
+        print(f"wrote {args.out}")
+    if args.plot:
+        plot_sweep(table, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 def _positive_int(text, name):
     try:
         value = int(text)
@@ -189,6 +234,25 @@ def build_parser():
     b.add_argument("--no-gil", dest="gil", action="store_false",
                    help="skip the two-models-in-two-threads measurement")
     b.set_defaults(func=cmd_bench)
+
+    w = sub.add_parser("sweep", help="train many models over a grid of settings (process pool or Dask)")
+    w.add_argument("--dataset", choices=sorted(DEFAULTS), default="circles")
+    w.add_argument("--data-dir", default=None, help="directory of the MNIST IDX files")
+    w.add_argument("--noise", type=float, default=0.1, help="circles: radial noise")
+    w.add_argument("--lr", default=None, help="comma-separated learning rates")
+    w.add_argument("--hidden", default=None, help="comma-separated hidden sizes")
+    w.add_argument("--batch-size", default=None, help="comma-separated batch sizes")
+    w.add_argument("--n-samples", default=None, help="comma-separated training-set sizes (first N examples)")
+    w.add_argument("--epochs", type=int, default=2)
+    w.add_argument("--repeats", type=int, default=1, help="seeds per grid point")
+    w.add_argument("--backend", choices=list(backends.NAMES), default="auto")
+    w.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    w.add_argument("--n-jobs", type=int, default=None, help="local worker processes (default: cores)")
+    w.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="a Dask scheduler, e.g. tcp://host:8786, instead of the local pool")
+    w.add_argument("--out", default=None, metavar="CSV", help="write the results table")
+    w.add_argument("--plot", default=None, metavar="PNG", help="accuracy against learning rate")
+    w.set_defaults(func=cmd_sweep)
 
     i = sub.add_parser("info", help="version, backends, BLAS and threads")
     i.set_defaults(func=cmd_info)

@@ -1,0 +1,252 @@
+"""Hyperparameter sweeps: many trainings, on a local process pool or a Dask cluster.
+
+    table = fastmlp.sweep(X, y, {"lr": [0.01, 0.1], "n_hidden": [50, 100]},
+                          validation_data=(X_test, y_test), epochs=2, repeats=4)
+
+Small networks train in milliseconds, so what users run at scale is many
+trainings: the influence of the learning rate, the hidden size, the number of
+examples, the batch size and the seed. Every grid point is trained from scratch
+with one BLAS thread (so workers do not oversubscribe the cores, and results are
+the same wherever a point runs); a point that fails (diverges, a bad value) is
+recorded with its error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import numpy as np
+
+from ._validation import check_nonnegative_int, check_positive_int, check_X, check_y
+
+# Grid keys and the defaults of the keys a grid leaves out.
+DEFAULTS = {
+    "lr": 0.1,
+    "n_hidden": 100,
+    "batch_size": 64,
+    "n_samples": None,  # all of X
+    "loss": "ce",
+    "init": "xavier",
+    "dtype": "float32",
+    "backend": "auto",
+    "epochs": 1,
+    "seed": 0,
+}
+RESULT_COLUMNS = ("loss_final", "accuracy", "val_loss", "val_accuracy", "seconds", "error")
+
+
+def expand_grid(grid, repeats=1, epochs=1):
+    """The list of grid points: the cartesian product of ``grid``'s values, times
+    ``repeats`` seeds (seed, seed + 1, ...) unless the grid sets "seed" itself."""
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"grid must be a non-empty dict of parameter -> list of values, got {grid!r}")
+    unknown = set(grid) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"grid has unknown parameters {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    values = {}
+    for key, vals in grid.items():
+        vals = list(vals) if isinstance(vals, (list, tuple, np.ndarray, range)) else [vals]
+        if not vals:
+            raise ValueError(f"grid[{key!r}] is empty")
+        values[key] = vals
+    repeats = check_positive_int(repeats, "repeats")
+    base = dict(DEFAULTS, epochs=epochs)
+    points = []
+    for combo in itertools.product(*values.values()):
+        point = dict(base, **dict(zip(values, combo)))
+        for r in range(1 if "seed" in grid else repeats):
+            points.append(dict(point, seed=point["seed"] + r))
+    return points
+
+
+def run_point(point, X, y, validation_data=None):
+    """Train one model for ``point`` and return its record (point + results).
+
+    Runs with one BLAS thread. Errors (divergence, bad values) are caught and
+    recorded in the "error" column."""
+    from threadpoolctl import threadpool_limits
+
+    from .model import MLP
+    from .train import evaluate, train
+
+    record = dict(point)
+    record.update({k: None for k in RESULT_COLUMNS})
+    n_samples = point["n_samples"] or len(X)
+    record["n_samples"] = n_samples
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            n_out = int(max(y.max(), validation_data[1].max() if validation_data else 0)) + 1
+            model = MLP(X.shape[1], point["n_hidden"], n_out, dtype=point["dtype"], init=point["init"],
+                        seed=point["seed"])
+            t0 = time.perf_counter()
+            hist = train(model, X[:n_samples], y[:n_samples], epochs=point["epochs"],
+                         batch_size=point["batch_size"], lr=point["lr"], loss=point["loss"],
+                         backend=point["backend"], seed=point["seed"])
+            record["seconds"] = time.perf_counter() - t0
+            record["loss_final"], record["accuracy"] = evaluate(model, X[:n_samples], y[:n_samples], point["loss"])
+            if validation_data is not None:
+                record["val_loss"], record["val_accuracy"] = evaluate(model, *validation_data, point["loss"])
+            record["backend"] = hist.backend
+    except Exception as exc:  # recorded, the sweep goes on
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    return record
+
+
+# Data a pool worker received once, at start-up.
+_worker_data = None
+
+
+def _init_worker(X, y, validation_data):
+    global _worker_data
+    _worker_data = (X, y, validation_data)
+
+
+def _run_in_worker(point):
+    return run_point(point, *_worker_data)
+
+
+def sweep(X, y, grid, *, validation_data=None, epochs=1, repeats=1, client=None, n_jobs=None, progress=False,
+          as_frame=None):
+    """Train one model per grid point (and repeat) and return the table of results.
+
+    Parameters
+    ----------
+    X, y : training data (as for ``fastmlp.train``)
+    grid : dict
+        Parameter -> list of values, over "lr", "n_hidden", "batch_size",
+        "n_samples" (train on the first N examples), "loss", "init", "dtype",
+        "backend", "epochs", "seed"; the rest take ``DEFAULTS``.
+    validation_data : (X_val, y_val), optional
+        Evaluated at the end of each training.
+    epochs : int
+        Epochs per training (unless the grid varies "epochs").
+    repeats : int
+        Trainings per grid point, with seeds 0, 1, ... (unless the grid varies "seed").
+    client : dask.distributed.Client, optional
+        Run on that cluster: the data is scattered to the workers once, tasks are
+        gathered as they complete. Without it, a local process pool.
+    n_jobs : int, optional
+        Local pool size (default: the number of cores); 1 runs in this process.
+    progress : bool
+        A progress bar over the trainings (tqdm, where installed).
+    as_frame : bool, optional
+        Return a pandas DataFrame (default: when pandas is installed) or a list of dicts.
+
+    Returns
+    -------
+    One record per training, in grid order: the point's parameters and
+    "loss_final", "accuracy" (on the training data), "val_loss", "val_accuracy",
+    "seconds" (training time) and "error" (None, or the error of a failed point).
+    """
+    X = check_X(X, "X", dtype=np.float64 if np.asarray(X).dtype == np.float64 else np.float32)
+    y = check_y(y, len(X), int(np.max(np.asarray(y))) + 1 if np.asarray(y).ndim == 1 else np.shape(y)[1], "y")
+    if validation_data is not None:
+        Xv = check_X(validation_data[0], "validation_data[0]", X.shape[1], X.dtype)
+        yv = check_y(validation_data[1], len(Xv), int(np.asarray(validation_data[1]).max()) + 1, "validation_data[1]")
+        validation_data = (Xv, yv)
+    check_nonnegative_int(epochs, "epochs")
+    points = expand_grid(grid, repeats, epochs)
+    if client is not None:
+        records = _run_dask(client, points, X, y, validation_data, progress)
+    else:
+        n_jobs = (os.cpu_count() or 1) if n_jobs is None else check_positive_int(n_jobs, "n_jobs")
+        records = _run_local(points, X, y, validation_data, min(n_jobs, len(points)), progress)
+    if as_frame is None or as_frame:
+        try:
+            import pandas as pd
+        except ImportError:
+            if as_frame:
+                raise
+        else:
+            return pd.DataFrame.from_records(records)
+    return records
+
+
+def _bar(total, progress):
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="model")
+
+
+def _run_local(points, X, y, validation_data, n_jobs, progress):
+    bar = _bar(len(points), progress)
+    try:
+        if n_jobs == 1:
+            records = []
+            for point in points:
+                records.append(run_point(point, X, y, validation_data))
+                if bar is not None:
+                    bar.update(1)
+            return records
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: workers start clean (no inherited BLAS or Numba threads); the data
+        # goes to each worker once, through the initializer.
+        with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(X, y, validation_data)) as pool:
+            futures = [pool.submit(_run_in_worker, p) for p in points]
+            for f in futures:
+                f.add_done_callback(lambda _: bar.update(1) if bar is not None else None)
+            return [f.result() for f in futures]
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _run_dask(client, points, X, y, validation_data, progress):
+    from dask.distributed import as_completed
+
+    X_f, y_f = client.scatter([X, y], broadcast=True)
+    val_f = client.scatter(validation_data, broadcast=True) if validation_data is not None else None
+    futures = [client.submit(run_point, p, X_f, y_f, val_f, pure=False) for p in points]
+    index = {f.key: i for i, f in enumerate(futures)}
+    records = [None] * len(points)
+    bar = _bar(len(points), progress)
+    try:
+        for future in as_completed(futures):
+            records[index[future.key]] = future.result()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return records
+
+
+def plot_sweep(table, path=None):
+    """Validation accuracy (training accuracy without validation data) against the
+    learning rate, one line per other varied setting, mean over seeds with the
+    min-max range shaded. Returns the figure; writes it to ``path`` if given."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame(table)
+    df = df[df["error"].isna()] if "error" in df else df
+    metric = "val_accuracy" if df["val_accuracy"].notna().any() else "accuracy"
+    varied = [k for k in ("n_hidden", "batch_size", "n_samples", "loss", "init", "dtype", "epochs")
+              if df[k].nunique() > 1]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    groups = df.groupby(varied) if varied else [((), df)]
+    for key, part in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        stats = part.groupby("lr")[metric].agg(["mean", "min", "max"])
+        label = ", ".join(f"{k}={v}" for k, v in zip(varied, key)) or "all"
+        ax.plot(stats.index, stats["mean"], marker="o", label=label)
+        ax.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(f"{len(df)} trainings")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
