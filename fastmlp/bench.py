@@ -206,6 +206,38 @@ def run_in_threads(fn, items):
         t.join()
 
 
+_FIRST_CALLS = """
+import time, numpy as np, fastmlp
+from fastmlp import backends
+t0 = time.perf_counter()
+k = backends.kernels("numba")
+rng = np.random.default_rng(0)
+X, y = rng.random((256, 784), dtype=np.float32), np.arange(256) % 10
+for batch, path in ((1, "small"), (64, "blas")):
+    p = fastmlp.reference.init_params(784, 100, 10)
+    k.train_epoch(X, y, np.arange(256), p["Wh"], p["bh"], p["Wy"], p["by"], 0.1, batch, "ce", path)
+H = k.forward_hidden(X, p["Wh"], p["bh"])
+dZ = k.loss_grad(k.forward_logits(H, p["Wy"], p["by"]), y, "ce")[0]
+k.backward_update(X, H, dZ, p["Wh"], p["bh"], p["Wy"], p["by"], 0.1)
+k.tanh(X[0])
+print(time.perf_counter() - t0)
+"""
+
+
+def numba_first_call_seconds():
+    """(seconds, seconds): the first call of every float32 Numba kernel (both epoch
+    paths, 784-100-10) in a new process with an empty cache, then again with the
+    cache that run wrote."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        times = [float(subprocess.run([sys.executable, "-c", _FIRST_CALLS], env=env, check=True,
+                                      capture_output=True, text=True).stdout) for _ in range(2)]
+    return times[0], times[1]
+
+
 def networks(data_dir=None, which=("mnist", "circles")):
     """{name: (X float32, labels intp, (n_in, n_hidden, n_out))} for the benchmark networks."""
     from . import datasets
@@ -234,6 +266,10 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
     print(f"BLAS: {blas_description()}; one BLAS thread below batch {backends.BLAS_THREADS_MIN_BATCH}", file=out)
     print(f"measured float32 GEMM peak: {peak:.0f} GFLOP/s" + (f"; torch threads: {threads}" if threads else ""),
           file=out)
+    if "numba" in names:
+        cold, cached = numba_first_call_seconds()
+        print(f"numba first call of every float32 kernel: {cold:.1f} s compiling, {cached:.2f} s from the cache",
+              file=out)
     rows = []
     for net, (X, labels, shape) in nets.items():
         X = np.ascontiguousarray(X, dtype=dtype)

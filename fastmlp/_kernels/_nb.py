@@ -162,17 +162,17 @@ def _nonzeros(x, idx):
     k = 0
     i = 0
     while i + 16 <= n:
-        any_nz = False
+        count = 0  # an integer count vectorises; a boolean "or" does not
         for u in range(16):
-            any_nz |= x[i + u] != 0
-        if any_nz:
+            count += x[i + u] != 0
+        if count:
             for u in range(16):
                 idx[k] = i + u
-                k += 1 if x[i + u] != 0 else 0
+                k += x[i + u] != 0
         i += 16
     while i < n:
         idx[k] = i
-        k += 1 if x[i] != 0 else 0
+        k += x[i] != 0
         i += 1
     return k
 
