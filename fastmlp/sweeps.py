@@ -68,8 +68,14 @@ def run_point(point, X, y, validation_data=None):
     recorded in the "error" column."""
     from threadpoolctl import threadpool_limits
 
+    from . import backends
     from .model import MLP
     from .train import evaluate, train
+
+    # Load every kernel module (and so scipy's BLAS) before limiting the BLAS
+    # threads: threadpoolctl limits only the libraries already loaded, and two
+    # workers whose BLAS spins two threads each on two cores run 100x slower.
+    backends.available_backends()
 
     record = dict(point)
     record.update({k: None for k in RESULT_COLUMNS})
