@@ -182,17 +182,18 @@ def _gather_axpy(h, x, idx, k, WhT):
     """h += sum_t x[idx[t]] * WhT[idx[t], :], four rows per sweep over h."""
     nh = h.size
     t = 0
+    # 2-D indexing rather than row views: a view costs reference-count updates
     while t + 4 <= k:
-        a0, a1, a2, a3 = x[idx[t]], x[idx[t + 1]], x[idx[t + 2]], x[idx[t + 3]]
-        w0, w1, w2, w3 = WhT[idx[t]], WhT[idx[t + 1]], WhT[idx[t + 2]], WhT[idx[t + 3]]
+        i0, i1, i2, i3 = idx[t], idx[t + 1], idx[t + 2], idx[t + 3]
+        a0, a1, a2, a3 = x[i0], x[i1], x[i2], x[i3]
         for j in range(nh):
-            h[j] += (a0 * w0[j] + a1 * w1[j]) + (a2 * w2[j] + a3 * w3[j])
+            h[j] += (a0 * WhT[i0, j] + a1 * WhT[i1, j]) + (a2 * WhT[i2, j] + a3 * WhT[i3, j])
         t += 4
     while t < k:
-        a = x[idx[t]]
-        w = WhT[idx[t]]
+        i0 = idx[t]
+        a = x[i0]
         for j in range(nh):
-            h[j] += a * w[j]
+            h[j] += a * WhT[i0, j]
         t += 1
 
 
@@ -210,10 +211,13 @@ def _small_epoch(X, labels, perm, batch, Wh, bh, Wy, by, lr, loss, WhT, H, dH, d
 
 @_jit
 def _small_epoch_t(X, labels, perm, batch, WhT, bh, Wy, by, lr, loss, H, dH, dZ, nz, nnz):
+    # 2-D indexing throughout the per-example loops: a row view costs
+    # reference-count updates, which at ~150 views per example add up.
     n_ex = perm.size
     nh = WhT.shape[1]
     nout = Wy.shape[0]
     one = WhT.dtype.type(1)
+    zero = WhT.dtype.type(0)
     loss_sum = 0.0
     n_correct = 0
     start = 0
@@ -224,48 +228,42 @@ def _small_epoch_t(X, labels, perm, batch, WhT, bh, Wy, by, lr, loss, H, dH, dZ,
             row = perm[start + b]
             x = X[row]
             idx = nz[b]
+            h = H[b]
+            dz = dZ[b]
+            dh = dH[b]
             k = _nonzeros(x, idx)
             nnz[b] = k
-            h = H[b]
             for j in range(nh):
                 h[j] = bh[j]
             _gather_axpy(h, x, idx, k, WhT)
             _tanh_inplace(h)
-            dz = dZ[b]
             for o in range(nout):
-                dz[o] = _dot(Wy[o], h) + by[o]
+                dz[o] = _dot(Wy[o], h) + by[o]  # _dot may reorder the sum: it vectorises
             rl, rc = _row_loss_grad(dz, labels[row], dz, loss, scale)
             loss_sum += rl
             n_correct += rc
-            dh = dH[b]
             for j in range(nh):
-                dh[j] = 0
+                dh[j] = zero
             for o in range(nout):
                 d = dz[o]
-                wy = Wy[o]
                 for j in range(nh):
-                    dh[j] += d * wy[j]
+                    dh[j] += d * Wy[o, j]
             for j in range(nh):
                 dh[j] *= one - h[j] * h[j]
         for b in range(B):
-            h = H[b]
-            dh = dH[b]
-            dz = dZ[b]
             x = X[perm[start + b]]
-            idx = nz[b]
             for o in range(nout):
-                a = lr * dz[o]
-                wy = Wy[o]
+                a = lr * dZ[b, o]
                 for j in range(nh):
-                    wy[j] -= a * h[j]
+                    Wy[o, j] -= a * H[b, j]
                 by[o] -= a
             for t in range(nnz[b]):
-                a = lr * x[idx[t]]
-                w = WhT[idx[t]]
+                i = nz[b, t]
+                a = lr * x[i]
                 for j in range(nh):
-                    w[j] -= a * dh[j]
+                    WhT[i, j] -= a * dH[b, j]
             for j in range(nh):
-                bh[j] -= lr * dh[j]
+                bh[j] -= lr * dH[b, j]
         start += B
     return loss_sum, n_correct
 
