@@ -68,11 +68,9 @@ def _timed(fn):
 # ---- PyTorch: the same network and SGD, for comparison ----
 
 def torch_available():
-    try:
-        import torch  # noqa: F401
-    except Exception:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 class TorchTrainer:

@@ -145,11 +145,12 @@ def cmd_sweep(args):
                 grid[key] = [kind(v) for v in text.split(",")]
             except ValueError:
                 raise CLIError(f"--{key.replace('_', '-')}: expected comma-separated numbers, got {text!r}") from None
-    grid.setdefault("lr", [DEFAULTS[args.dataset]["lr"]])
+    defaults = DEFAULTS[args.dataset]
+    grid.setdefault("lr", [defaults["lr"]])
+    grid.setdefault("n_hidden", [defaults["hidden"]])
+    grid.setdefault("batch_size", [defaults["batch_size"]])
     grid["backend"] = [args.backend]
     grid["dtype"] = [args.dtype]
-    for key in ("hidden", "batch_size"):
-        grid.setdefault("n_hidden" if key == "hidden" else key, [DEFAULTS[args.dataset][key]])
     args.seed = 0
     X, y, X_test, y_test = _load_data(args, max(grid.get("n_samples", [1000])))
     client = None

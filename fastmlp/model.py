@@ -217,6 +217,8 @@ class MLP:
             model._set(name, value)
         if "loss" in data:
             model.loss = str(data["loss"])
+            if model.loss not in ref.LOSSES:
+                raise ValueError(f"{path!r} names an unknown loss {model.loss!r}; expected one of {ref.LOSSES}")
         return model
 
 

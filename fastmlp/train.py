@@ -8,6 +8,8 @@ what each epoch measured.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -249,16 +251,12 @@ def _locate_divergence(kernels, X, labels, perm, p, before, start, chunk, lr, ba
 
 
 def _check_writable_dir(path, name):
-    import os
-
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{name}: directory {directory!r} does not exist")
 
 
 def _write_checkpoint(path, model, epochs_done, rng, history, settings):
-    import json
-
     from .model import atomic_savez
 
     arrays = model._file_arrays()
@@ -274,8 +272,6 @@ def _write_checkpoint(path, model, epochs_done, rng, history, settings):
 
 
 def _read_checkpoint(path, model, settings):
-    import json
-
     from .model import MLP, read_npz
 
     data = read_npz(path, "checkpoint")

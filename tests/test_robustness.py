@@ -5,7 +5,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -15,7 +14,6 @@ import pytest
 import fastmlp
 from fastmlp import backends
 from fastmlp import reference as ref
-from fastmlp.model import MLP
 
 from helpers import BACKENDS, random_problem
 
