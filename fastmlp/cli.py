@@ -1,4 +1,4 @@
-"""The ``fastmlp`` command: ``fastmlp train`` and ``fastmlp info``."""
+"""The ``fastmlp`` command: ``fastmlp train``, ``sweep``, ``bench`` and ``info``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,33 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+def _number(kind, minimum, what):
+    """An argparse type: a number of ``kind`` that is at least ``minimum``."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not np.isfinite(value) or value < minimum or (minimum == 0.0 and kind is float
+                                                                           and value == 0):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1, "a positive integer")
+nonnegative_int = _number(int, 0, "a non-negative integer")
+positive_float = _number(float, 0.0, "a positive number")
+
+
+def _check_output_dir(path, option):
+    import os
+
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise CLIError(f"{option}: directory {directory!r} does not exist")
+
+
 def _load_data(args, n_circles):
     if args.dataset == "circles":
         X, y = datasets.circles(n_circles, noise=args.noise, seed=args.seed)
@@ -35,6 +62,10 @@ def cmd_train(args):
     for key, value in DEFAULTS[args.dataset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.save:
+        _check_output_dir(args.save, "--save")
+    if args.plot:
+        _check_plot_target(args.plot)
     X, y, X_test, y_test = _load_data(args, args.n_samples)
     n_out = int(max(y.max(), y_test.max())) + 1
     model = MLP(X.shape[1], args.hidden, n_out, dtype=args.dtype, init=args.init, seed=args.seed)
@@ -42,8 +73,6 @@ def cmd_train(args):
     print(f"fastmlp {__version__}: {args.dataset} {X.shape[1]}-{args.hidden}-{n_out}, "
           f"{len(X)} train / {len(X_test)} test, batch {args.batch_size}, lr {args.lr}, "
           f"loss {args.loss}, {args.dtype}, backend {backend}")
-    if args.plot:
-        _check_plot_target(args.plot)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     history = train(model, X, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     loss=args.loss, backend=backend, seed=args.seed,
@@ -68,16 +97,12 @@ def cmd_train(args):
 
 
 def _check_plot_target(path):
-    import os
-
     try:
         import matplotlib
     except ImportError:
         raise CLIError("--plot needs matplotlib: pip install fastmlp[plot]") from None
     matplotlib.use("Agg")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise CLIError(f"--plot: directory {directory!r} does not exist")
+    _check_output_dir(path, "--plot")
 
 
 def cmd_info(args):
@@ -137,14 +162,17 @@ def cmd_sweep(args):
 
     if args.plot:
         _check_plot_target(args.plot)
+    if args.out:
+        _check_output_dir(args.out, "--out")
     grid = {}
-    for key, text, kind in [("lr", args.lr, float), ("n_hidden", args.hidden, int),
-                            ("batch_size", args.batch_size, int), ("n_samples", args.n_samples, int)]:
+    for key, option, text, kind in [("lr", "--lr", args.lr, float), ("n_hidden", "--hidden", args.hidden, int),
+                                    ("batch_size", "--batch-size", args.batch_size, int),
+                                    ("n_samples", "--n-samples", args.n_samples, int)]:
         if text:
             try:
                 grid[key] = [kind(v) for v in text.split(",")]
             except ValueError:
-                raise CLIError(f"--{key.replace('_', '-')}: expected comma-separated numbers, got {text!r}") from None
+                raise CLIError(f"{option}: expected comma-separated numbers, got {text!r}") from None
     defaults = DEFAULTS[args.dataset]
     grid.setdefault("lr", [defaults["lr"]])
     grid.setdefault("n_hidden", [defaults["hidden"]])
@@ -203,17 +231,17 @@ def build_parser():
     t.add_argument("--dataset", choices=sorted(DEFAULTS), default="circles")
     t.add_argument("--data-dir", default=None,
                    help="directory of the MNIST IDX files (default: the cache, downloading if needed)")
-    t.add_argument("--n-samples", type=int, default=1000, help="circles: points per split")
-    t.add_argument("--noise", type=float, default=0.1, help="circles: radial noise")
-    t.add_argument("--hidden", type=int, default=None, help="hidden units")
-    t.add_argument("--epochs", type=int, default=None)
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--lr", type=float, default=None, help="learning rate")
+    t.add_argument("--n-samples", type=positive_int, default=1000, help="circles: points per split")
+    t.add_argument("--noise", type=_number(float, 0, "a non-negative number"), default=0.1, help="circles: radial noise")
+    t.add_argument("--hidden", type=positive_int, default=None, help="hidden units")
+    t.add_argument("--epochs", type=nonnegative_int, default=None)
+    t.add_argument("--batch-size", type=positive_int, default=None)
+    t.add_argument("--lr", type=positive_float, default=None, help="learning rate")
     t.add_argument("--loss", choices=["ce", "mse"], default="ce")
     t.add_argument("--init", choices=["xavier", "normal"], default="xavier")
     t.add_argument("--backend", choices=list(backends.NAMES), default="auto")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=nonnegative_int, default=0)
     t.add_argument("--save", default=None, metavar="PATH", help="write the trained model (.npz)")
     t.add_argument("--plot", default=None, metavar="PNG",
                    help="write learning curves (and, for 2-D data, the decision boundary) to PNG")
@@ -228,7 +256,7 @@ def build_parser():
     b.add_argument("--backends", default=None,
                    help="comma-separated (default: every available one, and torch if installed)")
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    b.add_argument("--budget", type=float, default=1.0,
+    b.add_argument("--budget", type=positive_float, default=1.0,
                    help="seconds: slower epochs are timed on a prefix and scaled")
     b.add_argument("--best-blas", action="store_true",
                    help="run with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, so OpenBLAS uses its best kernel")
@@ -239,16 +267,16 @@ def build_parser():
     w = sub.add_parser("sweep", help="train many models over a grid of settings (process pool or Dask)")
     w.add_argument("--dataset", choices=sorted(DEFAULTS), default="circles")
     w.add_argument("--data-dir", default=None, help="directory of the MNIST IDX files")
-    w.add_argument("--noise", type=float, default=0.1, help="circles: radial noise")
+    w.add_argument("--noise", type=_number(float, 0, "a non-negative number"), default=0.1, help="circles: radial noise")
     w.add_argument("--lr", default=None, help="comma-separated learning rates")
     w.add_argument("--hidden", default=None, help="comma-separated hidden sizes")
     w.add_argument("--batch-size", default=None, help="comma-separated batch sizes")
     w.add_argument("--n-samples", default=None, help="comma-separated training-set sizes (first N examples)")
-    w.add_argument("--epochs", type=int, default=2)
-    w.add_argument("--repeats", type=int, default=1, help="seeds per grid point")
+    w.add_argument("--epochs", type=nonnegative_int, default=2)
+    w.add_argument("--repeats", type=positive_int, default=1, help="seeds per grid point")
     w.add_argument("--backend", choices=list(backends.NAMES), default="auto")
     w.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    w.add_argument("--n-jobs", type=int, default=None, help="local worker processes (default: cores)")
+    w.add_argument("--n-jobs", type=positive_int, default=None, help="local worker processes (default: cores)")
     w.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="a Dask scheduler, e.g. tcp://host:8786, instead of the local pool")
     w.add_argument("--out", default=None, metavar="CSV", help="write the results table")

@@ -45,8 +45,8 @@ def test_info_lists_backends_and_blas():
 
 def test_errors_are_one_line_without_traceback(tmp_path):
     for args, expected in [
-        (("train", "--lr", "-1"), "lr must be a positive finite number"),
-        (("train", "--epochs", "-2"), "epochs must be a non-negative integer"),
+        (("train", "--lr", "-1"), "argument --lr: expected a positive number"),
+        (("train", "--epochs", "-2"), "argument --epochs: expected a non-negative integer"),
         (("train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none")), "does not exist"),
     ]:
         out = run(*args)
