@@ -14,8 +14,8 @@ cache; the kernels are then compiled in memory on first use instead.
 import llvmlite.binding as llvm_binding
 import numba as nb
 import numpy as np
-from numba.core import types
-from numba.extending import get_cython_function_address
+from numba.core import cgutils, types
+from numba.extending import get_cython_function_address, intrinsic
 
 from ._common import batch_order
 
@@ -58,6 +58,18 @@ _dgemm = types.ExternalFunction("fastmlp_dgemm", _GEMM_SIG)
 _N, _T = 78, 84  # ord("N"), ord("T")
 
 
+@intrinsic
+def _ptr(typingctx, arr, i):
+    """The address of arr.flat[i] as void*, without making a view (a view costs
+    reference-count updates; a GEMM call passes 13 pointers)."""
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        item = builder.gep(ary.data, [args[1]])
+        return builder.bitcast(item, cgutils.voidptr_t)
+    return types.voidptr(arr, i), codegen
+
+
 @_jit
 def _gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws_int, ws_char, ws_real):
     """Row-major C (M, N) = alpha op(A) op(B) + beta C; lda/ldb/ldc are row strides.
@@ -77,9 +89,9 @@ def _gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws_int, ws_char,
     ws_int[5] = ldc
     ws_real[0] = alpha
     ws_real[1] = beta
-    args = (ws_char[0:].ctypes, ws_char[1:].ctypes, ws_int[0:].ctypes, ws_int[1:].ctypes,
-            ws_int[2:].ctypes, ws_real[0:].ctypes, B.ctypes, ws_int[3:].ctypes, A.ctypes,
-            ws_int[4:].ctypes, ws_real[1:].ctypes, C.ctypes, ws_int[5:].ctypes)
+    args = (_ptr(ws_char, 0), _ptr(ws_char, 1), _ptr(ws_int, 0), _ptr(ws_int, 1), _ptr(ws_int, 2),
+            _ptr(ws_real, 0), _ptr(B, 0), _ptr(ws_int, 3), _ptr(A, 0), _ptr(ws_int, 4), _ptr(ws_real, 1),
+            _ptr(C, 0), _ptr(ws_int, 5))
     if C.itemsize == 4:
         _sgemm(*args)
     else:
@@ -271,10 +283,9 @@ def _small_epoch_t(X, labels, perm, batch, WhT, bh, Wy, by, lr, loss, H, dH, dZ,
 @_jit
 def _bias_tanh(H, b):
     for r in range(H.shape[0]):
-        h = H[r]
-        for j in range(h.size):
-            h[j] += b[j]
-        _tanh_inplace(h)
+        for j in range(H.shape[1]):
+            H[r, j] += b[j]
+    _tanh_inplace(H.reshape(H.size))  # one flat view, not one per row
 
 
 @_jit
