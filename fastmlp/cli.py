@@ -292,6 +292,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:
+        # the reader went away (fastmlp info | head): stop quietly, as the
+        # Python documentation recommends, instead of reporting an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, TypeError, OSError, CLIError) as exc:
         print(f"fastmlp: error: {exc}", file=sys.stderr)
         return 2

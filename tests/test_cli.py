@@ -62,3 +62,13 @@ def test_mnist_dataset_via_cli_when_present():
     out = run("train", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--epochs", "1")
     assert out.returncode == 0, out.stderr
     assert float(re.search(r"^test accuracy ([0-9.]+)", out.stdout, re.M).group(1)) > 0.9
+
+
+def test_a_closed_pipe_is_not_reported_as_an_error():
+    proc = subprocess.Popen([sys.executable, "-m", "fastmlp.cli", "train", "--epochs", "300"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # like `fastmlp train | head -1`
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Broken pipe" not in err and "Traceback" not in err, err
