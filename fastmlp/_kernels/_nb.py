@@ -130,39 +130,40 @@ def _dot(a, b):
 
 
 @_jit
-def _row_loss_grad(z, y, dz, loss, scale):
-    """One row of logits -> dz = scale * dl/dz (z and dz may be the same array).
-    Returns (loss, correct) of the row; argmax ties go to the first index."""
-    n = z.size
+def _row_loss_grad(Z, r, y, dZ, loss, scale):
+    """Row r of the logits Z -> row r of dZ = scale * dl/dz (Z and dZ may be the same
+    array). Returns (loss, correct) of the row; argmax ties go to the first index.
+    Rows are indexed in 2-D: a row view would cost reference-count updates."""
+    n = Z.shape[1]
     am = 0
-    m = z[0]
+    m = Z[r, 0]
     for i in range(1, n):
-        if z[i] > m:
-            m = z[i]
+        if Z[r, i] > m:
+            m = Z[r, i]
             am = i
-    zy = z[y]
-    t = z.dtype.type
+    zy = Z[r, y]
+    t = Z.dtype.type
     s = t(0)
     for i in range(n):
-        dz[i] = np.exp(z[i] - m)
-        s += dz[i]
-    inv_s = z.dtype.type(1) / s
+        dZ[r, i] = np.exp(Z[r, i] - m)
+        s += dZ[r, i]
+    inv_s = t(1) / s
     if loss == 0:
         row_loss = float(np.log(s)) - float(zy - m)
         for i in range(n):
-            dz[i] = (dz[i] * inv_s - (t(1) if i == y else t(0))) * scale
+            dZ[r, i] = (dZ[r, i] * inv_s - (t(1) if i == y else t(0))) * scale
     else:
-        l2 = z.dtype.type(0)
-        pg = z.dtype.type(0)
+        l2 = t(0)
+        pg = t(0)
         for i in range(n):
-            p = dz[i] * inv_s
+            p = dZ[r, i] * inv_s
             g = p - (t(1) if i == y else t(0))
-            dz[i] = p
+            dZ[r, i] = p
             l2 += g * g
             pg += p * g
         row_loss = 0.5 * float(l2)
         for i in range(n):
-            dz[i] = dz[i] * ((dz[i] - (t(1) if i == y else t(0))) - pg) * scale
+            dZ[r, i] = dZ[r, i] * ((dZ[r, i] - (t(1) if i == y else t(0))) - pg) * scale
     return row_loss, 1 if am == y else 0
 
 
@@ -251,7 +252,7 @@ def _small_epoch_t(X, labels, perm, batch, WhT, bh, Wy, by, lr, loss, H, dH, dZ,
             _tanh_inplace(h)
             for o in range(nout):
                 dz[o] = _dot(Wy[o], h) + by[o]  # _dot may reorder the sum: it vectorises
-            rl, rc = _row_loss_grad(dz, labels[row], dz, loss, scale)
+            rl, rc = _row_loss_grad(dZ, b, labels[row], dZ, loss, scale)
             loss_sum += rl
             n_correct += rc
             for j in range(nh):
@@ -330,10 +331,9 @@ def _blas_epoch(X, labels, perm, batch, Wh, bh, Wy, by, lr, loss, Xbuf, H, dH, Z
             Xb = X[perm[start]:perm[start] + B]
         else:
             for b in range(B):
-                src = X[perm[start + b]]
-                dst = Xbuf[b]
+                row = perm[start + b]
                 for i in range(n_in):
-                    dst[i] = src[i]
+                    Xbuf[b, i] = X[row, i]
             Xb = Xbuf[:B]
         Hb, dHb, Zb = H[:B], dH[:B], Z[:B]
         _gemm(False, True, B, nh, n_in, t(1), Xb, n_in, Wh, n_in, t(0), Hb, nh, ws_int, ws_char, ws_real)
@@ -341,10 +341,9 @@ def _blas_epoch(X, labels, perm, batch, Wh, bh, Wy, by, lr, loss, Xbuf, H, dH, Z
         _gemm(False, True, B, nout, nh, t(1), Hb, nh, Wy, nh, t(0), Zb, nout, ws_int, ws_char, ws_real)
         scale = t(1) / t(B)
         for b in range(B):
-            z = Zb[b]
             for o in range(nout):
-                z[o] += by[o]
-            rl, rc = _row_loss_grad(z, labels[perm[start + b]], z, loss, scale)
+                Zb[b, o] += by[o]
+            rl, rc = _row_loss_grad(Zb, b, labels[perm[start + b]], Zb, loss, scale)
             loss_sum += rl
             n_correct += rc
         _step_backward(Xb, Hb, Zb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_real)
@@ -405,7 +404,7 @@ def _loss_grad(Z, labels, dZ, loss):
     loss_sum = 0.0
     n_correct = 0
     for r in range(Z.shape[0]):
-        rl, rc = _row_loss_grad(Z[r], labels[r], dZ[r], loss, scale)
+        rl, rc = _row_loss_grad(Z, r, labels[r], dZ, loss, scale)
         loss_sum += rl
         n_correct += rc
     return loss_sum, n_correct
