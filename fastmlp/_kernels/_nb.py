@@ -371,22 +371,25 @@ def tanh(x):
     return out
 
 
+def _times_transposed(A, W):
+    """A W^T by one GEMM, into a new array."""
+    out = np.empty((A.shape[0], W.shape[0]), dtype=W.dtype)
+    t = W.dtype.type
+    _gemm(False, True, A.shape[0], W.shape[0], A.shape[1], t(1), A, A.shape[1], W, A.shape[1],
+          t(0), out, W.shape[0], *_gemm_workspace(W.dtype))
+    return out
+
+
 def forward_hidden(X, Wh, bh):
     """H = tanh(X Wh^T + bh)."""
-    H = np.empty((X.shape[0], Wh.shape[0]), dtype=Wh.dtype)
-    t = Wh.dtype.type
-    _gemm(False, True, X.shape[0], Wh.shape[0], X.shape[1], t(1), X, X.shape[1], Wh, X.shape[1],
-          t(0), H, Wh.shape[0], *_gemm_workspace(Wh.dtype))
+    H = _times_transposed(X, Wh)
     _bias_tanh(H, bh)
     return H
 
 
 def forward_logits(H, Wy, by):
     """Z = H Wy^T + by."""
-    Z = np.empty((H.shape[0], Wy.shape[0]), dtype=Wy.dtype)
-    t = Wy.dtype.type
-    _gemm(False, True, H.shape[0], Wy.shape[0], H.shape[1], t(1), H, H.shape[1], Wy, H.shape[1],
-          t(0), Z, Wy.shape[0], *_gemm_workspace(Wy.dtype))
+    Z = _times_transposed(H, Wy)
     Z += by
     return Z
 
