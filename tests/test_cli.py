@@ -72,3 +72,24 @@ def test_a_closed_pipe_is_not_reported_as_an_error():
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Broken pipe" not in err and "Traceback" not in err, err
+
+
+def test_bench_best_blas_runs_without_the_openblas_pins():
+    import os
+
+    args = [sys.executable, "-m", "fastmlp.cli", "bench", "--networks", "circles", "--batch-sizes", "64",
+            "--backends", "cython", "--no-gil"]
+    env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", OPENBLAS_L2_SIZE="1048576")
+    pinned = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    best = subprocess.run(args + ["--best-blas"], capture_output=True, text=True, timeout=300, env=env)
+    assert pinned.returncode == 0 and best.returncode == 0, (pinned.stderr, best.stderr)
+    assert "kernel=Haswell" in pinned.stdout
+    assert "unset OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE for this run" in best.stdout
+    assert "kernel=" in best.stdout
+    try:
+        avx512 = " avx512f" in open("/proc/cpuinfo").read()
+    except OSError:
+        avx512 = False
+    if avx512:  # OpenBLAS's own choice on this CPU is an AVX-512 kernel
+        assert "kernel=Haswell" not in best.stdout
+    assert re.search(r"^\s+64\s+cython\s+[0-9.e-]+\s", best.stdout, re.M)
