@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from . import backends, datasets
+from . import backends, datasets, reference
 from ._version import __version__
 from .model import MLP
 from .train import evaluate, train
@@ -34,6 +34,16 @@ def _number(kind, minimum, what):
                                                                            and value == 0):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
+    return parse
+
+
+def _comma_list(kind, what, words=()):
+    """An argparse type: comma-separated values of ``kind`` (or one of ``words``)."""
+    def parse(text):
+        try:
+            return [v if v in words else kind(v) for v in text.split(",")]
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
     return parse
 
 
@@ -139,17 +149,16 @@ def cmd_bench(args):
         print(f"fastmlp bench: unset {', '.join(present)} for this run (OpenBLAS picks its best kernel)",
               flush=True)
         return subprocess.run([sys.executable, "-m", "fastmlp.cli", *sys.argv[1:]], env=env).returncode
-    batch_sizes = [b if b == "full" else _positive_int(b, "--batch-sizes") for b in args.batch_sizes.split(",")]
     names = args.backends.split(",") if args.backends else None
     for name in names or ():
         if name not in backends.available_backends() + ["torch-autograd", "torch-manual"]:
             raise CLIError(f"--backends: unknown or unavailable backend {name!r}; available: "
                            f"{backends.available_backends() + ['torch-autograd', 'torch-manual']}")
     nets = bench.networks(args.data_dir, args.networks.split(","))
-    bench.run(nets, batch_sizes, np.dtype(args.dtype), names, budget=args.budget)
+    bench.run(nets, args.batch_sizes, np.dtype(args.dtype), names, budget=args.budget)
     if args.gil and "mnist" in nets:
         X, labels, shape = nets["mnist"]
-        params = bench.ref.init_params(*shape, dtype=np.dtype(args.dtype), seed=0)
+        params = reference.init_params(*shape, dtype=np.dtype(args.dtype), seed=0)
         for backend in [b for b in backends.available_backends() if b != "numpy"]:
             one, two = bench.gil_release_ratio(params, np.ascontiguousarray(X, args.dtype), labels, 64, backend)
             print(f"GIL: {backend}, MNIST batch 64: one model {one:.3f} s/epoch, two models in two threads "
@@ -164,15 +173,9 @@ def cmd_sweep(args):
         _check_plot_target(args.plot)
     if args.out:
         _check_output_dir(args.out, "--out")
-    grid = {}
-    for key, option, text, kind in [("lr", "--lr", args.lr, float), ("n_hidden", "--hidden", args.hidden, int),
-                                    ("batch_size", "--batch-size", args.batch_size, int),
-                                    ("n_samples", "--n-samples", args.n_samples, int)]:
-        if text:
-            try:
-                grid[key] = [kind(v) for v in text.split(",")]
-            except ValueError:
-                raise CLIError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+    grid = {key: values for key, values in [("lr", args.lr), ("n_hidden", args.hidden),
+                                            ("batch_size", args.batch_size), ("n_samples", args.n_samples)]
+            if values}
     defaults = DEFAULTS[args.dataset]
     grid.setdefault("lr", [defaults["lr"]])
     grid.setdefault("n_hidden", [defaults["hidden"]])
@@ -204,16 +207,6 @@ def cmd_sweep(args):
         plot_sweep(table, args.plot)
         print(f"wrote {args.plot}")
     return 0
-
-
-def _positive_int(text, name):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise CLIError(f"{name}: expected positive integers or 'full', got {text!r}")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -252,7 +245,8 @@ def build_parser():
     b = sub.add_parser("bench", help="time one epoch per backend and batch size, print a table")
     b.add_argument("--networks", default="mnist,circles", help="comma-separated: mnist, circles")
     b.add_argument("--data-dir", default=None, help="directory of the MNIST IDX files")
-    b.add_argument("--batch-sizes", default="1,10,64,256,full")
+    b.add_argument("--batch-sizes", default=[1, 10, 64, 256, "full"],
+                   type=_comma_list(positive_int, "positive integers or 'full'", words=("full",)))
     b.add_argument("--backends", default=None,
                    help="comma-separated (default: every available one, and torch if installed)")
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
@@ -268,10 +262,14 @@ def build_parser():
     w.add_argument("--dataset", choices=sorted(DEFAULTS), default="circles")
     w.add_argument("--data-dir", default=None, help="directory of the MNIST IDX files")
     w.add_argument("--noise", type=_number(float, 0, "a non-negative number"), default=0.1, help="circles: radial noise")
-    w.add_argument("--lr", default=None, help="comma-separated learning rates")
-    w.add_argument("--hidden", default=None, help="comma-separated hidden sizes")
-    w.add_argument("--batch-size", default=None, help="comma-separated batch sizes")
-    w.add_argument("--n-samples", default=None, help="comma-separated training-set sizes (first N examples)")
+    w.add_argument("--lr", default=None, type=_comma_list(float, "comma-separated numbers"),
+                   help="comma-separated learning rates")
+    w.add_argument("--hidden", default=None, type=_comma_list(int, "comma-separated integers"),
+                   help="comma-separated hidden sizes")
+    w.add_argument("--batch-size", default=None, type=_comma_list(int, "comma-separated integers"),
+                   help="comma-separated batch sizes")
+    w.add_argument("--n-samples", default=None, type=_comma_list(int, "comma-separated integers"),
+                   help="comma-separated training-set sizes (first N examples)")
     w.add_argument("--epochs", type=nonnegative_int, default=2)
     w.add_argument("--repeats", type=positive_int, default=1, help="seeds per grid point")
     w.add_argument("--backend", choices=list(backends.NAMES), default="auto")
