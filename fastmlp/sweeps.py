@@ -147,11 +147,10 @@ def sweep(X, y, grid, *, validation_data=None, epochs=1, repeats=1, client=None,
     "seconds" (training time) and "error" (None, or the error of a failed point).
     """
     X = check_X(X, "X", dtype=np.float64 if np.asarray(X).dtype == np.float64 else np.float32)
-    y = check_y(y, len(X), int(np.max(np.asarray(y))) + 1 if np.asarray(y).ndim == 1 else np.shape(y)[1], "y")
+    y = _check_labels(y, len(X), "y")
     if validation_data is not None:
         Xv = check_X(validation_data[0], "validation_data[0]", X.shape[1], X.dtype)
-        yv = check_y(validation_data[1], len(Xv), int(np.asarray(validation_data[1]).max()) + 1, "validation_data[1]")
-        validation_data = (Xv, yv)
+        validation_data = (Xv, _check_labels(validation_data[1], len(Xv), "validation_data[1]"))
     check_nonnegative_int(epochs, "epochs")
     points = expand_grid(grid, repeats, epochs)
     if client is not None:
@@ -168,6 +167,18 @@ def sweep(X, y, grid, *, validation_data=None, epochs=1, repeats=1, client=None,
         else:
             return pd.DataFrame.from_records(records)
     return records
+
+
+def _check_labels(y, n_samples, name):
+    """check_y, with the number of classes taken from the labels themselves (a
+    sweep has no model yet): one-hot columns, or the largest label + 1."""
+    arr = np.asarray(y)
+    n_out = 2
+    if arr.ndim == 2:
+        n_out = arr.shape[1]
+    elif arr.ndim == 1 and arr.dtype.kind in "biuf" and arr.size and np.isfinite(arr).all():
+        n_out = max(2, int(arr.max()) + 1)
+    return check_y(arr, n_samples, n_out, name)
 
 
 def _bar(total, progress):

@@ -84,3 +84,13 @@ def test_cli_sweep_writes_csv_and_plot(tmp_path):
     table = pd.read_csv(csv)
     assert len(table) == 4 and set(table["batch_size"]) == {1, 16}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_labels_are_named_before_any_training():
+    X, y = fastmlp.datasets.circles(50, seed=0)
+    with pytest.raises(TypeError, match="y must hold integer class labels"):
+        fastmlp.sweep(X, y.astype(str), {"lr": [0.1]}, n_jobs=1)
+    with pytest.raises(ValueError, match="y must hold integer class labels"):
+        fastmlp.sweep(X, np.where(y == 0, np.nan, 1.0), {"lr": [0.1]}, n_jobs=1)
+    with pytest.raises(ValueError, match="validation_data\\[1\\] has 3 entries"):
+        fastmlp.sweep(X, y, {"lr": [0.1]}, validation_data=(X, y[:3]), n_jobs=1)
