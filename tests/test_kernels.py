@@ -138,3 +138,18 @@ def test_tanh_float64_error(kern):
     t = kern.tanh(x)
     assert t.dtype == np.float64
     assert np.abs(t - np.tanh(x)).max() <= 1e-12
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(7,), (784, 100), (3, 0), (1, 1, 5)])
+def test_small_path_buffers_are_zeroed_and_cache_line_aligned(dtype, shape):
+    from fastmlp._kernels._common import CACHE_LINE, aligned_zeros, padded_width
+    for _ in range(5):  # a different allocation each time
+        a = aligned_zeros(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        assert a.size == 0 or a.ctypes.data % CACHE_LINE == 0
+        assert not a.any()
+    itemsize = np.dtype(dtype).itemsize
+    for n in (1, 15, 16, 17, 100, 128):
+        w = padded_width(n, itemsize)
+        assert w >= n and w * itemsize % CACHE_LINE == 0 and (w - n) * itemsize < CACHE_LINE

@@ -54,3 +54,27 @@ def test_package_works_without_numba():
     """)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["ok", "cython"]
+
+
+def test_users_numba_code_is_compiled_as_without_fastmlp():
+    """fastmlp compiles its kernels with an LLVM vectoriser option; a user's own
+    Numba function compiled afterwards in the same process must get LLVM's defaults."""
+    user_code = """
+        import numba, numpy as np
+        @numba.njit
+        def axpy(y, a, x):
+            for i in range(y.size):
+                y[i] += a * x[i]
+        axpy(np.zeros(3, np.float32), np.float32(2), np.ones(3, np.float32))
+        print(list(axpy.inspect_asm().values())[0])
+    """
+    use_fastmlp = """
+        import numpy as np, fastmlp
+        X, y = fastmlp.datasets.circles(100, seed=0)
+        for batch in (1, 64):
+            fastmlp.train(fastmlp.MLP(2, 20, 2, seed=0), X, y, epochs=1, batch_size=batch, backend="numba")
+    """
+    alone = run_python(user_code)
+    after = run_python(textwrap.dedent(use_fastmlp) + textwrap.dedent(user_code))
+    assert alone.returncode == 0 and after.returncode == 0, alone.stderr[-2000:] + after.stderr[-2000:]
+    assert "add" in alone.stdout and after.stdout == alone.stdout

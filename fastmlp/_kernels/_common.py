@@ -20,3 +20,26 @@ def batch_order(perm, n_rows, batch_size):
             return np.arange(n_rows, dtype=np.intp), True
     in_order = batch_size >= n and n > 0 and bool((np.diff(perm) == 1).all())
     return perm, in_order
+
+
+CACHE_LINE = 64  # bytes
+
+
+def padded_width(n, itemsize):
+    """``n`` rounded up to a whole number of cache lines of ``itemsize`` elements."""
+    per_line = CACHE_LINE // itemsize
+    return -(-n // per_line) * per_line
+
+
+def aligned_zeros(shape, dtype):
+    """A zero-filled C-contiguous array whose data starts on a cache-line boundary.
+
+    The small-batch kernels keep the hidden-unit dimension padded to whole cache
+    lines (see ``padded_width``); with the rows aligned as well, every vector load
+    and store of a row stays inside one cache line.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(nbytes + CACHE_LINE, np.uint8)
+    skip = -raw.ctypes.data % CACHE_LINE
+    return raw[skip:skip + nbytes].view(dtype).reshape(shape)

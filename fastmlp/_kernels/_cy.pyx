@@ -18,7 +18,7 @@ from libc.stdint cimport int64_t, intptr_t
 from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
-from ._common import batch_order
+from ._common import aligned_zeros, batch_order, padded_width
 
 cdef extern from "_fused.h" nogil:
     void fm_tanh_f(float *x, Py_ssize_t n)
@@ -162,25 +162,35 @@ cdef void _blas_epoch(const floating *X, Py_ssize_t n_in, const Py_ssize_t *labe
 
 cdef void _small_epoch(const floating *X, Py_ssize_t n_in, const Py_ssize_t *labels,
                        const Py_ssize_t *perm, Py_ssize_t n_ex, Py_ssize_t batch,
-                       floating *Wh, floating *WhT, floating *bh, floating *Wy, floating *by,
-                       Py_ssize_t nh, Py_ssize_t nout, floating lr, int loss,
-                       floating *work, Py_ssize_t *nz, double *loss_sum,
-                       int64_t *n_correct) noexcept nogil:
-    cdef Py_ssize_t i, j
+                       floating *Wh, floating *bh, floating *Wy, floating *by, Py_ssize_t nh,
+                       Py_ssize_t nout, floating lr, int loss, floating *WhT, floating *bhp,
+                       floating *Wyp, Py_ssize_t nhp, floating *work, Py_ssize_t *nz,
+                       double *loss_sum, int64_t *n_correct) noexcept nogil:
+    # WhT (n_in, nhp), bhp (nhp,), Wyp (nout, nhp) and work are zero-filled, padded
+    # to nhp hidden units (whole cache lines) and start on cache-line boundaries.
+    # The padded units have no weights in or out, so they stay zero through every
+    # step (tanh(0) = 0 and their dh is 0). The parameters are copied in and back.
+    cdef Py_ssize_t i, j, o
     for j in range(nh):
+        bhp[j] = bh[j]
         for i in range(n_in):
-            WhT[i * nh + j] = Wh[j * n_in + i]
+            WhT[i * nhp + j] = Wh[j * n_in + i]
+    for o in range(nout):
+        memcpy(&Wyp[o * nhp], &Wy[o * nh], nh * sizeof(floating))
     if floating is float:
         fm_small_epoch_f(X, n_in, <const intptr_t*>labels, <const intptr_t*>perm, n_ex, batch,
-                         WhT, bh, Wy, by, nh, nout, lr, loss, work, <intptr_t*>nz,
+                         WhT, bhp, Wyp, by, nhp, nout, lr, loss, work, <intptr_t*>nz,
                          loss_sum, n_correct)
     else:
         fm_small_epoch_d(X, n_in, <const intptr_t*>labels, <const intptr_t*>perm, n_ex, batch,
-                         WhT, bh, Wy, by, nh, nout, lr, loss, work, <intptr_t*>nz,
+                         WhT, bhp, Wyp, by, nhp, nout, lr, loss, work, <intptr_t*>nz,
                          loss_sum, n_correct)
     for j in range(nh):
+        bh[j] = bhp[j]
         for i in range(n_in):
-            Wh[j * n_in + i] = WhT[i * nh + j]
+            Wh[j * n_in + i] = WhT[i * nhp + j]
+    for o in range(nout):
+        memcpy(&Wy[o * nh], &Wyp[o * nhp], nh * sizeof(floating))
 
 
 # ---- the Python-callable kernels (the shared contract) ----
@@ -283,17 +293,21 @@ def train_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] labels, const Py
     dtype = np.asarray(Wh).dtype
     perm_arr, in_order = batch_order(perm, X.shape[0], batch)
     perm = perm_arr
-    cdef floating[::1] work
-    cdef floating[:, ::1] WhT, Xbuf, H, dH, Z
+    cdef floating[::1] work, bhp
+    cdef floating[:, ::1] WhT, Wyp, Xbuf, H, dH, Z
+    cdef Py_ssize_t nhp
     cdef Py_ssize_t[::1] nz, lb
     if small:
-        work = np.empty(batch * (2 * nh + nout), dtype=dtype)
-        WhT = np.empty((n_in, nh), dtype=dtype)
+        nhp = padded_width(nh, dtype.itemsize)
+        WhT = aligned_zeros((n_in, nhp), dtype)
+        bhp = aligned_zeros(nhp, dtype)
+        Wyp = aligned_zeros((nout, nhp), dtype)
+        work = aligned_zeros(batch * (2 * nhp + nout), dtype)
         nz = np.empty(batch * (n_in + 1), dtype=np.intp)
         with nogil:
-            _small_epoch(&X[0, 0], n_in, &labels[0], &perm[0], n_ex, batch, &Wh[0, 0],
-                         &WhT[0, 0], &bh[0], &Wy[0, 0], &by[0], nh, nout, <floating>lr, code,
-                         &work[0], &nz[0], &loss_sum, &n_correct)
+            _small_epoch(&X[0, 0], n_in, &labels[0], &perm[0], n_ex, batch, &Wh[0, 0], &bh[0],
+                         &Wy[0, 0], &by[0], nh, nout, <floating>lr, code, &WhT[0, 0], &bhp[0],
+                         &Wyp[0, 0], nhp, &work[0], &nz[0], &loss_sum, &n_correct)
     else:
         Xbuf = np.empty((1 if in_order else batch, n_in), dtype=dtype)  # in order: X is read in place
         H = np.empty((batch, nh), dtype=dtype)
