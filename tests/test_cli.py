@@ -41,6 +41,7 @@ def test_info_lists_backends_and_blas():
     assert f"fastmlp {fastmlp.__version__}" in out.stdout
     assert re.search(r"^backends available: numpy, cython(, numba)?$", out.stdout, re.M)
     assert "threadpool" in out.stdout and "kernel=" in out.stdout
+    assert re.search(r"^epoch path \(compiled backends\): hand-written loops up to batch \d+", out.stdout, re.M)
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):

@@ -153,3 +153,33 @@ def test_small_path_buffers_are_zeroed_and_cache_line_aligned(dtype, shape):
     for n in (1, 15, 16, 17, 100, 128):
         w = padded_width(n, itemsize)
         assert w >= n and w * itemsize % CACHE_LINE == 0 and (w - n) * itemsize < CACHE_LINE
+
+
+@pytest.mark.parametrize("avx512_blas", [True, False])
+def test_auto_path_choice(monkeypatch, avx512_blas):
+    """The measured rule of _common: the small path up to batch 4 always, up to 63
+    for sparse inputs where OpenBLAS runs AVX2 kernels; explicit paths are obeyed."""
+    from fastmlp._kernels import _common
+    monkeypatch.setattr(_common, "blas_has_avx512_kernels", lambda: avx512_blas)
+    rng = np.random.default_rng(0)
+    dense = rng.random((1000, 50)) + 0.1
+    sparse = dense * (rng.random(dense.shape) < 0.2)  # 20% non-zero, like MNIST
+    for X in (dense, sparse):
+        assert _common.takes_small_path("small", 256, X)
+        assert not _common.takes_small_path("blas", 1, X)
+        assert _common.takes_small_path("auto", 4, X)
+        assert not _common.takes_small_path("auto", 64, X)
+    assert not _common.takes_small_path("auto", 10, dense)
+    assert _common.takes_small_path("auto", 10, sparse) is (not avx512_blas)
+    assert _common.takes_small_path("auto", 63, sparse) is (not avx512_blas)
+    assert _common.input_density(sparse) == pytest.approx(0.2, abs=0.02)
+    assert _common.input_density(np.zeros((0, 3))) == 0.0
+
+
+def test_blas_kernel_detection_follows_openblas():
+    from threadpoolctl import threadpool_info
+
+    from fastmlp._kernels import _common
+    kernels = {p.get("architecture", "").lower() for p in threadpool_info() if p.get("internal_api") == "openblas"}
+    assert kernels, "scipy's OpenBLAS should be loaded"
+    assert _common.blas_has_avx512_kernels() is bool(kernels & {"skylakex", "cooperlake", "sapphirerapids"})

@@ -18,7 +18,7 @@ from libc.stdint cimport int64_t, intptr_t
 from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
-from ._common import aligned_zeros, batch_order, padded_width
+from ._common import PATHS, aligned_zeros, batch_order, padded_width, takes_small_path
 
 cdef extern from "_fused.h" nogil:
     void fm_tanh_f(float *x, Py_ssize_t n)
@@ -47,11 +47,6 @@ cdef extern from "_fused.h" nogil:
                           double *loss_sum, int64_t *n_correct)
 
 LOSS_CODES = {"ce": 0, "mse": 1}
-PATHS = ("auto", "small", "blas")
-
-# Below this batch size the hand-written sparse-aware epoch beats BLAS GEMMs
-# (measured on MNIST 784-100-10; see benches/ and the README).
-SMALL_BATCH_MAX = 4
 
 
 # ---- thin wrappers: one place where floating picks the C or BLAS routine ----
@@ -277,7 +272,7 @@ def train_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] labels, const Py
 
     Returns (loss_sum, n_correct) measured in each batch's forward pass.
     ``path``: "small" (hand-written, sparse-aware), "blas" (GEMMs), or "auto"
-    (small below SMALL_BATCH_MAX + 1).
+    (chosen by ``_common.takes_small_path``).
     """
     cdef int code = _loss_code(loss)
     if path not in PATHS:
@@ -287,7 +282,7 @@ def train_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] labels, const Py
     cdef Py_ssize_t batch = min(batch_size, max(n_ex, 1))
     cdef double loss_sum = 0
     cdef int64_t n_correct = 0
-    cdef bint small = path == "small" or (path == "auto" and batch <= SMALL_BATCH_MAX)
+    cdef bint small = takes_small_path(path, batch, np.asarray(X))
     if n_ex == 0:
         return 0.0, 0
     dtype = np.asarray(Wh).dtype

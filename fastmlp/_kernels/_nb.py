@@ -25,13 +25,9 @@ from numba.core import cgutils, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import get_cython_function_address, intrinsic
 
-from ._common import aligned_zeros, batch_order, padded_width
+from ._common import PATHS, aligned_zeros, batch_order, padded_width, takes_small_path
 
 LOSS_CODES = {"ce": 0, "mse": 1}
-PATHS = ("auto", "small", "blas")
-
-# Batches up to this size take the hand-written loops (see _cy.SMALL_BATCH_MAX).
-SMALL_BATCH_MAX = 4
 
 
 def _compile(func, fastmath):
@@ -495,7 +491,7 @@ def train_epoch(X, labels, perm, Wh, bh, Wy, by, lr, batch_size, loss="ce", path
     nh, n_in, nout = Wh.shape[0], X.shape[1], Wy.shape[0]
     dtype = Wh.dtype
     lr = dtype.type(lr)
-    small = path == "small" or (path == "auto" and batch <= SMALL_BATCH_MAX)
+    small = takes_small_path(path, batch, X)
     Z = np.empty((batch, nout), dtype)
     if small:
         nhp = padded_width(nh, dtype.itemsize)
