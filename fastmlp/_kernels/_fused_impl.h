@@ -146,6 +146,21 @@ static inline ptrdiff_t FN(fm_nonzeros)(const REAL *restrict x, ptrdiff_t n, int
     return k;
 }
 
+/* Asks for the n values at x to be brought into cache. The examples are visited
+ * in random order, so the hardware prefetcher cannot guess the next input row; its
+ * first touch, the non-zero scan, then waited on main memory for every line. */
+static inline void FN(fm_prefetch_row)(const REAL *x, ptrdiff_t n)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    const char *p = (const char *)x;
+    for (ptrdiff_t off = 0; off < n * (ptrdiff_t)sizeof(REAL); off += 64)
+        __builtin_prefetch(p + off, 0, 3);
+#else
+    (void)x;
+    (void)n;
+#endif
+}
+
 /* h += sum_t x[idx[t]] * WhT[idx[t], :] over the k listed inputs: four rows per
  * sweep over h, so h is loaded and stored a quarter as often. */
 static inline void FN(fm_gather_axpy)(REAL *restrict h, const REAL *restrict x,
@@ -194,6 +209,8 @@ FM_CLONES void FN(fm_small_epoch)(const REAL *restrict X, ptrdiff_t n_in, const 
         for (ptrdiff_t b = 0; b < B; b++) {
             const intptr_t row = perm[start + b];
             const REAL *restrict x = X + row * n_in;
+            if (start + b + 1 < n_ex)
+                FN(fm_prefetch_row)(X + perm[start + b + 1] * n_in, n_in);
             intptr_t *restrict idx = nz + b * (n_in + 1);
             REAL *restrict h = Hb + b * nh;
             REAL *restrict dh = dHb + b * nh;

@@ -21,6 +21,7 @@ import contextlib
 import llvmlite.binding as llvm_binding
 import numba as nb
 import numpy as np
+from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import get_cython_function_address, intrinsic
@@ -102,6 +103,33 @@ def _ptr(typingctx, arr, i):
         item = builder.gep(ary.data, [args[1]])
         return builder.bitcast(item, cgutils.voidptr_t)
     return types.voidptr(arr, i), codegen
+
+
+@intrinsic
+def _prefetch(typingctx, arr, i):
+    """Asks for the cache line holding arr.flat[i] to be brought into cache (LLVM's
+    prefetch: read, keep in all levels); no effect on results."""
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        item = builder.bitcast(builder.gep(ary.data, [args[1]]), cgutils.voidptr_t)
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [item, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.none(arr, i), codegen
+
+
+@_jit
+def _prefetch_row(X, row):
+    """Brings row ``row`` of X towards the cache. The examples are visited in random
+    order, so the hardware prefetcher cannot guess the next input row; its first
+    touch, the non-zero scan, otherwise waits on main memory for every line."""
+    n = X.shape[1]
+    step = max(1, 64 // X.itemsize)
+    for i in range(0, n, step):
+        _prefetch(X, row * n + i)
 
 
 @_jit
@@ -288,6 +316,8 @@ def _small_epoch_t(X, labels, perm, batch, WhT, bh, Wy, by, lr, loss, H, dH, dZ,
         for b in range(B):
             row = perm[start + b]
             x = X[row]
+            if start + b + 1 < n_ex:
+                _prefetch_row(X, perm[start + b + 1])
             idx = nz[b]
             h = H[b]
             dz = dZ[b]
