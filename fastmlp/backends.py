@@ -20,15 +20,18 @@ _MODULES = {
 }
 NAMES = tuple(_MODULES) + ("auto",)
 
-# "auto": the fastest available backend for a batch size. Measured on MNIST
-# 784-100-10 float32, one epoch, the two backends alternated 5 times in one
-# process (medians; numba/cython time ratio; 2-core AVX-512 machine, OpenBLAS
-# SkylakeX kernels, 2026-11-24):
-#     batch      1     10     32     64    128    256
-#     ratio   1.04   1.03   1.02   0.97   1.02   1.08
-# Cython is as fast or faster everywhere but batch 64, where Numba's 3% lead is
-# within the noise; and Cython needs no compilation on first use. So: Cython,
-# then Numba, then the NumPy reference.
+# "auto": the fastest available backend for a batch size, counting what a process
+# pays before its first epoch. Measured on MNIST 784-100-10 float32, one epoch, the
+# two backends alternated 7 times in one process (medians of the numba/cython time
+# ratio; 2-core AVX-512 machine, one BLAS thread below batch 64, 2026-11-24):
+#     batch                          1     10     32     64    128    256
+#     OpenBLAS AVX2 (Haswell)     0.93   0.94   0.92   1.02   1.01   1.02
+#     OpenBLAS AVX-512 (SkylakeX) 0.92   1.03   1.03   1.02   1.02   1.02
+# Numba is 6-8% faster on the hand-written small-batch path (its AVX-512 non-zero
+# scan; ~0.008 s per epoch) and level on the BLAS path. But its first use costs
+# 0.4 s per process to load the cached code (7 s to compile on a machine's first
+# use), which the small-batch gain repays only after ~50 MNIST epochs in one
+# process; Cython costs nothing. So: Cython, then Numba, then the NumPy reference.
 # Each row: (largest batch size it covers or None for all, backends fastest first).
 AUTO_ORDER = (
     (None, ("cython", "numba", "numpy")),
