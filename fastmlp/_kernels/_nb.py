@@ -63,16 +63,30 @@ def _codegen():
             llvm_binding.set_option("fastmlp", "-force-vector-interleave=0")
 
 
+def _arg_key(a):
+    # what Numba's type of an argument depends on, cheaply (typeof costs ~3 us)
+    if isinstance(a, np.ndarray):
+        f = a.flags
+        return (a.dtype, a.ndim, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned)
+    return type(a)
+
+
+_compiled_keys: set = set()
+
+
 def _call(kernel, *args):
     """kernel(*args), compiling (or loading from the cache) its specialisation for
     these argument types under ``_codegen`` first. Every call from Python into the
     compiled code goes through here, so every function (and every helper compiled
     with it) is built the same way whichever is called first: the order of a
     vectorised sum, and so the last bits of a result, do not depend on call order."""
-    sig = tuple(kernel.typeof_pyval(a) for a in args)
-    if sig not in kernel.overloads:
-        with _codegen():
-            kernel.compile(sig)
+    key = (kernel, *map(_arg_key, args))
+    if key not in _compiled_keys:
+        sig = tuple(kernel.typeof_pyval(a) for a in args)
+        if sig not in kernel.overloads:
+            with _codegen():
+                kernel.compile(sig)
+        _compiled_keys.add(key)
     return kernel(*args)
 
 
