@@ -283,7 +283,10 @@ def _targets_avx512():
         return "+avx512f" in config.CPU_FEATURES.replace(" ", "").split(",")
     if config.CPU_NAME not in (None, "host"):
         return False  # a named (often generic) target: do not assume
-    return bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
+    try:
+        return bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
+    except RuntimeError:  # llvmlite cannot read this host's features: assume none
+        return False
 
 
 # With AVX-512 the non-zero scan compresses 16 indices at a time (3x faster than
