@@ -8,6 +8,7 @@ import sys
 import numpy as np
 
 from . import backends, datasets, reference
+from ._kernels._common import small_path_rule
 from ._version import __version__
 from .model import MLP
 from .train import evaluate, train
@@ -128,23 +129,12 @@ def cmd_info(args):
     print("auto backend by batch size: " + ", ".join(
         f"{b}: {backends.resolve('auto', b)}" for b in (1, 10, 64, 256, 60000)))
     print(f"BLAS threads: 1 below batch {backends.BLAS_THREADS_MIN_BATCH}, else the pool's default")
-    print("epoch path (compiled backends): " + _path_summary())
+    print("epoch path (compiled backends): " + small_path_rule())
     for pool in threadpool_info():
         print(f"threadpool {pool.get('internal_api')} {pool.get('version', '')} "
               f"kernel={pool.get('architecture', '?')} threads={pool.get('num_threads')} "
               f"({pool.get('filepath', '').rsplit('/', 1)[-1]})")
     return 0
-
-
-def _path_summary():
-    from ._kernels import _common
-
-    small = _common.SMALL_BATCH_MAX
-    if not _common.blas_has_avx512_kernels():
-        return (f"hand-written loops up to batch {_common.SPARSE_SMALL_BATCH_MAX} if at most "
-                f"{_common.SPARSE_DENSITY_MAX:.0%} of the inputs are non-zero, else up to {small}; "
-                f"BLAS GEMMs above (AVX2 BLAS kernels)")
-    return f"hand-written loops up to batch {small}; BLAS GEMMs above (AVX-512 BLAS kernels)"
 
 
 def cmd_bench(args):

@@ -52,6 +52,15 @@ def input_density(X, rows=256):
     return float(np.count_nonzero(sample) / sample.size)
 
 
+def small_path_rule():
+    """The rule ``takes_small_path`` applies under "auto" on this machine, in words."""
+    if blas_has_avx512_kernels():
+        return f"hand-written loops up to batch {SMALL_BATCH_MAX}; BLAS GEMMs above (AVX-512 BLAS kernels)"
+    return (f"hand-written loops up to batch {SPARSE_SMALL_BATCH_MAX} if at most "
+            f"{SPARSE_DENSITY_MAX:.0%} of the inputs are non-zero, else up to {SMALL_BATCH_MAX}; "
+            f"BLAS GEMMs above (AVX2 BLAS kernels)")
+
+
 def takes_small_path(path, batch, X):
     """Whether an epoch of ``batch``-sized batches over X runs the small path."""
     if path != "auto":
@@ -102,3 +111,11 @@ def aligned_zeros(shape, dtype):
     raw = np.zeros(nbytes + CACHE_LINE, np.uint8)
     skip = -raw.ctypes.data % CACHE_LINE
     return raw[skip:skip + nbytes].view(dtype).reshape(shape)
+
+
+def padded_parameters(n_in, nh, nout, dtype):
+    """``(nhp, WhT, bh, Wy)``: zeroed, cache-line aligned buffers for the small path's
+    copy of the parameters, with nh padded to ``nhp`` hidden units (whole cache
+    lines): WhT (n_in, nhp) holds Wh transposed, bh (nhp,), Wy (nout, nhp)."""
+    nhp = padded_width(nh, np.dtype(dtype).itemsize)
+    return nhp, aligned_zeros((n_in, nhp), dtype), aligned_zeros(nhp, dtype), aligned_zeros((nout, nhp), dtype)

@@ -18,7 +18,7 @@ from libc.stdint cimport int64_t, intptr_t
 from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
-from ._common import PATHS, aligned_zeros, batch_order, padded_width, takes_small_path
+from ._common import PATHS, aligned_zeros, batch_order, padded_parameters, takes_small_path
 
 cdef extern from "_fused.h" nogil:
     void fm_tanh_f(float *x, Py_ssize_t n)
@@ -293,10 +293,7 @@ def train_epoch(const floating[:, ::1] X, const Py_ssize_t[::1] labels, const Py
     cdef Py_ssize_t nhp
     cdef Py_ssize_t[::1] nz, lb
     if small:
-        nhp = padded_width(nh, dtype.itemsize)
-        WhT = aligned_zeros((n_in, nhp), dtype)
-        bhp = aligned_zeros(nhp, dtype)
-        Wyp = aligned_zeros((nout, nhp), dtype)
+        nhp, WhT, bhp, Wyp = padded_parameters(n_in, nh, nout, dtype)
         work = aligned_zeros(batch * (2 * nhp + nout), dtype)
         nz = np.empty(batch * (n_in + 1), dtype=np.intp)
         with nogil:

@@ -26,7 +26,7 @@ from numba.core import cgutils, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import get_cython_function_address, intrinsic
 
-from ._common import PATHS, aligned_zeros, batch_order, padded_width, takes_small_path
+from ._common import PATHS, aligned_zeros, batch_order, padded_parameters, takes_small_path
 
 LOSS_CODES = {"ce": 0, "mse": 1}
 
@@ -596,10 +596,7 @@ def train_epoch(X, labels, perm, Wh, bh, Wy, by, lr, batch_size, loss="ce", path
     small = takes_small_path(path, batch, X)
     Z = np.empty((batch, nout), dtype)
     if small:
-        nhp = padded_width(nh, dtype.itemsize)
-        WhT = aligned_zeros((n_in, nhp), dtype)
-        bhp = aligned_zeros(nhp, dtype)
-        Wyp = aligned_zeros((nout, nhp), dtype)
+        nhp, WhT, bhp, Wyp = padded_parameters(n_in, nh, nout, dtype)
         H = aligned_zeros((batch, nhp), dtype)
         dH = aligned_zeros((batch, nhp), dtype)
         nz = np.empty((batch, n_in), np.intp)
