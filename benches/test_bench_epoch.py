@@ -9,6 +9,7 @@ import pytest
 
 from fastmlp import backends, bench
 from fastmlp import reference as ref
+from fastmlp._kernels import epochs
 
 from bench_common import BACKENDS, TORCH
 
@@ -38,8 +39,7 @@ def test_epoch(benchmark, backend, network, dtype, batch):
         trainer.epoch(X, labels, check, bs, lr)
         got = trainer.params()
     else:
-        backends.kernels(backend).train_epoch(X, labels, check, got["Wh"], got["bh"], got["Wy"], got["by"],
-                                              lr, bs, "ce")
+        epochs.train_epoch(backends.kernels(backend), X, labels, check, got, lr, bs)
     for k in ref.PARAM_NAMES:
         np.testing.assert_allclose(got[k], expected[k], **_tolerance(dtype), err_msg=f"{backend} {k}")
 
@@ -50,6 +50,6 @@ def test_epoch(benchmark, backend, network, dtype, batch):
         backend=backend, network=name, dtype=dtype.name, batch=bs, n=len(X),
         flop_per_epoch=bench.flop_per_example(*shape) * len(X), blas=bench.blas_description(),
     )
-    with backends.blas_limits(bs):
+    with epochs.blas_limits(bs):
         run(perm[:max(bs, 64)])  # warm-up: compile, fault in pages
         benchmark.pedantic(run, args=(perm,), rounds=3, iterations=1)

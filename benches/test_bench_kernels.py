@@ -8,6 +8,7 @@ import pytest
 
 from fastmlp import backends
 from fastmlp import reference as ref
+from fastmlp._kernels import epochs
 
 from bench_common import BACKENDS
 
@@ -36,7 +37,7 @@ def test_forward_hidden(benchmark, backend, network, dtype, batch):
     kern = backends.kernels(backend)
     np.testing.assert_allclose(kern.forward_hidden(Xb, p["Wh"], p["bh"]), out.H, **_tolerance(dtype))
     _group(benchmark, "forward_hidden", name, dtype, batch, backend)
-    with backends.blas_limits(len(Xb)):
+    with epochs.blas_limits(len(Xb)):
         benchmark(kern.forward_hidden, Xb, p["Wh"], p["bh"])
 
 
@@ -44,12 +45,12 @@ def test_forward_hidden(benchmark, backend, network, dtype, batch):
 def test_loss_grad(benchmark, backend, network, dtype, batch):
     name, Xb, yb, p, out = _inputs(network, dtype, batch)
     kern = backends.kernels(backend)
-    dZ, loss_sum, _ = kern.loss_grad(out.Z, yb, "ce")
+    dZ, loss_sum, _ = kern.loss_grad(out.Z, yb, epochs.loss_code("ce"))
     np.testing.assert_allclose(dZ, ref.output_delta(out.Y_hat, yb) / len(Xb), **_tolerance(dtype))
     np.testing.assert_allclose(loss_sum / len(Xb), ref.loss_accuracy(out.Y_hat, yb, logits=out.Z)[0],
                                **_tolerance(dtype))
     _group(benchmark, "loss_grad", name, dtype, batch, backend)
-    benchmark(kern.loss_grad, out.Z, yb, "ce")
+    benchmark(kern.loss_grad, out.Z, yb, epochs.loss_code("ce"))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -60,9 +61,9 @@ def test_backward_update(benchmark, backend, network, dtype, batch):
     expected = {k: v.copy() for k, v in p.items()}
     ref.sgd_step(expected, ref.param_grads(Xb, out.H, dZ, ref.hidden_delta(p["Wy"], out.H, dZ)), 1e-3)
     got = {k: v.copy() for k, v in p.items()}
-    kern.backward_update(Xb, out.H, dZ, got["Wh"], got["bh"], got["Wy"], got["by"], 1e-3)
+    kern.backward_update(Xb, out.H, dZ, epochs.Params(**got), 1e-3)
     for k in ref.PARAM_NAMES:
         np.testing.assert_allclose(got[k], expected[k], **_tolerance(dtype))
     _group(benchmark, "backward_update", name, dtype, batch, backend)
-    with backends.blas_limits(len(Xb)):
-        benchmark(kern.backward_update, Xb, out.H, dZ, got["Wh"], got["bh"], got["Wy"], got["by"], 1e-3)
+    with epochs.blas_limits(len(Xb)):
+        benchmark(kern.backward_update, Xb, out.H, dZ, epochs.Params(**got), 1e-3)

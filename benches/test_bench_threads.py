@@ -9,6 +9,7 @@ import pytest
 
 from fastmlp import backends, bench
 from fastmlp import reference as ref
+from fastmlp._kernels import epochs
 
 from bench_common import BACKENDS
 
@@ -23,14 +24,14 @@ def test_gil_released(benchmark, backend, models, network):
     params = [ref.init_params(*shape, dtype=np.float32, seed=i) for i in range(models)]
 
     def epoch(p):
-        kern.train_epoch(X, labels, perm, p["Wh"], p["bh"], p["Wy"], p["by"], 0.1, 64, "ce")
+        epochs.train_epoch(kern, X, labels, perm, p, 0.1, 64)
 
     def run():
         bench.run_in_threads(epoch, params)
 
     # the threads' models must end where sequential training ends
     check = [ref.init_params(*shape, dtype=np.float32, seed=i) for i in range(models)]
-    with backends.blas_limits(1):  # the same BLAS threads: results are then bitwise equal
+    with epochs.blas_limits(1):  # the same BLAS threads: results are then bitwise equal
         for p in check:
             epoch(p)
         run()
@@ -40,5 +41,5 @@ def test_gil_released(benchmark, backend, models, network):
 
     benchmark.group = f"gil {name} {backend} batch=64"
     benchmark.extra_info.update(backend=backend, models=models)
-    with backends.blas_limits(1):
+    with epochs.blas_limits(1):
         benchmark.pedantic(run, rounds=3, iterations=1)

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import backends
 from . import reference as ref
+from ._kernels import epochs
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
@@ -151,10 +152,9 @@ def _runner(name, params, X, labels, batch_size, lr):
 
         Xt, yt = torch.from_numpy(X), torch.from_numpy(labels.astype(np.int64))
         return lambda perm: trainer.epoch(Xt, yt, torch.from_numpy(perm), batch_size, lr)
-    kern = backends.kernels(name)
     p = {k: v.copy() for k, v in params.items()}
-    return lambda perm: kern.train_epoch(X, labels, perm, p["Wh"], p["bh"], p["Wy"], p["by"], lr,
-                                         batch_size, "ce")
+    runner = epochs.EpochRunner(backends.kernels(name), p, X, labels, batch_size=batch_size)
+    return lambda perm: runner.epoch(perm, lr)
 
 
 def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, perm=None):
@@ -169,7 +169,7 @@ def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, p
         perm = np.random.default_rng(0).permutation(n)
     run = _runner(name, params, X, labels, batch_size, lr)
     warm = perm[:max(batch_size, min(n, 10 * batch_size, 2000))]
-    with backends.blas_limits(batch_size):
+    with epochs.blas_limits(batch_size):
         run(warm)  # compile, fault in pages, spin up BLAS threads
         estimate = _timed(lambda: run(warm)) * n / len(warm)
         if estimate > 2 * budget:
@@ -185,9 +185,9 @@ def gil_release_ratio(params, X, labels, batch_size, backend, lr=0.1):
     models = [{k: v.copy() for k, v in params.items()} for _ in range(2)]
 
     def epoch(p):
-        kern.train_epoch(X, labels, perm, p["Wh"], p["bh"], p["Wy"], p["by"], lr, batch_size, "ce")
+        epochs.train_epoch(kern, X, labels, perm, p, lr, batch_size)
 
-    with backends.blas_limits(1):  # one BLAS thread each: two threads fill the two cores
+    with epochs.blas_limits(1):  # one BLAS thread each: two threads fill the two cores
         epoch(models[0])
         one = statistics.median(_timed(lambda: epoch(models[0])) for _ in range(3))
 
@@ -207,16 +207,17 @@ def run_in_threads(fn, items):
 _FIRST_CALLS = """
 import time, numpy as np, fastmlp
 from fastmlp import backends
+from fastmlp._kernels import epochs
 t0 = time.perf_counter()
 k = backends.kernels("numba")
 rng = np.random.default_rng(0)
 X, y = rng.random((256, 784), dtype=np.float32), np.arange(256) % 10
 for batch, path in ((1, "small"), (64, "blas")):
     p = fastmlp.reference.init_params(784, 100, 10)
-    k.train_epoch(X, y, np.arange(256), p["Wh"], p["bh"], p["Wy"], p["by"], 0.1, batch, "ce", path)
+    epochs.train_epoch(k, X, y, np.arange(256), p, 0.1, batch, "ce", path)
 H = k.forward_hidden(X, p["Wh"], p["bh"])
-dZ = k.loss_grad(k.forward_logits(H, p["Wy"], p["by"]), y, "ce")[0]
-k.backward_update(X, H, dZ, p["Wh"], p["bh"], p["Wy"], p["by"], 0.1)
+dZ = k.loss_grad(k.forward_logits(H, p["Wy"], p["by"]), y, epochs.loss_code("ce"))[0]
+k.backward_update(X, H, dZ, epochs.Params(**p), 0.1)
 k.tanh(X[0])
 print(time.perf_counter() - t0)
 """
@@ -261,7 +262,7 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
     threads = _torch_threads() if any(n.startswith("torch") for n in names) else None
     print(f"fastmlp bench: {time.strftime('%Y-%m-%d')}, {np.dtype(dtype).name}, "
           f"seconds per epoch (median; ~ = timed on part of the epoch and scaled)", file=out)
-    print(f"BLAS: {blas_description()}; one BLAS thread below batch {backends.BLAS_THREADS_MIN_BATCH}", file=out)
+    print(f"BLAS: {blas_description()}; one BLAS thread below batch {epochs.BLAS_THREADS_MIN_BATCH}", file=out)
     print(f"measured float32 GEMM peak: {peak:.0f} GFLOP/s" + (f"; torch threads: {threads}" if threads else ""),
           file=out)
     if "numba" in names:

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from . import backends, datasets, reference
-from ._kernels._common import small_path_rule
+from ._kernels import epochs
 from ._version import __version__
 from .model import MLP
 from .train import evaluate, train
@@ -80,7 +80,7 @@ def cmd_train(args):
     X, y, X_test, y_test = _load_data(args, args.n_samples)
     n_out = int(max(y.max(), y_test.max())) + 1
     model = MLP(X.shape[1], args.hidden, n_out, dtype=args.dtype, init=args.init, seed=args.seed)
-    backend = backends.resolve(args.backend, args.batch_size)
+    backend = backends.resolve(args.backend)
     print(f"fastmlp {__version__}: {args.dataset} {X.shape[1]}-{args.hidden}-{n_out}, "
           f"{len(X)} train / {len(X_test)} test, batch {args.batch_size}, lr {args.lr}, "
           f"loss {args.loss}, {args.dtype}, backend {backend}")
@@ -125,11 +125,15 @@ def cmd_info(args):
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, scipy {scipy.__version__}")
     print(f"backends available: {', '.join(backends.available_backends())}")
     for name, reason in backends.unavailable_backends().items():
-        print(f"backend {name} unavailable: {reason}")
-    print("auto backend by batch size: " + ", ".join(
-        f"{b}: {backends.resolve('auto', b)}" for b in (1, 10, 64, 256, 60000)))
-    print(f"BLAS threads: 1 below batch {backends.BLAS_THREADS_MIN_BATCH}, else the pool's default")
-    print("epoch path (compiled backends): " + small_path_rule())
+        hint = backends.install_hint(name)
+        print(f"backend {name} unavailable: {reason}" + (f"; {hint}" if hint else ""))
+    print(f"auto backend: {backends.resolve('auto')} at every batch size (the first of {backends.AUTO} that loads)")
+    print(f"BLAS threads: 1 below batch {epochs.BLAS_THREADS_MIN_BATCH}, else the pool's default")
+    print("epoch path of the compiled backends (auto), by batch size and input density:")
+    for batch in (1, 4, 10, 32, 64, 256, 60000):
+        for kind, density in (("dense", 1.0), ("sparse (<= 50% non-zero)", 0.19)):
+            path, why = epochs.auto_path(batch, density)
+            print(f"  batch {batch:>5}, {kind:<24} {path:<6} {why}")
     for pool in threadpool_info():
         print(f"threadpool {pool.get('internal_api')} {pool.get('version', '')} "
               f"kernel={pool.get('architecture', '?')} threads={pool.get('num_threads')} "

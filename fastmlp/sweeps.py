@@ -72,10 +72,13 @@ def run_point(point, X, y, validation_data=None):
     from .model import MLP
     from .train import evaluate, train
 
-    # Load every kernel module (and so scipy's BLAS) before limiting the BLAS
+    # Load the kernel module (and so scipy's BLAS) before limiting the BLAS
     # threads: threadpoolctl limits only the libraries already loaded, and two
     # workers whose BLAS spins two threads each on two cores run 100x slower.
-    backends.available_backends()
+    try:
+        backends.kernels(point["backend"])
+    except ValueError:
+        pass  # an unknown or unavailable backend: train() reports it below
 
     record = dict(point)
     record.update({k: None for k in RESULT_COLUMNS})

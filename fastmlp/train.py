@@ -1,8 +1,9 @@
-"""The mini-batch training loop: validation, shuffling, history and backend choice.
+"""The public training loop: validation, shuffling, history, checkpoints.
 
-The loop itself lives in the backends' compiled ``train_epoch``; this module
-prepares clean inputs for it once, draws one permutation per epoch and records
-what each epoch measured.
+This module checks the inputs once, draws one permutation per epoch and records
+what each epoch measured. The epochs themselves run in the kernel driver
+(``fastmlp._kernels.epochs.EpochRunner``), which calls the chosen backend's
+compiled primitives.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from . import backends
 from . import reference as ref
+from ._kernels.epochs import CHUNK_EXAMPLES, Diverged, EpochRunner, blas_limits
 from ._validation import (
     check_choice,
     check_nonnegative_int,
@@ -83,11 +85,6 @@ class DivergenceError(FloatingPointError):
             f"NaN or infinite (try a smaller lr); the model keeps its parameters from before that step"
         )
 
-
-# Each compiled call covers about this many examples (whole batches): short enough
-# that Ctrl-C and divergence are noticed within milliseconds, long enough that the
-# per-call overhead stays under 1%.
-CHUNK_EXAMPLES = 8192
 
 CHECKPOINT_VERSION = 1
 
@@ -162,8 +159,7 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
     X = check_X(X, "X", model.n_in, model.dtype)
     labels = check_y(y, len(X), model.n_out, "y")
     val = _check_validation_data(validation_data, model)
-    name = backends.resolve(backend, batch_size)
-    kernels = backends.kernels(name)
+    name = backends.resolve(backend)
     settings = dict(batch_size=batch_size, lr=lr, loss=loss, shuffle=bool(shuffle), seed=seed, n_samples=len(X))
     state = _read_checkpoint(resume, model, settings) if resume is not None else None
 
@@ -181,15 +177,17 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
             for k in ref.PARAM_NAMES:
                 model.params[k][...] = state["params"][k]
         model.loss = loss
-        p = model.params
+        runner = EpochRunner(backends.kernels(name), model.params, X, labels, batch_size=batch_size, loss=loss)
         n = len(X)
         bar = _Progress(epochs, first) if progress else None
-        with backends.blas_limits(batch_size), (bar or contextlib.nullcontext()):
+        with blas_limits(batch_size), (bar or contextlib.nullcontext()):
             for epoch in range(first, epochs):
                 perm = rng.permutation(n) if shuffle else np.arange(n, dtype=np.intp)
                 t0 = time.perf_counter()
-                loss_sum, n_correct = _run_epoch(kernels, X, labels, perm, p, lr, batch_size, loss,
-                                                 epoch, history)
+                try:
+                    loss_sum, n_correct = runner.epoch(perm, lr)
+                except Diverged as exc:
+                    raise DivergenceError(epoch, exc.batch, history) from None
                 history.seconds.append(time.perf_counter() - t0)
                 history.loss.append(loss_sum / n)
                 history.accuracy.append(n_correct / n)
@@ -204,50 +202,6 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
     finally:
         model._training.release()
     return history
-
-
-def _run_epoch(kernels, X, labels, perm, p, lr, batch_size, loss, epoch, history):
-    """One epoch in compiled chunks of whole batches; Python regains control between
-    chunks (Ctrl-C), and each chunk is checked for a non-finite loss or parameter."""
-    chunk = max(1, CHUNK_EXAMPLES // batch_size) * batch_size
-    loss_sum, n_correct = 0.0, 0
-    for start in range(0, len(perm), chunk):
-        before = {k: v.copy() for k, v in p.items()}
-        try:
-            ls, nc = kernels.train_epoch(X, labels, perm[start:start + chunk], p["Wh"], p["bh"], p["Wy"],
-                                         p["by"], lr, batch_size, loss)
-        except KeyboardInterrupt:
-            # Ctrl-C can land between two parameter updates of a Python-level step;
-            # go back to the chunk's start, where every parameter is consistent.
-            for k in ref.PARAM_NAMES:
-                p[k][...] = before[k]
-            raise
-        if not (np.isfinite(ls) and _finite(p)):
-            _locate_divergence(kernels, X, labels, perm, p, before, start, chunk, lr, batch_size, loss,
-                               epoch, history)
-        loss_sum += ls
-        n_correct += nc
-    return loss_sum, n_correct
-
-
-def _finite(params):
-    return all(np.isfinite(v).all() for v in params.values())
-
-
-def _locate_divergence(kernels, X, labels, perm, p, before, start, chunk, lr, batch_size, loss, epoch, history):
-    """Replay the failed chunk from its start one batch at a time (the kernels are
-    deterministic), stop before the first step that fails, and raise."""
-    for k in ref.PARAM_NAMES:
-        p[k][...] = before[k]
-    for b0 in range(start, min(start + chunk, len(perm)), batch_size):
-        saved = {k: v.copy() for k, v in p.items()}
-        ls, _ = kernels.train_epoch(X, labels, perm[b0:b0 + batch_size], p["Wh"], p["bh"], p["Wy"], p["by"],
-                                    lr, batch_size, loss)
-        if not (np.isfinite(ls) and _finite(p)):
-            for k in ref.PARAM_NAMES:
-                p[k][...] = saved[k]
-            raise DivergenceError(epoch, b0 // batch_size, history)
-    raise DivergenceError(epoch, start // batch_size, history)  # not reproduced: report the chunk's start
 
 
 def _check_writable_dir(path, name):

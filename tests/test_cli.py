@@ -41,7 +41,10 @@ def test_info_lists_backends_and_blas():
     assert f"fastmlp {fastmlp.__version__}" in out.stdout
     assert re.search(r"^backends available: numpy, cython(, numba)?$", out.stdout, re.M)
     assert "threadpool" in out.stdout and "kernel=" in out.stdout
-    assert re.search(r"^epoch path \(compiled backends\): hand-written loops up to batch \d+", out.stdout, re.M)
+    # the path of every batch size, with the reason, as the driver decides it
+    for batch in (1, 10, 64, 256, 60000):
+        for kind in ("dense", "sparse"):
+            assert re.search(rf"^  batch +{batch}, {kind}.* (small|blas) +\S", out.stdout, re.M), (batch, kind)
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):

@@ -5,6 +5,7 @@ import pytest
 
 from fastmlp import backends
 from fastmlp import reference as ref
+from fastmlp._kernels import epochs
 
 from helpers import BACKENDS, DTYPES, random_problem
 
@@ -18,7 +19,7 @@ def tol(dtype):
 
 
 def kernel_paths():
-    """(backend, path) for every implementation path of every available backend."""
+    """(backend, path) for every epoch path of every available backend."""
     return [(b, p) for b in BACKENDS for p in backends.kernels(b).PATHS]
 
 
@@ -45,7 +46,7 @@ def test_forward_hidden_and_logits(kern, dtype, shape):
 def test_loss_grad(kern, dtype, shape, loss):
     X, y, p = random_problem(*shape, dtype, seed=2)
     out = ref.forward(p, X)
-    dZ, loss_sum, n_correct = kern.loss_grad(out.Z, y, loss)
+    dZ, loss_sum, n_correct = kern.loss_grad(out.Z, y, epochs.loss_code(loss))
     mean_loss, acc = ref.loss_accuracy(out.Y_hat, y, loss, logits=out.Z)
     assert dZ.dtype == dtype
     np.testing.assert_allclose(dZ, ref.output_delta(out.Y_hat, y, loss) / len(X), **tol(dtype))
@@ -56,7 +57,7 @@ def test_loss_grad(kern, dtype, shape, loss):
 def test_loss_grad_is_stable_and_breaks_ties_low(kern):
     Z = np.array([[1e4, 0.0, -1e4], [3.0, 3.0, 1.0], [-800.0, -800.0, -801.0]], dtype=np.float32)
     y = np.array([0, 1, 0], dtype=np.intp)
-    dZ, loss_sum, n_correct = kern.loss_grad(Z, y, "ce")
+    dZ, loss_sum, n_correct = kern.loss_grad(Z, y, epochs.loss_code("ce"))
     assert np.isfinite(dZ).all() and np.isfinite(loss_sum)
     assert n_correct == 2  # row 1: argmax is class 0 (first of the tie), label 1
     Zd = Z.astype(np.float64)
@@ -74,7 +75,7 @@ def test_backward_update(kern, dtype, shape):
     expected = {k: v.copy() for k, v in p.items()}
     dH_expected = ref.hidden_delta(p["Wy"], out.H, dZ)  # from Wy before the step
     ref.sgd_step(expected, ref.param_grads(X, out.H, dZ, dH_expected), 0.3)
-    dH = kern.backward_update(X, out.H, dZ, p["Wh"], p["bh"], p["Wy"], p["by"], 0.3)
+    dH = kern.backward_update(X, out.H, dZ, epochs.Params(**p), 0.3)
     np.testing.assert_allclose(dH, dH_expected, **tol(dtype))
     np.testing.assert_array_equal(dZ, dZ_before)
     for k in ref.PARAM_NAMES:
@@ -94,8 +95,7 @@ def test_train_epoch_matches_reference(backend, path, loss, dtype, shape, batch)
     expected = {k: v.copy() for k, v in p.items()}
     perm = np.random.default_rng(0).permutation(len(X))
     r_loss, r_correct = ref.train_epoch(expected, X, y, perm, batch, 0.05, loss)
-    k_loss, k_correct = kern.train_epoch(X, y, perm, p["Wh"], p["bh"], p["Wy"], p["by"],
-                                         0.05, batch, loss, path)
+    k_loss, k_correct = epochs.train_epoch(kern, X, y, perm, p, 0.05, batch, loss, path)
     assert k_correct == r_correct
     np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
     for k in ref.PARAM_NAMES:
@@ -112,7 +112,7 @@ def test_200_steps_match_reference_float64(backend, path, loss):
     kern = backends.kernels(backend)
     for _ in range(2):  # 2 epochs x 100 batches of 4
         ref.train_epoch(expected, X, y, perm, 4, 0.2, loss)
-        kern.train_epoch(X, y, perm, p["Wh"], p["bh"], p["Wy"], p["by"], 0.2, 4, loss, path)
+        epochs.train_epoch(kern, X, y, perm, p, 0.2, 4, loss, path)
     for k in ref.PARAM_NAMES:
         np.testing.assert_allclose(p[k], expected[k], rtol=1e-8, atol=1e-12)
 
@@ -143,43 +143,71 @@ def test_tanh_float64_error(kern):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(7,), (784, 100), (3, 0), (1, 1, 5)])
 def test_small_path_buffers_are_zeroed_and_cache_line_aligned(dtype, shape):
-    from fastmlp._kernels._common import CACHE_LINE, aligned_zeros, padded_width
     for _ in range(5):  # a different allocation each time
-        a = aligned_zeros(shape, dtype)
+        a = epochs.aligned_zeros(shape, dtype)
         assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
-        assert a.size == 0 or a.ctypes.data % CACHE_LINE == 0
+        assert a.size == 0 or a.ctypes.data % epochs.CACHE_LINE == 0
         assert not a.any()
     itemsize = np.dtype(dtype).itemsize
     for n in (1, 15, 16, 17, 100, 128):
-        w = padded_width(n, itemsize)
-        assert w >= n and w * itemsize % CACHE_LINE == 0 and (w - n) * itemsize < CACHE_LINE
+        w = epochs.padded_width(n, itemsize)
+        assert w >= n and w * itemsize % epochs.CACHE_LINE == 0 and (w - n) * itemsize < epochs.CACHE_LINE
 
 
 @pytest.mark.parametrize("avx512_blas", [True, False])
 def test_auto_path_choice(monkeypatch, avx512_blas):
-    """The measured rule of _common: the small path up to batch 4 always, up to 63
+    """The measured rule of the driver: the small path up to batch 4 always, up to 63
     for sparse inputs where OpenBLAS runs AVX2 kernels; explicit paths are obeyed."""
-    from fastmlp._kernels import _common
-    monkeypatch.setattr(_common, "blas_has_avx512_kernels", lambda: avx512_blas)
+    monkeypatch.setattr(epochs, "blas_has_avx512_kernels", lambda: avx512_blas)
     rng = np.random.default_rng(0)
     dense = rng.random((1000, 50)) + 0.1
     sparse = dense * (rng.random(dense.shape) < 0.2)  # 20% non-zero, like MNIST
     for X in (dense, sparse):
-        assert _common.takes_small_path("small", 256, X)
-        assert not _common.takes_small_path("blas", 1, X)
-        assert _common.takes_small_path("auto", 4, X)
-        assert not _common.takes_small_path("auto", 64, X)
-    assert not _common.takes_small_path("auto", 10, dense)
-    assert _common.takes_small_path("auto", 10, sparse) is (not avx512_blas)
-    assert _common.takes_small_path("auto", 63, sparse) is (not avx512_blas)
-    assert _common.input_density(sparse) == pytest.approx(0.2, abs=0.02)
-    assert _common.input_density(np.zeros((0, 3))) == 0.0
+        assert epochs.takes_small_path("small", 256, X)
+        assert not epochs.takes_small_path("blas", 1, X)
+        assert epochs.takes_small_path("auto", 4, X)
+        assert not epochs.takes_small_path("auto", 64, X)
+    assert not epochs.takes_small_path("auto", 10, dense)
+    assert epochs.takes_small_path("auto", 10, sparse) is (not avx512_blas)
+    assert epochs.takes_small_path("auto", 63, sparse) is (not avx512_blas)
+    assert epochs.input_density(sparse) == pytest.approx(0.2, abs=0.02)
+    assert epochs.input_density(np.zeros((0, 3))) == 0.0
+    for batch in (1, 10, 63, 64, 60000):  # the words fastmlp info prints name the same path
+        for density in (0.2, 1.0):
+            path, why = epochs.auto_path(batch, density)
+            X = sparse if density < 1 else dense
+            assert (path == "small") is epochs.takes_small_path("auto", batch, X) and why
 
 
 def test_blas_kernel_detection_follows_openblas():
     from threadpoolctl import threadpool_info
 
-    from fastmlp._kernels import _common
     kernels = {p.get("architecture", "").lower() for p in threadpool_info() if p.get("internal_api") == "openblas"}
     assert kernels, "scipy's OpenBLAS should be loaded"
-    assert _common.blas_has_avx512_kernels() is bool(kernels & {"skylakex", "cooperlake", "sapphirerapids"})
+    assert epochs.blas_has_avx512_kernels() is bool(kernels & {"skylakex", "cooperlake", "sapphirerapids"})
+
+
+def test_the_loss_table_is_the_reference_losses_and_the_c_codes():
+    assert tuple(epochs.LOSS_CODES) == ref.LOSSES
+    if "cython" in BACKENDS:
+        assert backends.kernels("cython").C_LOSS_CODES == epochs.LOSS_CODES
+
+
+UNKNOWN_LOSS = max(epochs.LOSS_CODES.values()) + 1
+
+
+@pytest.mark.parametrize("backend,path", kernel_paths())
+def test_an_unknown_loss_code_raises_in_every_primitive(backend, path):
+    kern = backends.kernels(backend)
+    X, y, p = random_problem(12, 5, 4, 3, np.float64, seed=3, sparse=True)
+    before = {k: v.copy() for k, v in p.items()}
+    with pytest.raises(ValueError, match="loss code"):
+        kern.loss_grad(ref.forward(p, X).Z, y, UNKNOWN_LOSS)
+    runner = epochs.EpochRunner(kern, p, X, y, batch_size=4, path=path)
+    runner.loss = UNKNOWN_LOSS  # past the driver's own check, straight to the primitive
+    with pytest.raises(ValueError, match="loss code"):
+        runner.run(np.arange(12), 0.1)
+    for k in ref.PARAM_NAMES:  # rejected before any step
+        np.testing.assert_array_equal(p[k], before[k])
+    with pytest.raises(ValueError, match="loss must be one of"):
+        epochs.loss_code("hinge")

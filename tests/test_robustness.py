@@ -14,6 +14,7 @@ import pytest
 import fastmlp
 from fastmlp import backends
 from fastmlp import reference as ref
+from fastmlp._kernels import epochs
 
 from helpers import BACKENDS, random_problem
 
@@ -172,9 +173,8 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_finite_parameters(bac
     perm = np.random.default_rng(5).permutation(64)
     replay = start
     kern = backends.kernels(backend)
-    with backends.blas_limits(4):
-        kern.train_epoch(X, y, perm[:4 * err.batch], replay["Wh"], replay["bh"], replay["Wy"], replay["by"],
-                         3e38, 4, "ce")
+    with epochs.blas_limits(4):
+        epochs.train_epoch(kern, X, y, perm[:4 * err.batch], replay, 3e38, 4)
     for k in ref.PARAM_NAMES:
         np.testing.assert_array_equal(model.params[k], replay[k])
 
@@ -279,9 +279,9 @@ def test_resume_refuses_other_settings_and_other_models(tmp_path):
 # ---- Ctrl-C ----
 
 INTERRUPT_SCRIPT = """
-import importlib, sys, time, numpy as np, fastmlp
+import sys, time, numpy as np, fastmlp
 from fastmlp import backends
-train_mod = importlib.import_module("fastmlp.train")  # the module; fastmlp.train is the function
+from fastmlp._kernels import epochs
 backend = sys.argv[1]
 rng = np.random.default_rng(0)
 X = rng.random((20000, 200), dtype=np.float32)
@@ -297,16 +297,15 @@ except KeyboardInterrupt:
     print("interrupted", flush=True)
 # the model must hold the state after a whole number of compiled chunks
 kern, p = backends.kernels(backend), start
-chunk = train_mod.CHUNK_EXAMPLES
+chunk = epochs.CHUNK_EXAMPLES
 order = np.arange(20000)
 def replay():
     for epoch in range(1000):
         for start in range(0, 20000, chunk):
             if all(np.array_equal(p[k], model.params[k]) for k in p):
                 return epoch * 20000 + start
-            kern.train_epoch(X, y.astype(np.intp), order[start:start + chunk],
-                             p["Wh"], p["bh"], p["Wy"], p["by"], 0.01, 1, "ce")
-with backends.blas_limits(1):
+            epochs.train_epoch(kern, X, y.astype(np.intp), order[start:start + chunk], p, 0.01, 1)
+with epochs.blas_limits(1):
     print("consistent after", replay(), "steps", flush=True)
 """
 

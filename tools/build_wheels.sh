@@ -6,7 +6,8 @@
 # 1. sdist + wheel with `python -m build` in an isolated build environment; the wheel
 #    is built from the sdist, which proves the sdist is complete;
 # 2. `auditwheel repair` to a manylinux tag (portable compiler flags only);
-# 3. a fresh venv with only the repaired wheel (+ test tools), then, from a directory
+# 3. a fresh venv with only the repaired wheel (no Numba: it is an extra), then with
+#    the test extra (+ Numba and the test tools); from a directory
 #    outside the source tree: import, backends, `fastmlp train` on circles, the
 #    whole test suite against the installed package, and Numba's kernels with
 #    site-packages and the home directory on read-only file systems.
@@ -44,25 +45,28 @@ wheel=$(ls "$work"/wheelhouse/fastmlp-*manylinux*.whl)
 cp "$wheel" "$work"/dist/fastmlp-*.tar.gz "$out/"
 echo "repaired wheel: $(basename "$wheel") ($(du -k "$wheel" | cut -f1) KiB)"
 
-echo "== install the repaired wheel into a fresh venv"
+echo "== install the repaired wheel alone into a fresh venv: no Numba"
 "$PY" -m venv "$work/venv"
-"$work/venv/bin/pip" install -q "$wheel[test]"
-
-echo "== use it from outside the source tree"
+"$work/venv/bin/pip" install -q "$wheel"
 cd "$work"
 "$work/venv/bin/python" - <<'PY'
-import os, fastmlp
+import importlib.util, os, fastmlp
 print("fastmlp", fastmlp.__version__, "from", os.path.dirname(fastmlp.__file__))
 assert "site-packages" in fastmlp.__file__, fastmlp.__file__
-assert "cython" in fastmlp.available_backends(), fastmlp.backends.unavailable_backends()
+assert importlib.util.find_spec("numba") is None, "pip install fastmlp must not install numba"
+assert fastmlp.available_backends() == ["numpy", "cython"], fastmlp.backends.unavailable_backends()
 X, y = fastmlp.datasets.circles(1000, seed=0)
 m = fastmlp.MLP(2, 10, 2, seed=0)
-fastmlp.train(m, X, y, epochs=60, batch_size=10, lr=0.03, backend="cython")
+h = fastmlp.train(m, X, y, epochs=60, batch_size=10, lr=0.03)
 acc = fastmlp.evaluate(m, *fastmlp.datasets.circles(1000, seed=1))[1]
-print("circles test accuracy", acc)
-assert acc > 0.95
+print("circles test accuracy", acc, "backend", h.backend)
+assert acc > 0.95 and h.backend == "cython"
 PY
 "$work/venv/bin/fastmlp" train --epochs 30 | tail -1
+
+echo "== add the test extra (Numba among it)"
+"$work/venv/bin/pip" install -q "$wheel[test]"
+"$work/venv/bin/python" -c "import fastmlp; b = fastmlp.available_backends(); print(b); assert 'numba' in b"
 
 echo "== the test suite against the installed wheel"
 "$work/venv/bin/python" -m pytest "$root/tests" --import-mode=importlib -p no:cacheprovider -q

@@ -1,24 +1,33 @@
-"""Compiled kernels of fastmlp, one module per implementation.
+"""The kernels of fastmlp: one driver over thin compiled primitives.
 
-Every module here (``_np`` the NumPy reference, ``_cy`` Cython, ``_nb`` Numba)
-offers the same functions with the same contract, so one parametrized test suite
-covers them all:
+``epochs.py`` is the driver: for a training run it picks the epoch path, builds
+the parameter layout and the workspaces that path needs, orders and chunks the
+batches, and calls a backend's primitive. A backend is a module that exports
+the same primitives with the same signatures (``_np`` the NumPy reference,
+``_cy`` Cython and C, ``_nb`` Numba), so one parametrized test suite covers
+them all::
 
-    tanh(x) -> y                                  the tanh the kernels use, 1-D
-    forward_hidden(X, Wh, bh) -> H                H = tanh(X Wh^T + bh)
-    forward_logits(H, Wy, by) -> Z                Z = H Wy^T + by
+    PATHS                                   the epoch paths it implements
+
+    tanh(x) -> y                            the tanh the kernels use, 1-D
+    forward_hidden(X, Wh, bh) -> H          H = tanh(X Wh^T + bh)
+    forward_logits(H, Wy, by) -> Z          Z = H Wy^T + by
     loss_grad(Z, labels, loss) -> (dZ, loss_sum, n_correct)
-                                                  dZ = dl/dZ / B; loss summed over rows;
-                                                  rows whose argmax (first on ties) is the label
-    backward_update(X, H, dZ, Wh, bh, Wy, by, lr) -> dH
-                                                  dH = (dZ Wy) * (1 - H*H) with Wy before the
-                                                  step, then in place: Wy -= lr dZ^T H,
-                                                  by -= lr sum(dZ), Wh -= lr dH^T X, bh -= lr sum(dH)
-    train_epoch(X, labels, perm, Wh, bh, Wy, by, lr, batch_size, loss, path="auto")
-        -> (loss_sum, n_correct)                  mini-batch SGD over X[perm] in place; the last
-                                                  batch averages over its own size
+                                            dZ = dl/dZ / B; loss summed over rows;
+                                            rows whose argmax (first on ties) is the label
+    backward_update(X, H, dZ, P, lr) -> dH  dH = (dZ Wy) * (1 - H*H) with Wy before the
+                                            step, then in place on P: Wy -= lr dZ^T H,
+                                            by -= lr sum(dZ), Wh -= lr dH^T X, bh -= lr sum(dH)
+    small_epoch(P, X, labels, order, batch, lr, loss, work) -> (loss_sum, n_correct)
+    blas_epoch(P, X, labels, order, batch, lr, loss, work) -> (loss_sum, n_correct)
+                                            mini-batch SGD over the batches of X[order],
+                                            in place on P; the last batch averages over
+                                            its own size
 
+``P`` is the parameter block (``epochs.Params``: Wh, bh, Wy, by) in the layout of
+the path, ``work`` the path's workspace (``epochs.SmallWork``, ``epochs.BlasWork``),
+``loss`` a code of ``epochs.LOSS_CODES`` (any other code raises ValueError).
 Arrays are C-contiguous and of one floating dtype (float32 or float64); labels
-and perm are ``np.intp``; ``loss`` is "ce" or "mse". The kernels trust their
-inputs: ``fastmlp.train`` and friends validate at the public edge.
+and orders are ``np.intp``. The primitives trust their inputs: ``fastmlp.train``
+validates at the public edge and the driver builds the layouts.
 """

@@ -55,17 +55,22 @@ FM_CLONES void FN(fm_bias_add)(REAL *restrict Z, const REAL *restrict b, ptrdiff
             Z[r * n + j] += b[j];
 }
 
+static inline int FN(fm_valid_loss)(int loss)
+{
+    return loss == FM_LOSS_CE || loss == FM_LOSS_MSE;
+}
+
 /* One row of logits z -> dz = scale * dl/dz, adds the row's loss and whether
- * its argmax (first on ties) is the label. One pass for max, one for exp. */
+ * its argmax (first on ties) is the label. One pass for max, one for exp.
+ * The loss code has been checked (fm_valid_loss) by the caller. */
 static inline void FN(fm_row_loss_grad)(const REAL *z, intptr_t y, REAL *dz, ptrdiff_t n,
-                                        int loss, REAL scale, double *loss_sum,
-                                        int64_t *n_correct)
+                                        int loss, REAL scale, fm_tally *tally)
 {
     ptrdiff_t am = 0;
     REAL m = z[0];
     for (ptrdiff_t i = 1; i < n; i++)
         if (z[i] > m) { m = z[i]; am = i; }
-    *n_correct += (am == y);
+    tally->n_correct += (am == y);
     const REAL zy = z[y]; /* z and dz may be the same row */
     REAL s = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
@@ -75,10 +80,10 @@ static inline void FN(fm_row_loss_grad)(const REAL *z, intptr_t y, REAL *dz, ptr
     const REAL inv_s = R(1) / s;
     if (loss == FM_LOSS_CE) {
         /* l = log sum exp(z - m) - (z_y - m); dl/dz = softmax(z) - onehot(y) */
-        *loss_sum += (double)LOG(s) - (double)(zy - m);
+        tally->loss_sum += (double)LOG(s) - (double)(zy - m);
         for (ptrdiff_t i = 0; i < n; i++)
             dz[i] = (dz[i] * inv_s - (i == y)) * scale;
-    } else {
+    } else if (loss == FM_LOSS_MSE) {
         /* l = 0.5 |p - y|^2; dl/dz = J^T g = p * (g - p.g), g = p - onehot(y) */
         REAL l = 0, pg = 0;
         for (ptrdiff_t i = 0; i < n; i++) {
@@ -87,18 +92,20 @@ static inline void FN(fm_row_loss_grad)(const REAL *z, intptr_t y, REAL *dz, ptr
             l += g * g;
             pg += p * g;
         }
-        *loss_sum += 0.5 * (double)l;
+        tally->loss_sum += 0.5 * (double)l;
         for (ptrdiff_t i = 0; i < n; i++)
             dz[i] = dz[i] * ((dz[i] - (i == y)) - pg) * scale;
     }
 }
 
-FM_CLONES void FN(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B,
-                                ptrdiff_t n, int loss, REAL scale, double *loss_sum,
-                                int64_t *n_correct)
+FM_CLONES int FN(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B,
+                               ptrdiff_t n, int loss, REAL scale, fm_tally *tally)
 {
+    if (!FN(fm_valid_loss)(loss))
+        return FM_ERR_LOSS;
     for (ptrdiff_t r = 0; r < B; r++)
-        FN(fm_row_loss_grad)(Z + r * n, labels[r], dZ + r * n, n, loss, scale, loss_sum, n_correct);
+        FN(fm_row_loss_grad)(Z + r * n, labels[r], dZ + r * n, n, loss, scale, tally);
+    return FM_OK;
 }
 
 /* dH *= 1 - H*H: the tanh derivative, from the activations already stored. */
@@ -183,44 +190,45 @@ static inline void FN(fm_gather_axpy)(REAL *restrict h, const REAL *restrict x,
 }
 
 /* A whole epoch (or a slice of one) of mini-batch SGD for small batches, with
- * no BLAS: the hidden weights are held transposed, WhT (n_in, nh), so that both
- * the forward pass h~ = bh + sum_i x_i WhT[i,:] and the update
+ * no BLAS: the hidden weights are held transposed, P->Wh is WhT (n_in, nh), so
+ * that both the forward pass h~ = bh + sum_i x_i WhT[i,:] and the update
  * WhT[i,:] -= lr x_i dh~ are contiguous axpys over the hidden units, taken only
  * for the inputs that are non-zero (81% of MNIST pixels are zero).
  *
  * For each batch: forward every example with the weights as they are, keeping
  * h, dz and dh~ = (Wy^T dz) * (1 - h*h) (dz scaled by 1/B); then apply the summed
- * rank-1 updates. work holds batch * (2 nh + nout) REALs, nz batch * (n_in + 1). */
-FM_CLONES void FN(fm_small_epoch)(const REAL *restrict X, ptrdiff_t n_in, const intptr_t *restrict labels,
-                                  const intptr_t *restrict perm, ptrdiff_t n_ex, ptrdiff_t batch,
-                                  REAL *restrict WhT, REAL *restrict bh, REAL *restrict Wy,
-                                  REAL *restrict by, ptrdiff_t nh, ptrdiff_t nout, REAL lr, int loss,
-                                  REAL *restrict work, intptr_t *restrict nz, double *loss_sum,
-                                  int64_t *n_correct)
+ * rank-1 updates. Workspace: H and dH (batch, nh), dZ (batch, nout), nz
+ * (batch, n_in) and nnz (batch,) for each example's non-zero inputs. */
+FM_CLONES int FN(fm_small_epoch)(const FN(fm_params) *P, const FN(fm_batches) *D, REAL lr, int loss,
+                                 REAL *restrict Hb, REAL *restrict dHb, REAL *restrict dZb,
+                                 intptr_t *restrict nz, intptr_t *restrict nnz, fm_tally *tally)
 {
-    REAL *restrict Hb = work;
-    REAL *restrict dHb = work + batch * nh;
-    REAL *restrict dZb = work + 2 * batch * nh;
+    if (!FN(fm_valid_loss)(loss))
+        return FM_ERR_LOSS;
+    REAL *restrict WhT = P->Wh, *restrict bh = P->bh, *restrict Wy = P->Wy, *restrict by = P->by;
+    const ptrdiff_t nh = P->nh, nout = P->nout, n_in = D->n_in, n_ex = D->n, batch = D->batch;
+    const REAL *restrict X = D->X;
+    const intptr_t *restrict order = D->order, *restrict labels = D->labels;
 
     for (ptrdiff_t start = 0; start < n_ex; start += batch) {
         const ptrdiff_t B = n_ex - start < batch ? n_ex - start : batch;
         const REAL scale = R(1) / (REAL)B;
 
         for (ptrdiff_t b = 0; b < B; b++) {
-            const intptr_t row = perm[start + b];
+            const intptr_t row = order[start + b];
             const REAL *restrict x = X + row * n_in;
             if (start + b + 1 < n_ex)
-                FN(fm_prefetch_row)(X + perm[start + b + 1] * n_in, n_in);
-            intptr_t *restrict idx = nz + b * (n_in + 1);
+                FN(fm_prefetch_row)(X + order[start + b + 1] * n_in, n_in);
+            intptr_t *restrict idx = nz + b * n_in;
             REAL *restrict h = Hb + b * nh;
             REAL *restrict dh = dHb + b * nh;
             REAL *restrict dz = dZb + b * nout;
 
-            const ptrdiff_t k = FN(fm_nonzeros)(x, n_in, idx + 1);
-            idx[0] = k;
+            const ptrdiff_t k = FN(fm_nonzeros)(x, n_in, idx);
+            nnz[b] = k;
 
             for (ptrdiff_t j = 0; j < nh; j++) h[j] = bh[j];
-            FN(fm_gather_axpy)(h, x, idx + 1, k, WhT, nh);
+            FN(fm_gather_axpy)(h, x, idx, k, WhT, nh);
             for (ptrdiff_t j = 0; j < nh; j++) h[j] = FN(fm_tanh1)(h[j]);
 
             for (ptrdiff_t o = 0; o < nout; o++) {
@@ -230,7 +238,7 @@ FM_CLONES void FN(fm_small_epoch)(const REAL *restrict X, ptrdiff_t n_in, const 
                 for (ptrdiff_t j = 0; j < nh; j++) acc += wy[j] * h[j];
                 dz[o] = acc + by[o];
             }
-            FN(fm_row_loss_grad)(dz, labels[row], dz, nout, loss, scale, loss_sum, n_correct);
+            FN(fm_row_loss_grad)(dz, labels[row], dz, nout, loss, scale, tally);
 
             for (ptrdiff_t j = 0; j < nh; j++) dh[j] = 0;
             for (ptrdiff_t o = 0; o < nout; o++)
@@ -242,17 +250,18 @@ FM_CLONES void FN(fm_small_epoch)(const REAL *restrict X, ptrdiff_t n_in, const 
             const REAL *restrict h = Hb + b * nh;
             const REAL *restrict dh = dHb + b * nh;
             const REAL *restrict dz = dZb + b * nout;
-            const REAL *restrict x = X + perm[start + b] * n_in;
-            const intptr_t *restrict idx = nz + b * (n_in + 1);
+            const REAL *restrict x = X + order[start + b] * n_in;
+            const intptr_t *restrict idx = nz + b * n_in;
             for (ptrdiff_t o = 0; o < nout; o++) {
                 FN(fm_axpy)(Wy + o * nh, -lr * dz[o], h, nh);
                 by[o] -= lr * dz[o];
             }
-            for (ptrdiff_t t = 0; t < idx[0]; t++)
-                FN(fm_axpy)(WhT + idx[1 + t] * nh, -lr * x[idx[1 + t]], dh, nh);
+            for (ptrdiff_t t = 0; t < nnz[b]; t++)
+                FN(fm_axpy)(WhT + idx[t] * nh, -lr * x[idx[t]], dh, nh);
             for (ptrdiff_t j = 0; j < nh; j++) bh[j] -= lr * dh[j];
         }
     }
+    return FM_OK;
 }
 
 #undef FM_CAT_

@@ -26,9 +26,10 @@ from numba.core import cgutils, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.extending import get_cython_function_address, intrinsic
 
-from ._common import PATHS, aligned_zeros, batch_order, padded_parameters, takes_small_path
+from .epochs import LOSS_CODES
 
-LOSS_CODES = {"ce": 0, "mse": 1}
+PATHS = ("small", "blas")
+_CE, _MSE = LOSS_CODES["ce"], LOSS_CODES["mse"]  # compile-time constants of the compiled code
 
 
 def _compile(func, fastmath):
@@ -209,7 +210,8 @@ def _dot(a, b):
 def _row_loss_grad(Z, r, y, dZ, loss, scale):
     """Row r of the logits Z -> row r of dZ = scale * dl/dz (Z and dZ may be the same
     array). Returns (loss, correct) of the row; argmax ties go to the first index.
-    Rows are indexed in 2-D: a row view would cost reference-count updates."""
+    Rows are indexed in 2-D: a row view would cost reference-count updates. The
+    loss code has been checked (_check_loss) by the caller."""
     n = Z.shape[1]
     am = 0
     m = Z[r, 0]
@@ -224,11 +226,12 @@ def _row_loss_grad(Z, r, y, dZ, loss, scale):
         dZ[r, i] = np.exp(Z[r, i] - m)
         s += dZ[r, i]
     inv_s = t(1) / s
-    if loss == 0:
+    row_loss = 0.0
+    if loss == _CE:
         row_loss = float(np.log(s)) - float(zy - m)
         for i in range(n):
             dZ[r, i] = (dZ[r, i] * inv_s - (t(1) if i == y else t(0))) * scale
-    else:
+    elif loss == _MSE:
         l2 = t(0)
         pg = t(0)
         for i in range(n):
@@ -349,31 +352,22 @@ def _gather_axpy(h, x, idx, k, WhT):
 
 
 @_jit
-def _small_epoch(X, labels, perm, batch, Wh, bh, Wy, by, lr, loss, WhT, bhp, Wyp, H, dH, dZ, nz, nnz):
-    """Mini-batch SGD for small batches without BLAS; see fm_small_epoch in
-    _fused_impl.h. WhT is Wh transposed (n_in, nhp), so the forward pass and the
-    update of Wh are contiguous axpys over the hidden units, for non-zero inputs only.
-
-    WhT, bhp, Wyp, H and dH are padded with zeros to nhp hidden units, whole
-    cache lines, and start on cache-line boundaries (``aligned_zeros``). The padded
-    units have no weights in or out, so they stay zero through every step
-    (tanh(0) = 0, and their dh is 0). The parameters are copied in and written back
-    here, so no Python runs between the updates."""
-    nh = Wh.shape[0]
-    WhT[:, :nh] = Wh.T
-    bhp[:nh] = bh
-    Wyp[:, :nh] = Wy
-    result = _small_epoch_t(X, labels, perm, batch, WhT, bhp, Wyp, by, lr, loss, H, dH, dZ, nz, nnz)
-    Wh[:, :] = WhT[:, :nh].T
-    bh[:] = bhp[:nh]
-    Wy[:, :] = Wyp[:, :nh]
-    return result
+def _check_loss(loss):
+    if loss != _CE and loss != _MSE:
+        raise ValueError("unknown loss code")
 
 
 @_jit
-def _small_epoch_t(X, labels, perm, batch, WhT, bh, Wy, by, lr, loss, H, dH, dZ, nz, nnz):
+def _small_epoch(WhT, bh, Wy, by, X, labels, perm, batch, lr, loss, H, dH, dZ, nz, nnz):
+    """Mini-batch SGD for small batches without BLAS; see fm_small_epoch in
+    _fused_impl.h. P.Wh is Wh transposed, WhT (n_in, nhp), so the forward pass and
+    the update of Wh are contiguous axpys over the hidden units, for non-zero
+    inputs only. The hidden units are padded with zero units to nhp, whole cache
+    lines (epochs.padded_params); the padded units have no weights in or out, so
+    they stay zero through every step (tanh(0) = 0, and their dh is 0)."""
     # 2-D indexing throughout the per-example loops: a row view costs
     # reference-count updates, which at ~150 views per example add up.
+    _check_loss(loss)
     n_ex = perm.size
     nh = WhT.shape[1]
     nout = Wy.shape[0]
@@ -470,8 +464,8 @@ def _step_backward(Xb, Hb, dZb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_rea
 
 
 @_jit
-def _blas_epoch(X, labels, perm, batch, Wh, bh, Wy, by, lr, loss, Xbuf, H, dH, Z, ws_int, ws_char,
-                ws_real):
+def _blas_epoch(Wh, bh, Wy, by, X, labels, perm, batch, lr, loss, Xbuf, H, dH, Z, ws_int, ws_char, ws_real):
+    _check_loss(loss)
     n_ex = perm.size
     n_in = X.shape[1]
     nh = Wh.shape[0]
@@ -515,14 +509,20 @@ def _gemm_workspace(dtype):
     return np.zeros(6, np.int32), np.zeros(2, np.uint8), np.zeros(2, dtype)
 
 
-# ---- the Python-callable kernels (the shared contract) ----
+@_jit
+def _loss_grad(Z, labels, dZ, loss):
+    _check_loss(loss)
+    scale = Z.dtype.type(1) / Z.dtype.type(Z.shape[0])
+    loss_sum = 0.0
+    n_correct = 0
+    for r in range(Z.shape[0]):
+        rl, rc = _row_loss_grad(Z, r, labels[r], dZ, loss, scale)
+        loss_sum += rl
+        n_correct += rc
+    return loss_sum, n_correct
 
-def _loss_code(loss):
-    try:
-        return LOSS_CODES[loss]
-    except KeyError:
-        raise ValueError(f"loss must be one of {tuple(LOSS_CODES)}, got {loss!r}") from None
 
+# ---- the primitives (the contract of fastmlp._kernels) ----
 
 def tanh(x):
     """tanh of a 1-D array, with the approximation the kernels use (float32)."""
@@ -554,58 +554,40 @@ def forward_logits(H, Wy, by):
     return Z
 
 
-def loss_grad(Z, labels, loss="ce"):
+def loss_grad(Z, labels, loss):
     """(dZ, loss_sum, n_correct): dZ = dl/dZ / B, the summed loss, the correct count."""
-    code = _loss_code(loss)
     dZ = np.empty_like(Z)
-    return (dZ, *_call(_loss_grad, Z, labels, dZ, code))
+    return (dZ, *_call(_loss_grad, Z, labels, dZ, loss))
 
 
-@_jit
-def _loss_grad(Z, labels, dZ, loss):
-    scale = Z.dtype.type(1) / Z.dtype.type(Z.shape[0])
-    loss_sum = 0.0
-    n_correct = 0
-    for r in range(Z.shape[0]):
-        rl, rc = _row_loss_grad(Z, r, labels[r], dZ, loss, scale)
-        loss_sum += rl
-        n_correct += rc
-    return loss_sum, n_correct
-
-
-def backward_update(X, H, dZ, Wh, bh, Wy, by, lr):
-    """In place: the SGD step of every parameter; returns dH = (dZ Wy) * (1 - H*H)."""
-    dH = np.empty((X.shape[0], Wh.shape[0]), dtype=Wh.dtype)
-    _call(_step_backward, X, H, dZ.copy(), dH, Wh, bh, Wy, by, Wh.dtype.type(lr), *_gemm_workspace(Wh.dtype))
+def backward_update(X, H, dZ, P, lr):
+    """In place on the block P: the SGD step of every parameter; returns dH = (dZ Wy) * (1 - H*H)."""
+    dtype = P.Wh.dtype
+    dH = np.empty((X.shape[0], P.Wh.shape[0]), dtype=dtype)
+    _call(_step_backward, X, H, dZ.copy(), dH, *P, _as(dtype, lr), *_gemm_workspace(dtype))
     return dH
 
 
-def train_epoch(X, labels, perm, Wh, bh, Wy, by, lr, batch_size, loss="ce", path="auto"):
-    """One epoch of mini-batch SGD over X[perm], in place, without the GIL.
-    Returns (loss_sum, n_correct). ``path`` as in the Cython kernels."""
-    code = _loss_code(loss)
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    n_ex = len(perm)
-    if n_ex == 0:
+def _as(dtype, lr):
+    with np.errstate(over="ignore"):  # a learning rate beyond float32's range is inf, as in C
+        return dtype.type(lr)
+
+
+def small_epoch(P, X, labels, order, batch, lr, loss, work):
+    """Mini-batch SGD over the batches of X[order] on the hand-written path, in place on
+    the block P (the small path's layout); returns (loss_sum, n_correct)."""
+    if len(order) == 0:
         return 0.0, 0
-    batch = min(int(batch_size), n_ex)
-    nh, n_in, nout = Wh.shape[0], X.shape[1], Wy.shape[0]
-    dtype = Wh.dtype
-    lr = dtype.type(lr)
-    small = takes_small_path(path, batch, X)
-    Z = np.empty((batch, nout), dtype)
-    if small:
-        nhp, WhT, bhp, Wyp = padded_parameters(n_in, nh, nout, dtype)
-        H = aligned_zeros((batch, nhp), dtype)
-        dH = aligned_zeros((batch, nhp), dtype)
-        nz = np.empty((batch, n_in), np.intp)
-        nnz = np.empty(batch, np.intp)
-        return _call(_small_epoch, X, labels, perm, batch, Wh, bh, Wy, by, lr, code, WhT, bhp, Wyp,
-                     H, dH, Z, nz, nnz)
-    H = np.empty((batch, nh), dtype)
-    dH = np.empty((batch, nh), dtype)
-    perm, in_order = batch_order(perm, X.shape[0], batch)
-    Xbuf = np.empty((1 if in_order else batch, n_in), dtype)  # in order: X is read in place
-    return _call(_blas_epoch, X, labels, perm, batch, Wh, bh, Wy, by, lr, code, Xbuf, H, dH, Z,
-                 *_gemm_workspace(dtype))
+    # the blocks go in flat: Numba's dispatcher types arrays in C, tuples in Python (~10 us each)
+    return _call(_small_epoch, *P, X, labels, order, min(batch, len(order)), _as(P.Wh.dtype, lr), loss,
+                 *work)
+
+
+def blas_epoch(P, X, labels, order, batch, lr, loss, work):
+    """Mini-batch SGD over the batches of X[order] with GEMMs, in place on the block P
+    (the model's layout); returns (loss_sum, n_correct)."""
+    if len(order) == 0:
+        return 0.0, 0
+    dtype = P.Wh.dtype
+    return _call(_blas_epoch, *P, X, labels, order, min(batch, len(order)), _as(dtype, lr), loss,
+                 *work[:4], *_gemm_workspace(dtype))

@@ -1,13 +1,23 @@
-"""The kernel contract (see ``fastmlp._kernels``) implemented with ``fastmlp.reference``.
+"""The kernel primitives (see ``fastmlp._kernels``) implemented with ``fastmlp.reference``.
 
 This is the "numpy" backend: the reference loop, the baseline of every benchmark.
+Its one epoch path is the reference's ``train_epoch``, GEMMs through NumPy.
 """
 
 import numpy as np
 
 from .. import reference as ref
+from .epochs import LOSS_CODES
 
-PATHS = ("auto",)
+PATHS = ("blas",)
+_LOSS_NAMES = {code: name for name, code in LOSS_CODES.items()}
+
+
+def _loss_name(code):
+    try:
+        return _LOSS_NAMES[code]
+    except KeyError:
+        raise ValueError(f"unknown loss code {code!r}; known: {_LOSS_NAMES}") from None
 
 
 def tanh(x):
@@ -18,23 +28,21 @@ forward_hidden = ref.hidden_layer
 forward_logits = ref.output_layer
 
 
-def loss_grad(Z, labels, loss="ce"):
+def loss_grad(Z, labels, loss):
     Y_hat = ref.softmax(Z)
-    mean_loss, accuracy = ref.loss_accuracy(Y_hat, labels, loss, logits=Z)
-    dZ = ref.output_delta(Y_hat, labels, loss) / len(Z)
+    mean_loss, accuracy = ref.loss_accuracy(Y_hat, labels, _loss_name(loss), logits=Z)
+    dZ = ref.output_delta(Y_hat, labels, _loss_name(loss)) / len(Z)
     return dZ, mean_loss * len(Z), round(accuracy * len(Z))
 
 
-def backward_update(X, H, dZ, Wh, bh, Wy, by, lr):
-    dH = ref.hidden_delta(Wy, H, dZ)
-    ref.sgd_step({"Wh": Wh, "bh": bh, "Wy": Wy, "by": by}, ref.param_grads(X, H, dZ, dH), lr)
+def backward_update(X, H, dZ, P, lr):
+    dH = ref.hidden_delta(P.Wy, H, dZ)
+    ref.sgd_step(P._asdict(), ref.param_grads(X, H, dZ, dH), lr)
     return dH
 
 
-def train_epoch(X, labels, perm, Wh, bh, Wy, by, lr, batch_size, loss="ce", path="auto"):
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    params = {"Wh": Wh, "bh": bh, "Wy": Wy, "by": by}
+def blas_epoch(P, X, labels, order, batch, lr, loss, work):
+    name = _loss_name(loss)
     # overflow is reported by the caller's divergence check, as for the compiled kernels
     with np.errstate(over="ignore", invalid="ignore"):
-        return ref.train_epoch(params, X, labels, perm, batch_size, lr, loss)
+        return ref.train_epoch(P._asdict(), X, labels, order, batch, lr, name)
