@@ -12,6 +12,7 @@ def test_ci_runs_exactly_the_readme_test_command():
     test_line = next(line for line in lines if "pytest" in line)
     assert test_line in (ROOT / "README.md").read_text().splitlines()
     assert "bash tools/build_wheels.sh" in lines
+    assert "bash tools/check_c.sh" in lines
 
 
 def test_version_is_defined_once():
