@@ -132,7 +132,7 @@ def cmd_info(args):
     print("epoch path of the compiled backends (auto), by batch size and input density:")
     for batch in (1, 4, 10, 32, 64, 256, 60000):
         for kind, density in (("dense", 1.0), ("sparse (<= 50% non-zero)", 0.19)):
-            path, why = epochs.auto_path(batch, density)
+            path, _, why = epochs.auto_path(batch, density)
             print(f"  batch {batch:>5}, {kind:<24} {path:<6} {why}")
     for pool in threadpool_info():
         print(f"threadpool {pool.get('internal_api')} {pool.get('version', '')} "

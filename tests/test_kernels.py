@@ -142,7 +142,7 @@ def test_tanh_float64_error(kern):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(7,), (784, 100), (3, 0), (1, 1, 5)])
-def test_small_path_buffers_are_zeroed_and_cache_line_aligned(dtype, shape):
+def test_sparse_path_buffers_are_zeroed_and_cache_line_aligned(dtype, shape):
     for _ in range(5):  # a different allocation each time
         a = epochs.aligned_zeros(shape, dtype)
         assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
@@ -154,29 +154,31 @@ def test_small_path_buffers_are_zeroed_and_cache_line_aligned(dtype, shape):
         assert w >= n and w * itemsize % epochs.CACHE_LINE == 0 and (w - n) * itemsize < epochs.CACHE_LINE
 
 
-@pytest.mark.parametrize("avx512_blas", [True, False])
-def test_auto_path_choice(monkeypatch, avx512_blas):
-    """The measured rule of the driver: the small path up to batch 4 always, up to 63
-    for sparse inputs where OpenBLAS runs AVX2 kernels; explicit paths are obeyed."""
-    monkeypatch.setattr(epochs, "blas_has_avx512_kernels", lambda: avx512_blas)
+def test_auto_path_choice():
+    """The driver's rule: sparse inputs, and dense ones with few non-zeros, take the
+    sparse path (as CSR) at every batch size; denser inputs take it row by row for
+    small batches and the BLAS path above; explicit paths are obeyed."""
+    import scipy.sparse as sp
     rng = np.random.default_rng(0)
     dense = rng.random((1000, 50)) + 0.1
     sparse = dense * (rng.random(dense.shape) < 0.2)  # 20% non-zero, like MNIST
-    for X in (dense, sparse):
-        assert epochs.takes_small_path("small", 256, X)
-        assert not epochs.takes_small_path("blas", 1, X)
-        assert epochs.takes_small_path("auto", 4, X)
-        assert not epochs.takes_small_path("auto", 64, X)
-    assert not epochs.takes_small_path("auto", 10, dense)
-    assert epochs.takes_small_path("auto", 10, sparse) is (not avx512_blas)
-    assert epochs.takes_small_path("auto", 63, sparse) is (not avx512_blas)
+    kern = backends.kernels("cython")
+    for batch in (1, 10, 64, 1000):
+        assert epochs.choose_path(kern, "auto", batch, sparse) == ("sparse", "csr")
+        assert epochs.choose_path(kern, "auto", batch, sp.csr_matrix(dense)) == ("sparse", "csr")
+        assert epochs.choose_path(kern, "sparse", batch, dense) == ("sparse", "dense")
+        assert epochs.choose_path(kern, "blas", batch, sparse) == ("blas", None)
+    assert epochs.choose_path(kern, "auto", epochs.DENSE_ROWS_BATCH_MAX, dense) == ("sparse", "dense")
+    assert epochs.choose_path(kern, "auto", epochs.DENSE_ROWS_BATCH_MAX + 1, dense) == ("blas", None)
+    with pytest.raises(ValueError, match="needs dense inputs"):
+        epochs.choose_path(kern, "blas", 10, sp.csr_matrix(dense))
+    assert epochs.choose_path(backends.kernels("numpy"), "auto", 10, dense) == ("reference", None)
     assert epochs.input_density(sparse) == pytest.approx(0.2, abs=0.02)
     assert epochs.input_density(np.zeros((0, 3))) == 0.0
     for batch in (1, 10, 63, 64, 60000):  # the words fastmlp info prints name the same path
-        for density in (0.2, 1.0):
-            path, why = epochs.auto_path(batch, density)
-            X = sparse if density < 1 else dense
-            assert (path == "small") is epochs.takes_small_path("auto", batch, X) and why
+        for density, X in ((0.2, sparse), (1.0, dense)):
+            path, rows, why = epochs.auto_path(batch, density)
+            assert (path, rows) == epochs.choose_path(kern, "auto", batch, X) and why
 
 
 def test_blas_kernel_detection_follows_openblas():

@@ -15,38 +15,64 @@ Every epoch runs with the GIL released.
 import numpy as np
 
 from cython cimport floating
-from libc.stdint cimport int64_t, intptr_t
+from libc.stdint cimport int32_t, int64_t, intptr_t
 from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 
 cdef extern from "_fused.h" nogil:
-    int FM_OK, FM_ERR_LOSS, FM_LOSS_CE, FM_LOSS_MSE
+    int FM_OK, FM_ERR_LOSS, FM_ERR_LAYOUT, FM_LOSS_CE, FM_LOSS_MSE
     ctypedef struct fm_tally:
         double loss_sum
         int64_t n_correct
-    ctypedef struct fm_params_f:
-        float *Wh
+    ctypedef struct fm_net_f:
+        float *WhT
         float *bh
         float *Wy
         float *by
-        Py_ssize_t n_in, nh, nout
-    ctypedef struct fm_params_d:
-        double *Wh
+        Py_ssize_t n_in, nout, stride
+        int n_slices, n_groups
+        const int32_t *slice_group
+        const int32_t *group_line
+    ctypedef struct fm_net_d:
+        double *WhT
         double *bh
         double *Wy
         double *by
-        Py_ssize_t n_in, nh, nout
-    ctypedef struct fm_batches_f:
-        const float *X
+        Py_ssize_t n_in, nout, stride
+        int n_slices, n_groups
+        const int32_t *slice_group
+        const int32_t *group_line
+    ctypedef struct fm_rows_f:
+        const float *data
+        const int32_t *indices
+        const int64_t *indptr
         const intptr_t *labels
         const intptr_t *order
         Py_ssize_t n_in, n, batch
-    ctypedef struct fm_batches_d:
-        const double *X
+    ctypedef struct fm_rows_d:
+        const double *data
+        const int32_t *indices
+        const int64_t *indptr
         const intptr_t *labels
         const intptr_t *order
         Py_ssize_t n_in, n, batch
+    ctypedef struct fm_swork_f:
+        float *H
+        float *dH
+        float *P
+        float *dZ
+        float *gWy
+        float *gbh
+        int32_t *sync
+    ctypedef struct fm_swork_d:
+        double *H
+        double *dH
+        double *P
+        double *dZ
+        double *gWy
+        double *gbh
+        int32_t *sync
     void fm_tanh_f(float *x, Py_ssize_t n)
     void fm_tanh_d(double *x, Py_ssize_t n)
     void fm_bias_tanh_f(float *H, const float *b, Py_ssize_t B, Py_ssize_t n)
@@ -61,12 +87,19 @@ cdef extern from "_fused.h" nogil:
     void fm_dtanh_d(double *dH, const double *H, Py_ssize_t n)
     void fm_bias_update_f(float *b, const float *D, Py_ssize_t B, Py_ssize_t n, float lr)
     void fm_bias_update_d(double *b, const double *D, Py_ssize_t B, Py_ssize_t n, double lr)
-    int fm_small_epoch_f(const fm_params_f *P, const fm_batches_f *D, float lr, int loss, float *H,
-                         float *dH, float *dZ, intptr_t *nz, intptr_t *nnz, fm_tally *tally)
-    int fm_small_epoch_d(const fm_params_d *P, const fm_batches_d *D, double lr, int loss, double *H,
-                         double *dH, double *dZ, intptr_t *nz, intptr_t *nnz, fm_tally *tally)
+    int fm_sparse_epoch_f(const fm_net_f *P, const fm_rows_f *D, float lr, int loss, const fm_swork_f *W,
+                          int n_threads, fm_tally *tally)
+    int fm_sparse_epoch_d(const fm_net_d *P, const fm_rows_d *D, double lr, int loss, const fm_swork_d *W,
+                          int n_threads, fm_tally *tally)
+    void fm_csr_counts_f(const float *X, Py_ssize_t n_rows, Py_ssize_t n_in, int64_t *counts)
+    void fm_csr_counts_d(const double *X, Py_ssize_t n_rows, Py_ssize_t n_in, int64_t *counts)
+    void fm_csr_fill_f(const float *X, Py_ssize_t n_rows, Py_ssize_t n_in, const int64_t *indptr,
+                       int32_t *indices, float *data)
+    void fm_csr_fill_d(const double *X, Py_ssize_t n_rows, Py_ssize_t n_in, const int64_t *indptr,
+                       int32_t *indices, double *data)
+    int fm_max_threads()
 
-PATHS = ("small", "blas")
+PATHS = ("sparse", "blas")
 # The C enum of loss codes, for the test that checks it against epochs.LOSS_CODES.
 C_LOSS_CODES = {"ce": FM_LOSS_CE, "mse": FM_LOSS_MSE}
 
@@ -74,6 +107,8 @@ C_LOSS_CODES = {"ce": FM_LOSS_CE, "mse": FM_LOSS_MSE}
 cdef int _check(int status) except -1:
     if status == FM_ERR_LOSS:
         raise ValueError(f"unknown loss code; known: {C_LOSS_CODES}")
+    if status == FM_ERR_LAYOUT:
+        raise ValueError("the parameter block's layout is not one the sparse epoch takes")
     return 0
 
 
@@ -256,38 +291,97 @@ def backward_update(const floating[:, ::1] X, const floating[:, ::1] H, const fl
     return out
 
 
-def small_epoch(P, const floating[:, ::1] X, const Py_ssize_t[::1] labels, const Py_ssize_t[::1] order,
-                Py_ssize_t batch, double lr, int loss, work):
-    """Mini-batch SGD over the batches of X[order] on the hand-written path, in place
-    on the block P (the small path's layout, see epochs.Params), the GIL released.
-    Returns (loss_sum, n_correct) measured in each batch's forward pass."""
-    cdef floating[:, ::1] Wh = P.Wh, Wy = P.Wy, H = work.H, dH = work.dH, dZ = work.dZ
-    cdef floating[::1] bh = P.bh, by = P.by
-    cdef Py_ssize_t[:, ::1] nz = work.nz
-    cdef Py_ssize_t[::1] nnz = work.nnz
+def max_threads():
+    """The threads an OpenMP region would use in this thread now (threadpoolctl's
+    limits and OMP_NUM_THREADS included); 1 where the kernels were built without OpenMP."""
+    return fm_max_threads()
+
+
+def dense_to_csr(const floating[:, ::1] X):
+    """(data, indices int32, indptr int64): the non-zero entries of X, row by row, in
+    two compiled passes (count, then fill)."""
+    cdef Py_ssize_t n_rows = X.shape[0], n_in = X.shape[1]
+    counts = np.zeros(n_rows + 1, dtype=np.int64)
+    cdef int64_t[::1] c = counts
+    if n_rows and n_in:
+        with nogil:
+            if floating is float:
+                fm_csr_counts_f(&X[0, 0], n_rows, n_in, &c[1])
+            else:
+                fm_csr_counts_d(&X[0, 0], n_rows, n_in, &c[1])
+    indptr = np.cumsum(counts)
+    cdef int64_t nnz = indptr[n_rows]
+    data = np.empty(nnz, dtype=np.asarray(X).dtype)
+    indices = np.empty(nnz, dtype=np.int32)
+    cdef int64_t[::1] ip = indptr
+    cdef int32_t[::1] ix = indices
+    cdef floating[::1] dv = data
+    if nnz:
+        with nogil:
+            if floating is float:
+                fm_csr_fill_f(&X[0, 0], n_rows, n_in, &ip[0], &ix[0], &dv[0])
+            else:
+                fm_csr_fill_d(&X[0, 0], n_rows, n_in, &ip[0], &ix[0], &dv[0])
+    return data, indices, indptr
+
+
+cdef _sparse_epoch(floating[:, :, ::1] WhT, P, rows, const Py_ssize_t[::1] labels,
+                   const Py_ssize_t[::1] order, Py_ssize_t batch, double lr, int loss, work, int n_threads):
+    cdef floating[:, ::1] bh = P.bh, by = P.by, gbh = work.gbh
+    cdef floating[:, :, ::1] Wy = P.Wy, H = work.H, dH = work.dH, dZ = work.dZ, gWy = work.gWy
+    cdef floating[:, :, :, ::1] Pl = work.P
+    cdef const floating[::1] data = rows.data
+    cdef const int32_t[::1] indices = rows.indices
+    cdef const int64_t[::1] indptr
+    cdef const int64_t *indptr_p = NULL
+    cdef const int32_t[::1] slice_group = P.slice_group, group_line = P.group_line
+    cdef int32_t[::1] sync = work.sync
     cdef fm_tally tally = fm_tally(0, 0)
     cdef int status
-    cdef fm_params_f Pf
-    cdef fm_params_d Pd
-    cdef fm_batches_f Df
-    cdef fm_batches_d Dd
-    if order.shape[0] == 0:
-        return 0.0, 0
+    cdef fm_net_f Nf
+    cdef fm_net_d Nd
+    cdef fm_rows_f Rf
+    cdef fm_rows_d Rd
+    cdef fm_swork_f Wf
+    cdef fm_swork_d Wd
+    if rows.indptr is not None:
+        indptr = rows.indptr
+        indptr_p = &indptr[0]
+    if H.shape[0] != WhT.shape[0] or H.shape[1] < min(batch, order.shape[0]):
+        raise ValueError("the workspace does not fit the parameter block and the batch size")
+    batch = min(batch, order.shape[0])
     with nogil:
         if floating is float:
-            Pf = fm_params_f(&Wh[0, 0], &bh[0], &Wy[0, 0], &by[0], Wh.shape[0], Wh.shape[1], Wy.shape[0])
-            Df = fm_batches_f(&X[0, 0], <const intptr_t*>&labels[0], <const intptr_t*>&order[0], X.shape[1],
-                              order.shape[0], min(batch, order.shape[0]))
-            status = fm_small_epoch_f(&Pf, &Df, <float>lr, loss, &H[0, 0], &dH[0, 0], &dZ[0, 0],
-                                      <intptr_t*>&nz[0, 0], <intptr_t*>&nnz[0], &tally)
+            Nf = fm_net_f(&WhT[0, 0, 0], &bh[0, 0], &Wy[0, 0, 0], &by[0, 0], WhT.shape[1], Wy.shape[1],
+                          WhT.shape[2], <int>WhT.shape[0], <int>(group_line.shape[0] - 1), &slice_group[0],
+                          &group_line[0])
+            Rf = fm_rows_f(&data[0], &indices[0], indptr_p, <const intptr_t*>&labels[0],
+                           <const intptr_t*>&order[0], WhT.shape[1], order.shape[0], batch)
+            Wf = fm_swork_f(&H[0, 0, 0], &dH[0, 0, 0], &Pl[0, 0, 0, 0], &dZ[0, 0, 0], &gWy[0, 0, 0], &gbh[0, 0],
+                            &sync[0])
+            status = fm_sparse_epoch_f(&Nf, &Rf, <float>lr, loss, &Wf, n_threads, &tally)
         else:
-            Pd = fm_params_d(&Wh[0, 0], &bh[0], &Wy[0, 0], &by[0], Wh.shape[0], Wh.shape[1], Wy.shape[0])
-            Dd = fm_batches_d(&X[0, 0], <const intptr_t*>&labels[0], <const intptr_t*>&order[0], X.shape[1],
-                              order.shape[0], min(batch, order.shape[0]))
-            status = fm_small_epoch_d(&Pd, &Dd, lr, loss, &H[0, 0], &dH[0, 0], &dZ[0, 0],
-                                      <intptr_t*>&nz[0, 0], <intptr_t*>&nnz[0], &tally)
+            Nd = fm_net_d(&WhT[0, 0, 0], &bh[0, 0], &Wy[0, 0, 0], &by[0, 0], WhT.shape[1], Wy.shape[1],
+                          WhT.shape[2], <int>WhT.shape[0], <int>(group_line.shape[0] - 1), &slice_group[0],
+                          &group_line[0])
+            Rd = fm_rows_d(&data[0], &indices[0], indptr_p, <const intptr_t*>&labels[0],
+                           <const intptr_t*>&order[0], WhT.shape[1], order.shape[0], batch)
+            Wd = fm_swork_d(&H[0, 0, 0], &dH[0, 0, 0], &Pl[0, 0, 0, 0], &dZ[0, 0, 0], &gWy[0, 0, 0], &gbh[0, 0],
+                            &sync[0])
+            status = fm_sparse_epoch_d(&Nd, &Rd, lr, loss, &Wd, n_threads, &tally)
     _check(status)
     return tally.loss_sum, tally.n_correct
+
+
+def sparse_epoch(P, rows, labels, order, Py_ssize_t batch, double lr, int loss, work, int n_threads):
+    """Mini-batch SGD over the batches of rows[order] on the sparse path, in place on
+    the block P (epochs.SparseNet), on ``n_threads`` threads, the GIL released.
+    Returns (loss_sum, n_correct) measured in each batch's forward pass."""
+    if len(order) == 0:
+        return 0.0, 0
+    if P.WhT.dtype == np.float32:
+        return _sparse_epoch[float](P.WhT, P, rows, labels, order, batch, lr, loss, work, n_threads)
+    return _sparse_epoch[double](P.WhT, P, rows, labels, order, batch, lr, loss, work, n_threads)
 
 
 def blas_epoch(P, const floating[:, ::1] X, const Py_ssize_t[::1] labels, const Py_ssize_t[::1] order,

@@ -1,7 +1,8 @@
 /* Hand-written loops of the fastmlp kernels (implemented in _fused.c).
  *
  * Row-major arrays, one example per row. Every function exists for float (_f)
- * and double (_d); see _fused_impl.h for the math of each.
+ * and double (_d); see _fused_impl.h (the fused steps around the GEMMs) and
+ * _sparse_impl.h (the sparse epoch) for the math of each.
  */
 #ifndef FASTMLP_FUSED_H
 #define FASTMLP_FUSED_H
@@ -12,7 +13,10 @@
 /* Loss codes: fastmlp/_kernels/epochs.py LOSS_CODES names them (a test checks
  * that the two agree). A function given any other code returns FM_ERR_LOSS. */
 enum { FM_LOSS_CE = 0, FM_LOSS_MSE = 1 };
-enum { FM_OK = 0, FM_ERR_LOSS = -1 };
+enum { FM_OK = 0, FM_ERR_LOSS = -1, FM_ERR_LAYOUT = -2 };
+
+/* Bytes of a cache line: the unit of the hidden-unit padding and of the slices. */
+#define FM_LINE 64
 
 /* What an epoch measured: the loss summed over its examples and how many were
  * classified correctly, both in each batch's forward pass. */
@@ -21,35 +25,60 @@ typedef struct {
     int64_t n_correct;
 } fm_tally;
 
-#define FM_DECLARE(REAL, S)                                                                 \
-    /* The parameters as one block. In the small path's layout Wh holds Wh          \
-     * transposed, (n_in, nh), and nh counts the hidden units padded with zero ones   \
-     * to whole cache lines; bh (nh,), Wy (nout, nh), by (nout,). */                  \
-    typedef struct {                                                                  \
-        REAL *Wh, *bh, *Wy, *by;                                                      \
-        ptrdiff_t n_in, nh, nout;                                                     \
-    } fm_params_##S;                                                                  \
-    /* The examples of an epoch in batches: rows order[0..n) of X (n_rows, n_in),    \
-     * batch at a time (the last batch may be smaller). */                            \
-    typedef struct {                                                                  \
-        const REAL *X;                                                                \
-        const intptr_t *labels, *order;                                               \
-        ptrdiff_t n_in, n, batch;                                                     \
-    } fm_batches_##S;                                                                 \
-    void fm_tanh_##S(REAL *x, ptrdiff_t n);                                           \
-    void fm_bias_tanh_##S(REAL *H, const REAL *b, ptrdiff_t B, ptrdiff_t n);         \
-    void fm_bias_add_##S(REAL *Z, const REAL *b, ptrdiff_t B, ptrdiff_t n);          \
-    int fm_loss_grad_##S(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B, \
-                         ptrdiff_t n, int loss, REAL scale, fm_tally *tally);         \
-    void fm_dtanh_##S(REAL *dH, const REAL *H, ptrdiff_t len);                        \
-    void fm_bias_update_##S(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr); \
-    int fm_small_epoch_##S(const fm_params_##S *P, const fm_batches_##S *D, REAL lr,  \
-                           int loss, REAL *H, REAL *dH, REAL *dZ, intptr_t *nz,       \
-                           intptr_t *nnz, fm_tally *tally);
+#define FM_DECLARE(REAL, S)                                                                  \
+    /* The parameters of the sparse epoch. The hidden units, padded with zero units   \
+     * to whole cache lines, are cut into n_groups groups of at most four lines        \
+     * (group g: lines group_line[g] .. group_line[g + 1]); slice s holds the groups   \
+     * slice_group[s] .. slice_group[s + 1] in arrays of its own, each row `stride`    \
+     * elements apart: WhT (n_slices, n_in, stride) the transposed hidden weights, bh  \
+     * (n_slices, stride), Wy (n_slices, nout, stride); by (n_slices, nout) holds one  \
+     * copy of the output biases per slice. Every block starts on a cache line. */     \
+    typedef struct {                                                                   \
+        REAL *WhT, *bh, *Wy, *by;                                                      \
+        ptrdiff_t n_in, nout, stride;                                                  \
+        int n_slices, n_groups;                                                        \
+        const int32_t *slice_group, *group_line;                                       \
+    } fm_net_##S;                                                                      \
+    /* The examples: rows order[0 .. n) of the data, batch at a time (the last batch   \
+     * may be smaller). CSR rows: row r's values data[indptr[r] .. indptr[r + 1]] at   \
+     * inputs indices[...]; with indptr NULL, dense rows of n_in values and indices    \
+     * 0 .. n_in - 1. */                                                               \
+    typedef struct {                                                                   \
+        const REAL *data;                                                              \
+        const int32_t *indices;                                                        \
+        const int64_t *indptr;                                                         \
+        const intptr_t *labels, *order;                                                \
+        ptrdiff_t n_in, n, batch;                                                      \
+    } fm_rows_##S;                                                                     \
+    /* Workspace of the sparse epoch: H, dH (n_slices, batch, stride) the hidden      \
+     * activations and dl/dh~; P (2, batch, n_groups, nout) the partial logits, one    \
+     * half per batch parity; dZ (n_slices, batch, nout) dl/dz, one copy per thread;   \
+     * gWy (n_slices, nout, stride), gbh (n_slices, stride) the summed gradients of    \
+     * Wy and bh; sync the threads' barrier (32 int32, zero-filled, cache aligned). */ \
+    typedef struct {                                                                   \
+        REAL *H, *dH, *P, *dZ, *gWy, *gbh;                                             \
+        int32_t *sync;                                                                 \
+    } fm_swork_##S;                                                                    \
+    void fm_tanh_##S(REAL *x, ptrdiff_t n);                                            \
+    void fm_bias_tanh_##S(REAL *H, const REAL *b, ptrdiff_t B, ptrdiff_t n);          \
+    void fm_bias_add_##S(REAL *Z, const REAL *b, ptrdiff_t B, ptrdiff_t n);           \
+    int fm_loss_grad_##S(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B,  \
+                         ptrdiff_t n, int loss, REAL scale, fm_tally *tally);          \
+    void fm_dtanh_##S(REAL *dH, const REAL *H, ptrdiff_t len);                         \
+    void fm_bias_update_##S(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr);  \
+    int fm_sparse_epoch_##S(const fm_net_##S *P, const fm_rows_##S *D, REAL lr, int loss, \
+                            const fm_swork_##S *W, int n_threads, fm_tally *tally);    \
+    void fm_csr_counts_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *counts); \
+    void fm_csr_fill_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *indptr, \
+                         int32_t *indices, REAL *data);
 
 FM_DECLARE(float, f)
 FM_DECLARE(double, d)
 
 #undef FM_DECLARE
+
+/* The number of threads an OpenMP parallel region would use here (1 where the
+ * kernels were built without OpenMP). */
+int fm_max_threads(void);
 
 #endif

@@ -17,6 +17,7 @@ cache; the kernels are then compiled in memory on first use instead.
 """
 
 import contextlib
+import threading
 
 import llvmlite.binding as llvm_binding
 import numba as nb
@@ -28,7 +29,7 @@ from numba.extending import get_cython_function_address, intrinsic
 
 from .epochs import LOSS_CODES
 
-PATHS = ("small", "blas")
+PATHS = ("sparse", "blas")
 _CE, _MSE = LOSS_CODES["ce"], LOSS_CODES["mse"]  # compile-time constants of the compiled code
 
 
@@ -137,17 +138,6 @@ def _prefetch(typingctx, arr, i):
 
 
 @_jit
-def _prefetch_row(X, row):
-    """Brings row ``row`` of X towards the cache. The examples are visited in random
-    order, so the hardware prefetcher cannot guess the next input row; its first
-    touch, the non-zero scan, otherwise waits on main memory for every line."""
-    n = X.shape[1]
-    step = max(1, 64 // X.itemsize)
-    for i in range(0, n, step):
-        _prefetch(X, row * n + i)
-
-
-@_jit
 def _gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws_int, ws_char, ws_real):
     """Row-major C (M, N) = alpha op(A) op(B) + beta C; lda/ldb/ldc are row strides.
 
@@ -246,191 +236,217 @@ def _row_loss_grad(Z, r, y, dZ, loss, scale):
     return row_loss, 1 if am == y else 0
 
 
-@intrinsic
-def _nonzero_indices16(typingctx, x, i, idx, k):
-    """Writes to idx[k:] those of the indices i, ..., i + 15 where x is non-zero (NaN
-    counts as non-zero), in order; returns how many. One vector compare and one
-    compress-store (LLVM's masked.compressstore: vpcompressq on AVX-512)."""
-    def codegen(context, builder, signature, args):
-        xty, ity, idxty, _ = signature.args
-        xa = context.make_array(xty)(context, builder, args[0])
-        ia = context.make_array(idxty)(context, builder, args[2])
-        lane = ir.IntType(32)
-        vf = ir.VectorType(context.get_value_type(xty.dtype), 16)
-        vi = ir.VectorType(context.get_value_type(idxty.dtype), 16)
-        src = builder.bitcast(builder.gep(xa.data, [args[1]]), vf.as_pointer())
-        values = builder.load(src, align=xty.dtype.bitwidth // 8)
-        mask = builder.fcmp_unordered("!=", values, ir.Constant(vf, [0.0] * 16))
-        first = context.cast(builder, args[1], ity, idxty.dtype)
-        splat = builder.shuffle_vector(
-            builder.insert_element(ir.Constant(vi, ir.Undefined), first, lane(0)),
-            ir.Constant(vi, ir.Undefined), ir.Constant(ir.VectorType(lane, 16), [0] * 16))
-        indices = builder.add(splat, ir.Constant(vi, list(range(16))))
-        dst = builder.gep(ia.data, [args[3]])
-        store = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [vi, dst.type, mask.type]),
-            f"llvm.masked.compressstore.v16i{idxty.dtype.bitwidth}")
-        builder.call(store, [indices, dst, mask])
-        i16 = ir.IntType(16)
-        popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i16, [i16]), "llvm.ctpop.i16")
-        return builder.zext(builder.call(popcount, [builder.bitcast(mask, i16)]), ir.IntType(64))
-    return types.int64(x, i, idx, k), codegen
-
-
-def _targets_avx512():
-    """Whether Numba compiles for a CPU with AVX-512F: the host, unless the
-    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES settings name another target."""
-    from numba.core import config
-
-    if config.CPU_FEATURES is not None:
-        return "+avx512f" in config.CPU_FEATURES.replace(" ", "").split(",")
-    if config.CPU_NAME not in (None, "host"):
-        return False  # a named (often generic) target: do not assume
-    try:
-        return bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
-    except RuntimeError:  # llvmlite cannot read this host's features: assume none
-        return False
-
-
-# With AVX-512 the non-zero scan compresses 16 indices at a time (3x faster than
-# the scalar loop over MNIST rows, and the Numba epoch at batch 1 ~9% faster than
-# the portable C build's); elsewhere LLVM would emulate the compress-store lane by
-# lane, so the scalar loop stays. A compile-time constant to the compiled code.
-_COMPRESS = _targets_avx512()
-
-
-@_jit
-def _nonzeros(x, idx):
-    """The indices of the non-zero entries of x, in order; returns their count."""
-    n = x.size
-    k = 0
-    i = 0
-    if _COMPRESS:
-        while i + 16 <= n:
-            k += _nonzero_indices16(x, i, idx, k)
-            i += 16
-    else:
-        # all-zero blocks of 16 (image borders) are skipped in one test
-        while i + 16 <= n:
-            count = 0  # an integer count vectorises; a boolean "or" does not
-            for u in range(16):
-                count += x[i + u] != 0
-            if count:
-                for u in range(16):
-                    idx[k] = i + u
-                    k += x[i + u] != 0
-            i += 16
-    while i < n:
-        idx[k] = i
-        k += x[i] != 0
-        i += 1
-    return k
-
-
-@_jit
-def _gather_axpy(h, x, idx, k, WhT):
-    """h += sum_t x[idx[t]] * WhT[idx[t], :], eight rows per sweep over h (four
-    measured slower here: each sweep is a loop of its own, with its own checks)."""
-    nh = h.size
-    t = 0
-    # 2-D indexing rather than row views: a view costs reference-count updates
-    while t + 8 <= k:
-        i0, i1, i2, i3 = idx[t], idx[t + 1], idx[t + 2], idx[t + 3]
-        i4, i5, i6, i7 = idx[t + 4], idx[t + 5], idx[t + 6], idx[t + 7]
-        a0, a1, a2, a3 = x[i0], x[i1], x[i2], x[i3]
-        a4, a5, a6, a7 = x[i4], x[i5], x[i6], x[i7]
-        for j in range(nh):
-            h[j] += (((a0 * WhT[i0, j] + a1 * WhT[i1, j]) + (a2 * WhT[i2, j] + a3 * WhT[i3, j]))
-                     + ((a4 * WhT[i4, j] + a5 * WhT[i5, j]) + (a6 * WhT[i6, j] + a7 * WhT[i7, j])))
-        t += 8
-    while t < k:
-        i0 = idx[t]
-        a = x[i0]
-        for j in range(nh):
-            h[j] += a * WhT[i0, j]
-        t += 1
-
-
 @_jit
 def _check_loss(loss):
     if loss != _CE and loss != _MSE:
         raise ValueError("unknown loss code")
 
 
+# ---- the sparse epoch (see _sparse_impl.h: the same algorithm and layout) ----
+
+@intrinsic
+def _atomic_add(typingctx, arr, i, v):
+    """arr[i] += v atomically (acquire-release); returns the new value."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        old = builder.atomic_rmw("add", ptr, args[2], "acq_rel")
+        return builder.add(old, args[2])
+    return arr.dtype(arr, i, arr.dtype), codegen
+
+
+@intrinsic
+def _atomic_load(typingctx, arr, i):
+    """arr[i], read atomically (acquire)."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        return builder.load_atomic(ptr, "acquire", signature.args[0].dtype.bitwidth // 8)
+    return arr.dtype(arr, i), codegen
+
+
+@intrinsic
+def _atomic_store(typingctx, arr, i, v):
+    """arr[i] = v, written atomically (release)."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        builder.store_atomic(args[2], ptr, "release", signature.args[0].dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(arr, i, arr.dtype), codegen
+
+
+_sched_yield = types.ExternalFunction("sched_yield", types.int32())
+_SPINS = 4096
+
+
 @_jit
-def _small_epoch(WhT, bh, Wy, by, X, labels, perm, batch, lr, loss, H, dH, dZ, nz, nnz):
-    """Mini-batch SGD for small batches without BLAS; see fm_small_epoch in
-    _fused_impl.h. P.Wh is Wh transposed, WhT (n_in, nhp), so the forward pass and
-    the update of Wh are contiguous axpys over the hidden units, for non-zero
-    inputs only. The hidden units are padded with zero units to nhp, whole cache
-    lines (epochs.padded_params); the padded units have no weights in or out, so
-    they stay zero through every step (tanh(0) = 0, and their dh is 0)."""
-    # 2-D indexing throughout the per-example loops: a row view costs
-    # reference-count updates, which at ~150 views per example add up.
-    _check_loss(loss)
-    n_ex = perm.size
-    nh = WhT.shape[1]
-    nout = Wy.shape[0]
+def _barrier(sync, n):
+    """The threads' barrier of _fused.c fm_barrier: sync[0] counts the arrivals,
+    sync[16] (another cache line) is the generation; spin, then yield the core."""
+    g = _atomic_load(sync, 16)
+    if _atomic_add(sync, 0, np.int32(1)) == n:
+        _atomic_store(sync, 0, np.int32(0))
+        _atomic_store(sync, 16, g + np.int32(1))
+        return
+    spins = 0
+    while _atomic_load(sync, 16) == g:
+        spins += 1
+        if spins > _SPINS:
+            _sched_yield()
+
+
+@_jit
+def _row_of(indptr, dense, n_in, r):
+    """(values start, indices start, length) of row r: CSR rows have both at
+    indptr[r]; dense rows start at r * n_in and all share the indices 0..n_in-1."""
+    if dense:
+        return r * n_in, 0, n_in
+    return indptr[r], indptr[r], indptr[r + 1] - indptr[r]
+
+
+@_jit
+def _gather(h, off, width, bh, W, s, vals, av, idx, ai, k):
+    """h[off : off + width] = bh[s, off :] + sum_t vals[av + t] W[s, idx[ai + t], off :],
+    eight rows per sweep over h (so h is loaded and stored an eighth as often)."""
+    for j in range(off, off + width):
+        h[j] = bh[s, j]
+    t = 0
+    while t + 8 <= k:
+        i0, i1, i2, i3 = idx[ai + t], idx[ai + t + 1], idx[ai + t + 2], idx[ai + t + 3]
+        i4, i5, i6, i7 = idx[ai + t + 4], idx[ai + t + 5], idx[ai + t + 6], idx[ai + t + 7]
+        x0, x1, x2, x3 = vals[av + t], vals[av + t + 1], vals[av + t + 2], vals[av + t + 3]
+        x4, x5, x6, x7 = vals[av + t + 4], vals[av + t + 5], vals[av + t + 6], vals[av + t + 7]
+        for j in range(off, off + width):
+            h[j] += (((x0 * W[s, i0, j] + x1 * W[s, i1, j]) + (x2 * W[s, i2, j] + x3 * W[s, i3, j]))
+                     + ((x4 * W[s, i4, j] + x5 * W[s, i5, j]) + (x6 * W[s, i6, j] + x7 * W[s, i7, j])))
+        t += 8
+    while t < k:
+        i0 = idx[ai + t]
+        x0 = vals[av + t]
+        for j in range(off, off + width):
+            h[j] += x0 * W[s, i0, j]
+        t += 1
+
+
+@_jit_fast_reduce
+def _dot_range(a, b, off, n):
+    acc = a.dtype.type(0)
+    for j in range(off, off + n):
+        acc += a[j] * b[j]
+    return acc
+
+
+@_jit
+def _sparse_step(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indices, indptr, dense, labels, order,
+                 start, B, lr, loss, H, dH, Pb, dZ, gWy, gbh):
+    """dl/dz of the batch (the same in every thread), then dh~ and the updates of
+    thread t's slices (_sparse_impl.h fm_sparse_step)."""
+    n_slices, n_in, stride = WhT.shape
+    nout = Wy.shape[1]
+    G = group_line.size - 1
+    lanes = 64 // WhT.itemsize
     one = WhT.dtype.type(1)
-    zero = WhT.dtype.type(0)
+    scale = one / WhT.dtype.type(B)
     loss_sum = 0.0
     n_correct = 0
+    for b in range(B):
+        for o in range(nout):
+            z = by[t, o]
+            for g in range(G):
+                z += Pb[b, g, o]
+            dZ[t, b, o] = z
+        rl, rc = _row_loss_grad(dZ[t], b, labels[order[start + b]], dZ[t], loss, scale)
+        loss_sum += rl
+        n_correct += rc
+    for s in range(t, n_slices, nt):
+        first = group_line[slice_group[s]]
+        width = (group_line[slice_group[s + 1]] - first) * lanes
+        gbh[s, :width] = 0
+        gWy[s, :, :width] = 0
+        for b in range(B):
+            for j in range(width):
+                dH[s, b, j] = 0
+            for o in range(nout):
+                d = dZ[t, b, o]
+                for j in range(width):
+                    dH[s, b, j] += d * Wy[s, o, j]
+                    gWy[s, o, j] += d * H[s, b, j]
+            for j in range(width):
+                dH[s, b, j] *= one - H[s, b, j] * H[s, b, j]
+                gbh[s, j] += dH[s, b, j]
+        for o in range(nout):
+            dsum = WhT.dtype.type(0)
+            for b in range(B):
+                dsum += dZ[t, b, o]
+            by[s, o] -= lr * dsum
+            for j in range(width):
+                Wy[s, o, j] -= lr * gWy[s, o, j]
+        for j in range(width):
+            bh[s, j] -= lr * gbh[s, j]
+        for b in range(B):
+            av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
+            e = k - 1
+            while e >= 1:  # two rows per sweep (dh loaded once for both), last first
+                i0, i1 = indices[ai + e], indices[ai + e - 1]
+                x0, x1 = lr * data[av + e], lr * data[av + e - 1]
+                for j in range(width):
+                    d = dH[s, b, j]
+                    WhT[s, i0, j] -= x0 * d
+                    WhT[s, i1, j] -= x1 * d
+                e -= 2
+            if e == 0:
+                i0 = indices[ai]
+                x0 = lr * data[av]
+                for j in range(width):
+                    WhT[s, i0, j] -= x0 * dH[s, b, j]
+    return loss_sum, n_correct
+
+
+@_jit
+def _sparse_thread(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indices, indptr, dense, labels, order,
+                   batch, lr, loss, H, dH, P, dZ, gWy, gbh, sync):
+    """Thread t's share of an epoch (_sparse_impl.h fm_sparse_thread)."""
+    n_slices, n_in, stride = WhT.shape
+    nout = Wy.shape[1]
+    G = group_line.size - 1
+    lanes = 64 // WhT.itemsize
+    n = order.size
+    loss_sum = 0.0
+    n_correct = 0
+    parity = 0
     start = 0
-    while start < n_ex:
-        B = min(batch, n_ex - start)
-        scale = one / WhT.dtype.type(B)
+    while start < n:
+        B = min(batch, n - start)
+        Pb = P[parity]
         for b in range(B):
-            row = perm[start + b]
-            x = X[row]
-            if start + b + 1 < n_ex:
-                _prefetch_row(X, perm[start + b + 1])
-            idx = nz[b]
-            h = H[b]
-            dz = dZ[b]
-            dh = dH[b]
-            k = _nonzeros(x, idx)
-            nnz[b] = k
-            for j in range(nh):
-                h[j] = bh[j]
-            _gather_axpy(h, x, idx, k, WhT)
-            _tanh_inplace(h)
-            for o in range(nout):
-                dz[o] = _dot(Wy[o], h) + by[o]  # _dot may reorder the sum: it vectorises
-            rl, rc = _row_loss_grad(dZ, b, labels[row], dZ, loss, scale)
-            loss_sum += rl
-            n_correct += rc
-            for j in range(nh):
-                dh[j] = zero
-            for o in range(nout):
-                d = dz[o]
-                for j in range(nh):
-                    dh[j] += d * Wy[o, j]
-            for j in range(nh):
-                dh[j] *= one - h[j] * h[j]
-        for b in range(B):
-            x = X[perm[start + b]]
-            for o in range(nout):
-                a = lr * dZ[b, o]
-                for j in range(nh):
-                    Wy[o, j] -= a * H[b, j]
-                by[o] -= a
-            k = nnz[b]
-            t = 0
-            while t + 2 <= k:  # two rows per sweep: dh is loaded once for both
-                i0, i1 = nz[b, t], nz[b, t + 1]
-                a0, a1 = lr * x[i0], lr * x[i1]
-                for j in range(nh):
-                    d = dH[b, j]
-                    WhT[i0, j] -= a0 * d
-                    WhT[i1, j] -= a1 * d
-                t += 2
-            if t < k:
-                i = nz[b, t]
-                a = lr * x[i]
-                for j in range(nh):
-                    WhT[i, j] -= a * dH[b, j]
-            for j in range(nh):
-                bh[j] -= lr * dH[b, j]
+            av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
+            if start + b + 1 < n:  # the examples come in random order: ask for the next one
+                av1, ai1, _ = _row_of(indptr, dense, n_in, order[start + b + 1])
+                _prefetch(data, av1)
+                _prefetch(indices, ai1)
+            for s in range(t, n_slices, nt):
+                h = H[s, b]
+                g0, g1 = slice_group[s], slice_group[s + 1]
+                first = group_line[g0]
+                width = (group_line[g1] - first) * lanes
+                for g in range(g0, g1):
+                    off = (group_line[g] - first) * lanes
+                    _gather(h, off, (group_line[g + 1] - group_line[g]) * lanes, bh, WhT, s, data, av, indices, ai, k)
+                _tanh_inplace(h[:width])
+                for g in range(g0, g1):
+                    off = (group_line[g] - first) * lanes
+                    len_ = (group_line[g + 1] - group_line[g]) * lanes
+                    for o in range(nout):
+                        Pb[b, g, o] = _dot_range(h, Wy[s, o], off, len_)
+        if nt > 1:
+            _barrier(sync, nt)
+        if t < n_slices:
+            ls, nc = _sparse_step(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indices, indptr, dense,
+                                  labels, order, start, B, lr, loss, H, dH, Pb, dZ, gWy, gbh)
+            loss_sum += ls
+            n_correct += nc
+        parity ^= 1
         start += B
     return loss_sum, n_correct
 
@@ -573,14 +589,83 @@ def _as(dtype, lr):
         return dtype.type(lr)
 
 
-def small_epoch(P, X, labels, order, batch, lr, loss, work):
-    """Mini-batch SGD over the batches of X[order] on the hand-written path, in place on
-    the block P (the small path's layout); returns (loss_sum, n_correct)."""
+def max_threads():
+    """The threads a training may use: those OpenMP would use in this thread (the
+    Cython kernels' runtime, which threadpoolctl's limits and OMP_NUM_THREADS
+    set), where it loads; else the cores this process may use."""
+    try:
+        from . import _cy
+    except ImportError:
+        from .epochs import available_cpus
+        return available_cpus()
+    return _cy.max_threads()
+
+
+def sparse_epoch(P, rows, labels, order, batch, lr, loss, work, n_threads):
+    """Mini-batch SGD over the batches of rows[order] on the sparse path, in place on
+    the block P (epochs.SparseNet), on ``n_threads`` threads: this thread and
+    n_threads - 1 others, each running the compiled loop on its slices without the
+    GIL and meeting the others once per batch at an atomic spin barrier.
+    Returns (loss_sum, n_correct)."""
     if len(order) == 0:
         return 0.0, 0
+    _call(_check_loss, loss)
+    dense = rows.indptr is None
+    indptr = np.zeros(1, np.int64) if dense else rows.indptr
+    n_threads = max(1, int(n_threads))
     # the blocks go in flat: Numba's dispatcher types arrays in C, tuples in Python (~10 us each)
-    return _call(_small_epoch, *P, X, labels, order, min(batch, len(order)), _as(P.Wh.dtype, lr), loss,
-                 *work)
+    args = (*P, rows.data, rows.indices, indptr, dense, labels, order, min(batch, len(order)),
+            _as(P.WhT.dtype, lr), loss, *work)
+    if n_threads == 1:
+        return _call(_sparse_thread, 0, 1, *args)
+    results = [None] * n_threads
+
+    def run(t):
+        try:
+            results[t] = _call(_sparse_thread, t, n_threads, *args)
+        except BaseException as exc:  # surfaced below, after every thread is back
+            results[t] = exc
+
+    others = [threading.Thread(target=run, args=(t,)) for t in range(1, n_threads)]
+    for th in others:
+        th.start()
+    run(0)
+    for th in others:
+        th.join()
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results[0]
+
+
+@_jit
+def _dense_to_csr(X, indptr, indices, data):
+    for r in range(X.shape[0]):
+        k = indptr[r]
+        for i in range(X.shape[1]):
+            if X[r, i] != 0:
+                indices[k] = i
+                data[k] = X[r, i]
+                k += 1
+
+
+@_jit
+def _row_counts(X, counts):
+    for r in range(X.shape[0]):
+        c = 0
+        for i in range(X.shape[1]):
+            c += X[r, i] != 0
+        counts[r + 1] = c
+
+
+def dense_to_csr(X):
+    """(data, indices int32, indptr int64): the non-zero entries of X, row by row."""
+    counts = np.zeros(X.shape[0] + 1, np.int64)
+    _call(_row_counts, X, counts)
+    indptr = np.cumsum(counts)
+    data, indices = np.empty(indptr[-1], X.dtype), np.empty(indptr[-1], np.int32)
+    _call(_dense_to_csr, X, indptr, indices, data)
+    return data, indices, indptr
 
 
 def blas_epoch(P, X, labels, order, batch, lr, loss, work):

@@ -1,7 +1,8 @@
 """The kernel primitives (see ``fastmlp._kernels``) implemented with ``fastmlp.reference``.
 
 This is the "numpy" backend: the reference loop, the baseline of every benchmark.
-Its one epoch path is the reference's ``train_epoch``, GEMMs through NumPy.
+Its one epoch path is the reference's ``train_epoch``, GEMMs through NumPy, on
+dense arrays or scipy.sparse matrices alike.
 """
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from .. import reference as ref
 from .epochs import LOSS_CODES
 
-PATHS = ("blas",)
+PATHS = ("reference",)
 _LOSS_NAMES = {code: name for name, code in LOSS_CODES.items()}
 
 
@@ -41,7 +42,7 @@ def backward_update(X, H, dZ, P, lr):
     return dH
 
 
-def blas_epoch(P, X, labels, order, batch, lr, loss, work):
+def reference_epoch(P, X, labels, order, batch, lr, loss):
     name = _loss_name(loss)
     # overflow is reported by the caller's divergence check, as for the compiled kernels
     with np.errstate(over="ignore", invalid="ignore"):

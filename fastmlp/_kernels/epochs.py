@@ -3,13 +3,17 @@
 This is the one place that decides, for a training run:
 
 - the loss table: a loss name -> the integer code the compiled primitives take;
-- the epoch path: "small" (hand-written loops over the non-zero inputs, no BLAS)
-  or "blas" (scipy's GEMMs), by the measured rule of ``takes_small_path``;
-- the parameter layout of that path (the small path works on a padded,
-  transposed, cache-line aligned copy of the parameters) and the workspaces;
+- the epoch path: "sparse" (hand-written loops over the non-zero inputs, every
+  batch size, on every core) or "blas" (scipy's GEMMs, for dense inputs), by the
+  measured rule of ``auto_path``;
+- the layout of that path: the sparse path's inputs as CSR rows (dense inputs
+  that are sparse enough are converted once, by a compiled scan) and its
+  parameters as per-thread slices of the hidden units, padded, transposed and
+  cache-line aligned; the workspaces;
+- the threads: how many (``n_threads``, threadpoolctl's limits, the cores, and the
+  other trainings running in this process) and, for the BLAS path, OpenBLAS's;
 - the batch order (a full batch reads X in place) and the chunking of an epoch
   into compiled calls (Ctrl-C and divergence are noticed between chunks);
-- the BLAS thread count;
 
 then it calls the chosen backend's primitive for that path. The backends
 (``_cy``, ``_nb``, ``_np``) only compute; see ``fastmlp/_kernels/__init__.py``
@@ -21,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import os
 import threading
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -44,28 +49,13 @@ def loss_code(name):
 
 # ---- the epoch path ----
 
-PATHS = ("auto", "small", "blas")
+PATHS = ("auto", "sparse", "blas", "reference")
 
-# Which epoch path "auto" takes. The small path (hand-written, no BLAS) costs in
-# proportion to the non-zero inputs; the BLAS path pays a fixed cost per GEMM call
-# that depends on OpenBLAS's kernel. Seconds per MNIST epoch (784-100-10 float32,
-# 81% of pixels zero; Cython, Numba within 5%), one BLAS thread, 2-core AVX-512
-# machine, OpenBLAS 0.3.30, 2026-11-24:
-#
-#     batch                       1      4     10     16     32     63
-#     small path               0.13   0.13   0.13   0.13   0.13   0.13
-#     BLAS, AVX2 kernels       1.92   0.53   0.36   0.26   0.22   0.21
-#     BLAS, AVX-512 kernels    0.31   0.15   0.12   0.18   0.14   0.13
-#
-# On dense inputs the small path takes ~3x longer (0.39 s per 60,000 rows at every
-# batch size) and BLAS wins from batch 10 with AVX2 kernels, from batch 2 with
-# AVX-512 ones, for this network; tiny networks (circles) favour the small path.
-# So: the small path up to batch 4 always; up to 63 (BLAS would run on one
-# thread) when the inputs are sparse and OpenBLAS runs AVX2 kernels, as it does
-# where OPENBLAS_CORETYPE=Haswell is set: 1.6-2.7x faster there.
-SMALL_BATCH_MAX = 4
-SPARSE_SMALL_BATCH_MAX = 63
-SPARSE_DENSITY_MAX = 0.5  # fraction of non-zero inputs
+# Which path "auto" takes for dense inputs. The sparse path costs in proportion
+# to the non-zero inputs; the BLAS path in proportion to all of them, at the GEMM
+# rate of the batch size.
+SPARSE_DENSITY_MAX = 0.5  # dense inputs with at most this fraction of non-zeros go to CSR
+DENSE_ROWS_BATCH_MAX = 4  # denser inputs take the sparse path, row by row, up to this batch
 _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 
 
@@ -82,135 +72,97 @@ def blas_has_avx512_kernels():
 
 
 def input_density(X, rows=256):
-    """Fraction of non-zero entries in up to ``rows`` rows spread evenly over X."""
+    """Fraction of non-zero entries in up to ``rows`` rows spread evenly over X
+    (all of X for a sparse matrix)."""
+    if is_sparse(X):
+        return X.nnz / max(1, X.shape[0] * X.shape[1])
     if X.size == 0:
         return 0.0
     sample = X[::max(1, X.shape[0] // rows)][:rows]
     return float(np.count_nonzero(sample) / sample.size)
 
 
-def auto_path(batch, density):
-    """``(path, why)``: the path "auto" takes for batches of ``batch`` examples over
-    inputs with this fraction of non-zero entries, and the reason, in words."""
-    if batch <= SMALL_BATCH_MAX:
-        return "small", f"batch <= {SMALL_BATCH_MAX}: hand-written loops beat any GEMM call"
-    if blas_has_avx512_kernels():
-        return "blas", f"batch > {SMALL_BATCH_MAX} and OpenBLAS runs AVX-512 kernels"
-    if batch > SPARSE_SMALL_BATCH_MAX:
-        return "blas", f"batch > {SPARSE_SMALL_BATCH_MAX}"
-    if density > SPARSE_DENSITY_MAX:
-        return "blas", f"more than {SPARSE_DENSITY_MAX:.0%} of the inputs are non-zero"
-    return "small", (f"OpenBLAS runs AVX2 kernels, whose small GEMMs are slow, and at most "
-                     f"{SPARSE_DENSITY_MAX:.0%} of the inputs are non-zero")
+def is_sparse(X):
+    """Whether X is a scipy.sparse matrix or array."""
+    return hasattr(X, "tocsr") and hasattr(X, "nnz")
 
 
-def takes_small_path(path, batch, X):
-    """Whether an epoch of ``batch``-sized batches over X runs the small path."""
-    if path != "auto":
-        return path == "small"
-    if batch <= SMALL_BATCH_MAX:  # no need to look at X
-        return True
-    return auto_path(batch, input_density(X))[0] == "small"
+def auto_path(batch, density, sparse_input=False):
+    """``(path, rows, why)`` for batches of ``batch`` examples over inputs with this
+    fraction of non-zero entries: the path "auto" takes, the layout of its rows
+    ("csr", "dense" or None for the BLAS path), and the reason, in words."""
+    if sparse_input:
+        return "sparse", "csr", "sparse input: never densified"
+    if density <= SPARSE_DENSITY_MAX:
+        return "sparse", "csr", f"at most {SPARSE_DENSITY_MAX:.0%} of the inputs are non-zero: converted to CSR once"
+    if batch <= DENSE_ROWS_BATCH_MAX:
+        return "sparse", "dense", f"dense inputs, batch <= {DENSE_ROWS_BATCH_MAX}: hand-written loops beat any GEMM call"
+    return "blas", None, f"dense inputs, batch > {DENSE_ROWS_BATCH_MAX}: GEMMs"
 
 
 def choose_path(kernels, path, batch, X):
-    """The path an epoch runs: ``path`` if given, else by ``takes_small_path``,
-    among the paths backend ``kernels`` implements."""
+    """``(path, rows)``: the path an epoch runs and the layout of its rows, ``path``
+    if given, else by ``auto_path``, among the paths backend ``kernels`` implements."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if kernels.PATHS == ("reference",):  # the NumPy backend: one path for everything
+        return "reference", None
+    if path not in kernels.PATHS + ("auto",):
+        raise ValueError(f"path {path!r} is not one of this backend's {kernels.PATHS}")
+    sparse_input = is_sparse(X)
     if path == "auto":
-        path = "small" if takes_small_path("auto", batch, X) else "blas"
-    if path not in kernels.PATHS:
-        if len(kernels.PATHS) == 1:  # the reference has one path for everything
-            return kernels.PATHS[0]
-        raise ValueError(f"path {path!r} is not one of {kernels.PATHS}")
-    return path
+        path, rows, _ = auto_path(batch, input_density(X), sparse_input)
+        return path, rows
+    if path == "blas" and sparse_input:
+        raise ValueError("path 'blas' needs dense inputs; sparse inputs take the 'sparse' path")
+    if path == "sparse":
+        return path, "csr" if sparse_input or input_density(X) <= SPARSE_DENSITY_MAX else "dense"
+    return path, None
 
 
-# ---- layouts: the parameter block and the workspaces ----
+# ---- threads ----
 
-class Params(NamedTuple):
-    """The parameters as one block. In the model's layout ``Wh`` is (n_hidden, n_in);
-    in the small path's layout (``padded_params``) ``Wh`` holds Wh transposed,
-    (n_in, nhp), and the hidden dimension of ``Wh``, ``bh`` and ``Wy`` is padded with
-    zero units to ``nhp``, a whole number of cache lines."""
-
-    Wh: np.ndarray
-    bh: np.ndarray
-    Wy: np.ndarray
-    by: np.ndarray
+def available_cpus():
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
-CACHE_LINE = 64  # bytes
+class _ThreadBudget:
+    """The cores shared by the trainings running in this process: a training
+    asks for threads and gets what the others leave (at least one), so two
+    trainings in two Python threads do not oversubscribe the cores. Results do
+    not depend on the thread count."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._in_use = 0
+
+    @contextlib.contextmanager
+    def __call__(self, wanted):
+        with self._lock:
+            granted = max(1, min(wanted, available_cpus() - self._in_use))
+            self._in_use += granted
+        try:
+            yield granted
+        finally:
+            with self._lock:
+                self._in_use -= granted
 
 
-def padded_width(n, itemsize):
-    """``n`` rounded up to a whole number of cache lines of ``itemsize`` elements."""
-    per_line = CACHE_LINE // itemsize
-    return -(-n // per_line) * per_line
+thread_budget = _ThreadBudget()
 
 
-def aligned_zeros(shape, dtype):
-    """A zero-filled C-contiguous array whose data starts on a cache-line boundary.
+def wanted_threads(n_threads, kernels):
+    """The threads a training asks for: ``n_threads`` (None: the cores this process
+    may use), within OpenMP's limit in this thread (which threadpoolctl's
+    ``threadpool_limits`` and OMP_NUM_THREADS set)."""
+    limit = kernels.max_threads() if hasattr(kernels, "max_threads") else 1
+    n = available_cpus() if n_threads is None else int(n_threads)
+    return max(1, min(n, limit))
 
-    With the hidden dimension padded to whole cache lines (``padded_width``) and
-    the rows aligned as well, every vector load and store of a row stays inside
-    one cache line.
-    """
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.zeros(nbytes + CACHE_LINE, np.uint8)
-    skip = -raw.ctypes.data % CACHE_LINE
-    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
-
-
-def padded_params(n_in, nh, nout, dtype):
-    """A zeroed block in the small path's layout (see ``Params``)."""
-    nhp = padded_width(nh, np.dtype(dtype).itemsize)
-    return Params(aligned_zeros((n_in, nhp), dtype), aligned_zeros(nhp, dtype),
-                  aligned_zeros((nout, nhp), dtype), np.zeros(nout, dtype))
-
-
-class SmallWork(NamedTuple):
-    """Workspace of the small path for batches of up to ``batch`` examples."""
-
-    H: np.ndarray      # (batch, nhp) hidden activations
-    dH: np.ndarray     # (batch, nhp) dl/dh~
-    dZ: np.ndarray     # (batch, nout) dl/dz
-    nz: np.ndarray     # (batch, n_in) indices of each example's non-zero inputs
-    nnz: np.ndarray    # (batch,) how many
-
-
-class BlasWork(NamedTuple):
-    """Workspace of the BLAS path for batches of up to ``batch`` examples."""
-
-    Xb: np.ndarray     # (batch, n_in) the gathered batch, or (1, n_in) when batches are read in place
-    H: np.ndarray      # (batch, nh)
-    dH: np.ndarray     # (batch, nh)
-    Z: np.ndarray      # (batch, nout) logits, then dl/dz
-    labels: np.ndarray  # (batch,) the batch's labels
-
-
-def batch_order(perm, n_rows, batch_size):
-    """``(perm, in_order)`` for an epoch over ``X[perm]``.
-
-    A single batch over all rows has the same gradient in any order (up to the
-    rounding of the sums), so then ``perm`` becomes ``arange(n_rows)`` and the
-    kernels read X in place instead of gathering a shuffled copy of the whole
-    dataset each epoch. ``in_order`` tells that every batch is a run of
-    consecutive rows of X, so no gather buffer is needed.
-    """
-    perm = np.asarray(perm)
-    n = len(perm)
-    if batch_size >= n == n_rows and n > 0:
-        counts = np.bincount(perm, minlength=n_rows)
-        if len(counts) == n_rows and (counts == 1).all():
-            return np.arange(n_rows, dtype=np.intp), True
-    in_order = batch_size >= n and n > 0 and bool((np.diff(perm) == 1).all())
-    return perm, in_order
-
-
-# ---- BLAS threads ----
 
 # One BLAS thread below this batch size: for small GEMMs a second thread costs
 # more in synchronisation than it gains (measured: batch 1 and 10 slower with two).
@@ -257,14 +209,178 @@ blas_limits.__doc__ = """blas_limits(batch_size): a context manager that sets th
 suited to ``batch_size`` for the duration of a training (see _BlasThreads)."""
 
 
+# ---- layouts: parameter blocks, rows, workspaces ----
+
+class Params(NamedTuple):
+    """The parameters as one block, in the model's layout: Wh (n_hidden, n_in),
+    bh (n_hidden,), Wy (n_out, n_hidden), by (n_out,)."""
+
+    Wh: np.ndarray
+    bh: np.ndarray
+    Wy: np.ndarray
+    by: np.ndarray
+
+
+PARAM_NAMES = Params._fields
+
+
+class SparseNet(NamedTuple):
+    """The parameters in the sparse path's layout (see _sparse_impl.h).
+
+    The hidden units, padded with zero units to whole cache lines, are cut into
+    groups of at most four lines (``group_line``: the first line of each group and
+    the end); slice s, one per thread, holds groups ``slice_group[s]`` to
+    ``slice_group[s + 1]`` in blocks of its own: ``WhT[s]`` (n_in, stride) Wh's
+    columns of its units, transposed, ``bh[s]``, ``Wy[s]`` (n_out, stride) and a copy
+    of ``by`` per slice. The padded units have no weights in or out, so they stay
+    zero through every step (tanh(0) = 0, and their dh is 0)."""
+
+    WhT: np.ndarray          # (n_slices, n_in, stride)
+    bh: np.ndarray           # (n_slices, stride)
+    Wy: np.ndarray           # (n_slices, n_out, stride)
+    by: np.ndarray           # (n_slices, n_out)
+    slice_group: np.ndarray  # (n_slices + 1,) int32
+    group_line: np.ndarray   # (n_groups + 1,) int32
+
+
+class Rows(NamedTuple):
+    """The examples as the sparse path reads them: CSR (``data``, ``indices``
+    int32, ``indptr`` int64), or dense rows (``data`` = X flattened, ``indices`` =
+    0 .. n_in - 1, ``indptr`` None)."""
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: Optional[np.ndarray]
+
+
+class SparseWork(NamedTuple):
+    """Workspace of the sparse path for batches of up to ``batch`` examples (see
+    _fused.h fm_swork)."""
+
+    H: np.ndarray     # (n_slices, batch, stride) hidden activations
+    dH: np.ndarray    # (n_slices, batch, stride) dl/dh~
+    P: np.ndarray     # (2, batch, n_groups, n_out) partial logits, per batch parity
+    dZ: np.ndarray    # (n_slices, batch, n_out) dl/dz, one copy per thread
+    gWy: np.ndarray   # (n_slices, n_out, stride) the batch's summed gradient of Wy
+    gbh: np.ndarray   # (n_slices, stride) and of bh
+    sync: np.ndarray  # (32,) int32 the threads' barrier
+
+
+class BlasWork(NamedTuple):
+    """Workspace of the BLAS path for batches of up to ``batch`` examples."""
+
+    Xb: np.ndarray     # (batch, n_in) the gathered batch, or (0, n_in) when batches are read in place
+    H: np.ndarray      # (batch, nh)
+    dH: np.ndarray     # (batch, nh)
+    Z: np.ndarray      # (batch, nout) logits, then dl/dz
+    labels: np.ndarray  # (batch,) the batch's labels
+
+
+CACHE_LINE = 64  # bytes
+GROUP_LINES = 4  # cache lines of hidden units a group holds in registers
+
+
+def padded_width(n, itemsize):
+    """``n`` rounded up to a whole number of cache lines of ``itemsize`` elements."""
+    per_line = CACHE_LINE // itemsize
+    return -(-n // per_line) * per_line
+
+
+def aligned_zeros(shape, dtype):
+    """A zero-filled C-contiguous array whose data starts on a cache-line boundary.
+
+    With the hidden dimension padded to whole cache lines (``padded_width``) and
+    the rows aligned as well, every vector load and store of a row stays inside
+    one cache line.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(nbytes + CACHE_LINE, np.uint8)
+    skip = -raw.ctypes.data % CACHE_LINE
+    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
+
+
+def hidden_groups(n_hidden, itemsize):
+    """The first line of each group of hidden units and the end (int32): the lines
+    of the padded units cut into groups of at most GROUP_LINES, as even as can be.
+    Fixed by the number of units alone, so the sums over them do not depend on
+    the thread count."""
+    lines = -(-n_hidden * itemsize // CACHE_LINE)
+    n_groups = -(-lines // GROUP_LINES)
+    sizes = np.full(n_groups, lines // n_groups)
+    sizes[:lines % n_groups] += 1
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+
+
+def slice_groups(group_line, n_slices):
+    """The first group of each of ``n_slices`` slices and the end (int32): whole
+    groups, contiguous, balanced by lines."""
+    lines = group_line[-1]
+    bounds = [0]
+    for s in range(1, n_slices):
+        g = int(np.searchsorted(group_line, lines * s / n_slices, side="left"))
+        bounds.append(min(max(g, bounds[-1] + 1), len(group_line) - 1 - (n_slices - s)))
+    bounds.append(len(group_line) - 1)
+    return np.asarray(bounds, dtype=np.int32)
+
+
+def sparse_net(n_in, n_hidden, n_out, dtype, n_threads):
+    """A zeroed SparseNet for ``n_threads`` threads (fewer slices if there are fewer
+    groups of units)."""
+    itemsize = np.dtype(dtype).itemsize
+    group_line = hidden_groups(n_hidden, itemsize)
+    n_slices = max(1, min(n_threads, len(group_line) - 1))
+    slice_group = slice_groups(group_line, n_slices)
+    stride = int(np.diff(group_line[slice_group]).max()) * (CACHE_LINE // itemsize)
+    return SparseNet(aligned_zeros((n_slices, n_in, stride), dtype), aligned_zeros((n_slices, stride), dtype),
+                     aligned_zeros((n_slices, n_out, stride), dtype), np.zeros((n_slices, n_out), dtype),
+                     slice_group, group_line)
+
+
+def slice_units(net, s, n_hidden):
+    """The hidden units (start, stop) of slice ``s``, padding excluded."""
+    lanes = CACHE_LINE // net.WhT.itemsize
+    first = int(net.group_line[net.slice_group[s]]) * lanes
+    last = int(net.group_line[net.slice_group[s + 1]]) * lanes
+    return min(first, n_hidden), min(last, n_hidden)
+
+
+def sparse_work(net, batch):
+    """The workspace of ``net`` for batches of up to ``batch`` examples."""
+    n_slices, n_in, stride = net.WhT.shape
+    n_out, dtype = net.Wy.shape[1], net.WhT.dtype
+    n_groups = len(net.group_line) - 1
+    return SparseWork(aligned_zeros((n_slices, batch, stride), dtype), aligned_zeros((n_slices, batch, stride), dtype),
+                      np.zeros((2, batch, n_groups, n_out), dtype), np.zeros((n_slices, batch, n_out), dtype),
+                      aligned_zeros((n_slices, n_out, stride), dtype), aligned_zeros((n_slices, stride), dtype),
+                      aligned_zeros(CACHE_LINE // 2, np.int32))
+
+
+def batch_order(perm, n_rows, batch_size):
+    """``(perm, in_order)`` for an epoch over ``X[perm]``.
+
+    A single batch over all rows has the same gradient in any order (up to the
+    rounding of the sums), so then ``perm`` becomes ``arange(n_rows)`` and the
+    kernels read X in place instead of gathering a shuffled copy of the whole
+    dataset each epoch. ``in_order`` tells that every batch is a run of
+    consecutive rows of X, so no gather buffer is needed.
+    """
+    perm = np.asarray(perm)
+    n = len(perm)
+    if batch_size >= n == n_rows and n > 0:
+        counts = np.bincount(perm, minlength=n_rows)
+        if len(counts) == n_rows and (counts == 1).all():
+            return np.arange(n_rows, dtype=np.intp), True
+    in_order = batch_size >= n and n > 0 and bool((np.diff(perm) == 1).all())
+    return perm, in_order
+
+
 # ---- running epochs ----
 
 # Each compiled call covers about this many examples (whole batches): short enough
 # that Ctrl-C and divergence are noticed within milliseconds, long enough that the
 # per-call overhead stays under 1%.
 CHUNK_EXAMPLES = 8192
-
-PARAM_NAMES = Params._fields
 
 
 class Diverged(FloatingPointError):
@@ -280,70 +396,92 @@ class EpochRunner:
     """Mini-batch SGD epochs of one training run, on one backend.
 
     ``params`` are the model's live arrays ({"Wh", "bh", "Wy", "by"}, C-contiguous,
-    one floating dtype), updated in place; ``X`` (C-contiguous, that dtype) and
-    ``labels`` (``np.intp``) are trusted (``fastmlp.train`` validates them). The
-    path, the layout and the workspaces are chosen once, here.
+    one floating dtype), updated in place; ``X`` (C-contiguous in that dtype, or a
+    canonical scipy.sparse CSR matrix of it with int32 indices) and ``labels``
+    (``np.intp``) are trusted (``fastmlp.train`` validates them). The path and the
+    rows' layout are chosen once, here; the parameter layout per thread count.
     """
 
-    def __init__(self, kernels, params, X, labels, *, batch_size, loss="ce", path="auto"):
+    def __init__(self, kernels, params, X, labels, *, batch_size, loss="ce", path="auto", n_threads=None):
         self.kernels = kernels
         self.params = params
         self.X, self.labels = X, labels
+        self.n_rows = X.shape[0]
         self.batch_size = int(batch_size)
         self.loss = loss_code(loss)
-        batch = max(1, min(self.batch_size, len(X)))
-        self.path = choose_path(kernels, path, batch, X)
-        nh, n_in = params["Wh"].shape
-        nout = params["Wy"].shape[0]
-        dtype = params["Wh"].dtype
-        if self.path == "small":
-            self.block = padded_params(n_in, nh, nout, dtype)
-            nhp = self.block.bh.shape[0]
-            self.work = SmallWork(aligned_zeros((batch, nhp), dtype), aligned_zeros((batch, nhp), dtype),
-                                  np.empty((batch, nout), dtype), np.empty((batch, n_in), np.intp),
-                                  np.empty(batch, np.intp))
+        self.batch = max(1, min(self.batch_size, self.n_rows))
+        self.path, rows = choose_path(kernels, path, self.batch, X)
+        self.n_threads = n_threads
+        self._layouts = {}
+        self.threads = 1  # until an epoch asks for more
+        if self.path == "sparse":
+            self.rows = self._rows(rows)
+            self.block, self.work = self._layout(1)
+        elif self.path == "blas":
+            nh, n_in = params["Wh"].shape
+            nout, dtype = params["Wy"].shape[0], params["Wh"].dtype
+            self.block = Params(*(params[k] for k in PARAM_NAMES))
+            self.work = BlasWork(np.empty((0, n_in), dtype), np.empty((self.batch, nh), dtype),
+                                 np.empty((self.batch, nh), dtype), np.empty((self.batch, nout), dtype),
+                                 np.empty(self.batch, np.intp))
         else:
             self.block = Params(*(params[k] for k in PARAM_NAMES))
-            self.work = BlasWork(np.empty((0, n_in), dtype), np.empty((batch, nh), dtype),
-                                 np.empty((batch, nh), dtype), np.empty((batch, nout), dtype),
-                                 np.empty(batch, np.intp))
 
-    # -- moving the parameters between the model and the path's layout --
+    def _rows(self, layout):
+        X = self.X
+        if is_sparse(X):
+            return Rows(X.data, X.indices, X.indptr)
+        if layout == "csr":
+            return Rows(*self.kernels.dense_to_csr(X))
+        return Rows(X.reshape(-1), np.arange(X.shape[1], dtype=np.int32), None)
+
+    # -- the sparse path's layout for a thread count; moving the parameters in and out --
+
+    def _layout(self, n_threads):
+        if n_threads not in self._layouts:
+            nh, n_in = self.params["Wh"].shape
+            net = sparse_net(n_in, nh, self.params["Wy"].shape[0], self.params["Wh"].dtype, n_threads)
+            self._layouts[n_threads] = (net, sparse_work(net, self.batch))
+        return self._layouts[n_threads]
+
+    def _slice_views(self):
+        """(the model's array, the block's array) view pairs that cover each slice's
+        share of every parameter (each slice holds its own copy of by)."""
+        net = self.block
+        Wh, bh, Wy, by = (self.params[k] for k in PARAM_NAMES)
+        for s in range(net.WhT.shape[0]):
+            u0, u1 = slice_units(net, s, len(bh))
+            yield Wh[u0:u1].T, net.WhT[s, :, :u1 - u0]
+            yield bh[u0:u1], net.bh[s, :u1 - u0]
+            yield Wy[:, u0:u1], net.Wy[s, :, :u1 - u0]
+            yield by, net.by[s]
 
     def _load(self):
-        if self.path == "small":
-            Wh, bh, Wy, by = (self.params[k] for k in PARAM_NAMES)
-            nh = bh.shape[0]
-            self.block.Wh[:, :nh] = Wh.T
-            self.block.bh[:nh] = bh
-            self.block.Wy[:, :nh] = Wy
-            self.block.by[:] = by
+        if self.path == "sparse":
+            for model, block in self._slice_views():
+                block[...] = model
 
     def _store(self):
-        if self.path == "small":
-            Wh, bh, Wy, by = (self.params[k] for k in PARAM_NAMES)
-            nh = bh.shape[0]
-            Wh[...] = self.block.Wh[:, :nh].T
-            bh[...] = self.block.bh[:nh]
-            Wy[...] = self.block.Wy[:, :nh]
-            by[...] = self.block.by
+        if self.path == "sparse":
+            for model, block in self._slice_views():
+                model[...] = block
 
     # -- one compiled call --
 
     def run(self, order, lr):
-        """SGD over the batches of ``X[order]`` in one compiled call; returns
-        (loss_sum, n_correct) measured in each batch's forward pass."""
+        """SGD over the batches of ``X[order]`` in one compiled call on the current
+        block; returns (loss_sum, n_correct) measured in each batch's forward pass."""
         if len(order) == 0:
             return 0.0, 0
         lr = float(lr)  # each primitive rounds it to the parameters' dtype
-        if self.path == "small":
+        if self.path == "sparse":
             order = np.ascontiguousarray(order, dtype=np.intp)
-            self._load()
-            result = self.kernels.small_epoch(self.block, self.X, self.labels, order, self.batch_size, lr,
-                                              self.loss, self.work)
-            self._store()
-            return result
-        order, in_order = batch_order(order, len(self.X), self.batch_size)
+            return self.kernels.sparse_epoch(self.block, self.rows, self.labels, order, self.batch_size, lr,
+                                             self.loss, self.work, self.threads)
+        if self.path == "reference":
+            return self.kernels.reference_epoch(self.block, self.X, self.labels, order, self.batch_size, lr,
+                                                self.loss)
+        order, in_order = batch_order(order, self.n_rows, self.batch_size)
         order = np.ascontiguousarray(order, dtype=np.intp)
         if not in_order and len(self.work.Xb) < min(self.batch_size, len(order)):
             self.work = self.work._replace(Xb=np.empty((len(self.work.H), self.X.shape[1]), self.X.dtype))
@@ -356,16 +494,29 @@ class EpochRunner:
         """One epoch over ``X[perm]`` in compiled chunks of whole batches; returns
         (loss_sum, n_correct).
 
-        Between chunks Python regains control: Ctrl-C is passed on with the
-        parameters of the chunk's start (a Python-level backend could stop between
-        two parameter updates), and a chunk that made the loss or a parameter
-        non-finite is replayed batch by batch (the kernels are deterministic) to
-        raise ``Diverged`` with the parameters from before the failing step.
+        The epoch works on the path's block, loaded from the model's arrays at the
+        start and stored back at the end (also when it raises). Between chunks
+        Python regains control: Ctrl-C is passed on with the parameters of the
+        chunk's start (a Python-level backend could stop between two parameter
+        updates), and a chunk that made the loss or a parameter non-finite is
+        replayed batch by batch (the kernels are deterministic) to raise
+        ``Diverged`` with the parameters from before the failing step.
         """
+        with thread_budget(wanted_threads(self.n_threads, self.kernels)) as threads:
+            self.threads = threads
+            if self.path == "sparse":
+                self.block, self.work = self._layout(threads)
+            self._load()
+            try:
+                return self._chunks(perm, lr)
+            finally:
+                self._store()
+
+    def _chunks(self, perm, lr):
         chunk = max(1, CHUNK_EXAMPLES // self.batch_size) * self.batch_size
         loss_sum, n_correct = 0.0, 0
         for start in range(0, len(perm), chunk):
-            before = {k: v.copy() for k, v in self.params.items()}
+            before = self._snapshot()
             try:
                 ls, nc = self.run(perm[start:start + chunk], lr)
             except KeyboardInterrupt:
@@ -377,17 +528,23 @@ class EpochRunner:
             n_correct += nc
         return loss_sum, n_correct
 
+    def _arrays(self):
+        return [a for a in self.block[:4]]
+
+    def _snapshot(self):
+        return [a.copy() for a in self._arrays()]
+
     def _restore(self, saved):
-        for k in PARAM_NAMES:
-            self.params[k][...] = saved[k]
+        for a, b in zip(self._arrays(), saved):
+            a[...] = b
 
     def _finite(self):
-        return all(np.isfinite(v).all() for v in self.params.values())
+        return all(np.isfinite(a).all() for a in self._arrays())
 
     def _locate_divergence(self, perm, start, chunk, lr, before):
         self._restore(before)
         for b0 in range(start, min(start + chunk, len(perm)), self.batch_size):
-            saved = {k: v.copy() for k, v in self.params.items()}
+            saved = self._snapshot()
             ls, _ = self.run(perm[b0:b0 + self.batch_size], lr)
             if not (np.isfinite(ls) and self._finite()):
                 self._restore(saved)
@@ -395,10 +552,11 @@ class EpochRunner:
         raise Diverged(start // self.batch_size)  # not reproduced: report the chunk's start
 
 
-def train_epoch(kernels, X, labels, perm, params, lr, batch_size, loss="ce", path="auto"):
+def train_epoch(kernels, X, labels, perm, params, lr, batch_size, loss="ce", path="auto", n_threads=None):
     """One epoch over ``X[perm]`` with backend module ``kernels``, updating the
     arrays of ``params`` in place; returns (loss_sum, n_correct). Raises
     ``Diverged`` as ``EpochRunner.epoch`` does. For tests and benchmarks; training
     runs keep one ``EpochRunner``."""
-    runner = EpochRunner(kernels, params, X, labels, batch_size=batch_size, loss=loss, path=path)
+    runner = EpochRunner(kernels, params, X, labels, batch_size=batch_size, loss=loss, path=path,
+                         n_threads=n_threads)
     return runner.epoch(perm, lr)

@@ -1,9 +1,11 @@
 /* The hand-written kernels of fastmlp/_kernels/_fused.c, tested in C alone: the
- * small-batch epoch on a tiny problem against the same SGD written plainly in
- * double, for float and double; the float tanh against libm; unknown loss codes.
+ * sparse epoch on a small problem (CSR rows and dense rows, one and two threads,
+ * the hidden units in several groups and slices) against the same SGD written
+ * plainly in double, for float and double; the float tanh against libm; unknown
+ * loss codes.
  *
  * Built and run (natively, and for aarch64 under qemu) by tools/check_c.sh:
- *     cc -O2 -Wall -Wextra -Ifastmlp/_kernels tests/c/test_fused.c fastmlp/_kernels/_fused.c -lm
+ *     cc -O2 -fopenmp -Wall -Wextra -Ifastmlp/_kernels tests/c/test_fused.c fastmlp/_kernels/_fused.c -lm
  * Exits 0 when every check passes, 1 otherwise.
  */
 #include <math.h>
@@ -13,7 +15,7 @@
 
 #include "_fused.h"
 
-enum { N = 11, N_IN = 6, NH = 5, NOUT = 3, LINE = 64 };
+enum { N = 11, N_IN = 6, NH = 70, NOUT = 3, LINE = 64 };
 
 static int failures = 0;
 
@@ -126,60 +128,128 @@ static void *aligned_zeros(size_t bytes)
     return p;
 }
 
-/* One epoch of the kernel of type REAL (suffix S) from the double problem, compared
- * with reference_epoch to relative tolerance TOL. */
-#define TEST_SMALL_EPOCH(REAL, S, TOL)                                                          \
-    static void test_small_epoch_##S(int batch, int loss)                                      \
+/* The layout of epochs.py sparse_net: the padded hidden lines cut into groups of
+ * at most 4, as even as can be; slices of whole groups balanced by lines. */
+static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *slice_group, int *stride)
+{
+    const int lines = (NH + lanes - 1) / lanes, n_groups = (lines + 3) / 4;
+    group_line[0] = 0;
+    for (int g = 0; g < n_groups; g++)
+        group_line[g + 1] = group_line[g] + lines / n_groups + (g < lines % n_groups);
+    if (n_slices > n_groups)
+        n_slices = n_groups;
+    slice_group[0] = 0;
+    for (int s = 1; s < n_slices; s++) {
+        int g = 0;
+        while (group_line[g] < (double)lines * s / n_slices) g++;
+        slice_group[s] = g > slice_group[s - 1] ? g : slice_group[s - 1] + 1;
+    }
+    slice_group[n_slices] = n_groups;
+    *stride = 0;
+    for (int s = 0; s < n_slices; s++) {
+        const int w = (group_line[slice_group[s + 1]] - group_line[slice_group[s]]) * lanes;
+        if (w > *stride) *stride = w;
+    }
+    return n_slices;
+}
+
+/* One epoch of the sparse kernel of type REAL (suffix S) from the double problem,
+ * compared with reference_epoch to relative tolerance TOL; returns the trained
+ * hidden weights (n_in x NH, row-major) for comparisons between thread counts. */
+#define TEST_SPARSE_EPOCH(REAL, S, TOL)                                                         \
+    static double *test_sparse_epoch_##S(int batch, int loss, int threads, int csr)            \
     {                                                                                           \
-        const ptrdiff_t nhp = ((NH * sizeof(REAL) + LINE - 1) / LINE) * LINE / sizeof(REAL);    \
-        REAL *WhT = aligned_zeros(N_IN * nhp * sizeof(REAL)), *bh = aligned_zeros(nhp * sizeof(REAL)); \
-        REAL *Wy = aligned_zeros(NOUT * nhp * sizeof(REAL)), by[NOUT], x[N][N_IN];              \
-        REAL *H = aligned_zeros(N * nhp * sizeof(REAL)), *dH = aligned_zeros(N * nhp * sizeof(REAL)); \
-        REAL dZ[N * NOUT];                                                                      \
-        intptr_t nz[N * N_IN], nnz[N];                                                          \
-        for (int j = 0; j < NH; j++) {                                                          \
-            bh[j] = (REAL)bh0[j];                                                               \
-            for (int i = 0; i < N_IN; i++) WhT[i * nhp + j] = (REAL)Wh0[j][i];                  \
-            for (int o = 0; o < NOUT; o++) Wy[o * nhp + j] = (REAL)Wy0[o][j];                   \
+        const int lanes = LINE / sizeof(REAL);                                                  \
+        int32_t group_line[16], slice_group[16];                                                \
+        int stride;                                                                             \
+        const int n_slices = make_layout(lanes, threads, group_line, slice_group, &stride);    \
+        const int n_groups = (((NH + lanes - 1) / lanes) + 3) / 4;                              \
+        REAL *WhT = aligned_zeros(n_slices * N_IN * stride * sizeof(REAL));                     \
+        REAL *bh = aligned_zeros(n_slices * stride * sizeof(REAL));                             \
+        REAL *Wy = aligned_zeros(n_slices * NOUT * stride * sizeof(REAL));                      \
+        REAL *by = aligned_zeros(n_slices * NOUT * sizeof(REAL));                               \
+        for (int s = 0; s < n_slices; s++) {                                                    \
+            const int u0 = group_line[slice_group[s]] * lanes;                                  \
+            for (int j = u0; j < NH && j < u0 + stride; j++) {                                  \
+                bh[s * stride + j - u0] = (REAL)bh0[j];                                         \
+                for (int i = 0; i < N_IN; i++) WhT[(s * N_IN + i) * stride + j - u0] = (REAL)Wh0[j][i]; \
+                for (int o = 0; o < NOUT; o++) Wy[(s * NOUT + o) * stride + j - u0] = (REAL)Wy0[o][j]; \
+            }                                                                                   \
+            for (int o = 0; o < NOUT; o++) by[s * NOUT + o] = (REAL)by0[o];                     \
         }                                                                                       \
-        for (int o = 0; o < NOUT; o++) by[o] = (REAL)by0[o];                                    \
-        for (int r = 0; r < N; r++)                                                             \
-            for (int i = 0; i < N_IN; i++) x[r][i] = (REAL)X[r][i];                             \
-        fm_params_##S P = {WhT, bh, Wy, by, N_IN, nhp, NOUT};                                   \
-        fm_batches_##S D = {&x[0][0], labels, order, N_IN, N, batch};                           \
+        REAL x[N][N_IN], vals[N * N_IN];                                                        \
+        int32_t cols[N * N_IN], iota[N_IN];                                                     \
+        int64_t indptr[N + 1] = {0};                                                            \
+        for (int i = 0; i < N_IN; i++) iota[i] = i;                                             \
+        for (int r = 0; r < N; r++) {                                                           \
+            indptr[r + 1] = indptr[r];                                                          \
+            for (int i = 0; i < N_IN; i++) {                                                    \
+                x[r][i] = (REAL)X[r][i];                                                        \
+                if (x[r][i] != 0) {                                                             \
+                    vals[indptr[r + 1]] = x[r][i];                                              \
+                    cols[indptr[r + 1]++] = i;                                                  \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        fm_net_##S P = {WhT, bh, Wy, by, N_IN, NOUT, stride, n_slices, n_groups, slice_group, group_line}; \
+        fm_rows_##S D = {csr ? vals : &x[0][0], csr ? cols : iota, csr ? indptr : NULL, labels, order, \
+                         N_IN, N, batch < N ? batch : N};                                       \
+        fm_swork_##S W = {aligned_zeros(n_slices * N * stride * sizeof(REAL)),                  \
+                          aligned_zeros(n_slices * N * stride * sizeof(REAL)),                  \
+                          aligned_zeros(2 * N * n_groups * NOUT * sizeof(REAL)),                \
+                          aligned_zeros(n_slices * N * NOUT * sizeof(REAL)),                    \
+                          aligned_zeros(n_slices * NOUT * stride * sizeof(REAL)),               \
+                          aligned_zeros(n_slices * stride * sizeof(REAL)), aligned_zeros(128)};  \
         fm_tally tally = {0, 0};                                                                \
-        int status = fm_small_epoch_##S(&P, &D, (REAL)0.5, loss, H, dH, dZ, nz, nnz, &tally);   \
-        check(status == FM_OK, #S " small epoch status");                                       \
+        int status = fm_sparse_epoch_##S(&P, &D, (REAL)0.5, loss, &W, threads, &tally);         \
+        check(status == FM_OK, #S " sparse epoch status");                                      \
         double Wh[NH][N_IN], b_h[NH], W_y[NOUT][NH], b_y[NOUT], loss_sum = 0;                   \
         long n_correct = 0;                                                                     \
+        double Xsave[N][N_IN];                                                                  \
+        memcpy(Xsave, X, sizeof X);                                                             \
         memcpy(Wh, Wh0, sizeof Wh); memcpy(b_h, bh0, sizeof b_h);                               \
         memcpy(W_y, Wy0, sizeof W_y); memcpy(b_y, by0, sizeof b_y);                             \
         for (int r = 0; r < N; r++) /* the reference sees the same rounded inputs */           \
             for (int i = 0; i < N_IN; i++) X[r][i] = (double)x[r][i];                           \
         reference_epoch(Wh, b_h, W_y, b_y, batch, (double)(REAL)0.5, loss, &loss_sum, &n_correct); \
-        double worst = 0;                                                                       \
-        for (int j = 0; j < NH; j++) {                                                          \
-            worst = fmax(worst, fabs(bh[j] - b_h[j]) / (1 + fabs(b_h[j])));                     \
-            for (int i = 0; i < N_IN; i++)                                                      \
-                worst = fmax(worst, fabs(WhT[i * nhp + j] - Wh[j][i]) / (1 + fabs(Wh[j][i])));  \
+        memcpy(X, Xsave, sizeof X);                                                             \
+        double worst = 0, *out = malloc(sizeof(double) * N_IN * NH);                            \
+        for (int s = 0; s < n_slices; s++) {                                                    \
+            const int u0 = group_line[slice_group[s]] * lanes;                                  \
+            const int u1 = group_line[slice_group[s + 1]] * lanes;                              \
+            for (int j = u0; j < u1; j++) {                                                     \
+                const REAL bj = bh[s * stride + j - u0];                                        \
+                if (j >= NH) { /* the padded units stay exactly zero */                         \
+                    check(bj == 0 && WhT[s * N_IN * stride + j - u0] == 0 && Wy[s * NOUT * stride + j - u0] == 0, \
+                          #S " padded units stay zero");                                        \
+                    continue;                                                                   \
+                }                                                                               \
+                worst = fmax(worst, fabs(bj - b_h[j]) / (1 + fabs(b_h[j])));                    \
+                for (int i = 0; i < N_IN; i++) {                                                \
+                    const double w = WhT[(s * N_IN + i) * stride + j - u0];                     \
+                    out[i * NH + j] = w;                                                        \
+                    worst = fmax(worst, fabs(w - Wh[j][i]) / (1 + fabs(Wh[j][i])));            \
+                }                                                                               \
+                for (int o = 0; o < NOUT; o++)                                                  \
+                    worst = fmax(worst, fabs(Wy[(s * NOUT + o) * stride + j - u0] - W_y[o][j]) / (1 + fabs(W_y[o][j]))); \
+            }                                                                                   \
             for (int o = 0; o < NOUT; o++)                                                      \
-                worst = fmax(worst, fabs(Wy[o * nhp + j] - W_y[o][j]) / (1 + fabs(W_y[o][j]))); \
+                worst = fmax(worst, fabs(by[s * NOUT + o] - b_y[o]) / (1 + fabs(b_y[o])));      \
         }                                                                                       \
-        for (int o = 0; o < NOUT; o++) worst = fmax(worst, fabs(by[o] - b_y[o]) / (1 + fabs(b_y[o]))); \
-        for (ptrdiff_t j = NH; j < nhp; j++) /* the padded units stay exactly zero */          \
-            check(bh[j] == 0 && WhT[j] == 0 && Wy[j] == 0, #S " padded units stay zero");       \
         worst = fmax(worst, fabs(tally.loss_sum - loss_sum) / (1 + fabs(loss_sum)));            \
-        char what[160];                                                                         \
-        snprintf(what, sizeof what, #S " small epoch, batch %d, loss %d: worst relative error %.3g", \
-                 batch, loss, worst);                                                           \
+        char what[200];                                                                         \
+        snprintf(what, sizeof what, #S " sparse epoch, %s rows, batch %d, loss %d, %d thread(s), %d slice(s): " \
+                 "worst relative error %.3g", csr ? "CSR" : "dense", batch, loss, threads, n_slices, worst); \
         check(worst <= (TOL), what);                                                            \
-        check(tally.n_correct == n_correct, #S " small epoch correct count");                   \
+        check(tally.n_correct == n_correct, #S " sparse epoch correct count");                  \
         printf("ok   %s\n", what);                                                              \
-        free(WhT); free(bh); free(Wy); free(H); free(dH);                                       \
+        free(WhT); free(bh); free(Wy); free(by);                                                \
+        free(W.H); free(W.dH); free(W.P); free(W.dZ); free(W.gWy); free(W.gbh); free(W.sync);  \
+        return out;                                                                             \
     }
 
-TEST_SMALL_EPOCH(float, f, 2e-5)
-TEST_SMALL_EPOCH(double, d, 1e-12)
+TEST_SPARSE_EPOCH(float, f, 2e-5)
+TEST_SPARSE_EPOCH(double, d, 1e-12)
 
 static void test_unknown_loss_is_refused(void)
 {
@@ -212,13 +282,14 @@ int main(void)
 {
     make_problem();
     for (int loss = FM_LOSS_CE; loss <= FM_LOSS_MSE; loss++)
-        for (int batch = 1; batch <= N + 2; batch += 3) {
-            double Xsave[N][N_IN];
-            memcpy(Xsave, X, sizeof X);
-            test_small_epoch_f(batch, loss);
-            memcpy(X, Xsave, sizeof X);
-            test_small_epoch_d(batch, loss);
-        }
+        for (int batch = 1; batch <= N + 2; batch += 3)
+            for (int csr = 0; csr <= 1; csr++) {
+                double *f1 = test_sparse_epoch_f(batch, loss, 1, csr), *f2 = test_sparse_epoch_f(batch, loss, 2, csr);
+                double *d1 = test_sparse_epoch_d(batch, loss, 1, csr), *d2 = test_sparse_epoch_d(batch, loss, 2, csr);
+                check(memcmp(f1, f2, sizeof(double) * N_IN * NH) == 0, "float: bitwise equal with 1 and 2 threads");
+                check(memcmp(d1, d2, sizeof(double) * N_IN * NH) == 0, "double: bitwise equal with 1 and 2 threads");
+                free(f1); free(f2); free(d1); free(d2);
+            }
     test_unknown_loss_is_refused();
     test_tanh_float();
     if (failures) {

@@ -1,0 +1,357 @@
+/* Template body of the sparse epoch, included by _fused.c once per REAL after
+ * _fused_impl.h (whose FN, R, tanh and row loss it uses).
+ *
+ * Mini-batch SGD organised around the non-zero inputs. The hidden weights are
+ * held transposed, WhT (n_in, hidden), so that the forward pass
+ *     h~ = bh + sum over the non-zero inputs i of x_i WhT[i, :]
+ * and the update WhT[i, :] -= lr x_i dh~ are passes over rows of WhT, taken only
+ * for the inputs that are non-zero.
+ *
+ * Threads split the hidden units. The units are padded with zero units to whole
+ * cache lines, the lines are cut into groups of at most four (fixed by the number
+ * of hidden units alone), and each thread owns a slice of whole groups: its
+ * columns of WhT, bh and Wy live in arrays of their own (no cache line is shared
+ * between threads). Per batch the threads meet once: each writes the logits'
+ * partial sums of its groups, and after the barrier every thread adds them in
+ * group order and computes the same dl/dz; the rest of the step (dh~, every
+ * update) touches only the thread's own units. The arithmetic of a unit, and the
+ * order of every sum, is the same for any number of threads: results are bitwise
+ * identical for every thread count.
+ *
+ * In a group, the forward pass keeps the group's lines in registers while it
+ * runs over the example's non-zero inputs (a vector type of one cache line), and
+ * the update keeps the example's dh~ lines in registers while it runs over the
+ * same rows, last first (the forward pass has just left them in L1).
+ *
+ * Tried and measured slower on 2-core AMD Zen 4 (AVX-512), MNIST: grouping a
+ * batch's non-zeros by input feature, so that each touched row of WhT is updated
+ * once per sub-batch of 16-64 examples (a counting sort per sub-batch, shared by
+ * the threads): equal on one thread, 10-60% slower on two; passing over the
+ * features instead of the examples in the forward pass (each row read once per
+ * sub-batch, the examples' h in L1): slower, bound by the stores to h.
+ */
+
+#define LANES ((ptrdiff_t)(FM_LINE / sizeof(REAL)))
+#define VL FN(fm_vline)
+
+#if FM_VECTORS
+typedef REAL VL __attribute__((vector_size(FM_LINE), may_alias));
+#endif
+
+/* Row r of the data: its values, their input features, and their number. */
+static FM_INLINE ptrdiff_t FN(fm_row)(const FN(fm_rows) *D, intptr_t r, const REAL **vals, const int32_t **idx)
+{
+    if (D->indptr) {
+        const int64_t a = D->indptr[r];
+        *vals = D->data + a;
+        *idx = D->indices + a;
+        return (ptrdiff_t)(D->indptr[r + 1] - a);
+    }
+    *vals = D->data + r * D->n_in; /* dense rows: every input, indices 0..n_in-1 */
+    *idx = D->indices;
+    return D->n_in;
+}
+
+/* Asks for the start of row r's values and indices to be brought into cache (the
+ * hardware prefetcher follows on from there; asking for every line measured no
+ * faster), and for the offsets of row r2. The examples are visited in random
+ * order, so nothing else can guess them: without this, one epoch at batch 1
+ * took twice as long. */
+static FM_INLINE void FN(fm_prefetch_row)(const FN(fm_rows) *D, intptr_t r, intptr_t r2)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    const REAL *vals;
+    const int32_t *idx;
+    FN(fm_row)(D, r, &vals, &idx);
+    __builtin_prefetch(vals, 0, 3);
+    if (D->indptr) {
+        __builtin_prefetch(idx, 0, 3);
+        __builtin_prefetch(D->indptr + r2, 0, 3);
+    }
+#else
+    (void)D;
+    (void)r;
+    (void)r2;
+#endif
+}
+
+/* h[0 : NL lines] = b + sum_t vals[t] W[idx[t] * stride : + NL lines], the NL
+ * accumulators held in registers through the loop over the non-zeros. */
+#if FM_VECTORS
+#define FM_GATHER(NL)                                                                \
+    {                                                                                \
+        VL a[NL];                                                                    \
+        for (int l = 0; l < NL; l++) a[l] = ((const VL *)b)[l];                      \
+        for (ptrdiff_t t = 0; t < k; t++) {                                          \
+            const REAL x = vals[t];                                                  \
+            const VL *restrict w = (const VL *)(W + (ptrdiff_t)idx[t] * stride);     \
+            for (int l = 0; l < NL; l++) a[l] += x * w[l];                           \
+        }                                                                            \
+        for (int l = 0; l < NL; l++) ((VL *)h)[l] = a[l];                            \
+    }
+#endif
+
+static FM_INLINE void FN(fm_gather)(REAL *restrict h, const REAL *restrict b, int nl, const REAL *restrict vals,
+                                    const int32_t *restrict idx, ptrdiff_t k, const REAL *restrict W,
+                                    ptrdiff_t stride)
+{
+#if FM_VECTORS
+    switch (nl) {
+    case 1: FM_GATHER(1) return;
+    case 2: FM_GATHER(2) return;
+    case 3: FM_GATHER(3) return;
+    case 4: FM_GATHER(4) return;
+    default: break;
+    }
+#endif
+    const ptrdiff_t n = nl * LANES;
+    for (ptrdiff_t j = 0; j < n; j++) h[j] = b[j];
+    for (ptrdiff_t t = 0; t < k; t++) {
+        const REAL x = vals[t];
+        const REAL *restrict w = W + (ptrdiff_t)idx[t] * stride;
+#pragma omp simd
+        for (ptrdiff_t j = 0; j < n; j++) h[j] += x * w[j];
+    }
+}
+
+/* W[idx[e], 0 : NL lines] -= (lr vals[e]) d[0 : NL lines] for the entries e of one
+ * example, last first (the forward pass just read them: the last are in L1), d
+ * held in registers. */
+#if FM_VECTORS
+#define FM_UPDATE(NL)                                                                \
+    {                                                                                \
+        VL dv[NL];                                                                   \
+        for (int l = 0; l < NL; l++) dv[l] = ((const VL *)d)[l];                     \
+        for (ptrdiff_t e = k - 1; e >= 0; e--) {                                     \
+            const REAL a = lr * vals[e];                                             \
+            VL *restrict w = (VL *)(W + (ptrdiff_t)idx[e] * stride);                 \
+            for (int l = 0; l < NL; l++) w[l] -= a * dv[l];                          \
+        }                                                                            \
+    }
+#endif
+
+static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, REAL lr, const REAL *restrict vals,
+                                    const int32_t *restrict idx, ptrdiff_t k, const REAL *restrict d)
+{
+#if FM_VECTORS
+    switch (nl) {
+    case 1: FM_UPDATE(1) return;
+    case 2: FM_UPDATE(2) return;
+    case 3: FM_UPDATE(3) return;
+    case 4: FM_UPDATE(4) return;
+    default: break;
+    }
+#endif
+    const ptrdiff_t n = nl * LANES;
+    for (ptrdiff_t e = k - 1; e >= 0; e--) {
+        const REAL a = lr * vals[e];
+        REAL *restrict w = W + (ptrdiff_t)idx[e] * stride;
+#pragma omp simd
+        for (ptrdiff_t j = 0; j < n; j++) w[j] -= a * d[j];
+    }
+}
+
+/* The lines of group g of the slice starting at group g0: (offset in elements, lines). */
+#define GROUP_OFF(g) ((P->group_line[g] - P->group_line[g0]) * LANES)
+#define GROUP_LINES(g) ((int)(P->group_line[(g) + 1] - P->group_line[g]))
+
+/* The rest of a batch's step for thread t, after the partial logits are in:
+ * dl/dz of every example, the same in every thread (the groups' partial logits
+ * added in group order; the tally is kept by thread 0), then dh~ and the updates
+ * of the thread's slices. */
+static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) *D, REAL lr, int loss,
+                                         const FN(fm_swork) *W, int t, int nt, fm_tally *tally, ptrdiff_t start,
+                                         ptrdiff_t B, const REAL *restrict Pb, REAL *restrict dZ)
+{
+    const ptrdiff_t n_in = D->n_in, batch = D->batch, nout = P->nout, stride = P->stride;
+    const int G = P->n_groups;
+    const REAL scale = R(1) / (REAL)B;
+    const REAL *by = P->by + t * nout;
+    fm_tally ignored = {0, 0};
+    for (ptrdiff_t b = 0; b < B; b++) {
+        REAL *restrict dz = dZ + b * nout;
+        for (ptrdiff_t o = 0; o < nout; o++) {
+            REAL z = by[o];
+            for (int g = 0; g < G; g++) z += Pb[(b * G + g) * nout + o];
+            dz[o] = z;
+        }
+        FN(fm_row_loss_grad)(dz, D->labels[D->order[start + b]], dz, nout, loss, scale, tally ? tally : &ignored);
+    }
+
+    for (int s = t; s < P->n_slices; s += nt) {
+        const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
+        const ptrdiff_t width = GROUP_OFF(g1);
+        REAL *restrict WhT = P->WhT + s * n_in * stride, *restrict bh = P->bh + s * stride;
+        REAL *restrict Wy = P->Wy + s * nout * stride, *restrict bys = P->by + s * nout;
+        const REAL *restrict H = W->H + s * batch * stride;
+        REAL *restrict dH = W->dH + s * batch * stride, *restrict gWy = W->gWy + s * nout * stride;
+        REAL *restrict gbh = W->gbh + s * stride;
+
+        /* in one pass over the examples: dh~ = (Wy^T dz) * (1 - h*h) with Wy before
+         * the step, and the sums of the gradients of Wy and bh */
+        for (ptrdiff_t j = 0; j < width; j++) gbh[j] = 0;
+        for (ptrdiff_t o = 0; o < nout; o++)
+            for (ptrdiff_t j = 0; j < width; j++) gWy[o * stride + j] = 0;
+        for (ptrdiff_t b = 0; b < B; b++) {
+            const REAL *restrict h = H + b * stride, *restrict dz = dZ + b * nout;
+            REAL *restrict dh = dH + b * stride;
+            for (ptrdiff_t j = 0; j < width; j++) dh[j] = 0;
+            for (ptrdiff_t o = 0; o < nout; o++) {
+                const REAL d = dz[o];
+                const REAL *restrict wy = Wy + o * stride;
+                REAL *restrict gw = gWy + o * stride;
+#pragma omp simd
+                for (ptrdiff_t j = 0; j < width; j++) {
+                    dh[j] += d * wy[j];
+                    gw[j] += d * h[j];
+                }
+            }
+#pragma omp simd
+            for (ptrdiff_t j = 0; j < width; j++) {
+                dh[j] *= R(1) - h[j] * h[j];
+                gbh[j] += dh[j];
+            }
+        }
+        /* Wy -= lr sum_b dz_b h_b^T, by -= lr sum_b dz_b, bh -= lr sum_b dh~_b */
+        for (ptrdiff_t o = 0; o < nout; o++) {
+            REAL dsum = 0;
+            for (ptrdiff_t b = 0; b < B; b++) dsum += dZ[b * nout + o];
+            bys[o] -= lr * dsum;
+#pragma omp simd
+            for (ptrdiff_t j = 0; j < width; j++) Wy[o * stride + j] -= lr * gWy[o * stride + j];
+        }
+#pragma omp simd
+        for (ptrdiff_t j = 0; j < width; j++) bh[j] -= lr * gbh[j];
+
+        /* WhT[i, :] -= lr x_bi dh~_b over each example's non-zero inputs */
+        for (ptrdiff_t b = 0; b < B; b++) {
+            const REAL *vals;
+            const int32_t *idx;
+            const ptrdiff_t k = FN(fm_row)(D, D->order[start + b], &vals, &idx);
+            for (int g = g0; g < g1; g++)
+                FN(fm_update)(WhT + GROUP_OFF(g), stride, GROUP_LINES(g), lr, vals, idx, k,
+                              dH + b * stride + GROUP_OFF(g));
+        }
+    }
+}
+
+/* One thread's share of an epoch (see the top of this file): thread t of nt owns
+ * the slices t, t + nt, ... Every thread runs the same sequence of barriers.
+ * Inlined into the parallel region, so that it is compiled for each of the
+ * region's target clones. */
+static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows) *D, REAL lr, int loss,
+                                           const FN(fm_swork) *W, int t, int nt, fm_tally *tally)
+{
+    const ptrdiff_t n_in = D->n_in, n = D->n, batch = D->batch, nout = P->nout, stride = P->stride;
+    const int G = P->n_groups;
+    REAL *restrict dZ = t < P->n_slices ? W->dZ + t * batch * nout : NULL;
+    int parity = 0;
+
+    for (ptrdiff_t start = 0; start < n; start += batch, parity ^= 1) {
+        const ptrdiff_t B = n - start < batch ? n - start : batch;
+        REAL *restrict Pb = W->P + parity * batch * G * nout;
+
+        /* forward, example by example: each owned slice's hidden units (the example's
+         * non-zero inputs' rows summed in registers) and its groups' partial logits */
+        for (ptrdiff_t b = 0; b < B; b++) {
+            const REAL *vals;
+            const int32_t *idx;
+            const ptrdiff_t k = FN(fm_row)(D, D->order[start + b], &vals, &idx);
+            if (start + b + 1 < n)
+                FN(fm_prefetch_row)(D, D->order[start + b + 1], D->order[start + b + 2 < n ? start + b + 2 : n - 1]);
+            for (int s = t; s < P->n_slices; s += nt) {
+                const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
+                const ptrdiff_t width = GROUP_OFF(g1);
+                const REAL *WhT = P->WhT + s * n_in * stride, *bh = P->bh + s * stride, *Wy = P->Wy + s * nout * stride;
+                REAL *restrict h = W->H + (s * batch + b) * stride;
+                for (int g = g0; g < g1; g++)
+                    FN(fm_gather)(h + GROUP_OFF(g), bh + GROUP_OFF(g), GROUP_LINES(g), vals, idx, k,
+                                  WhT + GROUP_OFF(g), stride);
+                for (ptrdiff_t j = 0; j < width; j++) h[j] = FN(fm_tanh1)(h[j]);
+                for (int g = g0; g < g1; g++) {
+                    const ptrdiff_t off = GROUP_OFF(g), len = GROUP_LINES(g) * LANES;
+                    for (ptrdiff_t o = 0; o < nout; o++) {
+                        const REAL *restrict wy = Wy + o * stride + off;
+                        REAL sum = 0;
+#pragma omp simd reduction(+ : sum)
+                        for (ptrdiff_t j = 0; j < len; j++) sum += h[off + j] * wy[j];
+                        Pb[(b * G + g) * nout + o] = sum;
+                    }
+                }
+            }
+        }
+        if (nt > 1) {
+#if FM_SPIN_BARRIER
+            fm_barrier(W->sync, nt);
+#elif defined(_OPENMP)
+#pragma omp barrier
+#endif
+        }
+        /* No second barrier: a thread's next forward pass touches only its own
+         * slices, and writes the other half of P. */
+        if (dZ)
+            FN(fm_sparse_step)(P, D, lr, loss, W, t, nt, tally, start, B, Pb, dZ);
+    }
+}
+
+#undef GROUP_OFF
+#undef GROUP_LINES
+
+FM_CLONES int FN(fm_sparse_epoch)(const FN(fm_net) *P, const FN(fm_rows) *D, REAL lr, int loss,
+                                  const FN(fm_swork) *W, int n_threads, fm_tally *tally)
+{
+    if (!FN(fm_valid_loss)(loss))
+        return FM_ERR_LOSS;
+    if (P->stride % LANES)
+        return FM_ERR_LAYOUT;
+    if (n_threads < 1)
+        n_threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_threads)
+    {
+        const int t = omp_get_thread_num();
+        FN(fm_sparse_thread)(P, D, lr, loss, W, t, omp_get_num_threads(), t == 0 ? tally : NULL);
+    }
+#else
+    FN(fm_sparse_thread)(P, D, lr, loss, W, 0, 1, tally);
+#endif
+    return FM_OK;
+}
+
+/* Dense rows -> CSR, in two passes: fm_csr_counts writes each row's number of
+ * non-zeros (NaN counts as non-zero), fm_csr_fill the indices and values of the
+ * rows, given indptr (the running sum of the counts). */
+FM_CLONES void FN(fm_csr_counts)(const REAL *restrict X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *restrict counts)
+{
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (ptrdiff_t r = 0; r < n_rows; r++) {
+        const REAL *restrict x = X + r * n_in;
+        int64_t c = 0;
+        for (ptrdiff_t i = 0; i < n_in; i++) c += x[i] != 0;
+        counts[r] = c;
+    }
+}
+
+FM_CLONES void FN(fm_csr_fill)(const REAL *restrict X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *restrict indptr,
+                               int32_t *restrict indices, REAL *restrict data)
+{
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (ptrdiff_t r = 0; r < n_rows; r++) {
+        const REAL *restrict x = X + r * n_in;
+        int64_t k = indptr[r];
+        for (ptrdiff_t i = 0; i < n_in; i++)
+            if (x[i] != 0) {
+                indices[k] = (int32_t)i;
+                data[k++] = x[i];
+            }
+    }
+}
+
+#undef FM_GATHER
+#undef FM_UPDATE
+#undef LANES
+#undef VL
