@@ -37,7 +37,7 @@ def test_forward_hidden(benchmark, backend, network, dtype, batch):
     kern = backends.kernels(backend)
     np.testing.assert_allclose(kern.forward_hidden(Xb, p["Wh"], p["bh"]), out.H, **_tolerance(dtype))
     _group(benchmark, "forward_hidden", name, dtype, batch, backend)
-    with epochs.blas_limits(len(Xb)):
+    with epochs.blas_limits(len(Xb) < epochs.BLAS_THREADS_MIN_BATCH):
         benchmark(kern.forward_hidden, Xb, p["Wh"], p["bh"])
 
 
@@ -65,5 +65,5 @@ def test_backward_update(benchmark, backend, network, dtype, batch):
     for k in ref.PARAM_NAMES:
         np.testing.assert_allclose(got[k], expected[k], **_tolerance(dtype))
     _group(benchmark, "backward_update", name, dtype, batch, backend)
-    with epochs.blas_limits(len(Xb)):
+    with epochs.blas_limits(len(Xb) < epochs.BLAS_THREADS_MIN_BATCH):
         benchmark(kern.backward_update, Xb, out.H, dZ, epochs.Params(**got), 1e-3)

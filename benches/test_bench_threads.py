@@ -31,7 +31,7 @@ def test_gil_released(benchmark, backend, models, network):
 
     # the threads' models must end where sequential training ends
     check = [ref.init_params(*shape, dtype=np.float32, seed=i) for i in range(models)]
-    with epochs.blas_limits(1):  # the same BLAS threads: results are then bitwise equal
+    with epochs.blas_limits(True):  # the same BLAS threads: results are then bitwise equal
         for p in check:
             epoch(p)
         run()
@@ -41,5 +41,5 @@ def test_gil_released(benchmark, backend, models, network):
 
     benchmark.group = f"gil {name} {backend} batch=64"
     benchmark.extra_info.update(backend=backend, models=models)
-    with epochs.blas_limits(1):
+    with epochs.blas_limits(True):
         benchmark.pedantic(run, rounds=3, iterations=1)

@@ -59,8 +59,16 @@ def check_dtype(dtype, name="dtype"):
     return dt
 
 
+def is_sparse(X):
+    """Whether X is a scipy.sparse matrix or array (without importing scipy.sparse)."""
+    return hasattr(X, "tocsr") and hasattr(X, "nnz")
+
+
 def check_X(X, name="X", n_features=None, dtype=np.float64):
-    """A finite, non-empty 2-D numeric array as C-contiguous ``dtype``."""
+    """A finite, non-empty 2-D numeric array as C-contiguous ``dtype``; a
+    scipy.sparse matrix or array as a canonical CSR matrix (``check_sparse_X``)."""
+    if is_sparse(X):
+        return check_sparse_X(X, name, n_features, dtype)
     arr = np.asarray(X)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
@@ -107,3 +115,48 @@ def check_y(y, n_samples, n_out, name="y"):
             f"[{labels.min()}, {labels.max()}]"
         )
     return np.ascontiguousarray(labels, dtype=np.intp)
+
+
+def check_sparse_X(X, name="X", n_features=None, dtype=np.float64):
+    """A scipy.sparse matrix or array (any format: CSC, COO and the others are
+    converted to CSR once) as a new canonical ``scipy.sparse.csr_matrix`` of
+    ``dtype``: duplicate entries summed, indices sorted, nothing densified. The
+    structure is checked first: real finite data, indptr of n_rows + 1
+    non-decreasing offsets, column indices in range."""
+    import scipy.sparse as sp
+
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got {X.ndim}-D of shape {X.shape}")
+    if X.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got sparse data of dtype {X.dtype}")
+    n_rows, n_cols = X.shape
+    if n_rows == 0:
+        raise ValueError(f"{name} must have at least one row, got shape {X.shape}")
+    if n_features is not None and n_cols != n_features:
+        raise ValueError(f"{name} must have {n_features} columns (the model's n_in), got shape {X.shape}")
+    if X.format != "csr":
+        try:
+            X = X.tocsr()
+        except (ValueError, IndexError) as exc:
+            raise ValueError(f"{name} is not a valid {X.format.upper()} matrix: {exc}") from None
+    data, indices, indptr = X.data, X.indices, X.indptr
+    if indptr.ndim != 1 or len(indptr) != n_rows + 1:
+        raise ValueError(f"{name}.indptr must hold n_rows + 1 = {n_rows + 1} offsets, got {len(indptr)}")
+    if indptr[0] != 0 or (np.diff(indptr) < 0).any():
+        raise ValueError(f"{name}.indptr must start at 0 and never decrease (CSR row offsets)")
+    nnz = int(indptr[-1])
+    if nnz > len(indices) or nnz > len(data):
+        raise ValueError(f"{name}.indptr ends at {nnz}, beyond the {min(len(indices), len(data))} stored entries")
+    indices, data = indices[:nnz], data[:nnz]
+    if nnz and (indices.min() < 0 or indices.max() >= n_cols):
+        raise ValueError(f"{name} has column indices outside [0, {n_cols}): "
+                         f"from {indices.min()} to {indices.max()}")
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    with np.errstate(over="ignore"):
+        values = data.astype(dtype)
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name} has values too large for {np.dtype(dtype).name}")
+    out = sp.csr_matrix((values, indices.copy(), indptr.copy()), shape=(n_rows, n_cols))
+    out.sum_duplicates()  # also sorts each row's indices
+    return out

@@ -145,16 +145,17 @@ class TorchTrainer:
 # ---- the epoch table ----
 
 def _runner(name, params, X, labels, batch_size, lr):
-    """A function that runs one epoch (or its prefix) over a permutation."""
+    """(a function that runs one epoch (or its prefix) over a permutation, whether it
+    wants OpenBLAS on one thread)."""
     if name.startswith("torch-"):
         trainer = TorchTrainer(params, name.split("-", 1)[1])
         import torch
 
         Xt, yt = torch.from_numpy(X), torch.from_numpy(labels.astype(np.int64))
-        return lambda perm: trainer.epoch(Xt, yt, torch.from_numpy(perm), batch_size, lr)
+        return (lambda perm: trainer.epoch(Xt, yt, torch.from_numpy(perm), batch_size, lr)), False
     p = {k: v.copy() for k, v in params.items()}
     runner = epochs.EpochRunner(backends.kernels(name), p, X, labels, batch_size=batch_size)
-    return lambda perm: runner.epoch(perm, lr)
+    return (lambda perm: runner.epoch(perm, lr)), epochs.wants_one_blas_thread(runner.path, batch_size)
 
 
 def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, perm=None):
@@ -167,9 +168,9 @@ def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, p
     n = len(X)
     if perm is None:
         perm = np.random.default_rng(0).permutation(n)
-    run = _runner(name, params, X, labels, batch_size, lr)
+    run, one_blas_thread = _runner(name, params, X, labels, batch_size, lr)
     warm = perm[:max(batch_size, min(n, 10 * batch_size, 2000))]
-    with epochs.blas_limits(batch_size):
+    with epochs.blas_limits(one_blas_thread):
         run(warm)  # compile, fault in pages, spin up BLAS threads
         estimate = _timed(lambda: run(warm)) * n / len(warm)
         if estimate > 2 * budget:
@@ -187,7 +188,7 @@ def gil_release_ratio(params, X, labels, batch_size, backend, lr=0.1):
     def epoch(p):
         epochs.train_epoch(kern, X, labels, perm, p, lr, batch_size)
 
-    with epochs.blas_limits(1):  # one BLAS thread each: two threads fill the two cores
+    with epochs.blas_limits(True):  # one BLAS thread each: two threads fill the two cores
         epoch(models[0])
         one = statistics.median(_timed(lambda: epoch(models[0])) for _ in range(3))
 

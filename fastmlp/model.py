@@ -129,8 +129,8 @@ class MLP:
 
     def _logits(self, X):
         # X already checked: C-contiguous, the model's dtype, n_in columns
-        out = np.empty((len(X), self._n_out), dtype=self._dtype)
-        for start in range(0, len(X), _PREDICT_CHUNK):
+        out = np.empty((X.shape[0], self._n_out), dtype=self._dtype)
+        for start in range(0, X.shape[0], _PREDICT_CHUNK):
             rows = slice(start, start + _PREDICT_CHUNK)
             out[rows] = ref.forward(self._params, X[rows]).Z
         return out

@@ -159,7 +159,7 @@ def backward(params, outputs, y, loss="ce"):
     ``dH~ = (dZ Wy) * (1 - H*H)``; ``dWh = dH~^T X``, ``dbh = sum_rows dH~``.
     """
     X, H, _, Y_hat = outputs
-    dZ = output_delta(Y_hat, y, loss) / len(X)
+    dZ = output_delta(Y_hat, y, loss) / X.shape[0]
     return param_grads(X, H, dZ, hidden_delta(params["Wy"], H, dZ))
 
 
@@ -190,7 +190,8 @@ def train_epoch(params, X, labels, perm, batch_size, lr, loss="ce"):
 
     Returns ``(loss_sum, n_correct)``: the loss summed over the examples and the
     number of correct predictions, both measured in each batch's forward pass
-    before its update (the running figures every backend reports).
+    before its update (the running figures every backend reports). X may be a
+    scipy.sparse CSR matrix: the same arithmetic, through scipy's products.
     """
     loss_sum, n_correct = 0.0, 0
     for start in range(0, len(perm), batch_size):

@@ -104,7 +104,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = 0
 
     def _epochs(self, X, y, epochs, rng):
-        batch = max(1, min(self.batch_size, len(X)))
+        batch = max(1, min(self.batch_size, X.shape[0]))
         hist = train(self.model_, X, y, epochs=epochs, batch_size=batch, lr=self.learning_rate, loss=self.loss,
                      backend=self.backend, shuffle=self.shuffle, seed=int(rng.randint(2 ** 31 - 1)))
         self.loss_curve_.extend(hist.loss)
@@ -120,9 +120,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         if not self.early_stopping:
             self._epochs(X, labels, self.max_iter, rng)
             return self
-        order = rng.permutation(len(X))
-        n_val = max(1, int(round(self.validation_fraction * len(X))))
-        if n_val >= len(X):
+        order = rng.permutation(X.shape[0])
+        n_val = max(1, int(round(self.validation_fraction * X.shape[0])))
+        if n_val >= X.shape[0]:
             raise ValueError(f"validation_fraction={self.validation_fraction} leaves no training samples")
         val, tr = order[:n_val], order[n_val:]
         best, best_params, stale = np.inf, None, 0

@@ -82,7 +82,7 @@ def run_point(point, X, y, validation_data=None):
 
     record = dict(point)
     record.update({k: None for k in RESULT_COLUMNS})
-    n_samples = point["n_samples"] or len(X)
+    n_samples = point["n_samples"] or X.shape[0]
     record["n_samples"] = n_samples
     try:
         with threadpool_limits(1, user_api="blas"):
@@ -150,10 +150,10 @@ def sweep(X, y, grid, *, validation_data=None, epochs=1, repeats=1, client=None,
     "seconds" (training time) and "error" (None, or the error of a failed point).
     """
     X = check_X(X, "X", dtype=np.float64 if np.asarray(X).dtype == np.float64 else np.float32)
-    y = _check_labels(y, len(X), "y")
+    y = _check_labels(y, X.shape[0], "y")
     if validation_data is not None:
         Xv = check_X(validation_data[0], "validation_data[0]", X.shape[1], X.dtype)
-        validation_data = (Xv, _check_labels(validation_data[1], len(Xv), "validation_data[1]"))
+        validation_data = (Xv, _check_labels(validation_data[1], Xv.shape[0], "validation_data[1]"))
     check_nonnegative_int(epochs, "epochs")
     points = expand_grid(grid, repeats, epochs)
     if client is not None:

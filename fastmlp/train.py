@@ -19,7 +19,7 @@ import numpy as np
 
 from . import backends
 from . import reference as ref
-from ._kernels.epochs import CHUNK_EXAMPLES, Diverged, EpochRunner, blas_limits
+from ._kernels.epochs import CHUNK_EXAMPLES, Diverged, EpochRunner, blas_limits, wants_one_blas_thread
 from ._validation import (
     check_choice,
     check_nonnegative_int,
@@ -38,6 +38,8 @@ class History:
     loss and correct count measured in its forward pass, before its update.
     ``val_loss``/``val_accuracy`` are measured after the epoch (empty without
     validation data). ``seconds`` is the wall time of each epoch's training.
+    ``backend``, ``path`` and ``threads`` say what ran: the backend, its epoch path
+    ("sparse", "blas" or "reference") and the threads of the last epoch.
     """
 
     loss: list = field(default_factory=list)
@@ -46,6 +48,8 @@ class History:
     val_accuracy: list = field(default_factory=list)
     seconds: list = field(default_factory=list)
     backend: str = ""
+    path: str = ""
+    threads: int = 0
 
     @property
     def epochs(self):
@@ -66,7 +70,7 @@ def _check_validation_data(validation_data, model):
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise ValueError("validation_data must be a pair (X_val, y_val)")
     X_val = check_X(validation_data[0], "validation_data[0]", model.n_in, model.dtype)
-    y_val = check_y(validation_data[1], len(X_val), model.n_out, "validation_data[1]")
+    y_val = check_y(validation_data[1], X_val.shape[0], model.n_out, "validation_data[1]")
     return X_val, y_val
 
 
@@ -91,7 +95,7 @@ CHECKPOINT_VERSION = 1
 
 def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto",
           shuffle=True, seed=0, validation_data=None, progress=False,
-          checkpoint=None, checkpoint_every=1, resume=None):
+          checkpoint=None, checkpoint_every=1, resume=None, n_threads=None):
     """Train ``model`` in place by mini-batch SGD and return its ``History``.
 
     Each step applies ``p -= lr * (mean over the batch of dl/dp)``; the last batch
@@ -101,9 +105,12 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
     Parameters
     ----------
     model : MLP
-    X : array (n_samples, n_in)
+    X : array or scipy.sparse matrix (n_samples, n_in)
         Any real dtype and memory layout; converted once to the model's dtype.
-        The caller's arrays are never modified.
+        Sparse matrices and arrays of any format are converted once to CSR and
+        never densified; dense inputs with few non-zeros are converted to CSR
+        once per call (``fastmlp info`` shows the rule). The caller's arrays are
+        never modified.
     y : array
         Integer class labels (n_samples,) in [0, n_out) or one-hot rows (n_samples, n_out).
     epochs : int
@@ -131,6 +138,11 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
     resume : path, optional
         Continue from a checkpoint: a run killed and resumed ends with exactly the
         parameters of an uninterrupted run with the same settings.
+    n_threads : int, optional
+        Threads for the compiled epochs (None: the cores this process may use),
+        within threadpoolctl's limits (``threadpool_limits(1)`` makes training
+        single-threaded) and shared with other trainings running at the same time.
+        The trained parameters are bitwise the same for every thread count.
 
     Raises
     ------
@@ -152,15 +164,17 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
     check_choice(backend, "backend", backends.NAMES)
     check_nonnegative_int(seed, "seed")
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+    if n_threads is not None:
+        n_threads = check_positive_int(n_threads, "n_threads")
     if not isinstance(shuffle, (bool, np.bool_)):
         raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
     if checkpoint is not None:
         _check_writable_dir(checkpoint, "checkpoint")
     X = check_X(X, "X", model.n_in, model.dtype)
-    labels = check_y(y, len(X), model.n_out, "y")
+    labels = check_y(y, X.shape[0], model.n_out, "y")
     val = _check_validation_data(validation_data, model)
     name = backends.resolve(backend)
-    settings = dict(batch_size=batch_size, lr=lr, loss=loss, shuffle=bool(shuffle), seed=seed, n_samples=len(X))
+    settings = dict(batch_size=batch_size, lr=lr, loss=loss, shuffle=bool(shuffle), seed=seed, n_samples=X.shape[0])
     state = _read_checkpoint(resume, model, settings) if resume is not None else None
 
     if not model._training.acquire(blocking=False):
@@ -177,10 +191,12 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
             for k in ref.PARAM_NAMES:
                 model.params[k][...] = state["params"][k]
         model.loss = loss
-        runner = EpochRunner(backends.kernels(name), model.params, X, labels, batch_size=batch_size, loss=loss)
-        n = len(X)
+        runner = EpochRunner(backends.kernels(name), model.params, X, labels, batch_size=batch_size, loss=loss,
+                             n_threads=n_threads)
+        history.path = runner.path
+        n = X.shape[0]
         bar = _Progress(epochs, first) if progress else None
-        with blas_limits(batch_size), (bar or contextlib.nullcontext()):
+        with blas_limits(wants_one_blas_thread(runner.path, batch_size)), (bar or contextlib.nullcontext()):
             for epoch in range(first, epochs):
                 perm = rng.permutation(n) if shuffle else np.arange(n, dtype=np.intp)
                 t0 = time.perf_counter()
@@ -189,6 +205,7 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
                 except Diverged as exc:
                     raise DivergenceError(epoch, exc.batch, history) from None
                 history.seconds.append(time.perf_counter() - t0)
+                history.threads = runner.threads
                 history.loss.append(loss_sum / n)
                 history.accuracy.append(n_correct / n)
                 if val is not None:
@@ -198,7 +215,7 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
                 if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
                     _write_checkpoint(checkpoint, model, epoch + 1, rng, history, settings)
                 if bar is not None:
-                    bar.update(history, len(X))
+                    bar.update(history, n)
     finally:
         model._training.release()
     return history
@@ -295,5 +312,5 @@ def evaluate(model, X, y, loss="ce"):
     model = _check_model(model)
     check_choice(loss, "loss", ref.LOSSES)
     X = check_X(X, "X", model.n_in, model.dtype)
-    labels = check_y(y, len(X), model.n_out, "y")
+    labels = check_y(y, X.shape[0], model.n_out, "y")
     return _evaluate(model, X, labels, loss)

@@ -173,7 +173,7 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_finite_parameters(bac
     perm = np.random.default_rng(5).permutation(64)
     replay = start
     kern = backends.kernels(backend)
-    with epochs.blas_limits(4):
+    with epochs.blas_limits(True):
         epochs.train_epoch(kern, X, y, perm[:4 * err.batch], replay, 3e38, 4)
     for k in ref.PARAM_NAMES:
         np.testing.assert_array_equal(model.params[k], replay[k])
@@ -305,7 +305,7 @@ def replay():
             if all(np.array_equal(p[k], model.params[k]) for k in p):
                 return epoch * 20000 + start
             epochs.train_epoch(kern, X, y.astype(np.intp), order[start:start + chunk], p, 0.01, 1)
-with epochs.blas_limits(1):
+with epochs.blas_limits(True):
     print("consistent after", replay(), "steps", flush=True)
 """
 

@@ -8,6 +8,7 @@ the same primitives with the same signatures (``_np`` the NumPy reference,
 them all::
 
     PATHS                                   the epoch paths it implements
+    THREADED_PATHS                          those of them that run on several threads
 
     tanh(x) -> y                            the tanh the kernels use, 1-D
     forward_hidden(X, Wh, bh) -> H          H = tanh(X Wh^T + bh)

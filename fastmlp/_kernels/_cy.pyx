@@ -43,6 +43,62 @@ cdef extern from "_fused.h" nogil:
         int n_slices, n_groups
         const int32_t *slice_group
         const int32_t *group_line
+    ctypedef struct fm_batches_f:
+        const float *X
+        const intptr_t *labels
+        const intptr_t *order
+        Py_ssize_t n_in, n, batch
+    ctypedef struct fm_batches_d:
+        const double *X
+        const intptr_t *labels
+        const intptr_t *order
+        Py_ssize_t n_in, n, batch
+    ctypedef struct fm_dense_f:
+        float *Wh
+        float *bh
+        float *Wy
+        float *by
+        Py_ssize_t n_in, nh, nout
+        int n_blocks
+        const int32_t *block_unit
+        Py_ssize_t block_max
+    ctypedef struct fm_dense_d:
+        double *Wh
+        double *bh
+        double *Wy
+        double *by
+        Py_ssize_t n_in, nh, nout
+        int n_blocks
+        const int32_t *block_unit
+        Py_ssize_t block_max
+    ctypedef struct fm_bwork_f:
+        float *Xb
+        float *H
+        float *dH
+        float *Zp
+        float *dZ
+        double *row_loss
+        int64_t *row_correct
+        int32_t *sync
+    ctypedef struct fm_bwork_d:
+        double *Xb
+        double *H
+        double *dH
+        double *Zp
+        double *dZ
+        double *row_loss
+        int64_t *row_correct
+        int32_t *sync
+    ctypedef void (*fm_gemm_ptr_f)(const char *, const char *, const int *, const int *, const int *,
+                                   const float *, const float *, const int *, const float *, const int *,
+                                   const float *, float *, const int *)
+    ctypedef void (*fm_gemm_ptr_d)(const char *, const char *, const int *, const int *, const int *,
+                                   const double *, const double *, const int *, const double *, const int *,
+                                   const double *, double *, const int *)
+    int fm_blas_epoch_f(const fm_dense_f *P, const fm_batches_f *D, float lr, int loss, const fm_bwork_f *W,
+                        fm_gemm_ptr_f gemm, int n_threads, fm_tally *tally)
+    int fm_blas_epoch_d(const fm_dense_d *P, const fm_batches_d *D, double lr, int loss, const fm_bwork_d *W,
+                        fm_gemm_ptr_d gemm, int n_threads, fm_tally *tally)
     ctypedef struct fm_rows_f:
         const float *data
         const int32_t *indices
@@ -100,6 +156,7 @@ cdef extern from "_fused.h" nogil:
     int fm_max_threads()
 
 PATHS = ("sparse", "blas")
+THREADED_PATHS = ("sparse", "blas")
 # The C enum of loss codes, for the test that checks it against epochs.LOSS_CODES.
 C_LOSS_CODES = {"ce": FM_LOSS_CE, "mse": FM_LOSS_MSE}
 
@@ -180,44 +237,6 @@ cdef void _step_backward(const floating *Xb, const floating *H, floating *dZ, fl
     _bias_update(by, dZ, B, nout, lr)
     _gemm(True, False, nh, n_in, B, -lr, dH, nh, Xb, n_in, <floating>1, Wh, n_in)
     _bias_update(bh, dH, B, nh, lr)
-
-
-cdef int _blas_epoch(const floating *X, Py_ssize_t n_in, const Py_ssize_t *labels,
-                     const Py_ssize_t *order, Py_ssize_t n_ex, Py_ssize_t batch,
-                     floating *Wh, floating *bh, floating *Wy, floating *by,
-                     Py_ssize_t nh, Py_ssize_t nout, floating lr, int loss,
-                     floating *Xbuf, floating *H, floating *dH, floating *Z, Py_ssize_t *lb,
-                     fm_tally *tally) noexcept nogil:
-    cdef Py_ssize_t start = 0, b, B
-    cdef const floating *Xb
-    cdef bint in_order
-    while start < n_ex:
-        B = min(batch, n_ex - start)
-        # Gather the batch's rows, unless they already lie in order in X.
-        in_order = True
-        for b in range(B):
-            lb[b] = labels[order[start + b]]
-            if order[start + b] != order[start] + b:
-                in_order = False
-        if in_order:
-            Xb = X + order[start] * n_in
-        else:
-            for b in range(B):
-                memcpy(Xbuf + b * n_in, X + order[start + b] * n_in, n_in * sizeof(floating))
-            Xb = Xbuf
-        # forward: H = tanh(Xb Wh^T + bh), Z = H Wy^T + by
-        _gemm(False, True, <int>B, <int>nh, <int>n_in, <floating>1, Xb, <int>n_in, Wh, <int>n_in,
-              <floating>0, H, <int>nh)
-        _bias_tanh(H, bh, B, nh)
-        _gemm(False, True, <int>B, <int>nout, <int>nh, <floating>1, H, <int>nh, Wy, <int>nh,
-              <floating>0, Z, <int>nout)
-        _bias_add(Z, by, B, nout)
-        # loss, accuracy and dZ = dl/dZ / B in one pass over the logits (in place)
-        if _loss_grad(Z, lb, Z, B, nout, loss, <floating>1 / <floating>B, tally) != FM_OK:
-            return FM_ERR_LOSS
-        _step_backward(Xb, H, Z, dH, Wh, bh, Wy, by, <int>B, <int>n_in, <int>nh, <int>nout, lr)
-        start += B
-    return FM_OK
 
 
 # ---- the primitives (the contract of fastmlp._kernels) ----
@@ -384,23 +403,55 @@ def sparse_epoch(P, rows, labels, order, Py_ssize_t batch, double lr, int loss, 
     return _sparse_epoch[double](P.WhT, P, rows, labels, order, batch, lr, loss, work, n_threads)
 
 
-def blas_epoch(P, const floating[:, ::1] X, const Py_ssize_t[::1] labels, const Py_ssize_t[::1] order,
-               Py_ssize_t batch, double lr, int loss, work):
-    """Mini-batch SGD over the batches of X[order] with GEMMs, in place on the block P
-    (the model's layout), the GIL released. A batch whose rows lie in order in X is
-    read in place, any other is gathered into work.Xb. Returns (loss_sum, n_correct)."""
-    cdef floating[:, ::1] Wh = P.Wh, Wy = P.Wy, H = work.H, dH = work.dH, Z = work.Z
+cdef _blas_epoch(floating[:, ::1] Wh, P, const floating[:, ::1] X, const Py_ssize_t[::1] labels,
+                 const Py_ssize_t[::1] order, Py_ssize_t batch, double lr, int loss, work, int n_threads):
     cdef floating[::1] bh = P.bh, by = P.by
-    cdef Py_ssize_t[::1] lb = work.labels
-    cdef floating[:, ::1] Xb = work.Xb
-    cdef floating *xbuf = &Xb[0, 0] if Xb.shape[0] > 0 else NULL
+    cdef floating[:, ::1] Wy = P.Wy, dZ = work.dZ
+    cdef floating[:, :, ::1] Xb = work.Xb, H = work.H, dH = work.dH, Zp = work.Zp
+    cdef const int32_t[::1] block_unit = P.block_unit
+    cdef double[::1] row_loss = work.row_loss
+    cdef int64_t[::1] row_correct = work.row_correct
+    cdef int32_t[::1] sync = work.sync
     cdef fm_tally tally = fm_tally(0, 0)
     cdef int status
-    if order.shape[0] == 0:
-        return 0.0, 0
+    cdef fm_dense_f Pf
+    cdef fm_dense_d Pd
+    cdef fm_batches_f Df
+    cdef fm_batches_d Dd
+    cdef fm_bwork_f Wf
+    cdef fm_bwork_d Wd
+    batch = min(batch, order.shape[0])
+    if H.shape[1] < batch or (Xb.shape[1] and Xb.shape[1] < batch):
+        raise ValueError("the workspace does not fit the batch size")
+    cdef floating *xb = &Xb[0, 0, 0] if Xb.shape[1] else NULL
     with nogil:
-        status = _blas_epoch(&X[0, 0], X.shape[1], &labels[0], &order[0], order.shape[0],
-                             min(batch, order.shape[0]), &Wh[0, 0], &bh[0], &Wy[0, 0], &by[0], Wh.shape[0],
-                             Wy.shape[0], <floating>lr, loss, xbuf, &H[0, 0], &dH[0, 0], &Z[0, 0], &lb[0], &tally)
+        if floating is float:
+            Pf = fm_dense_f(&Wh[0, 0], &bh[0], &Wy[0, 0], &by[0], Wh.shape[1], Wh.shape[0], Wy.shape[0],
+                            <int>(block_unit.shape[0] - 1), &block_unit[0], H.shape[2])
+            Df = fm_batches_f(&X[0, 0], <const intptr_t*>&labels[0], <const intptr_t*>&order[0], X.shape[1],
+                              order.shape[0], batch)
+            Wf = fm_bwork_f(xb, &H[0, 0, 0], &dH[0, 0, 0], &Zp[0, 0, 0], &dZ[0, 0], &row_loss[0], &row_correct[0],
+                            &sync[0])
+            status = fm_blas_epoch_f(&Pf, &Df, <float>lr, loss, &Wf, <fm_gemm_ptr_f>sgemm, n_threads, &tally)
+        else:
+            Pd = fm_dense_d(&Wh[0, 0], &bh[0], &Wy[0, 0], &by[0], Wh.shape[1], Wh.shape[0], Wy.shape[0],
+                            <int>(block_unit.shape[0] - 1), &block_unit[0], H.shape[2])
+            Dd = fm_batches_d(&X[0, 0], <const intptr_t*>&labels[0], <const intptr_t*>&order[0], X.shape[1],
+                              order.shape[0], batch)
+            Wd = fm_bwork_d(xb, &H[0, 0, 0], &dH[0, 0, 0], &Zp[0, 0, 0], &dZ[0, 0], &row_loss[0], &row_correct[0],
+                            &sync[0])
+            status = fm_blas_epoch_d(&Pd, &Dd, lr, loss, &Wd, <fm_gemm_ptr_d>dgemm, n_threads, &tally)
     _check(status)
     return tally.loss_sum, tally.n_correct
+
+
+def blas_epoch(P, X, labels, order, Py_ssize_t batch, double lr, int loss, work, int n_threads):
+    """Mini-batch SGD over the batches of X[order] with GEMMs, in place on the block P
+    (epochs.BlasNet: the model's layout and its blocks of hidden units), on
+    ``n_threads`` threads, the GIL released. A batch whose rows lie in order in X is
+    read in place, any other is gathered into work.Xb. Returns (loss_sum, n_correct)."""
+    if len(order) == 0:
+        return 0.0, 0
+    if P.Wh.dtype == np.float32:
+        return _blas_epoch[float](P.Wh, P, X, labels, order, batch, lr, loss, work, n_threads)
+    return _blas_epoch[double](P.Wh, P, X, labels, order, batch, lr, loss, work, n_threads)

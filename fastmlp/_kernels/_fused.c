@@ -10,6 +10,7 @@
  * one thread.
  */
 #include <math.h>
+#include <string.h>
 #include "_fused.h"
 
 #ifdef _OPENMP
@@ -79,6 +80,15 @@ static FM_INLINE void fm_barrier(int32_t *sync, int n)
 }
 #endif
 
+/* The threads of a parallel region meet here (no-op for one thread). */
+#if FM_SPIN_BARRIER
+#define FM_BARRIER(sync, n) do { if ((n) > 1) fm_barrier((sync), (n)); } while (0)
+#elif defined(_OPENMP)
+#define FM_BARRIER(sync, n) do { if ((n) > 1) { _Pragma("omp barrier") } } while (0)
+#else
+#define FM_BARRIER(sync, n) do { (void)(sync); } while (0)
+#endif
+
 int fm_max_threads(void)
 {
 #ifdef _OPENMP
@@ -99,6 +109,7 @@ int fm_max_threads(void)
 #define LOG logf
 #include "_fused_impl.h"
 #include "_sparse_impl.h"
+#include "_blas_impl.h"
 #undef REAL
 #undef S
 #undef EXP
@@ -110,3 +121,4 @@ int fm_max_threads(void)
 #define LOG log
 #include "_fused_impl.h"
 #include "_sparse_impl.h"
+#include "_blas_impl.h"

@@ -59,6 +59,41 @@ typedef struct {
         REAL *H, *dH, *P, *dZ, *gWy, *gbh;                                             \
         int32_t *sync;                                                                 \
     } fm_swork_##S;                                                                    \
+    /* The examples of a dense epoch: rows order[0 .. n) of X (n_rows, n_in), batch  \
+     * at a time (the last batch may be smaller). */                                   \
+    typedef struct {                                                                   \
+        const REAL *X;                                                                 \
+        const intptr_t *labels, *order;                                                \
+        ptrdiff_t n_in, n, batch;                                                      \
+    } fm_batches_##S;                                                                  \
+    /* The parameters in the model's layout, for the BLAS epoch: Wh (nh, n_in), bh     \
+     * (nh,), Wy (nout, nh), by (nout,); the hidden units cut into n_blocks blocks    \
+     * (block j: units block_unit[j] .. block_unit[j + 1], at most block_max). */    \
+    typedef struct {                                                                   \
+        REAL *Wh, *bh, *Wy, *by;                                                       \
+        ptrdiff_t n_in, nh, nout;                                                      \
+        int n_blocks;                                                                  \
+        const int32_t *block_unit;                                                     \
+        ptrdiff_t block_max;                                                           \
+    } fm_dense_##S;                                                                    \
+    /* Workspace of the BLAS epoch: Xb (2, batch, n_in) the gathered rows, one half    \
+     * per batch parity (unused where batches lie in order in X); H, dH (n_blocks,     \
+     * batch, block_max), each block's rows `width` apart; Zp (n_blocks, batch, nout)  \
+     * the partial logits; dZ (batch, nout); row_loss, row_correct (batch,); sync     \
+     * the threads' barrier (32 int32, zero-filled, cache aligned). */                 \
+    typedef struct {                                                                   \
+        REAL *Xb, *H, *dH, *Zp, *dZ;                                                   \
+        double *row_loss;                                                              \
+        int64_t *row_correct;                                                          \
+        int32_t *sync;                                                                 \
+    } fm_bwork_##S;                                                                    \
+    /* A BLAS GEMM (column-major, arguments by address), e.g. scipy's cython_blas. */ \
+    typedef void (*fm_gemm_ptr_##S)(const char *, const char *, const int *, const int *, const int *, \
+                                    const REAL *, const REAL *, const int *, const REAL *, const int *, \
+                                    const REAL *, REAL *, const int *);               \
+    int fm_blas_epoch_##S(const fm_dense_##S *P, const fm_batches_##S *D, REAL lr, int loss, \
+                          const fm_bwork_##S *W, fm_gemm_ptr_##S gemm, int n_threads,  \
+                          fm_tally *tally);                                            \
     void fm_tanh_##S(REAL *x, ptrdiff_t n);                                            \
     void fm_bias_tanh_##S(REAL *H, const REAL *b, ptrdiff_t B, ptrdiff_t n);          \
     void fm_bias_add_##S(REAL *Z, const REAL *b, ptrdiff_t B, ptrdiff_t n);           \

@@ -30,6 +30,7 @@ from numba.extending import get_cython_function_address, intrinsic
 from .epochs import LOSS_CODES
 
 PATHS = ("sparse", "blas")
+THREADED_PATHS = ("sparse",)  # its BLAS path runs on one thread
 _CE, _MSE = LOSS_CODES["ce"], LOSS_CODES["mse"]  # compile-time constants of the compiled code
 
 
@@ -480,12 +481,16 @@ def _step_backward(Xb, Hb, dZb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_rea
 
 
 @_jit
-def _blas_epoch(Wh, bh, Wy, by, X, labels, perm, batch, lr, loss, Xbuf, H, dH, Z, ws_int, ws_char, ws_real):
+def _blas_epoch(Wh, bh, Wy, by, block_unit, X, labels, perm, batch, lr, loss, Xbuf, H, dH, Zp, dZ, ws_int, ws_char,
+                ws_real):
+    """The BLAS epoch of _blas_impl.h on one thread: the same blocks of hidden units
+    (one GEMM each per step), their partial logits added in block order."""
     _check_loss(loss)
     n_ex = perm.size
     n_in = X.shape[1]
     nh = Wh.shape[0]
     nout = Wy.shape[0]
+    nb = block_unit.size - 1
     t = Wh.dtype.type
     loss_sum = 0.0
     n_correct = 0
@@ -493,7 +498,7 @@ def _blas_epoch(Wh, bh, Wy, by, X, labels, perm, batch, lr, loss, Xbuf, H, dH, Z
     while start < n_ex:
         B = min(batch, n_ex - start)
         in_order = True
-        for b in range(B):
+        for b in range(1, B):
             if perm[start + b] != perm[start] + b:
                 in_order = False
                 break
@@ -501,22 +506,45 @@ def _blas_epoch(Wh, bh, Wy, by, X, labels, perm, batch, lr, loss, Xbuf, H, dH, Z
             Xb = X[perm[start]:perm[start] + B]
         else:
             for b in range(B):
-                row = perm[start + b]
-                for i in range(n_in):
-                    Xbuf[b, i] = X[row, i]
-            Xb = Xbuf[:B]
-        Hb, dHb, Zb = H[:B], dH[:B], Z[:B]
-        _gemm(False, True, B, nh, n_in, t(1), Xb, n_in, Wh, n_in, t(0), Hb, nh, ws_int, ws_char, ws_real)
-        _bias_tanh(Hb, bh)
-        _gemm(False, True, B, nout, nh, t(1), Hb, nh, Wy, nh, t(0), Zb, nout, ws_int, ws_char, ws_real)
+                Xbuf[0, b] = X[perm[start + b]]
+            Xb = Xbuf[0, :B]
+        for j in range(nb):
+            u0, u1 = block_unit[j], block_unit[j + 1]
+            w = u1 - u0
+            Hj = H[j].reshape(H.shape[1] * H.shape[2])[:B * w].reshape((B, w))
+            _gemm(False, True, B, w, n_in, t(1), Xb, n_in, Wh[u0:], n_in, t(0), Hj, w, ws_int, ws_char, ws_real)
+            for r in range(B):
+                for c in range(w):
+                    Hj[r, c] += bh[u0 + c]
+            _tanh_inplace(H[j].reshape(H.shape[1] * H.shape[2])[:B * w])
+            _gemm(False, True, B, nout, w, t(1), Hj, w, Wy[:, u0:], nh, t(0), Zp[j], nout, ws_int, ws_char, ws_real)
         scale = t(1) / t(B)
         for b in range(B):
             for o in range(nout):
-                Zb[b, o] += by[o]
-            rl, rc = _row_loss_grad(Zb, b, labels[perm[start + b]], Zb, loss, scale)
+                z = by[o]
+                for j in range(nb):
+                    z += Zp[j, b, o]
+                dZ[b, o] = z
+            rl, rc = _row_loss_grad(dZ, b, labels[perm[start + b]], dZ, loss, scale)
             loss_sum += rl
             n_correct += rc
-        _step_backward(Xb, Hb, Zb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_real)
+        for j in range(nb):
+            u0, u1 = block_unit[j], block_unit[j + 1]
+            w = u1 - u0
+            Hj = H[j].reshape(H.shape[1] * H.shape[2])[:B * w].reshape((B, w))
+            dHj = dH[j].reshape(dH.shape[1] * dH.shape[2])[:B * w].reshape((B, w))
+            _gemm(False, False, B, w, nout, t(1), dZ, nout, Wy[:, u0:], nh, t(0), dHj, w, ws_int, ws_char, ws_real)
+            for r in range(B):
+                for c in range(w):
+                    dHj[r, c] *= t(1) - Hj[r, c] * Hj[r, c]
+            _gemm(True, False, nout, w, B, -lr, dZ, nout, Hj, w, t(1), Wy[:, u0:], nh, ws_int, ws_char, ws_real)
+            for r in range(B):
+                for c in range(w):
+                    bh[u0 + c] -= lr * dHj[r, c]
+            _gemm(True, False, w, n_in, B, -lr, dHj, w, Xb, n_in, t(1), Wh[u0:], n_in, ws_int, ws_char, ws_real)
+        for b in range(B):
+            for o in range(nout):
+                by[o] -= lr * dZ[b, o]
         start += B
     return loss_sum, n_correct
 
@@ -668,11 +696,12 @@ def dense_to_csr(X):
     return data, indices, indptr
 
 
-def blas_epoch(P, X, labels, order, batch, lr, loss, work):
+def blas_epoch(P, X, labels, order, batch, lr, loss, work, n_threads):
     """Mini-batch SGD over the batches of X[order] with GEMMs, in place on the block P
-    (the model's layout); returns (loss_sum, n_correct)."""
+    (epochs.BlasNet), on one thread whatever ``n_threads`` says (the same blocks the
+    Cython kernels' threads take); returns (loss_sum, n_correct)."""
     if len(order) == 0:
         return 0.0, 0
     dtype = P.Wh.dtype
     return _call(_blas_epoch, *P, X, labels, order, min(batch, len(order)), _as(dtype, lr), loss,
-                 *work[:4], *_gemm_workspace(dtype))
+                 *work[:5], *_gemm_workspace(dtype))

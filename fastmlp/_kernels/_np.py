@@ -11,6 +11,7 @@ from .. import reference as ref
 from .epochs import LOSS_CODES
 
 PATHS = ("reference",)
+THREADED_PATHS = ()
 _LOSS_NAMES = {code: name for name, code in LOSS_CODES.items()}
 
 

@@ -280,13 +280,7 @@ static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows
                 }
             }
         }
-        if (nt > 1) {
-#if FM_SPIN_BARRIER
-            fm_barrier(W->sync, nt);
-#elif defined(_OPENMP)
-#pragma omp barrier
-#endif
-        }
+        FM_BARRIER(W->sync, nt);
         /* No second barrier: a thread's next forward pass touches only its own
          * slices, and writes the other half of P. */
         if (dZ)

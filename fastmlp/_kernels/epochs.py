@@ -31,6 +31,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .._validation import is_sparse
+
 # ---- the loss table ----
 
 # name -> code. Adding a loss: its functions in fastmlp/reference.py, a row here,
@@ -80,11 +82,6 @@ def input_density(X, rows=256):
         return 0.0
     sample = X[::max(1, X.shape[0] // rows)][:rows]
     return float(np.count_nonzero(sample) / sample.size)
-
-
-def is_sparse(X):
-    """Whether X is a scipy.sparse matrix or array."""
-    return hasattr(X, "tocsr") and hasattr(X, "nnz")
 
 
 def auto_path(batch, density, sparse_input=False):
@@ -164,49 +161,62 @@ def wanted_threads(n_threads, kernels):
     return max(1, min(n, limit))
 
 
-# One BLAS thread below this batch size: for small GEMMs a second thread costs
-# more in synchronisation than it gains (measured: batch 1 and 10 slower with two).
+# The reference path (NumPy) runs its GEMMs on one BLAS thread below this batch
+# size: for small GEMMs a second thread costs more in synchronisation than it
+# gains (measured: batch 1 and 10 slower with two). The compiled paths always run
+# OpenBLAS on one thread: their own threads split the work, and OpenBLAS's
+# results differ in the last bits between one thread and two.
 BLAS_THREADS_MIN_BATCH = 64
+
+
+def wants_one_blas_thread(path, batch_size):
+    """Whether a training on ``path`` runs OpenBLAS on one thread."""
+    return path != "reference" or batch_size < BLAS_THREADS_MIN_BATCH
 
 
 class _BlasThreads:
     """The BLAS thread count for training, shared by concurrent trainings.
 
     OpenBLAS's thread count is process-wide, and its results depend on it in the
-    last bits. The first training to start sets it (one thread below
-    BLAS_THREADS_MIN_BATCH, else the library's default), trainings that overlap it
-    keep that setting, and the last one to finish restores the previous one. So a
-    training never sees the count change under it, and models trained in parallel
-    threads end bitwise equal to the same models trained one after another.
+    last bits. While any running training wants one thread (every compiled path
+    does), OpenBLAS runs on one; otherwise on the library's default. The last
+    training to finish restores the previous setting. So a compiled path never
+    sees more than one BLAS thread, and models trained in parallel threads end
+    bitwise equal to the same models trained one after another.
     """
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._users = 0
+        self._wants = []
         self._limiter = None
 
     @contextlib.contextmanager
-    def __call__(self, batch_size):
-        from threadpoolctl import threadpool_limits
-
+    def __call__(self, one_thread):
         with self._lock:
-            if self._users == 0:
-                one = batch_size < BLAS_THREADS_MIN_BATCH
-                self._limiter = threadpool_limits(limits=1 if one else None, user_api="blas")
-            self._users += 1
+            self._wants.append(bool(one_thread))
+            self._apply()
         try:
             yield
         finally:
             with self._lock:
-                self._users -= 1
-                if self._users == 0:
-                    self._limiter.restore_original_limits()
-                    self._limiter = None
+                self._wants.remove(bool(one_thread))
+                self._apply()
+
+    def _apply(self):
+        from threadpoolctl import threadpool_limits
+
+        one = any(self._wants)
+        if self._limiter is not None and (not self._wants or one != self._one):
+            self._limiter.restore_original_limits()
+            self._limiter = None
+        if self._wants and self._limiter is None:
+            self._one = one
+            self._limiter = threadpool_limits(limits=1 if one else None, user_api="blas")
 
 
 blas_limits = _BlasThreads()
-blas_limits.__doc__ = """blas_limits(batch_size): a context manager that sets the BLAS thread count
-suited to ``batch_size`` for the duration of a training (see _BlasThreads)."""
+blas_limits.__doc__ = """blas_limits(one_thread): a context manager that runs OpenBLAS on one
+thread (or leaves it to its default) for the duration of a training (see _BlasThreads)."""
 
 
 # ---- layouts: parameter blocks, rows, workspaces ----
@@ -266,14 +276,30 @@ class SparseWork(NamedTuple):
     sync: np.ndarray  # (32,) int32 the threads' barrier
 
 
-class BlasWork(NamedTuple):
-    """Workspace of the BLAS path for batches of up to ``batch`` examples."""
+class BlasNet(NamedTuple):
+    """The parameters in the model's layout for the BLAS path, with the blocks of
+    hidden units its threads own (``block_unit``: the first unit of each block and
+    the end; fixed by n_hidden alone, so results do not depend on the thread count)."""
 
-    Xb: np.ndarray     # (batch, n_in) the gathered batch, or (0, n_in) when batches are read in place
-    H: np.ndarray      # (batch, nh)
-    dH: np.ndarray     # (batch, nh)
-    Z: np.ndarray      # (batch, nout) logits, then dl/dz
-    labels: np.ndarray  # (batch,) the batch's labels
+    Wh: np.ndarray
+    bh: np.ndarray
+    Wy: np.ndarray
+    by: np.ndarray
+    block_unit: np.ndarray  # (n_blocks + 1,) int32
+
+
+class BlasWork(NamedTuple):
+    """Workspace of the BLAS path for batches of up to ``batch`` examples (see
+    _fused.h fm_bwork)."""
+
+    Xb: np.ndarray           # (2, batch, n_in) the gathered rows per batch parity; (2, 0, n_in) while unused
+    H: np.ndarray            # (n_blocks, batch, block_max)
+    dH: np.ndarray           # (n_blocks, batch, block_max)
+    Zp: np.ndarray           # (n_blocks, batch, n_out) partial logits
+    dZ: np.ndarray           # (batch, n_out)
+    row_loss: np.ndarray     # (batch,) float64
+    row_correct: np.ndarray  # (batch,) int64
+    sync: np.ndarray         # (32,) int32 the threads' barrier
 
 
 CACHE_LINE = 64  # bytes
@@ -356,6 +382,27 @@ def sparse_work(net, batch):
                       aligned_zeros(CACHE_LINE // 2, np.int32))
 
 
+BLAS_BLOCK_UNITS = 64  # about this many hidden units per block of the BLAS path
+
+
+def blas_blocks(n_hidden):
+    """The first hidden unit of each block of the BLAS path and the end (int32):
+    ceil(n_hidden / 64) blocks, as even as can be."""
+    n_blocks = -(-n_hidden // BLAS_BLOCK_UNITS)
+    sizes = np.full(n_blocks, n_hidden // n_blocks)
+    sizes[:n_hidden % n_blocks] += 1
+    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
+
+
+def blas_work(net, batch, n_in, gathered):
+    n_blocks, width = len(net.block_unit) - 1, int(np.diff(net.block_unit).max())
+    n_out, dtype = net.Wy.shape[0], net.Wh.dtype
+    return BlasWork(np.empty((2, batch if gathered else 0, n_in), dtype), np.empty((n_blocks, batch, width), dtype),
+                    np.empty((n_blocks, batch, width), dtype), np.empty((n_blocks, batch, n_out), dtype),
+                    np.empty((batch, n_out), dtype), np.empty(batch, np.float64), np.empty(batch, np.int64),
+                    aligned_zeros(CACHE_LINE // 2, np.int32))
+
+
 def batch_order(perm, n_rows, batch_size):
     """``(perm, in_order)`` for an epoch over ``X[perm]``.
 
@@ -418,24 +465,30 @@ class EpochRunner:
             self.rows = self._rows(rows)
             self.block, self.work = self._layout(1)
         elif self.path == "blas":
-            nh, n_in = params["Wh"].shape
-            nout, dtype = params["Wy"].shape[0], params["Wh"].dtype
-            self.block = Params(*(params[k] for k in PARAM_NAMES))
-            self.work = BlasWork(np.empty((0, n_in), dtype), np.empty((self.batch, nh), dtype),
-                                 np.empty((self.batch, nh), dtype), np.empty((self.batch, nout), dtype),
-                                 np.empty(self.batch, np.intp))
+            self.block = BlasNet(*(params[k] for k in PARAM_NAMES), blas_blocks(params["bh"].shape[0]))
+            self.work = blas_work(self.block, self.batch, X.shape[1], gathered=False)
         else:
             self.block = Params(*(params[k] for k in PARAM_NAMES))
 
     def _rows(self, layout):
         X = self.X
         if is_sparse(X):
-            return Rows(X.data, X.indices, X.indptr)
+            return Rows(X.data, X.indices.astype(np.int32, copy=False), X.indptr.astype(np.int64, copy=False))
         if layout == "csr":
             return Rows(*self.kernels.dense_to_csr(X))
         return Rows(X.reshape(-1), np.arange(X.shape[1], dtype=np.int32), None)
 
     # -- the sparse path's layout for a thread count; moving the parameters in and out --
+
+    def _usable(self, n_threads):
+        """How many of ``n_threads`` threads the path can keep busy: one per group of
+        hidden units (sparse path) or per block (BLAS path), on the paths the backend
+        runs on threads (its THREADED_PATHS); the rest run on one."""
+        if self.path not in self.kernels.THREADED_PATHS:
+            return 1
+        if self.path == "sparse":
+            return min(n_threads, len(hidden_groups(self.params["bh"].shape[0], self.params["bh"].itemsize)) - 1)
+        return min(n_threads, len(self.block.block_unit) - 1)
 
     def _layout(self, n_threads):
         if n_threads not in self._layouts:
@@ -483,10 +536,10 @@ class EpochRunner:
                                                 self.loss)
         order, in_order = batch_order(order, self.n_rows, self.batch_size)
         order = np.ascontiguousarray(order, dtype=np.intp)
-        if not in_order and len(self.work.Xb) < min(self.batch_size, len(order)):
-            self.work = self.work._replace(Xb=np.empty((len(self.work.H), self.X.shape[1]), self.X.dtype))
+        if not in_order and self.work.Xb.shape[1] == 0:
+            self.work = blas_work(self.block, self.batch, self.X.shape[1], gathered=True)
         return self.kernels.blas_epoch(self.block, self.X, self.labels, order, self.batch_size, lr,
-                                       self.loss, self.work)
+                                       self.loss, self.work, self.threads)
 
     # -- a whole epoch, in chunks --
 
@@ -502,7 +555,7 @@ class EpochRunner:
         replayed batch by batch (the kernels are deterministic) to raise
         ``Diverged`` with the parameters from before the failing step.
         """
-        with thread_budget(wanted_threads(self.n_threads, self.kernels)) as threads:
+        with thread_budget(self._usable(wanted_threads(self.n_threads, self.kernels))) as threads:
             self.threads = threads
             if self.path == "sparse":
                 self.block, self.work = self._layout(threads)
@@ -529,7 +582,7 @@ class EpochRunner:
         return loss_sum, n_correct
 
     def _arrays(self):
-        return [a for a in self.block[:4]]
+        return list(self.block[:4])
 
     def _snapshot(self):
         return [a.copy() for a in self._arrays()]

@@ -1,0 +1,116 @@
+/* Template body of the BLAS epoch, included by _fused.c once per REAL after
+ * _fused_impl.h (whose fused steps it uses).
+ *
+ * Mini-batch SGD over dense rows with GEMMs, the model's own layout: Wh (nh, n_in),
+ * bh, Wy (nout, nh), by. Threads split the hidden units into blocks fixed by nh
+ * alone (about 64 units each) and each thread owns whole blocks: per block one
+ * GEMM each for H = tanh(Xb Wh^T + bh), the block's partial logits, dH, and the
+ * updates of Wy and Wh (straight into the weights, beta = 1), every GEMM on one
+ * BLAS thread. The GEMMs' shapes, and so their arithmetic, do not depend on the
+ * thread count, and the partial logits are added in block order: results are
+ * bitwise identical for every thread count (OpenBLAS's own threads are not:
+ * they differ in the last bits between one thread and two).
+ *
+ * Per batch the threads meet three times: after gathering the batch's rows (each
+ * thread copies a share), after the partial logits, and after dl/dz (each thread
+ * computes a share of the rows).
+ */
+
+/* Row-major C (M, N) = alpha op(A) op(B) + beta C; lda/ldb/ldc are row strides.
+ * Column-major BLAS sees a row-major matrix as its transpose, so this is the
+ * column-major C^T = alpha op(B)^T op(A)^T + beta C^T. */
+static FM_INLINE void FN(fm_gemm)(FN(fm_gemm_ptr) gemm, int ta, int tb, int M, int N, int K, REAL alpha,
+                                  const REAL *A, int lda, const REAL *B, int ldb, REAL beta, REAL *C, int ldc)
+{
+    if (M == 0 || N == 0)
+        return;
+    const char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+    gemm(&cb, &ca, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
+}
+
+static FM_INLINE void FN(fm_blas_thread)(const FN(fm_dense) *P, const FN(fm_batches) *D, REAL lr, int loss,
+                                         const FN(fm_bwork) *W, FN(fm_gemm_ptr) gemm, int t, int nt,
+                                         fm_tally *tally)
+{
+    const int n_in = (int)D->n_in, nh = (int)P->nh, nout = (int)P->nout;
+    const ptrdiff_t n = D->n, batch = D->batch;
+    const int nb = P->n_blocks;
+    const int j0 = (int)((int64_t)nb * t / nt), j1 = (int)((int64_t)nb * (t + 1) / nt);
+    int parity = 0;
+    for (ptrdiff_t start = 0; start < n; start += batch, parity ^= 1) {
+        const int B = (int)(n - start < batch ? n - start : batch);
+        const ptrdiff_t r0 = (ptrdiff_t)B * t / nt, r1 = (ptrdiff_t)B * (t + 1) / nt;
+        /* the batch's rows: in place where they lie in order in X, else gathered */
+        int in_order = 1;
+        for (int b = 1; b < B && in_order; b++)
+            in_order = D->order[start + b] == D->order[start] + b;
+        const REAL *Xb = D->X + D->order[start] * (ptrdiff_t)n_in;
+        if (!in_order) {
+            REAL *buf = W->Xb + parity * batch * (ptrdiff_t)n_in;
+            for (ptrdiff_t b = r0; b < r1; b++)
+                memcpy(buf + b * n_in, D->X + D->order[start + b] * (ptrdiff_t)n_in, sizeof(REAL) * n_in);
+            Xb = buf;
+            FM_BARRIER(W->sync, nt);
+        }
+        /* per block: H = tanh(Xb Wh^T + bh), then the block's partial logits */
+        for (int j = j0; j < j1; j++) {
+            const int u0 = P->block_unit[j], w = P->block_unit[j + 1] - u0;
+            REAL *H = W->H + j * batch * P->block_max, *Zp = W->Zp + j * batch * (ptrdiff_t)nout;
+            FN(fm_gemm)(gemm, 0, 1, B, w, n_in, R(1), Xb, n_in, P->Wh + (ptrdiff_t)u0 * n_in, n_in, R(0), H, w);
+            FN(fm_bias_tanh)(H, P->bh + u0, B, w);
+            FN(fm_gemm)(gemm, 0, 1, B, nout, w, R(1), H, w, P->Wy + u0, nh, R(0), Zp, nout);
+        }
+        FM_BARRIER(W->sync, nt);
+        /* dl/dz of a share of the rows: the blocks' partial logits added in block order */
+        const REAL scale = R(1) / (REAL)B;
+        for (ptrdiff_t b = r0; b < r1; b++) {
+            REAL *dz = W->dZ + b * nout;
+            for (int o = 0; o < nout; o++) {
+                REAL z = P->by[o];
+                for (int j = 0; j < nb; j++) z += W->Zp[(j * batch + b) * nout + o];
+                dz[o] = z;
+            }
+            fm_tally row = {0, 0};
+            FN(fm_row_loss_grad)(dz, D->labels[D->order[start + b]], dz, nout, loss, scale, &row);
+            W->row_loss[b] = row.loss_sum;
+            W->row_correct[b] = row.n_correct;
+        }
+        FM_BARRIER(W->sync, nt);
+        /* per block: dH = (dZ Wy) * (1 - H*H) before Wy changes, then the updates */
+        for (int j = j0; j < j1; j++) {
+            const int u0 = P->block_unit[j], w = P->block_unit[j + 1] - u0;
+            const REAL *H = W->H + j * batch * P->block_max;
+            REAL *dH = W->dH + j * batch * P->block_max;
+            FN(fm_gemm)(gemm, 0, 0, B, w, nout, R(1), W->dZ, nout, P->Wy + u0, nh, R(0), dH, w);
+            FN(fm_dtanh)(dH, H, (ptrdiff_t)B * w);
+            FN(fm_gemm)(gemm, 1, 0, nout, w, B, -lr, W->dZ, nout, H, w, R(1), P->Wy + u0, nh);
+            FN(fm_bias_update)(P->bh + u0, dH, B, w, lr);
+            FN(fm_gemm)(gemm, 1, 0, w, n_in, B, -lr, dH, w, Xb, n_in, R(1), P->Wh + (ptrdiff_t)u0 * n_in, n_in);
+        }
+        if (t == 0) { /* read again only after the next batch's second barrier */
+            FN(fm_bias_update)(P->by, W->dZ, B, nout, lr);
+            for (int b = 0; b < B; b++) {
+                tally->loss_sum += W->row_loss[b];
+                tally->n_correct += W->row_correct[b];
+            }
+        }
+    }
+}
+
+FM_CLONES int FN(fm_blas_epoch)(const FN(fm_dense) *P, const FN(fm_batches) *D, REAL lr, int loss,
+                                const FN(fm_bwork) *W, FN(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally)
+{
+    if (!FN(fm_valid_loss)(loss))
+        return FM_ERR_LOSS;
+    if (n_threads > P->n_blocks)
+        n_threads = P->n_blocks;
+    if (n_threads < 1)
+        n_threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_threads)
+    FN(fm_blas_thread)(P, D, lr, loss, W, gemm, omp_get_thread_num(), omp_get_num_threads(), tally);
+#else
+    FN(fm_blas_thread)(P, D, lr, loss, W, gemm, 0, 1, tally);
+#endif
+    return FM_OK;
+}
