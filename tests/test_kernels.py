@@ -82,20 +82,28 @@ def test_backward_update(kern, dtype, shape):
         np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
 
 
-@pytest.mark.parametrize("backend,path", kernel_paths())
+def kernel_inputs():
+    """(backend, path, inputs): every path of every backend with the inputs it takes
+    (dense rows; CSR from dense inputs with few non-zeros; scipy.sparse CSR)."""
+    return [(b, p, i) for b, p in kernel_paths() for i in ("dense", "sparse", "csr") if not (p == "blas" and i == "csr")]
+
+
+@pytest.mark.parametrize("backend,path,inputs", kernel_inputs())
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,batch", [
     ((1, 1, 1, 2), 1), ((7, 3, 4, 2), 3), ((7, 3, 4, 2), 50), ((40, 13, 17, 5), 1),
-    ((40, 13, 17, 5), 8), ((64, 784, 100, 10), 16),
+    ((40, 13, 17, 5), 8), ((64, 784, 100, 10), 16), ((30, 9, 150, 3), 4),
 ])
-def test_train_epoch_matches_reference(backend, path, loss, dtype, shape, batch):
+def test_train_epoch_matches_reference(backend, path, inputs, loss, dtype, shape, batch):
+    import scipy.sparse as sp
     kern = backends.kernels(backend)
-    X, y, p = random_problem(*shape, dtype, seed=7, sparse=True)
+    X, y, p = random_problem(*shape, dtype, seed=7, sparse=inputs != "dense")
     expected = {k: v.copy() for k, v in p.items()}
     perm = np.random.default_rng(0).permutation(len(X))
     r_loss, r_correct = ref.train_epoch(expected, X, y, perm, batch, 0.05, loss)
-    k_loss, k_correct = epochs.train_epoch(kern, X, y, perm, p, 0.05, batch, loss, path)
+    k_loss, k_correct = epochs.train_epoch(kern, sp.csr_matrix(X) if inputs == "csr" else X, y, perm, p, 0.05,
+                                           batch, loss, path)
     assert k_correct == r_correct
     np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
     for k in ref.PARAM_NAMES:
@@ -170,13 +178,16 @@ def test_auto_path_choice():
         assert epochs.choose_path(kern, "blas", batch, sparse) == ("blas", None)
     assert epochs.choose_path(kern, "auto", epochs.DENSE_ROWS_BATCH_MAX, dense) == ("sparse", "dense")
     assert epochs.choose_path(kern, "auto", epochs.DENSE_ROWS_BATCH_MAX + 1, dense) == ("blas", None)
+    middling = dense * (rng.random(dense.shape) < 0.45)
+    assert epochs.choose_path(kern, "auto", epochs.SMALL_BATCH_MAX, middling) == ("sparse", "csr")
+    assert epochs.choose_path(kern, "auto", epochs.SMALL_BATCH_MAX + 1, middling) == ("blas", None)
     with pytest.raises(ValueError, match="needs dense inputs"):
         epochs.choose_path(kern, "blas", 10, sp.csr_matrix(dense))
     assert epochs.choose_path(backends.kernels("numpy"), "auto", 10, dense) == ("reference", None)
     assert epochs.input_density(sparse) == pytest.approx(0.2, abs=0.02)
     assert epochs.input_density(np.zeros((0, 3))) == 0.0
     for batch in (1, 10, 63, 64, 60000):  # the words fastmlp info prints name the same path
-        for density, X in ((0.2, sparse), (1.0, dense)):
+        for density, X in ((0.2, sparse), (0.45, middling), (1.0, dense)):
             path, rows, why = epochs.auto_path(batch, density)
             assert (path, rows) == epochs.choose_path(kern, "auto", batch, X) and why
 

@@ -1,5 +1,6 @@
-"""Property-based tests: for any shapes, dtypes, memory layouts and batch sizes,
-every backend trains as the reference does and leaves the caller's arrays alone."""
+"""Property-based tests: for any shapes, dtypes, memory layouts (sparse ones
+included), batch sizes and thread counts, every backend trains as the reference
+does and leaves the caller's arrays alone."""
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -10,7 +11,7 @@ from fastmlp import reference as ref
 
 from helpers import BACKENDS
 
-LAYOUTS = ["C", "F", "strided", "readonly", "int"]
+LAYOUTS = ["C", "F", "strided", "readonly", "int", "csr", "csc", "coo"]
 
 
 def _layout(X, layout):
@@ -26,6 +27,9 @@ def _layout(X, layout):
         return X
     if layout == "int":
         return np.round(X * 3).astype(np.int16)
+    if layout in ("csr", "csc", "coo"):
+        import scipy.sparse as sp
+        return {"csr": sp.csr_matrix, "csc": sp.csc_array, "coo": sp.coo_matrix}[layout](X)
     return X
 
 
@@ -47,6 +51,7 @@ def problems(draw):
         batch_size=draw(st.sampled_from([1, 2, 3, 5, 8, 16, 64])),
         loss=draw(st.sampled_from(["ce", "mse"])),
         shuffle=draw(st.booleans()),
+        n_threads=draw(st.sampled_from([None, 1, 2, 3])),
         seed=seed,
     )
 
@@ -55,21 +60,31 @@ def problems(draw):
 @given(problems(), st.sampled_from(BACKENDS))
 def test_every_backend_trains_as_the_reference(problem, backend):
     p = problem
-    X_before, y_before = p["X"].copy(), p["y"].copy()
-    flags_before = (p["X"].dtype, p["X"].flags.c_contiguous, p["X"].flags.f_contiguous, p["X"].flags.writeable)
+    X_before, y_before = _dense(p["X"]).copy(), p["y"].copy()
+    flags_before = _flags(p["X"])
     models = {}
     for name in ("numpy", backend):
         m = fastmlp.MLP(*p["shape"], dtype=p["dtype"], init="normal", seed=1)
         hist = fastmlp.train(m, p["X"], p["y"], epochs=2, batch_size=p["batch_size"], lr=0.1, loss=p["loss"],
-                             backend=name, shuffle=p["shuffle"], seed=p["seed"])
+                             backend=name, shuffle=p["shuffle"], seed=p["seed"], n_threads=p["n_threads"])
         models[name] = (m, hist)
     tol = dict(rtol=1e-4, atol=1e-5) if p["dtype"] == np.float32 else dict(rtol=1e-9, atol=1e-12)
     for k in ref.PARAM_NAMES:
         np.testing.assert_allclose(models[backend][0].params[k], models["numpy"][0].params[k], **tol)
     np.testing.assert_allclose(models[backend][1].loss, models["numpy"][1].loss, **tol)
-    np.testing.assert_array_equal(p["X"], X_before)
+    np.testing.assert_array_equal(_dense(p["X"]), X_before)
     np.testing.assert_array_equal(p["y"], y_before)
-    assert (p["X"].dtype, p["X"].flags.c_contiguous, p["X"].flags.f_contiguous, p["X"].flags.writeable) == flags_before
+    assert _flags(p["X"]) == flags_before
+
+
+def _dense(X):
+    return X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+
+
+def _flags(X):
+    if hasattr(X, "toarray"):
+        return (X.format, X.dtype)
+    return (X.dtype, X.flags.c_contiguous, X.flags.f_contiguous, X.flags.writeable)
 
 
 @settings(max_examples=40, deadline=None)
@@ -77,6 +92,11 @@ def test_every_backend_trains_as_the_reference(problem, backend):
 def test_predict_and_evaluate_accept_every_layout(problem):
     p = problem
     m = fastmlp.MLP(*p["shape"], dtype=p["dtype"], seed=2)
-    clean = np.ascontiguousarray(p["X"], dtype=p["dtype"])
+    clean = np.ascontiguousarray(_dense(p["X"]), dtype=p["dtype"])
+    if hasattr(p["X"], "toarray"):  # scipy's sparse products sum in another order
+        tol = dict(rtol=1e-5, atol=1e-6) if p["dtype"] == np.float32 else dict(rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(m.predict_proba(p["X"]), m.predict_proba(clean), **tol)
+        np.testing.assert_allclose(fastmlp.evaluate(m, p["X"], p["y"]), fastmlp.evaluate(m, clean, p["y"]), **tol)
+        return
     np.testing.assert_array_equal(m.predict_proba(p["X"]), m.predict_proba(clean))
     assert fastmlp.evaluate(m, p["X"], p["y"]) == fastmlp.evaluate(m, clean, p["y"])

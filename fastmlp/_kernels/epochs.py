@@ -55,9 +55,29 @@ PATHS = ("auto", "sparse", "blas", "reference")
 
 # Which path "auto" takes for dense inputs. The sparse path costs in proportion
 # to the non-zero inputs; the BLAS path in proportion to all of them, at the GEMM
-# rate of the batch size.
-SPARSE_DENSITY_MAX = 0.5  # dense inputs with at most this fraction of non-zeros go to CSR
-DENSE_ROWS_BATCH_MAX = 4  # denser inputs take the sparse path, row by row, up to this batch
+# rate of the batch size. Measured on MNIST rows with zeros filled up to each
+# density (784-100-10 float32, 2 threads, AVX-512 OpenBLAS; `fastmlp info --explain`
+# measures this table on the machine it runs on), seconds per 60,000 examples:
+#
+#     density  path     batch 1     4    10    64   256   full
+#     0.19     sparse      0.10  0.14  0.12  0.09  0.10  0.11
+#              blas           -  0.89  0.44  0.23  0.20  0.18
+#     0.29     sparse      0.13  0.12  0.12  0.11  0.11  0.13
+#              blas           -  0.28  0.15  0.15  0.14  0.17
+#     0.49     sparse      0.18  0.17  0.18  0.19  0.18  0.20
+#              blas           -  0.28  0.17  0.17  0.15  0.16
+#     1.00     sparse      0.32  0.30  0.29  0.30  0.29  0.30
+#              blas           -  0.26  0.15  0.16  0.14  0.16
+#
+# So CSR at most 35% non-zeros, and up to 50% for batches of at most 4; denser
+# inputs row by row on the sparse path at batches of 1 and 2 (a GEMM call per
+# example costs more than the whole row), GEMMs above. OpenBLAS's AVX2 kernels
+# are up to twice slower, which moves the crossing to denser inputs: the
+# thresholds hold there too, leaving some speed to the BLAS path.
+SPARSE_DENSITY_MAX = 0.35  # dense inputs with at most this fraction of non-zeros go to CSR
+SMALL_BATCH_MAX = 4  # ... and up to SMALL_BATCH_DENSITY_MAX for batches up to this size
+SMALL_BATCH_DENSITY_MAX = 0.5
+DENSE_ROWS_BATCH_MAX = 2  # denser inputs take the sparse path, row by row, up to this batch
 _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 
 
@@ -92,8 +112,11 @@ def auto_path(batch, density, sparse_input=False):
         return "sparse", "csr", "sparse input: never densified"
     if density <= SPARSE_DENSITY_MAX:
         return "sparse", "csr", f"at most {SPARSE_DENSITY_MAX:.0%} of the inputs are non-zero: converted to CSR once"
+    if batch <= SMALL_BATCH_MAX and density <= SMALL_BATCH_DENSITY_MAX:
+        return "sparse", "csr", (f"batch <= {SMALL_BATCH_MAX} and at most {SMALL_BATCH_DENSITY_MAX:.0%} of the inputs "
+                                 f"are non-zero: converted to CSR once")
     if batch <= DENSE_ROWS_BATCH_MAX:
-        return "sparse", "dense", f"dense inputs, batch <= {DENSE_ROWS_BATCH_MAX}: hand-written loops beat any GEMM call"
+        return "sparse", "dense", f"dense inputs, batch <= {DENSE_ROWS_BATCH_MAX}: a GEMM call costs more than a row"
     return "blas", None, f"dense inputs, batch > {DENSE_ROWS_BATCH_MAX}: GEMMs"
 
 
@@ -113,7 +136,7 @@ def choose_path(kernels, path, batch, X):
     if path == "blas" and sparse_input:
         raise ValueError("path 'blas' needs dense inputs; sparse inputs take the 'sparse' path")
     if path == "sparse":
-        return path, "csr" if sparse_input or input_density(X) <= SPARSE_DENSITY_MAX else "dense"
+        return path, "csr" if sparse_input or input_density(X) <= SMALL_BATCH_DENSITY_MAX else "dense"
     return path, None
 
 
@@ -129,8 +152,9 @@ def available_cpus():
 
 class _ThreadBudget:
     """The cores shared by the trainings running in this process: a training
-    asks for threads and gets what the others leave (at least one), so two
-    trainings in two Python threads do not oversubscribe the cores. Results do
+    asks for threads for each compiled chunk and gets what the others leave (at
+    least one: its own Python thread runs anyway), so two trainings in two Python
+    threads do not oversubscribe the cores for longer than one chunk. Results do
     not depend on the thread count."""
 
     def __init__(self):
@@ -548,35 +572,45 @@ class EpochRunner:
         (loss_sum, n_correct).
 
         The epoch works on the path's block, loaded from the model's arrays at the
-        start and stored back at the end (also when it raises). Between chunks
-        Python regains control: Ctrl-C is passed on with the parameters of the
-        chunk's start (a Python-level backend could stop between two parameter
-        updates), and a chunk that made the loss or a parameter non-finite is
-        replayed batch by batch (the kernels are deterministic) to raise
-        ``Diverged`` with the parameters from before the failing step.
+        start and stored back at the end (also when it raises). Each chunk asks the
+        thread budget for its threads, so a training shrinks within one chunk when
+        another one starts. Between chunks Python regains control: Ctrl-C is passed
+        on with the parameters of the chunk's start (a Python-level backend could
+        stop between two parameter updates), and a chunk that made the loss or a
+        parameter non-finite is replayed batch by batch (the kernels are
+        deterministic) to raise ``Diverged`` with the parameters from before the
+        failing step.
         """
-        with thread_budget(self._usable(wanted_threads(self.n_threads, self.kernels))) as threads:
-            self.threads = threads
-            if self.path == "sparse":
-                self.block, self.work = self._layout(threads)
+        self._load()
+        try:
+            return self._chunks(perm, lr)
+        finally:
+            self._store()
+
+    def _use_threads(self, threads):
+        """Run the next chunks on ``threads`` threads: the sparse path moves the
+        parameters into the layout for that many (bitwise the same results)."""
+        if threads != self.threads and self.path == "sparse":
+            self._store()
+            self.block, self.work = self._layout(threads)
             self._load()
-            try:
-                return self._chunks(perm, lr)
-            finally:
-                self._store()
+        self.threads = threads
 
     def _chunks(self, perm, lr):
         chunk = max(1, CHUNK_EXAMPLES // self.batch_size) * self.batch_size
+        wanted = self._usable(wanted_threads(self.n_threads, self.kernels))
         loss_sum, n_correct = 0.0, 0
         for start in range(0, len(perm), chunk):
-            before = self._snapshot()
-            try:
-                ls, nc = self.run(perm[start:start + chunk], lr)
-            except KeyboardInterrupt:
-                self._restore(before)
-                raise
-            if not (np.isfinite(ls) and self._finite()):
-                self._locate_divergence(perm, start, chunk, lr, before)
+            with thread_budget(wanted) as threads:
+                self._use_threads(threads)
+                before = self._snapshot()
+                try:
+                    ls, nc = self.run(perm[start:start + chunk], lr)
+                except KeyboardInterrupt:
+                    self._restore(before)
+                    raise
+                if not (np.isfinite(ls) and self._finite()):
+                    self._locate_divergence(perm, start, chunk, lr, before)
             loss_sum += ls
             n_correct += nc
         return loss_sum, n_correct
