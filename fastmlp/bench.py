@@ -1,8 +1,13 @@
-"""Epoch timing of every backend against the NumPy reference and PyTorch: ``fastmlp bench``.
+"""Epoch timing of every backend against its peers: ``fastmlp bench``.
 
 The figures are seconds per training epoch (one pass over the training set,
 mini-batch SGD, loss and accuracy included), median of repeats, all measured in
 one process so that the ratios between backends hold even on a noisy machine.
+The peers are the NumPy reference loop, PyTorch (nn + autograd + optim.SGD, and
+hand-written tensor ops) and scikit-learn's MLPClassifier(solver="sgd"), where
+installed. Each sparse-path epoch is also put against its row-pass floor: the
+bare two passes over rows of the hidden weights per non-zero input that any
+sparse epoch makes, on the same data and threads.
 Slow runs (the NumPy and PyTorch loops at small batch sizes) are timed on a
 prefix of the epoch and scaled to the full epoch; the table marks them with "~".
 
@@ -144,22 +149,79 @@ class TorchTrainer:
 
 # ---- the epoch table ----
 
-def _runner(name, params, X, labels, batch_size, lr):
-    """(a function that runs one epoch (or its prefix) over a permutation, whether it
-    wants OpenBLAS on one thread)."""
+PEERS = ("numpy", "torch-autograd", "torch-manual", "sklearn")
+
+
+def sklearn_available():
+    import importlib.util
+
+    return importlib.util.find_spec("sklearn") is not None
+
+
+class SklearnTrainer:
+    """scikit-learn's ``MLPClassifier(solver="sgd", momentum=0)`` on the same network:
+    tanh hidden layer, plain SGD at a constant learning rate, no L2 term; an epoch
+    is one ``partial_fit`` over the rows in the given order."""
+
+    def __init__(self, params, batch_size, lr):
+        import warnings
+
+        from sklearn.neural_network import MLPClassifier
+
+        self.clf = MLPClassifier(hidden_layer_sizes=(params["Wh"].shape[0],), activation="tanh", solver="sgd",
+                                 momentum=0.0, nesterovs_momentum=False, alpha=0.0, learning_rate_init=lr,
+                                 batch_size=batch_size, shuffle=False)
+        self.n_out = params["Wy"].shape[0]
+        self.warnings = warnings
+
+    def epoch(self, X, labels, perm):
+        with self.warnings.catch_warnings():
+            self.warnings.simplefilter("ignore")
+            self.clf.partial_fit(X[perm], labels[perm], classes=np.arange(self.n_out))
+
+
+def _runner(name, params, X, labels, batch_size, lr, n_threads=None):
+    """(a function that runs one epoch (or its prefix) over a permutation and returns
+    what ran, whether it wants OpenBLAS on one thread)."""
     if name.startswith("torch-"):
         trainer = TorchTrainer(params, name.split("-", 1)[1])
         import torch
 
         Xt, yt = torch.from_numpy(X), torch.from_numpy(labels.astype(np.int64))
         return (lambda perm: trainer.epoch(Xt, yt, torch.from_numpy(perm), batch_size, lr)), False
+    if name == "sklearn":
+        trainer = SklearnTrainer(params, batch_size, lr)
+        return (lambda perm: trainer.epoch(X, labels, perm)), False
     p = {k: v.copy() for k, v in params.items()}
-    runner = epochs.EpochRunner(backends.kernels(name), p, X, labels, batch_size=batch_size)
-    return (lambda perm: runner.epoch(perm, lr)), epochs.wants_one_blas_thread(runner.path, batch_size)
+    runner = epochs.EpochRunner(backends.kernels(name), p, X, labels, batch_size=batch_size, n_threads=n_threads)
+
+    def run(perm):
+        runner.epoch(perm, lr)
+        return runner.path, runner.threads
+
+    return run, epochs.wants_one_blas_thread(runner.path, batch_size)
+
+
+def row_pass_floor(X, labels, shape, batch_size, n_threads, repeats=3):
+    """Seconds per epoch of the row-pass floor (the sparse epoch's two passes over a
+    row of the transposed hidden weights per non-zero input, nothing else), on
+    ``n_threads`` threads meeting every ``batch_size`` examples; best of ``repeats``.
+    None where the Cython kernels are not available."""
+    if "cython" not in backends.available_backends():
+        return None
+    kern = backends.kernels("cython")
+    params = ref.init_params(*shape, dtype=X.dtype, seed=0)
+    runner = epochs.EpochRunner(kern, params, X, labels, batch_size=batch_size, path="sparse", n_threads=n_threads)
+    runner._use_threads(runner._usable(n_threads))
+    perm = np.random.default_rng(0).permutation(X.shape[0])
+    run = lambda: kern.row_passes(runner.block, runner.rows, labels, perm, min(batch_size, len(perm)),  # noqa: E731
+                                  runner.work, runner.threads)
+    run()
+    return min(_timed(run) for _ in range(repeats))
 
 
 def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, perm=None):
-    """(seconds per epoch, extrapolated?) for backend ``name``.
+    """(seconds per epoch, extrapolated?, (path, threads) or None) for backend ``name``.
 
     A warm-up call on a short prefix compiles and fills caches. Then, if a whole
     epoch would take much longer than ``budget`` seconds, a prefix sized to the
@@ -171,12 +233,12 @@ def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, p
     run, one_blas_thread = _runner(name, params, X, labels, batch_size, lr)
     warm = perm[:max(batch_size, min(n, 10 * batch_size, 2000))]
     with epochs.blas_limits(one_blas_thread):
-        run(warm)  # compile, fault in pages, spin up BLAS threads
+        ran = run(warm)  # compile, fault in pages, spin up BLAS threads
         estimate = _timed(lambda: run(warm)) * n / len(warm)
         if estimate > 2 * budget:
             m = max(batch_size, int(n * budget / estimate) // batch_size * batch_size)
-            return _timed(lambda: run(perm[:m])) * n / m, True
-        return statistics.median(_timed(lambda: run(perm)) for _ in range(repeats)), False
+            return _timed(lambda: run(perm[:m])) * n / m, True, ran
+        return statistics.median(_timed(lambda: run(perm)) for _ in range(repeats)), False, ran
 
 
 def gil_release_ratio(params, X, labels, batch_size, backend, lr=0.1):
@@ -256,14 +318,19 @@ def networks(data_dir=None, which=("mnist", "circles")):
 
 
 def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None, budget=1.0, out=sys.stdout):
-    """Time every backend on every network and batch size; print and return the table rows."""
+    """Time every backend and peer on every network and batch size; print and return
+    the table rows. A row's "x peer" is the speed-up over the fastest peer (the NumPy
+    loop, PyTorch two ways, scikit-learn) in the same run; "% floor" the row-pass
+    floor of the same data on the same threads over the epoch (sparse path)."""
     if names is None:
-        names = backends.available_backends() + (["torch-autograd", "torch-manual"] if torch_available() else [])
+        names = (backends.available_backends() + (["torch-autograd", "torch-manual"] if torch_available() else [])
+                 + (["sklearn"] if sklearn_available() else []))
     peak = gemm_peak_gflops()
     threads = _torch_threads() if any(n.startswith("torch") for n in names) else None
+    all_threads = epochs.wanted_threads(None, backends.kernels("auto"))
     print(f"fastmlp bench: {time.strftime('%Y-%m-%d')}, {np.dtype(dtype).name}, "
           f"seconds per epoch (median; ~ = timed on part of the epoch and scaled)", file=out)
-    print(f"BLAS: {blas_description()}; one BLAS thread below batch {epochs.BLAS_THREADS_MIN_BATCH}", file=out)
+    print(f"BLAS: {blas_description()}; fastmlp's threads: {all_threads}", file=out)
     print(f"measured float32 GEMM peak: {peak:.0f} GFLOP/s" + (f"; torch threads: {threads}" if threads else ""),
           file=out)
     if "numba" in names:
@@ -275,31 +342,40 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
         X = np.ascontiguousarray(X, dtype=dtype)
         params = ref.init_params(*shape, dtype=dtype, seed=0)
         flop = flop_per_example(*shape) * len(X)
-        print(f"\n{net} {'-'.join(map(str, shape))}, N = {len(X)}", file=out)
-        header = f"{'batch':>6} {'backend':>15} {'s/epoch':>9} {'x numpy':>8} {'x torch':>8} {'GFLOP/s':>8} {'% peak':>7}"
+        floor1 = row_pass_floor(X, labels, shape, 1, 1)
+        print(f"\n{net} {'-'.join(map(str, shape))}, N = {len(X)}; row-pass floor: one thread "
+              + (f"{floor1:.4g} s" if floor1 else "-"), file=out)
+        header = (f"{'batch':>6} {'backend':>15} {'s/epoch':>9} {'x numpy':>8} {'x peer':>7} {'GFLOP/s':>8} "
+                  f"{'% peak':>7} {'floor':>7} {'% floor':>8}  path, threads")
         print(header, file=out)
         for b in batch_sizes:
             bs = len(X) if b == "full" else int(b)
             lr = 0.01 if bs == 1 else 0.1
-            times = {}
-            for name in names:
-                times[name] = time_epoch(name, params, X, labels, bs, lr, budget)
-            torch_best = min((t for n, (t, _) in times.items() if n.startswith("torch")), default=None)
-            for name, (t, scaled) in times.items():
+            floor = row_pass_floor(X, labels, shape, bs, all_threads)
+            times = {name: time_epoch(name, params, X, labels, bs, lr, budget) for name in names}
+            peers = {n: t for n, (t, _, _) in times.items() if n in PEERS}
+            best_peer = min(peers.values(), default=None)
+            for name, (t, scaled, ran) in times.items():
                 gflops = flop / t / 1e9
                 row = dict(network=net, batch=b, backend=name, seconds=t, scaled=scaled,
                            speedup_numpy=times["numpy"][0] / t if "numpy" in times else None,
-                           speedup_torch=torch_best / t if torch_best else None,
-                           gflops=gflops, peak_fraction=gflops / peak)
+                           speedup_peer=best_peer / t if best_peer else None,
+                           best_peer=min(peers, key=peers.get) if peers else None,
+                           gflops=gflops, peak_fraction=gflops / peak,
+                           path=ran[0] if ran else None, threads=ran[1] if ran else None,
+                           floor=floor if ran and ran[0] == "sparse" else None)
                 rows.append(row)
+                on_floor = row["floor"] is not None
                 print(f"{str(b):>6} {name:>15} {('~' if scaled else '') + f'{t:.4g}':>9} "
-                      f"{_fmt(row['speedup_numpy'])} {_fmt(row['speedup_torch'])} {gflops:8.1f} "
-                      f"{100 * gflops / peak:6.1f}%", file=out, flush=True)
+                      f"{_fmt(row['speedup_numpy'])} {_fmt(row['speedup_peer'], 7)} {gflops:8.1f} "
+                      f"{100 * gflops / peak:6.1f}% {f'{floor:.4g}' if on_floor else '-':>7} "
+                      f"{f'{100 * floor / t:.0f}%' if on_floor else '-':>8}"
+                      + (f"  {ran[0]}, {ran[1]}" if ran else ""), file=out, flush=True)
     return rows
 
 
-def _fmt(x):
-    return f"{x:8.1f}" if x is not None else f"{'-':>8}"
+def _fmt(x, width=8):
+    return f"{x:{width}.1f}" if x is not None else f"{'-':>{width}}"
 
 
 def _torch_threads():

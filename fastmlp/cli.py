@@ -165,9 +165,9 @@ def cmd_bench(args):
         return subprocess.run([sys.executable, "-m", "fastmlp.cli", *sys.argv[1:]], env=env).returncode
     names = args.backends.split(",") if args.backends else None
     for name in names or ():
-        if name not in backends.available_backends() + ["torch-autograd", "torch-manual"]:
-            raise CLIError(f"--backends: unknown or unavailable backend {name!r}; available: "
-                           f"{backends.available_backends() + ['torch-autograd', 'torch-manual']}")
+        known = backends.available_backends() + ["torch-autograd", "torch-manual", "sklearn"]
+        if name not in known:
+            raise CLIError(f"--backends: unknown or unavailable backend {name!r}; known: {known}")
     nets = bench.networks(args.data_dir, args.networks.split(","))
     bench.run(nets, args.batch_sizes, np.dtype(args.dtype), names, budget=args.budget)
     if args.gil and "mnist" in nets:

@@ -102,10 +102,8 @@ FM_CLONES int FN(fm_blas_epoch)(const FN(fm_dense) *P, const FN(fm_batches) *D, 
 {
     if (!FN(fm_valid_loss)(loss))
         return FM_ERR_LOSS;
-    if (n_threads > P->n_blocks)
-        n_threads = P->n_blocks;
-    if (n_threads < 1)
-        n_threads = 1;
+    n_threads = n_threads > P->n_blocks ? P->n_blocks : n_threads;
+    n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_threads)
     FN(fm_blas_thread)(P, D, lr, loss, W, gemm, omp_get_thread_num(), omp_get_num_threads(), tally);

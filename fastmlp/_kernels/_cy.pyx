@@ -120,6 +120,8 @@ cdef extern from "_fused.h" nogil:
         float *dZ
         float *gWy
         float *gbh
+        double *row_loss
+        int64_t *row_correct
         int32_t *sync
     ctypedef struct fm_swork_d:
         double *H
@@ -128,6 +130,8 @@ cdef extern from "_fused.h" nogil:
         double *dZ
         double *gWy
         double *gbh
+        double *row_loss
+        int64_t *row_correct
         int32_t *sync
     void fm_tanh_f(float *x, Py_ssize_t n)
     void fm_tanh_d(double *x, Py_ssize_t n)
@@ -147,6 +151,8 @@ cdef extern from "_fused.h" nogil:
                           int n_threads, fm_tally *tally)
     int fm_sparse_epoch_d(const fm_net_d *P, const fm_rows_d *D, double lr, int loss, const fm_swork_d *W,
                           int n_threads, fm_tally *tally)
+    void fm_row_passes_f(const fm_net_f *P, const fm_rows_f *D, const fm_swork_f *W, int n_threads)
+    void fm_row_passes_d(const fm_net_d *P, const fm_rows_d *D, const fm_swork_d *W, int n_threads)
     void fm_csr_counts_f(const float *X, Py_ssize_t n_rows, Py_ssize_t n_in, int64_t *counts)
     void fm_csr_counts_d(const double *X, Py_ssize_t n_rows, Py_ssize_t n_in, int64_t *counts)
     void fm_csr_fill_f(const float *X, Py_ssize_t n_rows, Py_ssize_t n_in, const int64_t *indptr,
@@ -345,7 +351,8 @@ def dense_to_csr(const floating[:, ::1] X):
 
 
 cdef _sparse_epoch(floating[:, :, ::1] WhT, P, rows, const Py_ssize_t[::1] labels,
-                   const Py_ssize_t[::1] order, Py_ssize_t batch, double lr, int loss, work, int n_threads):
+                   const Py_ssize_t[::1] order, Py_ssize_t batch, double lr, int loss, work, int n_threads,
+                   bint floor=False):
     cdef floating[:, ::1] bh = P.bh, by = P.by, gbh = work.gbh
     cdef floating[:, :, ::1] Wy = P.Wy, H = work.H, dH = work.dH, dZ = work.dZ, gWy = work.gWy
     cdef floating[:, :, :, ::1] Pl = work.P
@@ -355,6 +362,8 @@ cdef _sparse_epoch(floating[:, :, ::1] WhT, P, rows, const Py_ssize_t[::1] label
     cdef const int64_t *indptr_p = NULL
     cdef const int32_t[::1] slice_group = P.slice_group, group_line = P.group_line
     cdef int32_t[::1] sync = work.sync
+    cdef double[::1] row_loss = work.row_loss
+    cdef int64_t[::1] row_correct = work.row_correct
     cdef fm_tally tally = fm_tally(0, 0)
     cdef int status
     cdef fm_net_f Nf
@@ -377,8 +386,12 @@ cdef _sparse_epoch(floating[:, :, ::1] WhT, P, rows, const Py_ssize_t[::1] label
             Rf = fm_rows_f(&data[0], &indices[0], indptr_p, <const intptr_t*>&labels[0],
                            <const intptr_t*>&order[0], WhT.shape[1], order.shape[0], batch)
             Wf = fm_swork_f(&H[0, 0, 0], &dH[0, 0, 0], &Pl[0, 0, 0, 0], &dZ[0, 0, 0], &gWy[0, 0, 0], &gbh[0, 0],
-                            &sync[0])
-            status = fm_sparse_epoch_f(&Nf, &Rf, <float>lr, loss, &Wf, n_threads, &tally)
+                            &row_loss[0], &row_correct[0], &sync[0])
+            if floor:
+                fm_row_passes_f(&Nf, &Rf, &Wf, n_threads)
+                status = FM_OK
+            else:
+                status = fm_sparse_epoch_f(&Nf, &Rf, <float>lr, loss, &Wf, n_threads, &tally)
         else:
             Nd = fm_net_d(&WhT[0, 0, 0], &bh[0, 0], &Wy[0, 0, 0], &by[0, 0], WhT.shape[1], Wy.shape[1],
                           WhT.shape[2], <int>WhT.shape[0], <int>(group_line.shape[0] - 1), &slice_group[0],
@@ -386,10 +399,26 @@ cdef _sparse_epoch(floating[:, :, ::1] WhT, P, rows, const Py_ssize_t[::1] label
             Rd = fm_rows_d(&data[0], &indices[0], indptr_p, <const intptr_t*>&labels[0],
                            <const intptr_t*>&order[0], WhT.shape[1], order.shape[0], batch)
             Wd = fm_swork_d(&H[0, 0, 0], &dH[0, 0, 0], &Pl[0, 0, 0, 0], &dZ[0, 0, 0], &gWy[0, 0, 0], &gbh[0, 0],
-                            &sync[0])
-            status = fm_sparse_epoch_d(&Nd, &Rd, lr, loss, &Wd, n_threads, &tally)
+                            &row_loss[0], &row_correct[0], &sync[0])
+            if floor:
+                fm_row_passes_d(&Nd, &Rd, &Wd, n_threads)
+                status = FM_OK
+            else:
+                status = fm_sparse_epoch_d(&Nd, &Rd, lr, loss, &Wd, n_threads, &tally)
     _check(status)
     return tally.loss_sum, tally.n_correct
+
+
+def row_passes(P, rows, labels, order, Py_ssize_t batch, work, int n_threads):
+    """The row-pass floor of a sparse epoch (_sparse_impl.h fm_row_passes): only
+    the two passes over rows of P.WhT per non-zero input, on ``n_threads`` threads
+    meeting every ``batch`` examples. Changes P.WhT; for timing only."""
+    if len(order) == 0:
+        return
+    if P.WhT.dtype == np.float32:
+        _sparse_epoch[float](P.WhT, P, rows, labels, order, batch, 0.0, 0, work, n_threads, True)
+    else:
+        _sparse_epoch[double](P.WhT, P, rows, labels, order, batch, 0.0, 0, work, n_threads, True)
 
 
 def sparse_epoch(P, rows, labels, order, Py_ssize_t batch, double lr, int loss, work, int n_threads):

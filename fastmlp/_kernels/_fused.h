@@ -17,6 +17,8 @@ enum { FM_OK = 0, FM_ERR_LOSS = -1, FM_ERR_LAYOUT = -2 };
 
 /* Bytes of a cache line: the unit of the hidden-unit padding and of the slices. */
 #define FM_LINE 64
+/* The most threads an epoch runs on. */
+#define FM_MAX_THREADS 256
 
 /* What an epoch measured: the loss summed over its examples and how many were
  * classified correctly, both in each batch's forward pass. */
@@ -52,11 +54,15 @@ typedef struct {
     } fm_rows_##S;                                                                     \
     /* Workspace of the sparse epoch: H, dH (n_slices, batch, stride) the hidden      \
      * activations and dl/dh~; P (2, batch, n_groups, nout) the partial logits, one    \
-     * half per batch parity; dZ (n_slices, batch, nout) dl/dz, one copy per thread;   \
-     * gWy (n_slices, nout, stride), gbh (n_slices, stride) the summed gradients of    \
-     * Wy and bh; sync the threads' barrier (32 int32, zero-filled, cache aligned). */ \
+     * half per batch parity; dZ (n_slices, batch, nout) dl/dz, one copy per thread   \
+     * (shared, the first, where the threads share its rows out); row_loss,            \
+     * row_correct (batch,); gWy (n_slices, nout, stride), gbh (n_slices, stride) the  \
+     * summed gradients of Wy and bh; sync the threads' barrier (32 int32,             \
+     * zero-filled, cache aligned). */                                                 \
     typedef struct {                                                                   \
         REAL *H, *dH, *P, *dZ, *gWy, *gbh;                                             \
+        double *row_loss;                                                              \
+        int64_t *row_correct;                                                          \
         int32_t *sync;                                                                 \
     } fm_swork_##S;                                                                    \
     /* The examples of a dense epoch: rows order[0 .. n) of X (n_rows, n_in), batch  \
@@ -103,6 +109,7 @@ typedef struct {
     void fm_bias_update_##S(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr);  \
     int fm_sparse_epoch_##S(const fm_net_##S *P, const fm_rows_##S *D, REAL lr, int loss, \
                             const fm_swork_##S *W, int n_threads, fm_tally *tally);    \
+    void fm_row_passes_##S(const fm_net_##S *P, const fm_rows_##S *D, const fm_swork_##S *W, int n_threads); \
     void fm_csr_counts_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *counts); \
     void fm_csr_fill_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *indptr, \
                          int32_t *indices, REAL *data);

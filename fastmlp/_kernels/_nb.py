@@ -166,27 +166,43 @@ def _gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws_int, ws_char,
         _dgemm(*args)
 
 
+_F = np.float32
+_TANH_P = tuple(_F(c) for c in (9.999999404e-01, 1.291923672e-01, 2.920770319e-03, 9.267499991e-06,
+                                -1.278068140e-08, 1.825586730e-11))
+_TANH_Q = tuple(_F(c) for c in (4.625251889e-01, 2.376320399e-02, 2.281013876e-04))
+
+
+@_jit
+def _tanh_f32(x):
+    """The rational approximation of _fused_impl.h for float32 (max abs error 3.6e-7)."""
+    c = _F(9.0)
+    x = -c if x < -c else (c if x > c else x)
+    s = x * x
+    p = ((((_TANH_P[5] * s + _TANH_P[4]) * s + _TANH_P[3]) * s + _TANH_P[2]) * s + _TANH_P[1]) * s + _TANH_P[0]
+    q = ((_TANH_Q[2] * s + _TANH_Q[1]) * s + _TANH_Q[0]) * s + _F(1.0)
+    return x * p / q
+
+
 @_jit
 def _tanh_inplace(h):
-    """float32: the rational approximation of _fused_impl.h (max abs error 3.6e-7);
-    float64: libm's tanh."""
+    """tanh of every element: float32 by the approximation, float64 by libm."""
     if h.itemsize == 4:
-        t = h.dtype.type
-        c = t(9.0)
-        a0, a1, a2 = t(9.999999404e-01), t(1.291923672e-01), t(2.920770319e-03)
-        a3, a4, a5 = t(9.267499991e-06), t(-1.278068140e-08), t(1.825586730e-11)
-        b1, b2, b3 = t(4.625251889e-01), t(2.376320399e-02), t(2.281013876e-04)
-        one = t(1.0)
         for j in range(h.size):
-            x = h[j]
-            x = -c if x < -c else (c if x > c else x)
-            s = x * x
-            p = ((((a5 * s + a4) * s + a3) * s + a2) * s + a1) * s + a0
-            q = ((b3 * s + b2) * s + b1) * s + one
-            h[j] = x * p / q
+            h[j] = _tanh_f32(h[j])
     else:
         for j in range(h.size):
             h[j] = np.tanh(h[j])
+
+
+@_jit
+def _tanh_row(H, s, b, width):
+    """H[s, b, :width] = tanh(H[s, b, :width]), as _tanh_inplace, without a view."""
+    if H.itemsize == 4:
+        for j in range(width):
+            H[s, b, j] = _tanh_f32(H[s, b, j])
+    else:
+        for j in range(width):
+            H[s, b, j] = np.tanh(H[s, b, j])
 
 
 @_jit_fast_reduce
@@ -307,34 +323,39 @@ def _row_of(indptr, dense, n_in, r):
 
 
 @_jit
-def _gather(h, off, width, bh, W, s, vals, av, idx, ai, k):
-    """h[off : off + width] = bh[s, off :] + sum_t vals[av + t] W[s, idx[ai + t], off :],
-    eight rows per sweep over h (so h is loaded and stored an eighth as often)."""
-    for j in range(off, off + width):
-        h[j] = bh[s, j]
+def _gather(H, s, b, width, bh, W, vals, av, idx, ai, k):
+    """H[s, b, :width] = bh[s, :width] + sum_t vals[av + t] W[s, idx[ai + t], :width],
+    eight rows per sweep over h (so h is loaded and stored an eighth as often).
+    Indexed in 3-D from 0 (a view per call would cost reference counting; an
+    index that Numba cannot prove non-negative stops the loop from vectorising)."""
+    for j in range(width):
+        H[s, b, j] = bh[s, j]
     t = 0
     while t + 8 <= k:
         i0, i1, i2, i3 = idx[ai + t], idx[ai + t + 1], idx[ai + t + 2], idx[ai + t + 3]
         i4, i5, i6, i7 = idx[ai + t + 4], idx[ai + t + 5], idx[ai + t + 6], idx[ai + t + 7]
         x0, x1, x2, x3 = vals[av + t], vals[av + t + 1], vals[av + t + 2], vals[av + t + 3]
         x4, x5, x6, x7 = vals[av + t + 4], vals[av + t + 5], vals[av + t + 6], vals[av + t + 7]
-        for j in range(off, off + width):
-            h[j] += (((x0 * W[s, i0, j] + x1 * W[s, i1, j]) + (x2 * W[s, i2, j] + x3 * W[s, i3, j]))
-                     + ((x4 * W[s, i4, j] + x5 * W[s, i5, j]) + (x6 * W[s, i6, j] + x7 * W[s, i7, j])))
+        for j in range(width):
+            H[s, b, j] += (((x0 * W[s, i0, j] + x1 * W[s, i1, j]) + (x2 * W[s, i2, j] + x3 * W[s, i3, j]))
+                           + ((x4 * W[s, i4, j] + x5 * W[s, i5, j]) + (x6 * W[s, i6, j] + x7 * W[s, i7, j])))
         t += 8
     while t < k:
         i0 = idx[ai + t]
         x0 = vals[av + t]
-        for j in range(off, off + width):
-            h[j] += x0 * W[s, i0, j]
+        for j in range(width):
+            H[s, b, j] += x0 * W[s, i0, j]
         t += 1
 
 
 @_jit_fast_reduce
-def _dot_range(a, b, off, n):
-    acc = a.dtype.type(0)
-    for j in range(off, off + n):
-        acc += a[j] * b[j]
+def _dot_rows(H, Wy, s, b, o, off, n):
+    """sum_j H[s, b, off + j] Wy[s, o, off + j] (the order may change: it vectorises;
+    the unsigned offset spares the negative-index checks that would stop it)."""
+    u = np.uint64(off)
+    acc = H.dtype.type(0)
+    for j in range(n):
+        acc += H[s, b, u + np.uint64(j)] * Wy[s, o, u + np.uint64(j)]
     return acc
 
 
@@ -406,7 +427,7 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indices,
 
 @_jit
 def _sparse_thread(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indices, indptr, dense, labels, order,
-                   batch, lr, loss, H, dH, P, dZ, gWy, gbh, sync):
+                   batch, lr, loss, H, dH, P, dZ, gWy, gbh, row_loss, row_correct, sync):
     """Thread t's share of an epoch (_sparse_impl.h fm_sparse_thread)."""
     n_slices, n_in, stride = WhT.shape
     nout = Wy.shape[1]
@@ -427,19 +448,16 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indice
                 _prefetch(data, av1)
                 _prefetch(indices, ai1)
             for s in range(t, n_slices, nt):
-                h = H[s, b]
                 g0, g1 = slice_group[s], slice_group[s + 1]
                 first = group_line[g0]
                 width = (group_line[g1] - first) * lanes
-                for g in range(g0, g1):
-                    off = (group_line[g] - first) * lanes
-                    _gather(h, off, (group_line[g + 1] - group_line[g]) * lanes, bh, WhT, s, data, av, indices, ai, k)
-                _tanh_inplace(h[:width])
+                _gather(H, s, b, width, bh, WhT, data, av, indices, ai, k)
+                _tanh_row(H, s, b, width)
                 for g in range(g0, g1):
                     off = (group_line[g] - first) * lanes
                     len_ = (group_line[g + 1] - group_line[g]) * lanes
                     for o in range(nout):
-                        Pb[b, g, o] = _dot_range(h, Wy[s, o], off, len_)
+                        Pb[b, g, o] = _dot_rows(H, Wy, s, b, o, off, len_)
         if nt > 1:
             _barrier(sync, nt)
         if t < n_slices:

@@ -155,29 +155,39 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
 #define GROUP_OFF(g) ((P->group_line[g] - P->group_line[g0]) * LANES)
 #define GROUP_LINES(g) ((int)(P->group_line[(g) + 1] - P->group_line[g]))
 
-/* The rest of a batch's step for thread t, after the partial logits are in:
- * dl/dz of every example, the same in every thread (the groups' partial logits
- * added in group order; the tally is kept by thread 0), then dh~ and the updates
- * of the thread's slices. */
-static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) *D, REAL lr, int loss,
-                                         const FN(fm_swork) *W, int t, int nt, fm_tally *tally, ptrdiff_t start,
-                                         ptrdiff_t B, const REAL *restrict Pb, REAL *restrict dZ)
+/* dl/dz of examples [b0, b1) of the batch starting at `start`: the groups'
+ * partial logits added to by in group order, then the row loss. Each row's loss
+ * and correctness go to row_loss/row_correct where given, else into *tally. */
+static FM_INLINE void FN(fm_sparse_dz)(const FN(fm_net) *P, const FN(fm_rows) *D, int loss, const REAL *by,
+                                       ptrdiff_t start, ptrdiff_t B, ptrdiff_t b0, ptrdiff_t b1,
+                                       const REAL *restrict Pb, REAL *restrict dZ, double *row_loss,
+                                       int64_t *row_correct, fm_tally *tally)
 {
-    const ptrdiff_t n_in = D->n_in, batch = D->batch, nout = P->nout, stride = P->stride;
+    const ptrdiff_t nout = P->nout;
     const int G = P->n_groups;
     const REAL scale = R(1) / (REAL)B;
-    const REAL *by = P->by + t * nout;
-    fm_tally ignored = {0, 0};
-    for (ptrdiff_t b = 0; b < B; b++) {
+    for (ptrdiff_t b = b0; b < b1; b++) {
         REAL *restrict dz = dZ + b * nout;
         for (ptrdiff_t o = 0; o < nout; o++) {
             REAL z = by[o];
             for (int g = 0; g < G; g++) z += Pb[(b * G + g) * nout + o];
             dz[o] = z;
         }
-        FN(fm_row_loss_grad)(dz, D->labels[D->order[start + b]], dz, nout, loss, scale, tally ? tally : &ignored);
+        fm_tally row = {0, 0};
+        FN(fm_row_loss_grad)(dz, D->labels[D->order[start + b]], dz, nout, loss, scale, row_loss ? &row : tally);
+        if (row_loss) {
+            row_loss[b] = row.loss_sum;
+            row_correct[b] = row.n_correct;
+        }
     }
+}
 
+/* The rest of a batch's step for thread t once dl/dz of every example is in dZ:
+ * dh~ and the updates of the thread's slices. */
+static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) *D, REAL lr, const FN(fm_swork) *W,
+                                         int t, int nt, ptrdiff_t start, ptrdiff_t B, const REAL *restrict dZ)
+{
+    const ptrdiff_t n_in = D->n_in, batch = D->batch, nout = P->nout, stride = P->stride;
     for (int s = t; s < P->n_slices; s += nt) {
         const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
         const ptrdiff_t width = GROUP_OFF(g1);
@@ -245,6 +255,16 @@ static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows
     const ptrdiff_t n_in = D->n_in, n = D->n, batch = D->batch, nout = P->nout, stride = P->stride;
     const int G = P->n_groups;
     REAL *restrict dZ = t < P->n_slices ? W->dZ + t * batch * nout : NULL;
+    fm_tally ignored = {0, 0};
+    /* each thread's weight in the rows of dl/dz: 1 + how many lines short of the widest it is */
+    int64_t row_share[FM_MAX_THREADS + 1] = {0}, lines[FM_MAX_THREADS] = {0}, widest = 0;
+    for (int u = 0; u < nt && u < FM_MAX_THREADS; u++) {
+        for (int s = u; s < P->n_slices; s += nt)
+            lines[u] += P->group_line[P->slice_group[s + 1]] - P->group_line[P->slice_group[s]];
+        widest = lines[u] > widest ? lines[u] : widest;
+    }
+    for (int u = 0; u < nt; u++)
+        row_share[u + 1] = row_share[u] + (u < FM_MAX_THREADS ? 1 + widest - lines[u] : 1);
     int parity = 0;
 
     for (ptrdiff_t start = 0; start < n; start += batch, parity ^= 1) {
@@ -281,15 +301,29 @@ static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows
             }
         }
         FM_BARRIER(W->sync, nt);
-        /* No second barrier: a thread's next forward pass touches only its own
-         * slices, and writes the other half of P. */
+        if (B == 1 || nt == 1) {
+            /* every thread computes the same dl/dz (a second meeting would cost more) */
+            if (dZ) {
+                FN(fm_sparse_dz)(P, D, loss, P->by + t * nout, start, B, 0, B, Pb, dZ, NULL, NULL,
+                                 tally ? tally : &ignored);
+                FN(fm_sparse_step)(P, D, lr, W, t, nt, start, B, dZ);
+            }
+            continue;
+        }
+        /* dl/dz shared out by rows, the threads with the narrowest slices taking the
+         * most (their forward pass was the shortest), then a second meeting */
+        const ptrdiff_t b0 = B * row_share[t] / row_share[nt], b1 = B * row_share[t + 1] / row_share[nt];
+        FN(fm_sparse_dz)(P, D, loss, P->by, start, B, b0, b1, Pb, W->dZ, W->row_loss, W->row_correct, NULL);
+        FM_BARRIER(W->sync, nt);
+        if (tally)
+            for (ptrdiff_t b = 0; b < B; b++) {
+                tally->loss_sum += W->row_loss[b];
+                tally->n_correct += W->row_correct[b];
+            }
         if (dZ)
-            FN(fm_sparse_step)(P, D, lr, loss, W, t, nt, tally, start, B, Pb, dZ);
+            FN(fm_sparse_step)(P, D, lr, W, t, nt, start, B, W->dZ);
     }
 }
-
-#undef GROUP_OFF
-#undef GROUP_LINES
 
 FM_CLONES int FN(fm_sparse_epoch)(const FN(fm_net) *P, const FN(fm_rows) *D, REAL lr, int loss,
                                   const FN(fm_swork) *W, int n_threads, fm_tally *tally)
@@ -298,8 +332,7 @@ FM_CLONES int FN(fm_sparse_epoch)(const FN(fm_net) *P, const FN(fm_rows) *D, REA
         return FM_ERR_LOSS;
     if (P->stride % LANES)
         return FM_ERR_LAYOUT;
-    if (n_threads < 1)
-        n_threads = 1;
+    n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_threads)
     {
@@ -310,6 +343,49 @@ FM_CLONES int FN(fm_sparse_epoch)(const FN(fm_net) *P, const FN(fm_rows) *D, REA
     FN(fm_sparse_thread)(P, D, lr, loss, W, 0, 1, tally);
 #endif
     return FM_OK;
+}
+
+/* The row-pass floor of an epoch: only the two passes over rows of WhT per
+ * non-zero input that any sparse epoch makes (the forward gather and the row
+ * update, with a fixed dh~), on the same slices and threads, the threads meeting
+ * every `batch` examples; nothing else (no tanh, logits, loss). The epoch's
+ * time over this one's says what the rest of the step costs. Changes WhT. */
+FM_CLONES void FN(fm_row_passes)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_swork) *W, int n_threads)
+{
+    n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_threads)
+#endif
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        const int t = 0, nt = 1;
+#endif
+        const ptrdiff_t n_in = D->n_in, stride = P->stride;
+        for (ptrdiff_t start = 0; start < D->n; start += D->batch) {
+            const ptrdiff_t B = D->n - start < D->batch ? D->n - start : D->batch;
+            for (ptrdiff_t b = 0; b < B; b++) {
+                const REAL *vals;
+                const int32_t *idx;
+                const ptrdiff_t k = FN(fm_row)(D, D->order[start + b], &vals, &idx);
+                if (start + b + 1 < D->n)
+                    FN(fm_prefetch_row)(D, D->order[start + b + 1],
+                                        D->order[start + b + 2 < D->n ? start + b + 2 : D->n - 1]);
+                for (int s = t; s < P->n_slices; s += nt) {
+                    const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
+                    REAL *WhT = P->WhT + s * n_in * stride, *h = W->H + s * D->batch * stride;
+                    for (int g = g0; g < g1; g++)
+                        FN(fm_gather)(h + GROUP_OFF(g), P->bh + s * stride + GROUP_OFF(g), GROUP_LINES(g), vals, idx,
+                                      k, WhT + GROUP_OFF(g), stride);
+                    for (int g = g0; g < g1; g++) /* dh~: the bias row, a fixed small vector */
+                        FN(fm_update)(WhT + GROUP_OFF(g), stride, GROUP_LINES(g), R(1e-7), vals, idx, k,
+                                      P->bh + s * stride + GROUP_OFF(g));
+                }
+            }
+            FM_BARRIER(W->sync, nt);
+        }
+    }
 }
 
 /* Dense rows -> CSR, in two passes: fm_csr_counts writes each row's number of
@@ -345,6 +421,8 @@ FM_CLONES void FN(fm_csr_fill)(const REAL *restrict X, ptrdiff_t n_rows, ptrdiff
     }
 }
 
+#undef GROUP_OFF
+#undef GROUP_LINES
 #undef FM_GATHER
 #undef FM_UPDATE
 #undef LANES

@@ -295,9 +295,11 @@ class SparseWork(NamedTuple):
     dH: np.ndarray    # (n_slices, batch, stride) dl/dh~
     P: np.ndarray     # (2, batch, n_groups, n_out) partial logits, per batch parity
     dZ: np.ndarray    # (n_slices, batch, n_out) dl/dz, one copy per thread
-    gWy: np.ndarray   # (n_slices, n_out, stride) the batch's summed gradient of Wy
-    gbh: np.ndarray   # (n_slices, stride) and of bh
-    sync: np.ndarray  # (32,) int32 the threads' barrier
+    gWy: np.ndarray          # (n_slices, n_out, stride) the batch's summed gradient of Wy
+    gbh: np.ndarray          # (n_slices, stride) and of bh
+    row_loss: np.ndarray     # (batch,) float64
+    row_correct: np.ndarray  # (batch,) int64
+    sync: np.ndarray         # (32,) int32 the threads' barrier
 
 
 class BlasNet(NamedTuple):
@@ -403,7 +405,7 @@ def sparse_work(net, batch):
     return SparseWork(aligned_zeros((n_slices, batch, stride), dtype), aligned_zeros((n_slices, batch, stride), dtype),
                       np.zeros((2, batch, n_groups, n_out), dtype), np.zeros((n_slices, batch, n_out), dtype),
                       aligned_zeros((n_slices, n_out, stride), dtype), aligned_zeros((n_slices, stride), dtype),
-                      aligned_zeros(CACHE_LINE // 2, np.int32))
+                      np.zeros(batch, np.float64), np.zeros(batch, np.int64), aligned_zeros(CACHE_LINE // 2, np.int32))
 
 
 BLAS_BLOCK_UNITS = 64  # about this many hidden units per block of the BLAS path
@@ -425,6 +427,17 @@ def blas_work(net, batch, n_in, gathered):
                     np.empty((n_blocks, batch, width), dtype), np.empty((n_blocks, batch, n_out), dtype),
                     np.empty((batch, n_out), dtype), np.empty(batch, np.float64), np.empty(batch, np.int64),
                     aligned_zeros(CACHE_LINE // 2, np.int32))
+
+
+def dense_to_csr(X, kernels):
+    """(data, indices int32, indptr int64) of dense X by a compiled two-pass scan: the
+    C one where the Cython kernels are built (34 ms for MNIST on one core, against
+    0.6 s for np.nonzero), else the backend's own."""
+    try:
+        from . import _cy
+    except ImportError:
+        return kernels.dense_to_csr(X)
+    return _cy.dense_to_csr(X)
 
 
 def batch_order(perm, n_rows, batch_size):
@@ -499,7 +512,7 @@ class EpochRunner:
         if is_sparse(X):
             return Rows(X.data, X.indices.astype(np.int32, copy=False), X.indptr.astype(np.int64, copy=False))
         if layout == "csr":
-            return Rows(*self.kernels.dense_to_csr(X))
+            return Rows(*dense_to_csr(X, self.kernels))
         return Rows(X.reshape(-1), np.arange(X.shape[1], dtype=np.int32), None)
 
     # -- the sparse path's layout for a thread count; moving the parameters in and out --

@@ -199,7 +199,9 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
                           aligned_zeros(2 * N * n_groups * NOUT * sizeof(REAL)),                \
                           aligned_zeros(n_slices * N * NOUT * sizeof(REAL)),                    \
                           aligned_zeros(n_slices * NOUT * stride * sizeof(REAL)),               \
-                          aligned_zeros(n_slices * stride * sizeof(REAL)), aligned_zeros(128)};  \
+                          aligned_zeros(n_slices * stride * sizeof(REAL)),                      \
+                          aligned_zeros(N * sizeof(double)), aligned_zeros(N * sizeof(int64_t)),  \
+                          aligned_zeros(128)};                                                    \
         fm_tally tally = {0, 0};                                                                \
         int status = fm_sparse_epoch_##S(&P, &D, (REAL)0.5, loss, &W, threads, &tally);         \
         check(status == FM_OK, #S " sparse epoch status");                                      \
@@ -245,6 +247,7 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
         printf("ok   %s\n", what);                                                              \
         free(WhT); free(bh); free(Wy); free(by);                                                \
         free(W.H); free(W.dH); free(W.P); free(W.dZ); free(W.gWy); free(W.gbh); free(W.sync);  \
+        free(W.row_loss); free(W.row_correct);                                                  \
         return out;                                                                             \
     }
 
