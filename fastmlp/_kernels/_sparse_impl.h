@@ -197,6 +197,27 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
         REAL *restrict dH = W->dH + s * batch * stride, *restrict gWy = W->gWy + s * nout * stride;
         REAL *restrict gbh = W->gbh + s * stride;
 
+        if (B == 1) {
+            /* one example: dh~ from each row of Wy, then that row's step, in one pass */
+            const REAL *restrict h = H, *restrict dz = dZ;
+            REAL *restrict dh = dH;
+            for (ptrdiff_t j = 0; j < width; j++) dh[j] = 0;
+            for (ptrdiff_t o = 0; o < nout; o++) {
+                const REAL d = dz[o], lrd = lr * dz[o];
+                REAL *restrict wy = Wy + o * stride;
+#pragma omp simd
+                for (ptrdiff_t j = 0; j < width; j++) {
+                    dh[j] += d * wy[j];
+                    wy[j] -= lrd * h[j];
+                }
+                bys[o] -= lr * d;
+            }
+#pragma omp simd
+            for (ptrdiff_t j = 0; j < width; j++) {
+                dh[j] *= R(1) - h[j] * h[j];
+                bh[j] -= lr * dh[j];
+            }
+        } else {
         /* in one pass over the examples: dh~ = (Wy^T dz) * (1 - h*h) with Wy before
          * the step, and the sums of the gradients of Wy and bh */
         for (ptrdiff_t j = 0; j < width; j++) gbh[j] = 0;
@@ -232,6 +253,7 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
         }
 #pragma omp simd
         for (ptrdiff_t j = 0; j < width; j++) bh[j] -= lr * gbh[j];
+        }
 
         /* WhT[i, :] -= lr x_bi dh~_b over each example's non-zero inputs */
         for (ptrdiff_t b = 0; b < B; b++) {
