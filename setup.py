@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -64,7 +65,8 @@ extensions = [
     Extension(
         "fastmlp._kernels._cy",
         sources=["fastmlp/_kernels/_cy.pyx", "fastmlp/_kernels/_fused.c"],
-        include_dirs=["fastmlp/_kernels"],
+        include_dirs=["fastmlp/_kernels", numpy.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=["fastmlp/_kernels/_fused.h", "fastmlp/_kernels/_fused_impl.h", "fastmlp/_kernels/_sparse_impl.h"],
         extra_compile_args=compile_args,
     )

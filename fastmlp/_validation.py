@@ -49,6 +49,71 @@ def check_positive_float(value, name):
     return float(value)
 
 
+def check_nonnegative_float(value, name):
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not np.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} must be a non-negative finite number, got {_describe(value)}")
+    return float(value)
+
+
+def check_fraction(value, name):
+    """A number in [0, 1)."""
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not np.isfinite(value)
+        or not 0 <= value < 1
+    ):
+        raise ValueError(f"{name} must be a number in [0, 1), got {_describe(value)}")
+    return float(value)
+
+
+def check_sample_weight(sample_weight, n_samples, name="sample_weight"):
+    """None, or finite non-negative weights (n_samples,) as float64."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight)
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {w.dtype}")
+    if w.ndim != 1 or len(w) != n_samples:
+        raise ValueError(f"{name} must have shape ({n_samples},) (one weight per row), got {w.shape}")
+    w = w.astype(np.float64)
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"{name} must be non-negative and finite")
+    return w
+
+
+def check_class_weight(class_weight, labels, n_out, name="class_weight"):
+    """None, or the weight of each class (n_out,) from a dict {label: weight} or
+    "balanced" (n_samples / (n_classes * count), over the classes present)."""
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f'{name} must be a dict {{class: weight}} or "balanced", got {class_weight!r}')
+        counts = np.bincount(labels, minlength=n_out).astype(np.float64)
+        present = counts > 0
+        out = np.zeros(n_out)
+        out[present] = len(labels) / (present.sum() * counts[present])
+        return out
+    if not isinstance(class_weight, dict):
+        raise TypeError(f'{name} must be a dict {{class: weight}} or "balanced", got {_describe(class_weight)}')
+    out = np.ones(n_out)
+    unknown = [k for k in class_weight
+               if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or not 0 <= k < n_out]
+    if unknown:
+        raise ValueError(f"{name} names unknown classes {unknown[:10]}; the classes are 0 .. {n_out - 1}")
+    for k, v in class_weight.items():
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not np.isfinite(v) or v < 0:
+            raise ValueError(f"{name}[{k!r}] must be a non-negative number, got {_describe(v)}")
+        out[int(k)] = float(v)
+    return out
+
+
 def check_dtype(dtype, name="dtype"):
     try:
         dt = np.dtype(dtype)

@@ -23,6 +23,7 @@ import numpy as np
 LOSSES = ("ce", "mse")
 INITS = ("xavier", "normal")
 PARAM_NAMES = ("Wh", "bh", "Wy", "by")
+WEIGHT_NAMES = ("Wh", "Wy")  # the parameters weight decay applies to (not the biases)
 
 
 class Outputs(NamedTuple):
@@ -152,15 +153,26 @@ def output_delta(y_hat, y, loss="ce"):
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
-def backward(params, outputs, y, loss="ce"):
+def backward(params, outputs, y, loss="ce", weights=None):
     """Gradients of the batch-mean loss, by hand.
 
     ``dZ = dl/dy~ / B``; ``dWy = dZ^T H``, ``dby = sum_rows dZ``;
     ``dH~ = (dZ Wy) * (1 - H*H)``; ``dWh = dH~^T X``, ``dbh = sum_rows dH~``.
+    With sample ``weights`` the batch mean is weighted: row b's dl/dy~ is scaled
+    by ``w_b / sum(w)`` instead of ``1 / B`` (no update where the weights sum to 0).
     """
     X, H, _, Y_hat = outputs
-    dZ = output_delta(Y_hat, y, loss) / X.shape[0]
-    return param_grads(X, H, dZ, hidden_delta(params["Wy"], H, dZ))
+    return param_grads(X, H, *_deltas(params, H, output_delta(Y_hat, y, loss), weights))
+
+
+def _deltas(params, H, delta, weights):
+    """(dZ, dH~) from the output deltas: the (weighted) batch mean's share of each row."""
+    if weights is None:
+        dZ = delta / H.shape[0]
+    else:
+        total = weights.sum()
+        dZ = delta * (weights / total if total > 0 else np.zeros_like(weights))[:, None].astype(delta.dtype)
+    return dZ, hidden_delta(params["Wy"], H, dZ)
 
 
 def hidden_delta(Wy, H, dZ):
@@ -178,28 +190,70 @@ def param_grads(X, H, dZ, dH):
     }
 
 
-def sgd_step(params, grads, lr):
-    """In place: ``p <- p - lr * grad`` for every parameter."""
+def sgd_step(params, grads, lr, momentum=0.0, nesterov=False, weight_decay=0.0, velocity=None):
+    """In place: one step of SGD as ``torch.optim.SGD`` takes it (dampening 0).
+
+    ``g = grad + weight_decay * p`` for the weights Wh and Wy (not the biases);
+    without momentum ``p <- p - lr * g``; with it the velocity ``v <- momentum * v + g``
+    (``velocity``, a dict of arrays like ``params``, starts at zero) and
+    ``p <- p - lr * v``, or ``p <- p - lr * (g + momentum * v)`` with ``nesterov``.
+    """
     for name in PARAM_NAMES:
-        params[name] -= (lr * grads[name]).astype(params[name].dtype, copy=False)
+        p = params[name]
+        g = grads[name] + weight_decay * p if name in WEIGHT_NAMES and weight_decay else grads[name]
+        if momentum:
+            v = velocity[name]
+            v *= momentum
+            v += g
+            g = g + momentum * v if nesterov else v
+        p -= (lr * g).astype(p.dtype, copy=False)
     return params
 
 
-def train_epoch(params, X, labels, perm, batch_size, lr, loss="ce"):
+def train_epoch(params, X, labels, perm, batch_size, lr, loss="ce", momentum=0.0, nesterov=False,
+                weight_decay=0.0, velocity=None, weights=None, decay_by_weight_sum=False):
     """One epoch of mini-batch SGD over ``X[perm]``, in place.
 
-    Returns ``(loss_sum, n_correct)``: the loss summed over the examples and the
+    Returns ``(loss_sum, correct)``: the loss summed over the examples and the
     number of correct predictions, both measured in each batch's forward pass
-    before its update (the running figures every backend reports). X may be a
-    scipy.sparse CSR matrix: the same arithmetic, through scipy's products.
+    before its update (the running figures every backend reports); with sample
+    ``weights`` (one per row of X) both are weighted sums and each batch's
+    gradient the weighted mean. ``momentum``, ``nesterov``, ``weight_decay`` and
+    ``velocity`` as in ``sgd_step``; with ``decay_by_weight_sum`` the decay of a
+    batch is ``weight_decay / (sum of its weights)`` (scikit-learn's ``alpha``).
+    X may be a scipy.sparse CSR matrix: the same arithmetic, through scipy's
+    products.
     """
-    loss_sum, n_correct = 0.0, 0
+    loss_sum, correct = 0.0, 0
     for start in range(0, len(perm), batch_size):
         idx = perm[start:start + batch_size]
         Xb, yb = X[idx], labels[idx]
+        wb = None if weights is None else weights[idx]
         out = forward(params, Xb)
-        batch_loss, batch_acc = loss_accuracy(out.Y_hat, yb, loss, logits=out.Z)
-        loss_sum += batch_loss * len(idx)
-        n_correct += round(batch_acc * len(idx))
-        sgd_step(params, backward(params, out, yb, loss), lr)
-    return loss_sum, n_correct
+        if wb is None:
+            batch_loss, batch_acc = loss_accuracy(out.Y_hat, yb, loss, logits=out.Z)
+            loss_sum += batch_loss * len(idx)
+            correct += round(batch_acc * len(idx))
+        else:
+            row_loss, row_correct = row_losses(out, yb, loss)
+            loss_sum += float(np.dot(wb, row_loss))
+            correct += float(np.dot(wb, row_correct))
+        decay = weight_decay
+        if decay_by_weight_sum and weight_decay:
+            total = len(idx) if wb is None else float(wb.sum())
+            decay = weight_decay / total if total > 0 else 0.0
+        sgd_step(params, backward(params, out, yb, loss, wb), lr, momentum, nesterov, decay, velocity)
+    return loss_sum, correct
+
+
+def row_losses(outputs, y, loss="ce"):
+    """(loss of each row, 1.0 where its argmax is the label else 0.0)."""
+    labels = as_labels(y)
+    rows = np.arange(len(labels))
+    correct = (outputs.Z.argmax(axis=1) == labels).astype(np.float64)
+    if loss == "ce":
+        return -log_softmax(outputs.Z)[rows, labels].astype(np.float64), correct
+    if loss == "mse":
+        diff = outputs.Y_hat - one_hot(labels, outputs.Y_hat.shape[1], outputs.Y_hat.dtype)
+        return (0.5 * np.sum(diff * diff, axis=1)).astype(np.float64), correct
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")

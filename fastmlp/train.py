@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import sys
 import time
@@ -19,12 +20,17 @@ import numpy as np
 
 from . import backends
 from . import reference as ref
-from ._kernels.epochs import CHUNK_EXAMPLES, Diverged, EpochRunner, blas_limits, wants_one_blas_thread
+from . import schedules
+from ._kernels.epochs import SGD, CHUNK_EXAMPLES, Diverged, EpochRunner, blas_limits, wants_one_blas_thread
 from ._validation import (
     check_choice,
+    check_class_weight,
+    check_fraction,
+    check_nonnegative_float,
     check_nonnegative_int,
     check_positive_float,
     check_positive_int,
+    check_sample_weight,
     check_X,
     check_y,
 )
@@ -90,17 +96,20 @@ class DivergenceError(FloatingPointError):
         )
 
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: with the momentum buffers and the optimizer settings
 
 
 def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto",
           shuffle=True, seed=0, validation_data=None, progress=False,
-          checkpoint=None, checkpoint_every=1, resume=None, n_threads=None):
+          checkpoint=None, checkpoint_every=1, resume=None, n_threads=None,
+          momentum=0.0, nesterov=False, weight_decay=0.0, lr_schedule="constant", power_t=0.5,
+          sample_weight=None, class_weight=None):
     """Train ``model`` in place by mini-batch SGD and return its ``History``.
 
-    Each step applies ``p -= lr * (mean over the batch of dl/dp)``; the last batch
-    of an epoch may be smaller and averages over its own size. ``batch_size=1`` is
-    online gradient descent, ``batch_size >= len(X)`` full-batch.
+    Each step applies ``p -= lr * (mean over the batch of dl/dp)`` (with the
+    options below, the step of ``torch.optim.SGD``); the last batch of an epoch may
+    be smaller and averages over its own size. ``batch_size=1`` is online gradient
+    descent, ``batch_size >= len(X)`` full-batch.
 
     Parameters
     ----------
@@ -117,11 +126,11 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
         Total number of epochs (with ``resume``: including those already done).
     batch_size : int
     lr : float
-        The learning rate.
+        The learning rate (of the first epoch, under a schedule).
     loss : {"ce", "mse"}
         Cross-entropy, or squared error on the softmax output.
     backend : {"auto", "numpy", "cython", "numba"}
-        "auto" takes the fastest available backend for this batch size.
+        "auto" takes the compiled Cython kernels where they load.
     shuffle : bool
         Draw a new permutation of the examples each epoch; otherwise take them in order.
     seed : int
@@ -133,8 +142,8 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
         bar where tqdm is installed (``pip install fastmlp[progress]``), else a line.
     checkpoint : path, optional
         Write a checkpoint there (atomically) every ``checkpoint_every`` epochs and
-        after the last: the parameters, the epochs done, the shuffling RNG's state
-        and the history.
+        after the last: the parameters, the momentum buffers, the epochs done, the
+        shuffling RNG's state and the history.
     resume : path, optional
         Continue from a checkpoint: a run killed and resumed ends with exactly the
         parameters of an uninterrupted run with the same settings.
@@ -143,6 +152,26 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
         within threadpoolctl's limits (``threadpool_limits(1)`` makes training
         single-threaded) and shared with other trainings running at the same time.
         The trained parameters are bitwise the same for every thread count.
+    momentum : float
+        ``torch.optim.SGD``'s momentum (dampening 0): ``v = momentum * v + g``,
+        ``p -= lr * v``. The buffers start at zero, live through the epochs of this
+        call and are saved in checkpoints.
+    nesterov : bool
+        Nesterov momentum: ``p -= lr * (g + momentum * v)``; needs momentum > 0.
+    weight_decay : float
+        Adds ``weight_decay * W`` to the gradients of Wh and Wy (not the biases).
+    lr_schedule : {"constant", "invscaling", "step", "cosine"} or callable
+        The learning rate of each epoch (``fastmlp.schedules``); a callable takes the
+        epoch (0-based) and returns a positive rate.
+    power_t : float
+        The exponent of "invscaling".
+    sample_weight : array (n_samples,), optional
+        Non-negative weights: each batch's gradient is the weighted mean of its rows'
+        (an integer weight k counts as the row k times; a batch whose weights sum to
+        zero takes no step), and the history's loss and accuracy are weighted.
+    class_weight : dict or "balanced", optional
+        Weights per class (label -> weight), multiplied into ``sample_weight``;
+        "balanced" gives each class n_samples / (n_classes * its count).
 
     Raises
     ------
@@ -158,67 +187,169 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
     """
     model = _check_model(model)
     epochs = check_nonnegative_int(epochs, "epochs")
-    batch_size = check_positive_int(batch_size, "batch_size")
-    lr = check_positive_float(lr, "lr")
-    check_choice(loss, "loss", ref.LOSSES)
-    check_choice(backend, "backend", backends.NAMES)
-    check_nonnegative_int(seed, "seed")
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
-    if n_threads is not None:
-        n_threads = check_positive_int(n_threads, "n_threads")
-    if not isinstance(shuffle, (bool, np.bool_)):
-        raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
     if checkpoint is not None:
         _check_writable_dir(checkpoint, "checkpoint")
-    X = check_X(X, "X", model.n_in, model.dtype)
-    labels = check_y(y, X.shape[0], model.n_out, "y")
-    val = _check_validation_data(validation_data, model)
-    name = backends.resolve(backend)
-    settings = dict(batch_size=batch_size, lr=lr, loss=loss, shuffle=bool(shuffle), seed=seed, n_samples=X.shape[0])
-    state = _read_checkpoint(resume, model, settings) if resume is not None else None
-
-    if not model._training.acquire(blocking=False):
-        raise RuntimeError("model is already being trained in another thread; train a copy (model.copy()) instead")
-    try:
-        history = History(backend=name)
-        rng = np.random.default_rng(seed)
-        first = 0
-        if state is not None:
-            first = state["epoch"]
-            rng.bit_generator.state = state["rng"]
-            for key, values in state["history"].items():
-                getattr(history, key).extend(values)
-            for k in ref.PARAM_NAMES:
-                model.params[k][...] = state["params"][k]
-        model.loss = loss
-        runner = EpochRunner(backends.kernels(name), model.params, X, labels, batch_size=batch_size, loss=loss,
-                             n_threads=n_threads)
-        history.path = runner.path
-        n = X.shape[0]
+    if not isinstance(progress, (bool, np.bool_)):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    training = _Training(model, X, y, batch_size=batch_size, lr=lr, loss=loss, backend=backend, shuffle=shuffle,
+                         seed=seed, validation_data=validation_data, n_threads=n_threads, momentum=momentum,
+                         nesterov=nesterov, weight_decay=weight_decay, sample_weight=sample_weight,
+                         class_weight=class_weight)
+    schedule = schedules.build(_check_schedule(lr_schedule), lr, epochs=epochs, n_samples=training.n,
+                               power_t=_check_power_t(power_t))
+    settings = dict(training.settings, lr_schedule=lr_schedule if isinstance(lr_schedule, str) else "callable",
+                    power_t=float(power_t))
+    if resume is not None:
+        training.restore(_read_checkpoint(resume, model, settings))
+    first = training.epoch
+    if first < epochs:
+        _check_lr_at(schedule, first)  # before any work
+    with training:
         bar = _Progress(epochs, first) if progress else None
-        with blas_limits(wants_one_blas_thread(runner.path, batch_size)), (bar or contextlib.nullcontext()):
+        with bar or contextlib.nullcontext():
             for epoch in range(first, epochs):
-                perm = rng.permutation(n) if shuffle else np.arange(n, dtype=np.intp)
-                t0 = time.perf_counter()
-                try:
-                    loss_sum, n_correct = runner.epoch(perm, lr)
-                except Diverged as exc:
-                    raise DivergenceError(epoch, exc.batch, history) from None
-                history.seconds.append(time.perf_counter() - t0)
-                history.threads = runner.threads
-                history.loss.append(loss_sum / n)
-                history.accuracy.append(n_correct / n)
-                if val is not None:
-                    vl, va = _evaluate(model, *val, loss)
-                    history.val_loss.append(vl)
-                    history.val_accuracy.append(va)
+                training.run_epoch(_check_lr_at(schedule, epoch))
                 if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
-                    _write_checkpoint(checkpoint, model, epoch + 1, rng, history, settings)
+                    _write_checkpoint(checkpoint, training, settings)
                 if bar is not None:
-                    bar.update(history, n)
-    finally:
-        model._training.release()
-    return history
+                    bar.update(training.history, training.n)
+    return training.history
+
+
+def _check_schedule(schedule):
+    if callable(schedule) or schedule in schedules.NAMES:
+        return schedule
+    raise ValueError(f"lr_schedule must be one of {schedules.NAMES} or a callable epoch -> lr, got {schedule!r}")
+
+
+def _check_power_t(power_t):
+    if isinstance(power_t, (bool, np.bool_)) or not isinstance(power_t, numbers.Real) or not np.isfinite(power_t) \
+            or power_t < 0:
+        raise ValueError(f"power_t must be a non-negative number, got {power_t!r}")
+    return float(power_t)
+
+
+def _check_lr_at(schedule, epoch):
+    """The schedule's learning rate for ``epoch``, which must be positive and finite."""
+    value = schedule(epoch)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"lr_schedule returned {value!r} for epoch {epoch}; a learning rate must be a positive "
+                         f"finite number")
+    return float(value)
+
+
+class _Training:
+    """One training run, epoch by epoch: the checked inputs, the epoch runner, the
+    shuffling RNG, the momentum buffers and the history. ``train`` drives it; so
+    does the scikit-learn estimator, which decides its learning rate and when to
+    stop after each epoch. Use it as a context manager around the epochs: it holds
+    the model against other threads and sets the BLAS threads."""
+
+    def __init__(self, model, X, y, *, batch_size=64, lr=0.1, loss="ce", backend="auto", shuffle=True, seed=0,
+                 validation_data=None, n_threads=None, momentum=0.0, nesterov=False, weight_decay=0.0,
+                 sample_weight=None, class_weight=None, decay_by_weight_sum=False):
+        self.model = model
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        check_positive_float(lr, "lr")
+        check_choice(loss, "loss", ref.LOSSES)
+        check_choice(backend, "backend", backends.NAMES)
+        check_nonnegative_int(seed, "seed")
+        if n_threads is not None:
+            n_threads = check_positive_int(n_threads, "n_threads")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+        momentum = check_fraction(momentum, "momentum")
+        weight_decay = check_nonnegative_float(weight_decay, "weight_decay")
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+        if nesterov and momentum == 0:
+            raise ValueError("nesterov=True needs momentum > 0 (Nesterov momentum without momentum is plain SGD)")
+        self.X = check_X(X, "X", model.n_in, model.dtype)
+        self.labels = check_y(y, self.X.shape[0], model.n_out, "y")
+        self.n = self.X.shape[0]
+        weights = check_sample_weight(sample_weight, self.n, "sample_weight")
+        cw = check_class_weight(class_weight, self.labels, model.n_out)
+        if cw is not None:
+            weights = cw[self.labels] if weights is None else weights * cw[self.labels]
+        self.weights = None if weights is None else np.ascontiguousarray(weights, dtype=model.dtype)
+        self.val = _check_validation_data(validation_data, model)
+        self.backend = backends.resolve(backend)
+        self.loss, self.shuffle, self.seed, self.n_threads = loss, bool(shuffle), seed, n_threads
+        self.momentum, self.nesterov, self.weight_decay = momentum, bool(nesterov), weight_decay
+        self.decay_by_weight_sum = decay_by_weight_sum
+        self.settings = dict(batch_size=self.batch_size, lr=float(lr), loss=loss, shuffle=self.shuffle, seed=seed,
+                             n_samples=self.n, momentum=momentum, nesterov=self.nesterov, weight_decay=weight_decay)
+        self.rng = np.random.default_rng(seed)
+        self.epoch = 0
+        self.history = History(backend=self.backend)
+        self.velocity = ({k: np.zeros_like(v) for k, v in model.params.items()} if momentum else None)
+        self.runner = None
+
+    def restore(self, state):
+        """Continue from a checkpoint's state (``_read_checkpoint``)."""
+        self.epoch = state["epoch"]
+        self.rng.bit_generator.state = state["rng"]
+        for key, values in state["history"].items():
+            getattr(self.history, key).extend(values)
+        for k in ref.PARAM_NAMES:
+            self.model.params[k][...] = state["params"][k]
+            if self.velocity is not None:
+                self.velocity[k][...] = state["velocity"][k]
+
+    def scale_velocity(self, factor):
+        """Multiply the momentum buffers (scikit-learn keeps lr inside its velocity:
+        on a change of rate the estimator rescales, so that its steps are sklearn's)."""
+        if self.velocity is not None:
+            for v in self.velocity.values():
+                v *= factor
+
+    def __enter__(self):
+        if not self.model._training.acquire(blocking=False):
+            raise RuntimeError("model is already being trained in another thread; train a copy (model.copy()) "
+                               "instead")
+        try:
+            self.model.loss = self.loss
+            self.runner = EpochRunner(backends.kernels(self.backend), self.model.params, self.X, self.labels,
+                                      batch_size=self.batch_size, loss=self.loss, n_threads=self.n_threads,
+                                      weights=self.weights, velocity=self.velocity)
+            self.history.path = self.runner.path
+            self._blas = blas_limits(wants_one_blas_thread(self.runner.path, self.batch_size))
+            self._blas.__enter__()
+        except BaseException:
+            self.model._training.release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self._blas.__exit__(*exc)
+        finally:
+            self.model._training.release()
+
+    def run_epoch(self, lr):
+        """One epoch at learning rate ``lr``; appends to the history."""
+        n = self.n
+        perm = self.rng.permutation(n) if self.shuffle else np.arange(n, dtype=np.intp)
+        opt = SGD(lr, self.momentum, self.weight_decay, self.nesterov, self.decay_by_weight_sum)
+        t0 = time.perf_counter()
+        try:
+            loss_sum, correct = self.runner.epoch(perm, opt)
+        except Diverged as exc:
+            raise DivergenceError(self.epoch, exc.batch, self.history) from None
+        h = self.history
+        h.seconds.append(time.perf_counter() - t0)
+        h.threads = self.runner.threads
+        total = n if self.weights is None else float(self.weights.sum())
+        h.loss.append(loss_sum / total if total > 0 else 0.0)
+        h.accuracy.append(correct / total if total > 0 else 0.0)
+        if self.val is not None:
+            vl, va = _evaluate(self.model, *self.val, self.loss)
+            h.val_loss.append(vl)
+            h.val_accuracy.append(va)
+        self.epoch += 1
+        return h
 
 
 def _check_writable_dir(path, name):
@@ -227,17 +358,18 @@ def _check_writable_dir(path, name):
         raise FileNotFoundError(f"{name}: directory {directory!r} does not exist")
 
 
-def _write_checkpoint(path, model, epochs_done, rng, history, settings):
+def _write_checkpoint(path, training, settings):
     from .model import atomic_savez
 
-    arrays = model._file_arrays()
+    arrays = training.model._file_arrays()
     arrays.update(
         checkpoint_version=np.int64(CHECKPOINT_VERSION),
-        epochs_done=np.int64(epochs_done),
-        rng_state=np.str_(json.dumps(rng.bit_generator.state)),
+        epochs_done=np.int64(training.epoch),
+        rng_state=np.str_(json.dumps(training.rng.bit_generator.state)),
         settings=np.str_(json.dumps(settings)),
-        **{f"history_{k}": np.asarray(getattr(history, k), dtype=np.float64)
+        **{f"history_{k}": np.asarray(getattr(training.history, k), dtype=np.float64)
            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")},
+        **({f"velocity_{k}": v for k, v in training.velocity.items()} if training.velocity is not None else {}),
     )
     atomic_savez(path, **arrays)
 
@@ -264,6 +396,7 @@ def _read_checkpoint(path, model, settings):
         epoch=int(data["epochs_done"]),
         rng=json.loads(str(data["rng_state"])),
         params=saved.params,
+        velocity={k: data[f"velocity_{k}"] for k in ref.PARAM_NAMES if f"velocity_{k}" in data},
         history={k: data[f"history_{k}"].tolist()
                  for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")},
     )
@@ -302,15 +435,24 @@ class _Progress:
             self.bar.close()
 
 
-def _evaluate(model, X, labels, loss):
+def _evaluate(model, X, labels, loss, weights=None):
     Z = model._logits(X)
-    return ref.loss_accuracy(ref.softmax(Z), labels, loss, logits=Z)
+    if weights is None:
+        return ref.loss_accuracy(ref.softmax(Z), labels, loss, logits=Z)
+    outputs = ref.Outputs(None, None, Z, ref.softmax(Z))
+    row_loss, row_correct = ref.row_losses(outputs, labels, loss)
+    total = float(weights.sum())
+    if total <= 0:
+        raise ValueError("sample_weight must not all be zero")
+    return float(np.dot(weights, row_loss) / total), float(np.dot(weights, row_correct) / total)
 
 
-def evaluate(model, X, y, loss="ce"):
-    """(mean loss, accuracy) of ``model`` on ``X``, ``y`` (labels or one-hot)."""
+def evaluate(model, X, y, loss="ce", sample_weight=None):
+    """(mean loss, accuracy) of ``model`` on ``X``, ``y`` (labels or one-hot); with
+    ``sample_weight``, the weighted mean loss and the weighted fraction correct."""
     model = _check_model(model)
     check_choice(loss, "loss", ref.LOSSES)
     X = check_X(X, "X", model.n_in, model.dtype)
     labels = check_y(y, X.shape[0], model.n_out, "y")
-    return _evaluate(model, X, labels, loss)
+    weights = check_sample_weight(sample_weight, X.shape[0], "sample_weight")
+    return _evaluate(model, X, labels, loss, weights)

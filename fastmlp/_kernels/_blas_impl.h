@@ -28,10 +28,11 @@ static FM_INLINE void FN(fm_gemm)(FN(fm_gemm_ptr) gemm, int ta, int tb, int M, i
     gemm(&cb, &ca, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
 }
 
-static FM_INLINE void FN(fm_blas_thread)(const FN(fm_dense) *P, const FN(fm_batches) *D, REAL lr, int loss,
-                                         const FN(fm_bwork) *W, FN(fm_gemm_ptr) gemm, int t, int nt,
+static FM_INLINE void FN(fm_blas_thread)(const FN(fm_dense) *P, const FN(fm_batches) *D, const FN(fm_sgd) *opt,
+                                         int loss, const FN(fm_bwork) *W, FN(fm_gemm_ptr) gemm, int t, int nt,
                                          fm_tally *tally)
 {
+    const REAL lr = opt->lr;
     const int n_in = (int)D->n_in, nh = (int)P->nh, nout = (int)P->nout;
     const ptrdiff_t n = D->n, batch = D->batch;
     const int nb = P->n_blocks;
@@ -61,8 +62,11 @@ static FM_INLINE void FN(fm_blas_thread)(const FN(fm_dense) *P, const FN(fm_batc
             FN(fm_gemm)(gemm, 0, 1, B, nout, w, R(1), H, w, P->Wy + u0, nh, R(0), Zp, nout);
         }
         FM_BARRIER(W->sync, nt);
-        /* dl/dz of a share of the rows: the blocks' partial logits added in block order */
-        const REAL scale = R(1) / (REAL)B;
+        /* dl/dz of a share of the rows: the blocks' partial logits added in block
+         * order, each row scaled by its share of the (weighted) batch mean */
+        const double weight_sum = FN(fm_batch_weight)(D->weights, D->order, start, B);
+        const REAL decay = FN(fm_batch_decay)(opt, weight_sum);
+        const int plain = opt->momentum == 0 && decay == 0;
         for (ptrdiff_t b = r0; b < r1; b++) {
             REAL *dz = W->dZ + b * nout;
             for (int o = 0; o < nout; o++) {
@@ -70,45 +74,76 @@ static FM_INLINE void FN(fm_blas_thread)(const FN(fm_dense) *P, const FN(fm_batc
                 for (int j = 0; j < nb; j++) z += W->Zp[(j * batch + b) * nout + o];
                 dz[o] = z;
             }
+            const intptr_t r = D->order[start + b];
+            const double w = D->weights ? (double)D->weights[r] : 1.0;
             fm_tally row = {0, 0};
-            FN(fm_row_loss_grad)(dz, D->labels[D->order[start + b]], dz, nout, loss, scale, &row);
+            FN(fm_row_loss_grad)(dz, D->labels[r], dz, nout, loss, weight_sum > 0 ? (REAL)(w / weight_sum) : R(0), w,
+                                 &row);
             W->row_loss[b] = row.loss_sum;
-            W->row_correct[b] = row.n_correct;
+            W->row_correct[b] = row.correct;
         }
         FM_BARRIER(W->sync, nt);
-        /* per block: dH = (dZ Wy) * (1 - H*H) before Wy changes, then the updates */
+        /* per block: dH = (dZ Wy) * (1 - H*H) before Wy changes, then the updates:
+         * plain SGD straight into the weights (GEMMs with beta = 1); with momentum
+         * or decay the gradients apart first, then the step of torch.optim.SGD */
         for (int j = j0; j < j1; j++) {
             const int u0 = P->block_unit[j], w = P->block_unit[j + 1] - u0;
             const REAL *H = W->H + j * batch * P->block_max;
             REAL *dH = W->dH + j * batch * P->block_max;
             FN(fm_gemm)(gemm, 0, 0, B, w, nout, R(1), W->dZ, nout, P->Wy + u0, nh, R(0), dH, w);
             FN(fm_dtanh)(dH, H, (ptrdiff_t)B * w);
-            FN(fm_gemm)(gemm, 1, 0, nout, w, B, -lr, W->dZ, nout, H, w, R(1), P->Wy + u0, nh);
-            FN(fm_bias_update)(P->bh + u0, dH, B, w, lr);
-            FN(fm_gemm)(gemm, 1, 0, w, n_in, B, -lr, dH, w, Xb, n_in, R(1), P->Wh + (ptrdiff_t)u0 * n_in, n_in);
+            if (plain) {
+                FN(fm_gemm)(gemm, 1, 0, nout, w, B, -lr, W->dZ, nout, H, w, R(1), P->Wy + u0, nh);
+                FN(fm_bias_update)(P->bh + u0, dH, B, w, lr);
+                FN(fm_gemm)(gemm, 1, 0, w, n_in, B, -lr, dH, w, Xb, n_in, R(1), P->Wh + (ptrdiff_t)u0 * n_in, n_in);
+                continue;
+            }
+            REAL *gWy = W->GWy + u0, *gWh = W->GWh + (ptrdiff_t)u0 * n_in, *gbh = W->gb + u0;
+            FN(fm_gemm)(gemm, 1, 0, nout, w, B, R(1), W->dZ, nout, H, w, R(0), gWy, nh);
+            for (int o = 0; o < nout; o++)
+                FN(fm_sgd_dense)(P->Wy + o * nh + u0, P->VWy ? P->VWy + o * nh + u0 : NULL, gWy + o * nh, w, opt, decay);
+            for (int c = 0; c < w; c++) gbh[c] = 0;
+            for (int b = 0; b < B; b++)
+                for (int c = 0; c < w; c++) gbh[c] += dH[b * w + c];
+            FN(fm_sgd_dense)(P->bh + u0, P->Vbh ? P->Vbh + u0 : NULL, gbh, w, opt, R(0));
+            FN(fm_gemm)(gemm, 1, 0, w, n_in, B, R(1), dH, w, Xb, n_in, R(0), gWh, n_in);
+            FN(fm_sgd_dense)(P->Wh + (ptrdiff_t)u0 * n_in, P->VWh ? P->VWh + (ptrdiff_t)u0 * n_in : NULL, gWh,
+                             (ptrdiff_t)w * n_in, opt, decay);
         }
         if (t == 0) { /* read again only after the next batch's second barrier */
-            FN(fm_bias_update)(P->by, W->dZ, B, nout, lr);
+            if (plain) {
+                FN(fm_bias_update)(P->by, W->dZ, B, nout, lr);
+            } else {
+                REAL *gby = W->gb + nh;
+                for (int o = 0; o < nout; o++) gby[o] = 0;
+                for (int b = 0; b < B; b++)
+                    for (int o = 0; o < nout; o++) gby[o] += W->dZ[b * nout + o];
+                FN(fm_sgd_dense)(P->by, P->Vby, gby, nout, opt, R(0));
+            }
             for (int b = 0; b < B; b++) {
                 tally->loss_sum += W->row_loss[b];
-                tally->n_correct += W->row_correct[b];
+                tally->correct += W->row_correct[b];
             }
         }
     }
 }
 
-FM_CLONES int FN(fm_blas_epoch)(const FN(fm_dense) *P, const FN(fm_batches) *D, REAL lr, int loss,
+FM_CLONES int FN(fm_blas_epoch)(const FN(fm_dense) *P, const FN(fm_batches) *D, const FN(fm_sgd) *opt, int loss,
                                 const FN(fm_bwork) *W, FN(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally)
 {
     if (!FN(fm_valid_loss)(loss))
         return FM_ERR_LOSS;
+    if (!FN(fm_plain_sgd)(opt) && !(W->GWh && W->GWy && W->gb))
+        return FM_ERR_LAYOUT;
+    if (opt->momentum != 0 && !(P->VWh && P->Vbh && P->VWy && P->Vby))
+        return FM_ERR_LAYOUT;
     n_threads = n_threads > P->n_blocks ? P->n_blocks : n_threads;
     n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_threads)
-    FN(fm_blas_thread)(P, D, lr, loss, W, gemm, omp_get_thread_num(), omp_get_num_threads(), tally);
+    FN(fm_blas_thread)(P, D, opt, loss, W, gemm, omp_get_thread_num(), omp_get_num_threads(), tally);
 #else
-    FN(fm_blas_thread)(P, D, lr, loss, W, gemm, 0, 1, tally);
+    FN(fm_blas_thread)(P, D, opt, loss, W, gemm, 0, 1, tally);
 #endif
     return FM_OK;
 }

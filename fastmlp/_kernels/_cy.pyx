@@ -14,6 +14,9 @@ Every epoch runs with the GIL released.
 
 import numpy as np
 
+cnp.import_array()
+
+cimport numpy as cnp
 from cython cimport floating
 from libc.stdint cimport int32_t, int64_t, intptr_t
 from libc.string cimport memcpy
@@ -24,115 +27,7 @@ cdef extern from "_fused.h" nogil:
     int FM_OK, FM_ERR_LOSS, FM_ERR_LAYOUT, FM_LOSS_CE, FM_LOSS_MSE
     ctypedef struct fm_tally:
         double loss_sum
-        int64_t n_correct
-    ctypedef struct fm_net_f:
-        float *WhT
-        float *bh
-        float *Wy
-        float *by
-        Py_ssize_t n_in, nout, stride
-        int n_slices, n_groups
-        const int32_t *slice_group
-        const int32_t *group_line
-    ctypedef struct fm_net_d:
-        double *WhT
-        double *bh
-        double *Wy
-        double *by
-        Py_ssize_t n_in, nout, stride
-        int n_slices, n_groups
-        const int32_t *slice_group
-        const int32_t *group_line
-    ctypedef struct fm_batches_f:
-        const float *X
-        const intptr_t *labels
-        const intptr_t *order
-        Py_ssize_t n_in, n, batch
-    ctypedef struct fm_batches_d:
-        const double *X
-        const intptr_t *labels
-        const intptr_t *order
-        Py_ssize_t n_in, n, batch
-    ctypedef struct fm_dense_f:
-        float *Wh
-        float *bh
-        float *Wy
-        float *by
-        Py_ssize_t n_in, nh, nout
-        int n_blocks
-        const int32_t *block_unit
-        Py_ssize_t block_max
-    ctypedef struct fm_dense_d:
-        double *Wh
-        double *bh
-        double *Wy
-        double *by
-        Py_ssize_t n_in, nh, nout
-        int n_blocks
-        const int32_t *block_unit
-        Py_ssize_t block_max
-    ctypedef struct fm_bwork_f:
-        float *Xb
-        float *H
-        float *dH
-        float *Zp
-        float *dZ
-        double *row_loss
-        int64_t *row_correct
-        int32_t *sync
-    ctypedef struct fm_bwork_d:
-        double *Xb
-        double *H
-        double *dH
-        double *Zp
-        double *dZ
-        double *row_loss
-        int64_t *row_correct
-        int32_t *sync
-    ctypedef void (*fm_gemm_ptr_f)(const char *, const char *, const int *, const int *, const int *,
-                                   const float *, const float *, const int *, const float *, const int *,
-                                   const float *, float *, const int *)
-    ctypedef void (*fm_gemm_ptr_d)(const char *, const char *, const int *, const int *, const int *,
-                                   const double *, const double *, const int *, const double *, const int *,
-                                   const double *, double *, const int *)
-    int fm_blas_epoch_f(const fm_dense_f *P, const fm_batches_f *D, float lr, int loss, const fm_bwork_f *W,
-                        fm_gemm_ptr_f gemm, int n_threads, fm_tally *tally)
-    int fm_blas_epoch_d(const fm_dense_d *P, const fm_batches_d *D, double lr, int loss, const fm_bwork_d *W,
-                        fm_gemm_ptr_d gemm, int n_threads, fm_tally *tally)
-    ctypedef struct fm_rows_f:
-        const float *data
-        const int32_t *indices
-        const int64_t *indptr
-        const intptr_t *labels
-        const intptr_t *order
-        Py_ssize_t n_in, n, batch
-    ctypedef struct fm_rows_d:
-        const double *data
-        const int32_t *indices
-        const int64_t *indptr
-        const intptr_t *labels
-        const intptr_t *order
-        Py_ssize_t n_in, n, batch
-    ctypedef struct fm_swork_f:
-        float *H
-        float *dH
-        float *P
-        float *dZ
-        float *gWy
-        float *gbh
-        double *row_loss
-        int64_t *row_correct
-        int32_t *sync
-    ctypedef struct fm_swork_d:
-        double *H
-        double *dH
-        double *P
-        double *dZ
-        double *gWy
-        double *gbh
-        double *row_loss
-        int64_t *row_correct
-        int32_t *sync
+        double correct
     void fm_tanh_f(float *x, Py_ssize_t n)
     void fm_tanh_d(double *x, Py_ssize_t n)
     void fm_bias_tanh_f(float *H, const float *b, Py_ssize_t B, Py_ssize_t n)
@@ -147,31 +42,174 @@ cdef extern from "_fused.h" nogil:
     void fm_dtanh_d(double *dH, const double *H, Py_ssize_t n)
     void fm_bias_update_f(float *b, const float *D, Py_ssize_t B, Py_ssize_t n, float lr)
     void fm_bias_update_d(double *b, const double *D, Py_ssize_t B, Py_ssize_t n, double lr)
-    int fm_sparse_epoch_f(const fm_net_f *P, const fm_rows_f *D, float lr, int loss, const fm_swork_f *W,
-                          int n_threads, fm_tally *tally)
-    int fm_sparse_epoch_d(const fm_net_d *P, const fm_rows_d *D, double lr, int loss, const fm_swork_d *W,
-                          int n_threads, fm_tally *tally)
+    int fm_max_threads()
+    ctypedef struct fm_sgd_f:
+        float lr, momentum, decay
+        int nesterov, decay_by_weight_sum
+    ctypedef struct fm_net_f:
+        float *WhT
+        float *bh
+        float *Wy
+        float *by
+        float *VWhT
+        float *Vbh
+        float *VWy
+        float *Vby
+        Py_ssize_t n_in, nout, stride
+        int n_slices, n_groups
+        const int32_t *slice_group
+        const int32_t *group_line
+    ctypedef struct fm_rows_f:
+        const float *data
+        const int32_t *indices
+        const int64_t *indptr
+        const intptr_t *labels
+        const intptr_t *order
+        const float *weights
+        Py_ssize_t n_in, n, batch
+    ctypedef struct fm_swork_f:
+        float *H
+        float *dH
+        float *P
+        float *dZ
+        float *gWy
+        float *gbh
+        double *row_loss
+        double *row_correct
+        int32_t *sync
+    ctypedef struct fm_batches_f:
+        const float *X
+        const intptr_t *labels
+        const intptr_t *order
+        const float *weights
+        Py_ssize_t n_in, n, batch
+    ctypedef struct fm_dense_f:
+        float *Wh
+        float *bh
+        float *Wy
+        float *by
+        float *VWh
+        float *Vbh
+        float *VWy
+        float *Vby
+        Py_ssize_t n_in, nh, nout
+        int n_blocks
+        const int32_t *block_unit
+        Py_ssize_t block_max
+    ctypedef struct fm_bwork_f:
+        float *Xb
+        float *H
+        float *dH
+        float *Zp
+        float *dZ
+        double *row_loss
+        double *row_correct
+        float *GWh
+        float *GWy
+        float *gb
+        int32_t *sync
+    ctypedef void (*fm_gemm_ptr_f)(const char *, const char *, const int *, const int *, const int *,
+                                   const float *, const float *, const int *, const float *, const int *,
+                                   const float *, float *, const int *)
+    int fm_sparse_epoch_f(const fm_net_f *P, const fm_rows_f *D, const fm_sgd_f *opt, int loss,
+                          const fm_swork_f *W, int n_threads, fm_tally *tally)
     void fm_row_passes_f(const fm_net_f *P, const fm_rows_f *D, const fm_swork_f *W, int n_threads)
-    void fm_row_passes_d(const fm_net_d *P, const fm_rows_d *D, const fm_swork_d *W, int n_threads)
+    int fm_blas_epoch_f(const fm_dense_f *P, const fm_batches_f *D, const fm_sgd_f *opt, int loss,
+                        const fm_bwork_f *W, fm_gemm_ptr_f gemm, int n_threads, fm_tally *tally)
     void fm_csr_counts_f(const float *X, Py_ssize_t n_rows, Py_ssize_t n_in, int64_t *counts)
-    void fm_csr_counts_d(const double *X, Py_ssize_t n_rows, Py_ssize_t n_in, int64_t *counts)
     void fm_csr_fill_f(const float *X, Py_ssize_t n_rows, Py_ssize_t n_in, const int64_t *indptr,
                        int32_t *indices, float *data)
+    ctypedef struct fm_sgd_d:
+        double lr, momentum, decay
+        int nesterov, decay_by_weight_sum
+    ctypedef struct fm_net_d:
+        double *WhT
+        double *bh
+        double *Wy
+        double *by
+        double *VWhT
+        double *Vbh
+        double *VWy
+        double *Vby
+        Py_ssize_t n_in, nout, stride
+        int n_slices, n_groups
+        const int32_t *slice_group
+        const int32_t *group_line
+    ctypedef struct fm_rows_d:
+        const double *data
+        const int32_t *indices
+        const int64_t *indptr
+        const intptr_t *labels
+        const intptr_t *order
+        const double *weights
+        Py_ssize_t n_in, n, batch
+    ctypedef struct fm_swork_d:
+        double *H
+        double *dH
+        double *P
+        double *dZ
+        double *gWy
+        double *gbh
+        double *row_loss
+        double *row_correct
+        int32_t *sync
+    ctypedef struct fm_batches_d:
+        const double *X
+        const intptr_t *labels
+        const intptr_t *order
+        const double *weights
+        Py_ssize_t n_in, n, batch
+    ctypedef struct fm_dense_d:
+        double *Wh
+        double *bh
+        double *Wy
+        double *by
+        double *VWh
+        double *Vbh
+        double *VWy
+        double *Vby
+        Py_ssize_t n_in, nh, nout
+        int n_blocks
+        const int32_t *block_unit
+        Py_ssize_t block_max
+    ctypedef struct fm_bwork_d:
+        double *Xb
+        double *H
+        double *dH
+        double *Zp
+        double *dZ
+        double *row_loss
+        double *row_correct
+        double *GWh
+        double *GWy
+        double *gb
+        int32_t *sync
+    ctypedef void (*fm_gemm_ptr_d)(const char *, const char *, const int *, const int *, const int *,
+                                   const double *, const double *, const int *, const double *, const int *,
+                                   const double *, double *, const int *)
+    int fm_sparse_epoch_d(const fm_net_d *P, const fm_rows_d *D, const fm_sgd_d *opt, int loss,
+                          const fm_swork_d *W, int n_threads, fm_tally *tally)
+    void fm_row_passes_d(const fm_net_d *P, const fm_rows_d *D, const fm_swork_d *W, int n_threads)
+    int fm_blas_epoch_d(const fm_dense_d *P, const fm_batches_d *D, const fm_sgd_d *opt, int loss,
+                        const fm_bwork_d *W, fm_gemm_ptr_d gemm, int n_threads, fm_tally *tally)
+    void fm_csr_counts_d(const double *X, Py_ssize_t n_rows, Py_ssize_t n_in, int64_t *counts)
     void fm_csr_fill_d(const double *X, Py_ssize_t n_rows, Py_ssize_t n_in, const int64_t *indptr,
                        int32_t *indices, double *data)
-    int fm_max_threads()
-
 PATHS = ("sparse", "blas")
 THREADED_PATHS = ("sparse", "blas")
 # The C enum of loss codes, for the test that checks it against epochs.LOSS_CODES.
 C_LOSS_CODES = {"ce": FM_LOSS_CE, "mse": FM_LOSS_MSE}
+
+from .epochs import SGD
+
+_PLAIN = SGD(0.0)
 
 
 cdef int _check(int status) except -1:
     if status == FM_ERR_LOSS:
         raise ValueError(f"unknown loss code; known: {C_LOSS_CODES}")
     if status == FM_ERR_LAYOUT:
-        raise ValueError("the parameter block's layout is not one the sparse epoch takes")
+        raise ValueError("the parameter block or workspace lacks what the step needs (velocities, gradients)")
     return 0
 
 
@@ -296,7 +334,7 @@ def loss_grad(const floating[:, ::1] Z, const Py_ssize_t[::1] labels, int loss):
     with nogil:
         status = _loss_grad(&Z[0, 0], &labels[0], &dZ[0, 0], B, n, loss, <floating>1 / <floating>B, &tally)
     _check(status)
-    return out, tally.loss_sum, tally.n_correct
+    return out, tally.loss_sum, int(tally.correct)
 
 
 def backward_update(const floating[:, ::1] X, const floating[:, ::1] H, const floating[:, ::1] dZ, P,
@@ -350,137 +388,138 @@ def dense_to_csr(const floating[:, ::1] X):
     return data, indices, indptr
 
 
-cdef _sparse_epoch(floating[:, :, ::1] WhT, P, rows, const Py_ssize_t[::1] labels,
-                   const Py_ssize_t[::1] order, Py_ssize_t batch, double lr, int loss, work, int n_threads,
-                   bint floor=False):
-    cdef floating[:, ::1] bh = P.bh, by = P.by, gbh = work.gbh
-    cdef floating[:, :, ::1] Wy = P.Wy, H = work.H, dH = work.dH, dZ = work.dZ, gWy = work.gWy
-    cdef floating[:, :, :, ::1] Pl = work.P
-    cdef const floating[::1] data = rows.data
-    cdef const int32_t[::1] indices = rows.indices
-    cdef const int64_t[::1] indptr
-    cdef const int64_t *indptr_p = NULL
-    cdef const int32_t[::1] slice_group = P.slice_group, group_line = P.group_line
-    cdef int32_t[::1] sync = work.sync
-    cdef double[::1] row_loss = work.row_loss
-    cdef int64_t[::1] row_correct = work.row_correct
+cdef inline void *_ptr(object a):
+    """The data of array ``a`` (C-contiguous, built by the driver), NULL for None or
+    an empty array."""
+    if a is None:
+        return NULL
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_SIZE(arr) == 0:
+        return NULL
+    return cnp.PyArray_DATA(arr)
+
+
+cdef _sparse_call(P, rows, labels, weights, order, Py_ssize_t batch, opt, int loss, work, int n_threads,
+                  bint floor):
+    cdef Py_ssize_t n_slices = P.WhT.shape[0], n_in = P.WhT.shape[1], stride = P.WhT.shape[2]
+    cdef Py_ssize_t nout = P.Wy.shape[1], n = len(order)
+    cdef int n_groups = len(P.group_line) - 1, status = FM_OK
     cdef fm_tally tally = fm_tally(0, 0)
-    cdef int status
     cdef fm_net_f Nf
-    cdef fm_net_d Nd
     cdef fm_rows_f Rf
-    cdef fm_rows_d Rd
+    cdef fm_sgd_f Of
     cdef fm_swork_f Wf
+    cdef fm_net_d Nd
+    cdef fm_rows_d Rd
+    cdef fm_sgd_d Od
     cdef fm_swork_d Wd
-    if rows.indptr is not None:
-        indptr = rows.indptr
-        indptr_p = &indptr[0]
-    if H.shape[0] != WhT.shape[0] or H.shape[1] < min(batch, order.shape[0]):
+    if work.H.shape[0] != n_slices or work.H.shape[1] < min(batch, n):
         raise ValueError("the workspace does not fit the parameter block and the batch size")
-    batch = min(batch, order.shape[0])
-    with nogil:
-        if floating is float:
-            Nf = fm_net_f(&WhT[0, 0, 0], &bh[0, 0], &Wy[0, 0, 0], &by[0, 0], WhT.shape[1], Wy.shape[1],
-                          WhT.shape[2], <int>WhT.shape[0], <int>(group_line.shape[0] - 1), &slice_group[0],
-                          &group_line[0])
-            Rf = fm_rows_f(&data[0], &indices[0], indptr_p, <const intptr_t*>&labels[0],
-                           <const intptr_t*>&order[0], WhT.shape[1], order.shape[0], batch)
-            Wf = fm_swork_f(&H[0, 0, 0], &dH[0, 0, 0], &Pl[0, 0, 0, 0], &dZ[0, 0, 0], &gWy[0, 0, 0], &gbh[0, 0],
-                            &row_loss[0], &row_correct[0], &sync[0])
+    batch = min(batch, n)
+    if P.WhT.dtype == np.float32:
+        Nf = fm_net_f(<float*>_ptr(P.WhT), <float*>_ptr(P.bh), <float*>_ptr(P.Wy), <float*>_ptr(P.by),
+                      <float*>_ptr(P.VWhT), <float*>_ptr(P.Vbh), <float*>_ptr(P.VWy), <float*>_ptr(P.Vby),
+                      n_in, nout, stride, <int>n_slices, n_groups, <const int32_t*>_ptr(P.slice_group),
+                      <const int32_t*>_ptr(P.group_line))
+        Rf = fm_rows_f(<const float*>_ptr(rows.data), <const int32_t*>_ptr(rows.indices),
+                       <const int64_t*>_ptr(rows.indptr), <const intptr_t*>_ptr(labels),
+                       <const intptr_t*>_ptr(order), <const float*>_ptr(weights), n_in, n, batch)
+        Of = fm_sgd_f(opt.lr, opt.momentum, opt.decay, opt.nesterov, opt.decay_by_weight_sum)
+        Wf = fm_swork_f(<float*>_ptr(work.H), <float*>_ptr(work.dH), <float*>_ptr(work.P), <float*>_ptr(work.dZ),
+                        <float*>_ptr(work.gWy), <float*>_ptr(work.gbh), <double*>_ptr(work.row_loss),
+                        <double*>_ptr(work.row_correct), <int32_t*>_ptr(work.sync))
+        with nogil:
             if floor:
                 fm_row_passes_f(&Nf, &Rf, &Wf, n_threads)
-                status = FM_OK
             else:
-                status = fm_sparse_epoch_f(&Nf, &Rf, <float>lr, loss, &Wf, n_threads, &tally)
-        else:
-            Nd = fm_net_d(&WhT[0, 0, 0], &bh[0, 0], &Wy[0, 0, 0], &by[0, 0], WhT.shape[1], Wy.shape[1],
-                          WhT.shape[2], <int>WhT.shape[0], <int>(group_line.shape[0] - 1), &slice_group[0],
-                          &group_line[0])
-            Rd = fm_rows_d(&data[0], &indices[0], indptr_p, <const intptr_t*>&labels[0],
-                           <const intptr_t*>&order[0], WhT.shape[1], order.shape[0], batch)
-            Wd = fm_swork_d(&H[0, 0, 0], &dH[0, 0, 0], &Pl[0, 0, 0, 0], &dZ[0, 0, 0], &gWy[0, 0, 0], &gbh[0, 0],
-                            &row_loss[0], &row_correct[0], &sync[0])
+                status = fm_sparse_epoch_f(&Nf, &Rf, &Of, loss, &Wf, n_threads, &tally)
+    else:
+        Nd = fm_net_d(<double*>_ptr(P.WhT), <double*>_ptr(P.bh), <double*>_ptr(P.Wy), <double*>_ptr(P.by),
+                      <double*>_ptr(P.VWhT), <double*>_ptr(P.Vbh), <double*>_ptr(P.VWy), <double*>_ptr(P.Vby),
+                      n_in, nout, stride, <int>n_slices, n_groups, <const int32_t*>_ptr(P.slice_group),
+                      <const int32_t*>_ptr(P.group_line))
+        Rd = fm_rows_d(<const double*>_ptr(rows.data), <const int32_t*>_ptr(rows.indices),
+                       <const int64_t*>_ptr(rows.indptr), <const intptr_t*>_ptr(labels),
+                       <const intptr_t*>_ptr(order), <const double*>_ptr(weights), n_in, n, batch)
+        Od = fm_sgd_d(opt.lr, opt.momentum, opt.decay, opt.nesterov, opt.decay_by_weight_sum)
+        Wd = fm_swork_d(<double*>_ptr(work.H), <double*>_ptr(work.dH), <double*>_ptr(work.P),
+                        <double*>_ptr(work.dZ), <double*>_ptr(work.gWy), <double*>_ptr(work.gbh),
+                        <double*>_ptr(work.row_loss), <double*>_ptr(work.row_correct), <int32_t*>_ptr(work.sync))
+        with nogil:
             if floor:
                 fm_row_passes_d(&Nd, &Rd, &Wd, n_threads)
-                status = FM_OK
             else:
-                status = fm_sparse_epoch_d(&Nd, &Rd, lr, loss, &Wd, n_threads, &tally)
+                status = fm_sparse_epoch_d(&Nd, &Rd, &Od, loss, &Wd, n_threads, &tally)
     _check(status)
-    return tally.loss_sum, tally.n_correct
+    return tally.loss_sum, tally.correct
 
 
 def row_passes(P, rows, labels, order, Py_ssize_t batch, work, int n_threads):
     """The row-pass floor of a sparse epoch (_sparse_impl.h fm_row_passes): only
     the two passes over rows of P.WhT per non-zero input, on ``n_threads`` threads
     meeting every ``batch`` examples. Changes P.WhT; for timing only."""
-    if len(order) == 0:
-        return
-    if P.WhT.dtype == np.float32:
-        _sparse_epoch[float](P.WhT, P, rows, labels, order, batch, 0.0, 0, work, n_threads, True)
-    else:
-        _sparse_epoch[double](P.WhT, P, rows, labels, order, batch, 0.0, 0, work, n_threads, True)
+    if len(order):
+        _sparse_call(P, rows, labels, None, order, batch, _PLAIN, 0, work, n_threads, True)
 
 
-def sparse_epoch(P, rows, labels, order, Py_ssize_t batch, double lr, int loss, work, int n_threads):
+def sparse_epoch(P, rows, labels, weights, order, Py_ssize_t batch, opt, int loss, work, int n_threads):
     """Mini-batch SGD over the batches of rows[order] on the sparse path, in place on
-    the block P (epochs.SparseNet), on ``n_threads`` threads, the GIL released.
-    Returns (loss_sum, n_correct) measured in each batch's forward pass."""
+    the block P (epochs.SparseNet, with its velocities), with the step ``opt``
+    (epochs.SGD) and the sample ``weights`` (or None), on ``n_threads`` threads, the
+    GIL released. Returns (loss_sum, correct) measured in each batch's forward pass."""
     if len(order) == 0:
-        return 0.0, 0
-    if P.WhT.dtype == np.float32:
-        return _sparse_epoch[float](P.WhT, P, rows, labels, order, batch, lr, loss, work, n_threads)
-    return _sparse_epoch[double](P.WhT, P, rows, labels, order, batch, lr, loss, work, n_threads)
+        return 0.0, 0.0
+    return _sparse_call(P, rows, labels, weights, order, batch, opt, loss, work, n_threads, False)
 
 
-cdef _blas_epoch(floating[:, ::1] Wh, P, const floating[:, ::1] X, const Py_ssize_t[::1] labels,
-                 const Py_ssize_t[::1] order, Py_ssize_t batch, double lr, int loss, work, int n_threads):
-    cdef floating[::1] bh = P.bh, by = P.by
-    cdef floating[:, ::1] Wy = P.Wy, dZ = work.dZ
-    cdef floating[:, :, ::1] Xb = work.Xb, H = work.H, dH = work.dH, Zp = work.Zp
-    cdef const int32_t[::1] block_unit = P.block_unit
-    cdef double[::1] row_loss = work.row_loss
-    cdef int64_t[::1] row_correct = work.row_correct
-    cdef int32_t[::1] sync = work.sync
-    cdef fm_tally tally = fm_tally(0, 0)
-    cdef int status
-    cdef fm_dense_f Pf
-    cdef fm_dense_d Pd
-    cdef fm_batches_f Df
-    cdef fm_batches_d Dd
-    cdef fm_bwork_f Wf
-    cdef fm_bwork_d Wd
-    batch = min(batch, order.shape[0])
-    if H.shape[1] < batch or (Xb.shape[1] and Xb.shape[1] < batch):
-        raise ValueError("the workspace does not fit the batch size")
-    cdef floating *xb = &Xb[0, 0, 0] if Xb.shape[1] else NULL
-    with nogil:
-        if floating is float:
-            Pf = fm_dense_f(&Wh[0, 0], &bh[0], &Wy[0, 0], &by[0], Wh.shape[1], Wh.shape[0], Wy.shape[0],
-                            <int>(block_unit.shape[0] - 1), &block_unit[0], H.shape[2])
-            Df = fm_batches_f(&X[0, 0], <const intptr_t*>&labels[0], <const intptr_t*>&order[0], X.shape[1],
-                              order.shape[0], batch)
-            Wf = fm_bwork_f(xb, &H[0, 0, 0], &dH[0, 0, 0], &Zp[0, 0, 0], &dZ[0, 0], &row_loss[0], &row_correct[0],
-                            &sync[0])
-            status = fm_blas_epoch_f(&Pf, &Df, <float>lr, loss, &Wf, <fm_gemm_ptr_f>sgemm, n_threads, &tally)
-        else:
-            Pd = fm_dense_d(&Wh[0, 0], &bh[0], &Wy[0, 0], &by[0], Wh.shape[1], Wh.shape[0], Wy.shape[0],
-                            <int>(block_unit.shape[0] - 1), &block_unit[0], H.shape[2])
-            Dd = fm_batches_d(&X[0, 0], <const intptr_t*>&labels[0], <const intptr_t*>&order[0], X.shape[1],
-                              order.shape[0], batch)
-            Wd = fm_bwork_d(xb, &H[0, 0, 0], &dH[0, 0, 0], &Zp[0, 0, 0], &dZ[0, 0], &row_loss[0], &row_correct[0],
-                            &sync[0])
-            status = fm_blas_epoch_d(&Pd, &Dd, lr, loss, &Wd, <fm_gemm_ptr_d>dgemm, n_threads, &tally)
-    _check(status)
-    return tally.loss_sum, tally.n_correct
-
-
-def blas_epoch(P, X, labels, order, Py_ssize_t batch, double lr, int loss, work, int n_threads):
+def blas_epoch(P, X, labels, weights, order, Py_ssize_t batch, opt, int loss, work, int n_threads):
     """Mini-batch SGD over the batches of X[order] with GEMMs, in place on the block P
-    (epochs.BlasNet: the model's layout and its blocks of hidden units), on
+    (epochs.BlasNet: the model's layout, its velocities and its blocks of hidden
+    units), with the step ``opt`` and the sample ``weights`` (or None), on
     ``n_threads`` threads, the GIL released. A batch whose rows lie in order in X is
-    read in place, any other is gathered into work.Xb. Returns (loss_sum, n_correct)."""
-    if len(order) == 0:
-        return 0.0, 0
+    read in place, any other is gathered into work.Xb. Returns (loss_sum, correct)."""
+    cdef Py_ssize_t n = len(order), n_in = X.shape[1], nh = P.Wh.shape[0], nout = P.Wy.shape[0]
+    cdef int n_blocks = len(P.block_unit) - 1, status
+    cdef Py_ssize_t block_max = work.H.shape[2]
+    cdef fm_tally tally = fm_tally(0, 0)
+    cdef fm_dense_f Pf
+    cdef fm_batches_f Df
+    cdef fm_sgd_f Of
+    cdef fm_bwork_f Wf
+    cdef fm_dense_d Pd
+    cdef fm_batches_d Dd
+    cdef fm_sgd_d Od
+    cdef fm_bwork_d Wd
+    if n == 0:
+        return 0.0, 0.0
+    batch = min(batch, n)
+    if work.H.shape[1] < batch or (work.Xb.shape[1] and work.Xb.shape[1] < batch):
+        raise ValueError("the workspace does not fit the batch size")
     if P.Wh.dtype == np.float32:
-        return _blas_epoch[float](P.Wh, P, X, labels, order, batch, lr, loss, work, n_threads)
-    return _blas_epoch[double](P.Wh, P, X, labels, order, batch, lr, loss, work, n_threads)
+        Pf = fm_dense_f(<float*>_ptr(P.Wh), <float*>_ptr(P.bh), <float*>_ptr(P.Wy), <float*>_ptr(P.by),
+                        <float*>_ptr(P.VWh), <float*>_ptr(P.Vbh), <float*>_ptr(P.VWy), <float*>_ptr(P.Vby),
+                        n_in, nh, nout, n_blocks, <const int32_t*>_ptr(P.block_unit), block_max)
+        Df = fm_batches_f(<const float*>_ptr(X), <const intptr_t*>_ptr(labels), <const intptr_t*>_ptr(order),
+                          <const float*>_ptr(weights), n_in, n, batch)
+        Of = fm_sgd_f(opt.lr, opt.momentum, opt.decay, opt.nesterov, opt.decay_by_weight_sum)
+        Wf = fm_bwork_f(<float*>_ptr(work.Xb), <float*>_ptr(work.H), <float*>_ptr(work.dH), <float*>_ptr(work.Zp),
+                        <float*>_ptr(work.dZ), <double*>_ptr(work.row_loss), <double*>_ptr(work.row_correct),
+                        <float*>_ptr(work.GWh), <float*>_ptr(work.GWy), <float*>_ptr(work.gb),
+                        <int32_t*>_ptr(work.sync))
+        with nogil:
+            status = fm_blas_epoch_f(&Pf, &Df, &Of, loss, &Wf, <fm_gemm_ptr_f>sgemm, n_threads, &tally)
+    else:
+        Pd = fm_dense_d(<double*>_ptr(P.Wh), <double*>_ptr(P.bh), <double*>_ptr(P.Wy), <double*>_ptr(P.by),
+                        <double*>_ptr(P.VWh), <double*>_ptr(P.Vbh), <double*>_ptr(P.VWy), <double*>_ptr(P.Vby),
+                        n_in, nh, nout, n_blocks, <const int32_t*>_ptr(P.block_unit), block_max)
+        Dd = fm_batches_d(<const double*>_ptr(X), <const intptr_t*>_ptr(labels), <const intptr_t*>_ptr(order),
+                          <const double*>_ptr(weights), n_in, n, batch)
+        Od = fm_sgd_d(opt.lr, opt.momentum, opt.decay, opt.nesterov, opt.decay_by_weight_sum)
+        Wd = fm_bwork_d(<double*>_ptr(work.Xb), <double*>_ptr(work.H), <double*>_ptr(work.dH),
+                        <double*>_ptr(work.Zp), <double*>_ptr(work.dZ), <double*>_ptr(work.row_loss),
+                        <double*>_ptr(work.row_correct), <double*>_ptr(work.GWh), <double*>_ptr(work.GWy),
+                        <double*>_ptr(work.gb), <int32_t*>_ptr(work.sync))
+        with nogil:
+            status = fm_blas_epoch_d(&Pd, &Dd, &Od, loss, &Wd, <fm_gemm_ptr_d>dgemm, n_threads, &tally)
+    _check(status)
+    return tally.loss_sum, tally.correct

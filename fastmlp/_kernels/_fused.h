@@ -20,23 +20,35 @@ enum { FM_OK = 0, FM_ERR_LOSS = -1, FM_ERR_LAYOUT = -2 };
 /* The most threads an epoch runs on. */
 #define FM_MAX_THREADS 256
 
-/* What an epoch measured: the loss summed over its examples and how many were
- * classified correctly, both in each batch's forward pass. */
+/* What an epoch measured in each batch's forward pass: the loss summed over its
+ * examples and how many were classified correctly, each example counted with
+ * its sample weight (1 without weights). */
 typedef struct {
     double loss_sum;
-    int64_t n_correct;
+    double correct;
 } fm_tally;
 
 #define FM_DECLARE(REAL, S)                                                                  \
+    /* One SGD step as torch.optim.SGD takes it (dampening 0): g = grad + decay * W    \
+     * for the weights (not the biases), v = momentum * v + g, W -= lr * v (lr * (g +  \
+     * momentum * v) with nesterov); without momentum W -= lr * g. With                \
+     * decay_by_weight_sum the decay of a batch is decay / (sum of its sample weights) \
+     * (scikit-learn's alpha). grad is the batch's (weighted) mean gradient. */        \
+    typedef struct {                                                                   \
+        REAL lr, momentum, decay;                                                      \
+        int nesterov, decay_by_weight_sum;                                             \
+    } fm_sgd_##S;                                                                      \
     /* The parameters of the sparse epoch. The hidden units, padded with zero units   \
      * to whole cache lines, are cut into n_groups groups of at most four lines        \
      * (group g: lines group_line[g] .. group_line[g + 1]); slice s holds the groups   \
      * slice_group[s] .. slice_group[s + 1] in arrays of its own, each row `stride`    \
      * elements apart: WhT (n_slices, n_in, stride) the transposed hidden weights, bh  \
      * (n_slices, stride), Wy (n_slices, nout, stride); by (n_slices, nout) holds one  \
-     * copy of the output biases per slice. Every block starts on a cache line. */     \
+     * copy of the output biases per slice. Every block starts on a cache line. VWhT,  \
+     * Vbh, VWy, Vby: their velocities, in the same layout (NULL without momentum). */ \
     typedef struct {                                                                   \
         REAL *WhT, *bh, *Wy, *by;                                                      \
+        REAL *VWhT, *Vbh, *VWy, *Vby;                                                  \
         ptrdiff_t n_in, nout, stride;                                                  \
         int n_slices, n_groups;                                                        \
         const int32_t *slice_group, *group_line;                                       \
@@ -44,12 +56,13 @@ typedef struct {
     /* The examples: rows order[0 .. n) of the data, batch at a time (the last batch   \
      * may be smaller). CSR rows: row r's values data[indptr[r] .. indptr[r + 1]] at   \
      * inputs indices[...]; with indptr NULL, dense rows of n_in values and indices    \
-     * 0 .. n_in - 1. */                                                               \
+     * 0 .. n_in - 1. weights: each row's sample weight (NULL: all 1). */              \
     typedef struct {                                                                   \
         const REAL *data;                                                              \
         const int32_t *indices;                                                        \
         const int64_t *indptr;                                                         \
         const intptr_t *labels, *order;                                                \
+        const REAL *weights;                                                           \
         ptrdiff_t n_in, n, batch;                                                      \
     } fm_rows_##S;                                                                     \
     /* Workspace of the sparse epoch: H, dH (n_slices, batch, stride) the hidden      \
@@ -61,22 +74,24 @@ typedef struct {
      * zero-filled, cache aligned). */                                                 \
     typedef struct {                                                                   \
         REAL *H, *dH, *P, *dZ, *gWy, *gbh;                                             \
-        double *row_loss;                                                              \
-        int64_t *row_correct;                                                          \
+        double *row_loss, *row_correct;                                                \
         int32_t *sync;                                                                 \
     } fm_swork_##S;                                                                    \
     /* The examples of a dense epoch: rows order[0 .. n) of X (n_rows, n_in), batch  \
-     * at a time (the last batch may be smaller). */                                   \
+     * at a time (the last batch may be smaller); weights as in fm_rows. */            \
     typedef struct {                                                                   \
         const REAL *X;                                                                 \
         const intptr_t *labels, *order;                                                \
+        const REAL *weights;                                                           \
         ptrdiff_t n_in, n, batch;                                                      \
     } fm_batches_##S;                                                                  \
     /* The parameters in the model's layout, for the BLAS epoch: Wh (nh, n_in), bh     \
      * (nh,), Wy (nout, nh), by (nout,); the hidden units cut into n_blocks blocks    \
-     * (block j: units block_unit[j] .. block_unit[j + 1], at most block_max). */    \
+     * (block j: units block_unit[j] .. block_unit[j + 1], at most block_max). VWh,  \
+     * Vbh, VWy, Vby: their velocities (NULL without momentum). */                     \
     typedef struct {                                                                   \
         REAL *Wh, *bh, *Wy, *by;                                                       \
+        REAL *VWh, *Vbh, *VWy, *Vby;                                                   \
         ptrdiff_t n_in, nh, nout;                                                      \
         int n_blocks;                                                                  \
         const int32_t *block_unit;                                                     \
@@ -85,19 +100,21 @@ typedef struct {
     /* Workspace of the BLAS epoch: Xb (2, batch, n_in) the gathered rows, one half    \
      * per batch parity (unused where batches lie in order in X); H, dH (n_blocks,     \
      * batch, block_max), each block's rows `width` apart; Zp (n_blocks, batch, nout)  \
-     * the partial logits; dZ (batch, nout); row_loss, row_correct (batch,); sync     \
-     * the threads' barrier (32 int32, zero-filled, cache aligned). */                 \
+     * the partial logits; dZ (batch, nout); row_loss, row_correct (batch,); GWh     \
+     * (nh, n_in), GWy (nout, nh), gb (nh + nout,) the gradients, taken apart from the \
+     * weights with momentum or decay (else NULL); sync the threads' barrier (32       \
+     * int32, zero-filled, cache aligned). */                                          \
     typedef struct {                                                                   \
         REAL *Xb, *H, *dH, *Zp, *dZ;                                                   \
-        double *row_loss;                                                              \
-        int64_t *row_correct;                                                          \
+        double *row_loss, *row_correct;                                                \
+        REAL *GWh, *GWy, *gb;                                                          \
         int32_t *sync;                                                                 \
     } fm_bwork_##S;                                                                    \
     /* A BLAS GEMM (column-major, arguments by address), e.g. scipy's cython_blas. */ \
     typedef void (*fm_gemm_ptr_##S)(const char *, const char *, const int *, const int *, const int *, \
                                     const REAL *, const REAL *, const int *, const REAL *, const int *, \
                                     const REAL *, REAL *, const int *);               \
-    int fm_blas_epoch_##S(const fm_dense_##S *P, const fm_batches_##S *D, REAL lr, int loss, \
+    int fm_blas_epoch_##S(const fm_dense_##S *P, const fm_batches_##S *D, const fm_sgd_##S *opt, int loss, \
                           const fm_bwork_##S *W, fm_gemm_ptr_##S gemm, int n_threads,  \
                           fm_tally *tally);                                            \
     void fm_tanh_##S(REAL *x, ptrdiff_t n);                                            \
@@ -107,7 +124,7 @@ typedef struct {
                          ptrdiff_t n, int loss, REAL scale, fm_tally *tally);          \
     void fm_dtanh_##S(REAL *dH, const REAL *H, ptrdiff_t len);                         \
     void fm_bias_update_##S(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr);  \
-    int fm_sparse_epoch_##S(const fm_net_##S *P, const fm_rows_##S *D, REAL lr, int loss, \
+    int fm_sparse_epoch_##S(const fm_net_##S *P, const fm_rows_##S *D, const fm_sgd_##S *opt, int loss, \
                             const fm_swork_##S *W, int n_threads, fm_tally *tally);    \
     void fm_row_passes_##S(const fm_net_##S *P, const fm_rows_##S *D, const fm_swork_##S *W, int n_threads); \
     void fm_csr_counts_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *counts); \

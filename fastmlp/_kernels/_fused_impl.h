@@ -61,16 +61,16 @@ static FM_INLINE int FN(fm_valid_loss)(int loss)
 }
 
 /* One row of logits z -> dz = scale * dl/dz, adds the row's loss and whether
- * its argmax (first on ties) is the label. One pass for max, one for exp.
- * The loss code has been checked (fm_valid_loss) by the caller. */
+ * its argmax (first on ties) is the label, both times `weight`. One pass for
+ * max, one for exp. The loss code has been checked (fm_valid_loss) by the caller. */
 static FM_INLINE void FN(fm_row_loss_grad)(const REAL *z, intptr_t y, REAL *dz, ptrdiff_t n,
-                                        int loss, REAL scale, fm_tally *tally)
+                                        int loss, REAL scale, double weight, fm_tally *tally)
 {
     ptrdiff_t am = 0;
     REAL m = z[0];
     for (ptrdiff_t i = 1; i < n; i++)
         if (z[i] > m) { m = z[i]; am = i; }
-    tally->n_correct += (am == y);
+    tally->correct += weight * (am == y);
     const REAL zy = z[y]; /* z and dz may be the same row */
     REAL s = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
@@ -80,7 +80,7 @@ static FM_INLINE void FN(fm_row_loss_grad)(const REAL *z, intptr_t y, REAL *dz, 
     const REAL inv_s = R(1) / s;
     if (loss == FM_LOSS_CE) {
         /* l = log sum exp(z - m) - (z_y - m); dl/dz = softmax(z) - onehot(y) */
-        tally->loss_sum += (double)LOG(s) - (double)(zy - m);
+        tally->loss_sum += weight * ((double)LOG(s) - (double)(zy - m));
         for (ptrdiff_t i = 0; i < n; i++)
             dz[i] = (dz[i] * inv_s - (i == y)) * scale;
     } else if (loss == FM_LOSS_MSE) {
@@ -92,7 +92,7 @@ static FM_INLINE void FN(fm_row_loss_grad)(const REAL *z, intptr_t y, REAL *dz, 
             l += g * g;
             pg += p * g;
         }
-        tally->loss_sum += 0.5 * (double)l;
+        tally->loss_sum += weight * 0.5 * (double)l;
         for (ptrdiff_t i = 0; i < n; i++)
             dz[i] = dz[i] * ((dz[i] - (i == y)) - pg) * scale;
     }
@@ -104,7 +104,7 @@ FM_CLONES int FN(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, 
     if (!FN(fm_valid_loss)(loss))
         return FM_ERR_LOSS;
     for (ptrdiff_t r = 0; r < B; r++)
-        FN(fm_row_loss_grad)(Z + r * n, labels[r], dZ + r * n, n, loss, scale, tally);
+        FN(fm_row_loss_grad)(Z + r * n, labels[r], dZ + r * n, n, loss, scale, 1.0, tally);
     return FM_OK;
 }
 
@@ -123,3 +123,55 @@ FM_CLONES void FN(fm_bias_update)(REAL *restrict b, const REAL *restrict D, ptrd
             b[j] -= lr * D[r * n + j];
 }
 
+
+/* The weights of a batch's rows (examples order[start .. start + B)): their
+ * total, and so each row's share of the batch mean, scale_b = w_b / total
+ * (1 / B without weights; 0 where the weights sum to 0: no step). */
+static FM_INLINE double FN(fm_batch_weight)(const REAL *weights, const intptr_t *order, ptrdiff_t start, ptrdiff_t B)
+{
+    if (!weights)
+        return (double)B;
+    double total = 0;
+    for (ptrdiff_t b = 0; b < B; b++) total += weights[order[start + b]];
+    return total;
+}
+
+/* The decay a batch's weights take: opt->decay, or decay / (the batch's weight
+ * sum) for scikit-learn's alpha. */
+static FM_INLINE REAL FN(fm_batch_decay)(const FN(fm_sgd) *opt, double weight_sum)
+{
+    if (!opt->decay_by_weight_sum)
+        return opt->decay;
+    return weight_sum > 0 ? (REAL)(opt->decay / weight_sum) : R(0);
+}
+
+/* p[0:n] -= lr * step, the step of torch.optim.SGD from the gradient g (decay not
+ * yet added): g' = g + decay * p; with momentum v = mu v + g' and step v, or
+ * g' + mu v with nesterov; without, step g'. */
+static FM_INLINE void FN(fm_sgd_dense)(REAL *restrict p, REAL *restrict v, const REAL *restrict g, ptrdiff_t n,
+                                       const FN(fm_sgd) *opt, REAL decay)
+{
+    const REAL lr = opt->lr, mu = opt->momentum;
+    if (mu == 0) {
+#pragma omp simd
+        for (ptrdiff_t j = 0; j < n; j++) p[j] -= lr * (g[j] + decay * p[j]);
+    } else if (opt->nesterov) {
+#pragma omp simd
+        for (ptrdiff_t j = 0; j < n; j++) {
+            const REAL gj = g[j] + decay * p[j];
+            v[j] = mu * v[j] + gj;
+            p[j] -= lr * (gj + mu * v[j]);
+        }
+    } else {
+#pragma omp simd
+        for (ptrdiff_t j = 0; j < n; j++) {
+            v[j] = mu * v[j] + (g[j] + decay * p[j]);
+            p[j] -= lr * v[j];
+        }
+    }
+}
+
+static FM_INLINE int FN(fm_plain_sgd)(const FN(fm_sgd) *opt)
+{
+    return opt->momentum == 0 && opt->decay == 0;
+}

@@ -360,27 +360,61 @@ def _dot_rows(H, Wy, s, b, o, off, n):
 
 
 @_jit
-def _sparse_step(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indices, indptr, dense, labels, order,
-                 start, B, lr, loss, H, dH, Pb, dZ, gWy, gbh):
+def _sgd_row(P, V, r, c, G, gr, n, lr, mu, decay, nesterov):
+    """P[r, c : c + n] -= lr * step, torch.optim.SGD's step from the gradient
+    G[gr, :n] (_fused_impl.h fm_sgd_dense; V the velocity, unused without momentum)."""
+    if mu == 0:
+        for j in range(n):
+            P[r, c + j] -= lr * (G[gr, j] + decay * P[r, c + j])
+    elif nesterov:
+        for j in range(n):
+            g = G[gr, j] + decay * P[r, c + j]
+            V[r, c + j] = mu * V[r, c + j] + g
+            P[r, c + j] -= lr * (g + mu * V[r, c + j])
+    else:
+        for j in range(n):
+            V[r, c + j] = mu * V[r, c + j] + (G[gr, j] + decay * P[r, c + j])
+            P[r, c + j] -= lr * V[r, c + j]
+
+
+@_jit
+def _batch_weight(weights, has_weights, order, start, B):
+    if not has_weights:
+        return float(B)
+    total = 0.0
+    for b in range(B):
+        total += weights[order[start + b]]
+    return total
+
+
+@_jit
+def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
+                 dense, labels, weights, has_weights, order, start, B, lr, mu, decay, nesterov, loss, H, dH, Pb, dZ,
+                 gWy, gbh):
     """dl/dz of the batch (the same in every thread), then dh~ and the updates of
-    thread t's slices (_sparse_impl.h fm_sparse_step)."""
+    thread t's slices (_sparse_impl.h fm_sparse_dz and fm_sparse_step)."""
     n_slices, n_in, stride = WhT.shape
     nout = Wy.shape[1]
     G = group_line.size - 1
     lanes = 64 // WhT.itemsize
     one = WhT.dtype.type(1)
-    scale = one / WhT.dtype.type(B)
+    weight_sum = _batch_weight(weights, has_weights, order, start, B)
+    plain = mu == 0 and decay == 0
     loss_sum = 0.0
-    n_correct = 0
+    correct = 0.0
+    dZt = dZ[t]
     for b in range(B):
         for o in range(nout):
             z = by[t, o]
             for g in range(G):
                 z += Pb[b, g, o]
-            dZ[t, b, o] = z
-        rl, rc = _row_loss_grad(dZ[t], b, labels[order[start + b]], dZ[t], loss, scale)
-        loss_sum += rl
-        n_correct += rc
+            dZt[b, o] = z
+        r = order[start + b]
+        w = weights[r] if has_weights else 1.0
+        scale = WhT.dtype.type(w / weight_sum) if weight_sum > 0 else WhT.dtype.type(0)
+        rl, rc = _row_loss_grad(dZt, b, labels[r], dZt, loss, scale)
+        loss_sum += w * rl
+        correct += w * rc
     for s in range(t, n_slices, nt):
         first = group_line[slice_group[s]]
         width = (group_line[slice_group[s + 1]] - first) * lanes
@@ -390,7 +424,7 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indices,
             for j in range(width):
                 dH[s, b, j] = 0
             for o in range(nout):
-                d = dZ[t, b, o]
+                d = dZt[b, o]
                 for j in range(width):
                     dH[s, b, j] += d * Wy[s, o, j]
                     gWy[s, o, j] += d * H[s, b, j]
@@ -400,42 +434,72 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indices,
         for o in range(nout):
             dsum = WhT.dtype.type(0)
             for b in range(B):
-                dsum += dZ[t, b, o]
-            by[s, o] -= lr * dsum
-            for j in range(width):
-                Wy[s, o, j] -= lr * gWy[s, o, j]
-        for j in range(width):
-            bh[s, j] -= lr * gbh[s, j]
+                dsum += dZt[b, o]
+            if mu == 0:
+                by[s, o] -= lr * dsum
+            else:
+                Vby[s, o] = mu * Vby[s, o] + dsum
+                by[s, o] -= lr * (dsum + mu * Vby[s, o] if nesterov else Vby[s, o])
+            _sgd_row(Wy[s], VWy[s] if mu != 0 else Wy[s], o, 0, gWy[s], o, width, lr, mu, decay, nesterov)
+        _sgd_row(bh, Vbh if mu != 0 else bh, s, 0, gbh, s, width, lr, mu, WhT.dtype.type(0), nesterov)
+        if not plain:
+            # every row steps (see fm_sparse_step): a pass over all rows, then the non-zeros
+            for i in range(n_in):
+                if mu == 0:
+                    for j in range(width):
+                        WhT[s, i, j] -= lr * decay * WhT[s, i, j]
+                elif nesterov:
+                    for j in range(width):
+                        tj = mu * VWhT[s, i, j] + decay * WhT[s, i, j]
+                        WhT[s, i, j] -= lr * (decay * WhT[s, i, j] + mu * tj)
+                        VWhT[s, i, j] = tj
+                else:
+                    for j in range(width):
+                        VWhT[s, i, j] = mu * VWhT[s, i, j] + decay * WhT[s, i, j]
+                        WhT[s, i, j] -= lr * VWhT[s, i, j]
+        c = lr * (one + mu) if nesterov and not plain else lr
         for b in range(B):
             av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
-            e = k - 1
-            while e >= 1:  # two rows per sweep (dh loaded once for both), last first
-                i0, i1 = indices[ai + e], indices[ai + e - 1]
-                x0, x1 = lr * data[av + e], lr * data[av + e - 1]
+            if plain:
+                e = k - 1
+                while e >= 1:  # two rows per sweep (dh loaded once for both), last first
+                    i0, i1 = indices[ai + e], indices[ai + e - 1]
+                    x0, x1 = lr * data[av + e], lr * data[av + e - 1]
+                    for j in range(width):
+                        d = dH[s, b, j]
+                        WhT[s, i0, j] -= x0 * d
+                        WhT[s, i1, j] -= x1 * d
+                    e -= 2
+                if e == 0:
+                    i0 = indices[ai]
+                    x0 = lr * data[av]
+                    for j in range(width):
+                        WhT[s, i0, j] -= x0 * dH[s, b, j]
+                continue
+            for e in range(k - 1, -1, -1):
+                i0 = indices[ai + e]
+                x = data[av + e]
+                a = c * x
                 for j in range(width):
-                    d = dH[s, b, j]
-                    WhT[s, i0, j] -= x0 * d
-                    WhT[s, i1, j] -= x1 * d
-                e -= 2
-            if e == 0:
-                i0 = indices[ai]
-                x0 = lr * data[av]
-                for j in range(width):
-                    WhT[s, i0, j] -= x0 * dH[s, b, j]
-    return loss_sum, n_correct
+                    WhT[s, i0, j] -= a * dH[s, b, j]
+                if mu != 0:
+                    for j in range(width):
+                        VWhT[s, i0, j] += x * dH[s, b, j]
+    return loss_sum, correct
 
 
 @_jit
-def _sparse_thread(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indices, indptr, dense, labels, order,
-                   batch, lr, loss, H, dH, P, dZ, gWy, gbh, row_loss, row_correct, sync):
-    """Thread t's share of an epoch (_sparse_impl.h fm_sparse_thread)."""
+def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
+                   dense, labels, weights, has_weights, order, batch, lr, mu, decay, nesterov, decay_by_weight_sum,
+                   loss, H, dH, P, dZ, gWy, gbh, row_loss, row_correct, sync):
+    """Thread t's share of an epoch (_sparse_impl.h fm_sparse_thread; dl/dz is
+    computed by every thread, not shared out)."""
     n_slices, n_in, stride = WhT.shape
     nout = Wy.shape[1]
-    G = group_line.size - 1
     lanes = 64 // WhT.itemsize
     n = order.size
     loss_sum = 0.0
-    n_correct = 0
+    correct = 0.0
     parity = 0
     start = 0
     while start < n:
@@ -461,13 +525,18 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indice
         if nt > 1:
             _barrier(sync, nt)
         if t < n_slices:
-            ls, nc = _sparse_step(t, nt, WhT, bh, Wy, by, slice_group, group_line, data, indices, indptr, dense,
-                                  labels, order, start, B, lr, loss, H, dH, Pb, dZ, gWy, gbh)
+            d = decay
+            if decay_by_weight_sum:
+                ws = _batch_weight(weights, has_weights, order, start, B)
+                d = WhT.dtype.type(decay / ws) if ws > 0 else WhT.dtype.type(0)
+            ls, nc = _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data,
+                                  indices, indptr, dense, labels, weights, has_weights, order, start, B, lr, mu, d,
+                                  nesterov, loss, H, dH, Pb, dZ, gWy, gbh)
             loss_sum += ls
-            n_correct += nc
+            correct += nc
         parity ^= 1
         start += B
-    return loss_sum, n_correct
+    return loss_sum, correct
 
 
 @_jit
@@ -499,7 +568,8 @@ def _step_backward(Xb, Hb, dZb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_rea
 
 
 @_jit
-def _blas_epoch(Wh, bh, Wy, by, block_unit, X, labels, perm, batch, lr, loss, Xbuf, H, dH, Zp, dZ, ws_int, ws_char,
+def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weights, has_weights, perm, batch, lr,
+                mu, decay, nesterov, decay_by_weight_sum, loss, Xbuf, H, dH, Zp, dZ, GWh, GWy, gb, ws_int, ws_char,
                 ws_real):
     """The BLAS epoch of _blas_impl.h on one thread: the same blocks of hidden units
     (one GEMM each per step), their partial logits added in block order."""
@@ -510,8 +580,9 @@ def _blas_epoch(Wh, bh, Wy, by, block_unit, X, labels, perm, batch, lr, loss, Xb
     nout = Wy.shape[0]
     nb = block_unit.size - 1
     t = Wh.dtype.type
+    zero = t(0)
     loss_sum = 0.0
-    n_correct = 0
+    correct = 0.0
     start = 0
     while start < n_ex:
         B = min(batch, n_ex - start)
@@ -536,16 +607,22 @@ def _blas_epoch(Wh, bh, Wy, by, block_unit, X, labels, perm, batch, lr, loss, Xb
                     Hj[r, c] += bh[u0 + c]
             _tanh_inplace(H[j].reshape(H.shape[1] * H.shape[2])[:B * w])
             _gemm(False, True, B, nout, w, t(1), Hj, w, Wy[:, u0:], nh, t(0), Zp[j], nout, ws_int, ws_char, ws_real)
-        scale = t(1) / t(B)
+        weight_sum = _batch_weight(weights, has_weights, perm, start, B)
+        d = decay
+        if decay_by_weight_sum:
+            d = t(decay / weight_sum) if weight_sum > 0 else zero
+        plain = mu == 0 and d == 0
         for b in range(B):
             for o in range(nout):
                 z = by[o]
                 for j in range(nb):
                     z += Zp[j, b, o]
                 dZ[b, o] = z
-            rl, rc = _row_loss_grad(dZ, b, labels[perm[start + b]], dZ, loss, scale)
-            loss_sum += rl
-            n_correct += rc
+            r = perm[start + b]
+            wt = weights[r] if has_weights else 1.0
+            rl, rc = _row_loss_grad(dZ, b, labels[r], dZ, loss, t(wt / weight_sum) if weight_sum > 0 else zero)
+            loss_sum += wt * rl
+            correct += wt * rc
         for j in range(nb):
             u0, u1 = block_unit[j], block_unit[j + 1]
             w = u1 - u0
@@ -555,16 +632,40 @@ def _blas_epoch(Wh, bh, Wy, by, block_unit, X, labels, perm, batch, lr, loss, Xb
             for r in range(B):
                 for c in range(w):
                     dHj[r, c] *= t(1) - Hj[r, c] * Hj[r, c]
-            _gemm(True, False, nout, w, B, -lr, dZ, nout, Hj, w, t(1), Wy[:, u0:], nh, ws_int, ws_char, ws_real)
+            if plain:
+                _gemm(True, False, nout, w, B, -lr, dZ, nout, Hj, w, t(1), Wy[:, u0:], nh, ws_int, ws_char, ws_real)
+                for r in range(B):
+                    for c in range(w):
+                        bh[u0 + c] -= lr * dHj[r, c]
+                _gemm(True, False, w, n_in, B, -lr, dHj, w, Xb, n_in, t(1), Wh[u0:], n_in, ws_int, ws_char, ws_real)
+                continue
+            _gemm(True, False, nout, w, B, t(1), dZ, nout, Hj, w, t(0), GWy[:, u0:], nh, ws_int, ws_char, ws_real)
+            for o in range(nout):
+                _sgd_row(Wy, VWy if mu != 0 else Wy, o, u0, GWy[:, u0:], o, w, lr, mu, d, nesterov)
+            for c in range(w):
+                gb[c] = zero
             for r in range(B):
                 for c in range(w):
-                    bh[u0 + c] -= lr * dHj[r, c]
-            _gemm(True, False, w, n_in, B, -lr, dHj, w, Xb, n_in, t(1), Wh[u0:], n_in, ws_int, ws_char, ws_real)
-        for b in range(B):
+                    gb[c] += dHj[r, c]
+            _sgd_row(bh.reshape((1, nh)), Vbh.reshape((1, nh)) if mu != 0 else bh.reshape((1, nh)), 0, u0,
+                     gb.reshape((1, gb.size)), 0, w, lr, mu, zero, nesterov)
+            _gemm(True, False, w, n_in, B, t(1), dHj, w, Xb, n_in, t(0), GWh[u0:], n_in, ws_int, ws_char, ws_real)
+            for c in range(w):
+                _sgd_row(Wh, VWh if mu != 0 else Wh, u0 + c, 0, GWh, u0 + c, n_in, lr, mu, d, nesterov)
+        if plain:
+            for b in range(B):
+                for o in range(nout):
+                    by[o] -= lr * dZ[b, o]
+        else:
             for o in range(nout):
-                by[o] -= lr * dZ[b, o]
+                gb[o] = zero
+            for b in range(B):
+                for o in range(nout):
+                    gb[o] += dZ[b, o]
+            _sgd_row(by.reshape((1, nout)), Vby.reshape((1, nout)) if mu != 0 else by.reshape((1, nout)), 0, 0,
+                     gb.reshape((1, gb.size)), 0, nout, lr, mu, zero, nesterov)
         start += B
-    return loss_sum, n_correct
+    return loss_sum, correct
 
 
 def _gemm_workspace(dtype):
@@ -647,21 +748,34 @@ def max_threads():
     return _cy.max_threads()
 
 
-def sparse_epoch(P, rows, labels, order, batch, lr, loss, work, n_threads):
+def _opt_args(opt, dtype):
+    """The step's numbers as the compiled code takes them, in the parameters' dtype."""
+    return (_as(dtype, opt.lr), _as(dtype, opt.momentum), _as(dtype, opt.decay), bool(opt.nesterov),
+            bool(opt.decay_by_weight_sum))
+
+
+def _weights_args(weights, dtype):
+    return (np.zeros(0, dtype), False) if weights is None else (weights, True)
+
+
+def sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_threads):
     """Mini-batch SGD over the batches of rows[order] on the sparse path, in place on
-    the block P (epochs.SparseNet), on ``n_threads`` threads: this thread and
-    n_threads - 1 others, each running the compiled loop on its slices without the
-    GIL and meeting the others once per batch at an atomic spin barrier.
-    Returns (loss_sum, n_correct)."""
+    the block P (epochs.SparseNet), with the step ``opt`` and the sample ``weights``,
+    on ``n_threads`` threads: this thread and n_threads - 1 others, each running the
+    compiled loop on its slices without the GIL and meeting the others once per
+    batch at an atomic spin barrier. Returns (loss_sum, correct)."""
     if len(order) == 0:
-        return 0.0, 0
+        return 0.0, 0.0
     _call(_check_loss, loss)
+    dtype = P.WhT.dtype
+    if opt.momentum and P.VWhT.size == 0:
+        raise ValueError("the parameter block has no velocities for a step with momentum")
     dense = rows.indptr is None
     indptr = np.zeros(1, np.int64) if dense else rows.indptr
     n_threads = max(1, int(n_threads))
     # the blocks go in flat: Numba's dispatcher types arrays in C, tuples in Python (~10 us each)
-    args = (*P, rows.data, rows.indices, indptr, dense, labels, order, min(batch, len(order)),
-            _as(P.WhT.dtype, lr), loss, *work)
+    args = (*P, rows.data, rows.indices, indptr, dense, labels, *_weights_args(weights, dtype), order,
+            min(batch, len(order)), *_opt_args(opt, dtype), loss, *work[:8], work.sync)
     if n_threads == 1:
         return _call(_sparse_thread, 0, 1, *args)
     results = [None] * n_threads
@@ -714,12 +828,16 @@ def dense_to_csr(X):
     return data, indices, indptr
 
 
-def blas_epoch(P, X, labels, order, batch, lr, loss, work, n_threads):
+def blas_epoch(P, X, labels, weights, order, batch, opt, loss, work, n_threads):
     """Mini-batch SGD over the batches of X[order] with GEMMs, in place on the block P
-    (epochs.BlasNet), on one thread whatever ``n_threads`` says (the same blocks the
-    Cython kernels' threads take); returns (loss_sum, n_correct)."""
+    (epochs.BlasNet), with the step ``opt`` and the sample ``weights``, on one thread
+    whatever ``n_threads`` says (the same blocks the Cython kernels' threads take);
+    returns (loss_sum, correct)."""
     if len(order) == 0:
-        return 0.0, 0
+        return 0.0, 0.0
     dtype = P.Wh.dtype
-    return _call(_blas_epoch, *P, X, labels, order, min(batch, len(order)), _as(dtype, lr), loss,
-                 *work[:5], *_gemm_workspace(dtype))
+    if not (opt.momentum == 0 and opt.decay == 0) and work.GWh.size == 0:
+        raise ValueError("the workspace has no room for the gradients a step with momentum or decay needs")
+    return _call(_blas_epoch, *P, X, labels, *_weights_args(weights, dtype), order, min(batch, len(order)),
+                 *_opt_args(opt, dtype), loss, work.Xb, work.H, work.dH, work.Zp, work.dZ, work.GWh, work.GWy,
+                 work.gb, *_gemm_workspace(dtype))

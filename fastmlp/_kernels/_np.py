@@ -43,8 +43,10 @@ def backward_update(X, H, dZ, P, lr):
     return dH
 
 
-def reference_epoch(P, X, labels, order, batch, lr, loss):
+def reference_epoch(P, X, labels, weights, order, batch, opt, loss, velocity=None):
     name = _loss_name(loss)
     # overflow is reported by the caller's divergence check, as for the compiled kernels
     with np.errstate(over="ignore", invalid="ignore"):
-        return ref.train_epoch(P._asdict(), X, labels, order, batch, lr, name)
+        return ref.train_epoch(P._asdict(), X, labels, order, batch, opt.lr, name, momentum=opt.momentum,
+                               nesterov=opt.nesterov, weight_decay=opt.decay, velocity=velocity, weights=weights,
+                               decay_by_weight_sum=opt.decay_by_weight_sum)

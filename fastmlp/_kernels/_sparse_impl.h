@@ -155,17 +155,18 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
 #define GROUP_OFF(g) ((P->group_line[g] - P->group_line[g0]) * LANES)
 #define GROUP_LINES(g) ((int)(P->group_line[(g) + 1] - P->group_line[g]))
 
-/* dl/dz of examples [b0, b1) of the batch starting at `start`: the groups'
- * partial logits added to by in group order, then the row loss. Each row's loss
- * and correctness go to row_loss/row_correct where given, else into *tally. */
+/* dl/dz of examples [b0, b1) of the batch starting at `start` (B examples whose
+ * sample weights sum to weight_sum): the groups' partial logits added to by in
+ * group order, then the row loss, scaled by the row's share of the batch mean.
+ * Each row's weighted loss and correctness go to row_loss/row_correct where
+ * given, else into *tally. */
 static FM_INLINE void FN(fm_sparse_dz)(const FN(fm_net) *P, const FN(fm_rows) *D, int loss, const REAL *by,
-                                       ptrdiff_t start, ptrdiff_t B, ptrdiff_t b0, ptrdiff_t b1,
+                                       ptrdiff_t start, double weight_sum, ptrdiff_t b0, ptrdiff_t b1,
                                        const REAL *restrict Pb, REAL *restrict dZ, double *row_loss,
-                                       int64_t *row_correct, fm_tally *tally)
+                                       double *row_correct, fm_tally *tally)
 {
     const ptrdiff_t nout = P->nout;
     const int G = P->n_groups;
-    const REAL scale = R(1) / (REAL)B;
     for (ptrdiff_t b = b0; b < b1; b++) {
         REAL *restrict dz = dZ + b * nout;
         for (ptrdiff_t o = 0; o < nout; o++) {
@@ -173,21 +174,49 @@ static FM_INLINE void FN(fm_sparse_dz)(const FN(fm_net) *P, const FN(fm_rows) *D
             for (int g = 0; g < G; g++) z += Pb[(b * G + g) * nout + o];
             dz[o] = z;
         }
+        const intptr_t r = D->order[start + b];
+        const double w = D->weights ? (double)D->weights[r] : 1.0;
+        const REAL scale = weight_sum > 0 ? (REAL)(w / weight_sum) : R(0);
         fm_tally row = {0, 0};
-        FN(fm_row_loss_grad)(dz, D->labels[D->order[start + b]], dz, nout, loss, scale, row_loss ? &row : tally);
+        FN(fm_row_loss_grad)(dz, D->labels[r], dz, nout, loss, scale, w, row_loss ? &row : tally);
         if (row_loss) {
             row_loss[b] = row.loss_sum;
-            row_correct[b] = row.n_correct;
+            row_correct[b] = row.correct;
+        }
+    }
+}
+
+/* W[idx[e], 0:n] -= (c vals[e]) d[0:n] and V[idx[e], 0:n] += vals[e] d[0:n] for the
+ * entries of one example: the sparse part of a momentum step (see fm_sparse_step). */
+static FM_INLINE void FN(fm_update_momentum)(REAL *restrict W, REAL *restrict V, ptrdiff_t stride, ptrdiff_t n, REAL c,
+                                             const REAL *restrict vals, const int32_t *restrict idx, ptrdiff_t k,
+                                             const REAL *restrict d)
+{
+    for (ptrdiff_t e = k - 1; e >= 0; e--) {
+        const REAL x = vals[e], a = c * vals[e];
+        REAL *restrict w = W + (ptrdiff_t)idx[e] * stride, *restrict v = V ? V + (ptrdiff_t)idx[e] * stride : NULL;
+        if (v) {
+#pragma omp simd
+            for (ptrdiff_t j = 0; j < n; j++) {
+                w[j] -= a * d[j];
+                v[j] += x * d[j];
+            }
+        } else {
+#pragma omp simd
+            for (ptrdiff_t j = 0; j < n; j++) w[j] -= a * d[j];
         }
     }
 }
 
 /* The rest of a batch's step for thread t once dl/dz of every example is in dZ:
- * dh~ and the updates of the thread's slices. */
-static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) *D, REAL lr, const FN(fm_swork) *W,
-                                         int t, int nt, ptrdiff_t start, ptrdiff_t B, const REAL *restrict dZ)
+ * dh~ and the updates of the thread's slices, with the batch's decay. */
+static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_sgd) *opt,
+                                         REAL decay, const FN(fm_swork) *W, int t, int nt, ptrdiff_t start,
+                                         ptrdiff_t B, const REAL *restrict dZ)
 {
     const ptrdiff_t n_in = D->n_in, batch = D->batch, nout = P->nout, stride = P->stride;
+    const REAL lr = opt->lr, mu = opt->momentum;
+    const int plain = mu == 0 && decay == 0;
     for (int s = t; s < P->n_slices; s += nt) {
         const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
         const ptrdiff_t width = GROUP_OFF(g1);
@@ -196,9 +225,11 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
         const REAL *restrict H = W->H + s * batch * stride;
         REAL *restrict dH = W->dH + s * batch * stride, *restrict gWy = W->gWy + s * nout * stride;
         REAL *restrict gbh = W->gbh + s * stride;
+        REAL *VWhT = P->VWhT ? P->VWhT + s * n_in * stride : NULL, *Vbh = P->Vbh ? P->Vbh + s * stride : NULL;
+        REAL *VWy = P->VWy ? P->VWy + s * nout * stride : NULL, *Vby = P->Vby ? P->Vby + s * nout : NULL;
 
-        if (B == 1) {
-            /* one example: dh~ from each row of Wy, then that row's step, in one pass */
+        if (B == 1 && plain) {
+            /* one example, plain SGD: dh~ from each row of Wy, then that row's step, in one pass */
             const REAL *restrict h = H, *restrict dz = dZ;
             REAL *restrict dh = dH;
             for (ptrdiff_t j = 0; j < width; j++) dh[j] = 0;
@@ -218,51 +249,85 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
                 bh[j] -= lr * dh[j];
             }
         } else {
-        /* in one pass over the examples: dh~ = (Wy^T dz) * (1 - h*h) with Wy before
-         * the step, and the sums of the gradients of Wy and bh */
-        for (ptrdiff_t j = 0; j < width; j++) gbh[j] = 0;
-        for (ptrdiff_t o = 0; o < nout; o++)
-            for (ptrdiff_t j = 0; j < width; j++) gWy[o * stride + j] = 0;
-        for (ptrdiff_t b = 0; b < B; b++) {
-            const REAL *restrict h = H + b * stride, *restrict dz = dZ + b * nout;
-            REAL *restrict dh = dH + b * stride;
-            for (ptrdiff_t j = 0; j < width; j++) dh[j] = 0;
-            for (ptrdiff_t o = 0; o < nout; o++) {
-                const REAL d = dz[o];
-                const REAL *restrict wy = Wy + o * stride;
-                REAL *restrict gw = gWy + o * stride;
+            /* in one pass over the examples: dh~ = (Wy^T dz) * (1 - h*h) with Wy before
+             * the step, and the sums of the gradients of Wy and bh */
+            for (ptrdiff_t j = 0; j < width; j++) gbh[j] = 0;
+            for (ptrdiff_t o = 0; o < nout; o++)
+                for (ptrdiff_t j = 0; j < width; j++) gWy[o * stride + j] = 0;
+            for (ptrdiff_t b = 0; b < B; b++) {
+                const REAL *restrict h = H + b * stride, *restrict dz = dZ + b * nout;
+                REAL *restrict dh = dH + b * stride;
+                for (ptrdiff_t j = 0; j < width; j++) dh[j] = 0;
+                for (ptrdiff_t o = 0; o < nout; o++) {
+                    const REAL d = dz[o];
+                    const REAL *restrict wy = Wy + o * stride;
+                    REAL *restrict gw = gWy + o * stride;
+#pragma omp simd
+                    for (ptrdiff_t j = 0; j < width; j++) {
+                        dh[j] += d * wy[j];
+                        gw[j] += d * h[j];
+                    }
+                }
 #pragma omp simd
                 for (ptrdiff_t j = 0; j < width; j++) {
-                    dh[j] += d * wy[j];
-                    gw[j] += d * h[j];
+                    dh[j] *= R(1) - h[j] * h[j];
+                    gbh[j] += dh[j];
                 }
             }
-#pragma omp simd
-            for (ptrdiff_t j = 0; j < width; j++) {
-                dh[j] *= R(1) - h[j] * h[j];
-                gbh[j] += dh[j];
+            /* the steps of Wy (with decay), by and bh */
+            for (ptrdiff_t o = 0; o < nout; o++) {
+                REAL dsum = 0;
+                for (ptrdiff_t b = 0; b < B; b++) dsum += dZ[b * nout + o];
+                FN(fm_sgd_dense)(bys + o, Vby ? Vby + o : NULL, &dsum, 1, opt, R(0));
+                FN(fm_sgd_dense)(Wy + o * stride, VWy ? VWy + o * stride : NULL, gWy + o * stride, width, opt,
+                                 decay);
             }
-        }
-        /* Wy -= lr sum_b dz_b h_b^T, by -= lr sum_b dz_b, bh -= lr sum_b dh~_b */
-        for (ptrdiff_t o = 0; o < nout; o++) {
-            REAL dsum = 0;
-            for (ptrdiff_t b = 0; b < B; b++) dsum += dZ[b * nout + o];
-            bys[o] -= lr * dsum;
-#pragma omp simd
-            for (ptrdiff_t j = 0; j < width; j++) Wy[o * stride + j] -= lr * gWy[o * stride + j];
-        }
-#pragma omp simd
-        for (ptrdiff_t j = 0; j < width; j++) bh[j] -= lr * gbh[j];
+            FN(fm_sgd_dense)(bh, Vbh, gbh, width, opt, R(0));
         }
 
-        /* WhT[i, :] -= lr x_bi dh~_b over each example's non-zero inputs */
+        if (plain) {
+            /* WhT[i, :] -= lr x_bi dh~_b over each example's non-zero inputs */
+            for (ptrdiff_t b = 0; b < B; b++) {
+                const REAL *vals;
+                const int32_t *idx;
+                const ptrdiff_t k = FN(fm_row)(D, D->order[start + b], &vals, &idx);
+                for (int g = g0; g < g1; g++)
+                    FN(fm_update)(WhT + GROUP_OFF(g), stride, GROUP_LINES(g), lr, vals, idx, k,
+                                  dH + b * stride + GROUP_OFF(g));
+            }
+            continue;
+        }
+        /* With momentum or decay every row of WhT steps. The gradient of row i is
+         * decay w_i (every row) + s_i (the batch's non-zeros in feature i), so the
+         * step splits exactly into a pass over every row with t = mu v + decay w:
+         *     w -= lr (nesterov ? decay w + mu t : t),  v = t,
+         * and a pass over the non-zeros: v += s_i, w -= lr (nesterov ? 1 + mu : 1) s_i. */
+        for (ptrdiff_t i = 0; i < n_in; i++) {
+            REAL *restrict w = WhT + i * stride, *restrict v = VWhT ? VWhT + i * stride : NULL;
+            if (!v) {
+#pragma omp simd
+                for (ptrdiff_t j = 0; j < width; j++) w[j] -= lr * decay * w[j];
+            } else if (opt->nesterov) {
+#pragma omp simd
+                for (ptrdiff_t j = 0; j < width; j++) {
+                    const REAL tj = mu * v[j] + decay * w[j];
+                    w[j] -= lr * (decay * w[j] + mu * tj);
+                    v[j] = tj;
+                }
+            } else {
+#pragma omp simd
+                for (ptrdiff_t j = 0; j < width; j++) {
+                    v[j] = mu * v[j] + decay * w[j];
+                    w[j] -= lr * v[j];
+                }
+            }
+        }
+        const REAL c = opt->nesterov ? lr * (R(1) + mu) : lr;
         for (ptrdiff_t b = 0; b < B; b++) {
             const REAL *vals;
             const int32_t *idx;
             const ptrdiff_t k = FN(fm_row)(D, D->order[start + b], &vals, &idx);
-            for (int g = g0; g < g1; g++)
-                FN(fm_update)(WhT + GROUP_OFF(g), stride, GROUP_LINES(g), lr, vals, idx, k,
-                              dH + b * stride + GROUP_OFF(g));
+            FN(fm_update_momentum)(WhT, VWhT, stride, width, c, vals, idx, k, dH + b * stride);
         }
     }
 }
@@ -271,8 +336,8 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
  * the slices t, t + nt, ... Every thread runs the same sequence of barriers.
  * Inlined into the parallel region, so that it is compiled for each of the
  * region's target clones. */
-static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows) *D, REAL lr, int loss,
-                                           const FN(fm_swork) *W, int t, int nt, fm_tally *tally)
+static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_sgd) *opt,
+                                           int loss, const FN(fm_swork) *W, int t, int nt, fm_tally *tally)
 {
     const ptrdiff_t n_in = D->n_in, n = D->n, batch = D->batch, nout = P->nout, stride = P->stride;
     const int G = P->n_groups;
@@ -323,46 +388,49 @@ static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows
             }
         }
         FM_BARRIER(W->sync, nt);
+        const double weight_sum = FN(fm_batch_weight)(D->weights, D->order, start, B);
+        const REAL decay = FN(fm_batch_decay)(opt, weight_sum);
         if (B == 1 || nt == 1) {
             /* every thread computes the same dl/dz (a second meeting would cost more) */
             if (dZ) {
-                FN(fm_sparse_dz)(P, D, loss, P->by + t * nout, start, B, 0, B, Pb, dZ, NULL, NULL,
+                FN(fm_sparse_dz)(P, D, loss, P->by + t * nout, start, weight_sum, 0, B, Pb, dZ, NULL, NULL,
                                  tally ? tally : &ignored);
-                FN(fm_sparse_step)(P, D, lr, W, t, nt, start, B, dZ);
+                FN(fm_sparse_step)(P, D, opt, decay, W, t, nt, start, B, dZ);
             }
             continue;
         }
         /* dl/dz shared out by rows, the threads with the narrowest slices taking the
          * most (their forward pass was the shortest), then a second meeting */
         const ptrdiff_t b0 = B * row_share[t] / row_share[nt], b1 = B * row_share[t + 1] / row_share[nt];
-        FN(fm_sparse_dz)(P, D, loss, P->by, start, B, b0, b1, Pb, W->dZ, W->row_loss, W->row_correct, NULL);
+        FN(fm_sparse_dz)(P, D, loss, P->by, start, weight_sum, b0, b1, Pb, W->dZ, W->row_loss, W->row_correct,
+                         NULL);
         FM_BARRIER(W->sync, nt);
         if (tally)
             for (ptrdiff_t b = 0; b < B; b++) {
                 tally->loss_sum += W->row_loss[b];
-                tally->n_correct += W->row_correct[b];
+                tally->correct += W->row_correct[b];
             }
         if (dZ)
-            FN(fm_sparse_step)(P, D, lr, W, t, nt, start, B, W->dZ);
+            FN(fm_sparse_step)(P, D, opt, decay, W, t, nt, start, B, W->dZ);
     }
 }
 
-FM_CLONES int FN(fm_sparse_epoch)(const FN(fm_net) *P, const FN(fm_rows) *D, REAL lr, int loss,
+FM_CLONES int FN(fm_sparse_epoch)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_sgd) *opt, int loss,
                                   const FN(fm_swork) *W, int n_threads, fm_tally *tally)
 {
     if (!FN(fm_valid_loss)(loss))
         return FM_ERR_LOSS;
-    if (P->stride % LANES)
+    if (P->stride % LANES || (opt->momentum != 0 && !(P->VWhT && P->Vbh && P->VWy && P->Vby)))
         return FM_ERR_LAYOUT;
     n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_threads)
     {
         const int t = omp_get_thread_num();
-        FN(fm_sparse_thread)(P, D, lr, loss, W, t, omp_get_num_threads(), t == 0 ? tally : NULL);
+        FN(fm_sparse_thread)(P, D, opt, loss, W, t, omp_get_num_threads(), t == 0 ? tally : NULL);
     }
 #else
-    FN(fm_sparse_thread)(P, D, lr, loss, W, 0, 1, tally);
+    FN(fm_sparse_thread)(P, D, opt, loss, W, 0, 1, tally);
 #endif
     return FM_OK;
 }

@@ -245,6 +245,24 @@ thread (or leaves it to its default) for the duration of a training (see _BlasTh
 
 # ---- layouts: parameter blocks, rows, workspaces ----
 
+class SGD(NamedTuple):
+    """One SGD step as ``torch.optim.SGD`` takes it (dampening 0): the gradient of the
+    weights Wh and Wy (not the biases) gets ``decay * W``; with ``momentum`` the
+    velocity ``v = momentum * v + g`` and ``p -= lr * v`` (``lr * (g + momentum * v)``
+    with ``nesterov``); without, ``p -= lr * g``. With ``decay_by_weight_sum`` a
+    batch's decay is ``decay / (sum of its sample weights)``: scikit-learn's alpha."""
+
+    lr: float
+    momentum: float = 0.0
+    decay: float = 0.0
+    nesterov: bool = False
+    decay_by_weight_sum: bool = False
+
+    @property
+    def plain(self):
+        return self.momentum == 0 and self.decay == 0
+
+
 class Params(NamedTuple):
     """The parameters as one block, in the model's layout: Wh (n_hidden, n_in),
     bh (n_hidden,), Wy (n_out, n_hidden), by (n_out,)."""
@@ -266,13 +284,18 @@ class SparseNet(NamedTuple):
     the end); slice s, one per thread, holds groups ``slice_group[s]`` to
     ``slice_group[s + 1]`` in blocks of its own: ``WhT[s]`` (n_in, stride) Wh's
     columns of its units, transposed, ``bh[s]``, ``Wy[s]`` (n_out, stride) and a copy
-    of ``by`` per slice. The padded units have no weights in or out, so they stay
-    zero through every step (tanh(0) = 0, and their dh is 0)."""
+    of ``by`` per slice; ``V*`` their velocities in the same layout (empty without
+    momentum). The padded units have no weights in or out, so they stay zero
+    through every step (tanh(0) = 0, and their dh is 0)."""
 
     WhT: np.ndarray          # (n_slices, n_in, stride)
     bh: np.ndarray           # (n_slices, stride)
     Wy: np.ndarray           # (n_slices, n_out, stride)
     by: np.ndarray           # (n_slices, n_out)
+    VWhT: np.ndarray
+    Vbh: np.ndarray
+    VWy: np.ndarray
+    Vby: np.ndarray
     slice_group: np.ndarray  # (n_slices + 1,) int32
     group_line: np.ndarray   # (n_groups + 1,) int32
 
@@ -298,19 +321,24 @@ class SparseWork(NamedTuple):
     gWy: np.ndarray          # (n_slices, n_out, stride) the batch's summed gradient of Wy
     gbh: np.ndarray          # (n_slices, stride) and of bh
     row_loss: np.ndarray     # (batch,) float64
-    row_correct: np.ndarray  # (batch,) int64
+    row_correct: np.ndarray  # (batch,) float64
     sync: np.ndarray         # (32,) int32 the threads' barrier
 
 
 class BlasNet(NamedTuple):
-    """The parameters in the model's layout for the BLAS path, with the blocks of
-    hidden units its threads own (``block_unit``: the first unit of each block and
-    the end; fixed by n_hidden alone, so results do not depend on the thread count)."""
+    """The parameters in the model's layout for the BLAS path, their velocities
+    (empty without momentum), and the blocks of hidden units its threads own
+    (``block_unit``: the first unit of each block and the end; fixed by n_hidden
+    alone, so results do not depend on the thread count)."""
 
     Wh: np.ndarray
     bh: np.ndarray
     Wy: np.ndarray
     by: np.ndarray
+    VWh: np.ndarray
+    Vbh: np.ndarray
+    VWy: np.ndarray
+    Vby: np.ndarray
     block_unit: np.ndarray  # (n_blocks + 1,) int32
 
 
@@ -324,7 +352,10 @@ class BlasWork(NamedTuple):
     Zp: np.ndarray           # (n_blocks, batch, n_out) partial logits
     dZ: np.ndarray           # (batch, n_out)
     row_loss: np.ndarray     # (batch,) float64
-    row_correct: np.ndarray  # (batch,) int64
+    row_correct: np.ndarray  # (batch,) float64
+    GWh: np.ndarray          # (nh, n_in) the gradients apart from the weights (momentum or decay; else empty)
+    GWy: np.ndarray          # (n_out, nh)
+    gb: np.ndarray           # (nh + n_out,)
     sync: np.ndarray         # (32,) int32 the threads' barrier
 
 
@@ -376,17 +407,18 @@ def slice_groups(group_line, n_slices):
     return np.asarray(bounds, dtype=np.int32)
 
 
-def sparse_net(n_in, n_hidden, n_out, dtype, n_threads):
+def sparse_net(n_in, n_hidden, n_out, dtype, n_threads, momentum=False):
     """A zeroed SparseNet for ``n_threads`` threads (fewer slices if there are fewer
-    groups of units)."""
+    groups of units), with velocities if ``momentum``."""
     itemsize = np.dtype(dtype).itemsize
     group_line = hidden_groups(n_hidden, itemsize)
     n_slices = max(1, min(n_threads, len(group_line) - 1))
     slice_group = slice_groups(group_line, n_slices)
     stride = int(np.diff(group_line[slice_group]).max()) * (CACHE_LINE // itemsize)
-    return SparseNet(aligned_zeros((n_slices, n_in, stride), dtype), aligned_zeros((n_slices, stride), dtype),
-                     aligned_zeros((n_slices, n_out, stride), dtype), np.zeros((n_slices, n_out), dtype),
-                     slice_group, group_line)
+    shapes = ((n_slices, n_in, stride), (n_slices, stride), (n_slices, n_out, stride), (n_slices, n_out))
+    arrays = [aligned_zeros(shape, dtype) for shape in shapes]
+    velocities = [aligned_zeros(shape if momentum else (0,) * len(shape), dtype) for shape in shapes]
+    return SparseNet(*arrays, *velocities, slice_group, group_line)
 
 
 def slice_units(net, s, n_hidden):
@@ -405,7 +437,7 @@ def sparse_work(net, batch):
     return SparseWork(aligned_zeros((n_slices, batch, stride), dtype), aligned_zeros((n_slices, batch, stride), dtype),
                       np.zeros((2, batch, n_groups, n_out), dtype), np.zeros((n_slices, batch, n_out), dtype),
                       aligned_zeros((n_slices, n_out, stride), dtype), aligned_zeros((n_slices, stride), dtype),
-                      np.zeros(batch, np.float64), np.zeros(batch, np.int64), aligned_zeros(CACHE_LINE // 2, np.int32))
+                      np.zeros(batch, np.float64), np.zeros(batch, np.float64), aligned_zeros(CACHE_LINE // 2, np.int32))
 
 
 BLAS_BLOCK_UNITS = 64  # about this many hidden units per block of the BLAS path
@@ -420,12 +452,16 @@ def blas_blocks(n_hidden):
     return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
 
 
-def blas_work(net, batch, n_in, gathered):
+def blas_work(net, batch, n_in, gathered, gradients):
+    """The BLAS path's workspace: room for gathered batches if ``gathered``, for the
+    gradients apart from the weights if ``gradients`` (momentum or decay)."""
     n_blocks, width = len(net.block_unit) - 1, int(np.diff(net.block_unit).max())
-    n_out, dtype = net.Wy.shape[0], net.Wh.dtype
+    nh, n_out, dtype = net.Wh.shape[0], net.Wy.shape[0], net.Wh.dtype
+    g = 1 if gradients else 0
     return BlasWork(np.empty((2, batch if gathered else 0, n_in), dtype), np.empty((n_blocks, batch, width), dtype),
                     np.empty((n_blocks, batch, width), dtype), np.empty((n_blocks, batch, n_out), dtype),
-                    np.empty((batch, n_out), dtype), np.empty(batch, np.float64), np.empty(batch, np.int64),
+                    np.empty((batch, n_out), dtype), np.empty(batch, np.float64), np.empty(batch, np.float64),
+                    np.empty((nh * g, n_in), dtype), np.empty((n_out * g, nh), dtype), np.empty((nh + n_out) * g, dtype),
                     aligned_zeros(CACHE_LINE // 2, np.int32))
 
 
@@ -480,16 +516,19 @@ class EpochRunner:
     """Mini-batch SGD epochs of one training run, on one backend.
 
     ``params`` are the model's live arrays ({"Wh", "bh", "Wy", "by"}, C-contiguous,
-    one floating dtype), updated in place; ``X`` (C-contiguous in that dtype, or a
-    canonical scipy.sparse CSR matrix of it with int32 indices) and ``labels``
-    (``np.intp``) are trusted (``fastmlp.train`` validates them). The path and the
+    one floating dtype), updated in place; ``velocity`` the momentum buffers in
+    the same layout (None: the training takes no momentum), updated in place too.
+    ``X`` (C-contiguous in that dtype, or a canonical scipy.sparse CSR matrix of
+    it), ``labels`` (``np.intp``) and ``weights`` (per row, the parameters' dtype,
+    or None) are trusted (``fastmlp.train`` validates them). The path and the
     rows' layout are chosen once, here; the parameter layout per thread count.
     """
 
-    def __init__(self, kernels, params, X, labels, *, batch_size, loss="ce", path="auto", n_threads=None):
+    def __init__(self, kernels, params, X, labels, *, batch_size, loss="ce", path="auto", n_threads=None,
+                 weights=None, velocity=None):
         self.kernels = kernels
-        self.params = params
-        self.X, self.labels = X, labels
+        self.params, self.velocity = params, velocity
+        self.X, self.labels, self.weights = X, labels, weights
         self.n_rows = X.shape[0]
         self.batch_size = int(batch_size)
         self.loss = loss_code(loss)
@@ -502,8 +541,10 @@ class EpochRunner:
             self.rows = self._rows(rows)
             self.block, self.work = self._layout(1)
         elif self.path == "blas":
-            self.block = BlasNet(*(params[k] for k in PARAM_NAMES), blas_blocks(params["bh"].shape[0]))
-            self.work = blas_work(self.block, self.batch, X.shape[1], gathered=False)
+            empty = [np.empty((0,) * params[k].ndim, params[k].dtype) for k in PARAM_NAMES]
+            velocities = [velocity[k] for k in PARAM_NAMES] if velocity is not None else empty
+            self.block = BlasNet(*(params[k] for k in PARAM_NAMES), *velocities, blas_blocks(params["bh"].shape[0]))
+            self.work = blas_work(self.block, self.batch, X.shape[1], gathered=False, gradients=False)
         else:
             self.block = Params(*(params[k] for k in PARAM_NAMES))
 
@@ -530,21 +571,24 @@ class EpochRunner:
     def _layout(self, n_threads):
         if n_threads not in self._layouts:
             nh, n_in = self.params["Wh"].shape
-            net = sparse_net(n_in, nh, self.params["Wy"].shape[0], self.params["Wh"].dtype, n_threads)
+            net = sparse_net(n_in, nh, self.params["Wy"].shape[0], self.params["Wh"].dtype, n_threads,
+                             momentum=self.velocity is not None)
             self._layouts[n_threads] = (net, sparse_work(net, self.batch))
         return self._layouts[n_threads]
 
     def _slice_views(self):
         """(the model's array, the block's array) view pairs that cover each slice's
-        share of every parameter (each slice holds its own copy of by)."""
+        share of every parameter and velocity (each slice holds its own copy of by)."""
         net = self.block
-        Wh, bh, Wy, by = (self.params[k] for k in PARAM_NAMES)
-        for s in range(net.WhT.shape[0]):
-            u0, u1 = slice_units(net, s, len(bh))
-            yield Wh[u0:u1].T, net.WhT[s, :, :u1 - u0]
-            yield bh[u0:u1], net.bh[s, :u1 - u0]
-            yield Wy[:, u0:u1], net.Wy[s, :, :u1 - u0]
-            yield by, net.by[s]
+        sources = [self.params] + ([self.velocity] if self.velocity is not None else [])
+        for source, (WhT, bhs, Wys, bys) in zip(sources, (net[:4], net[4:8])):
+            Wh, bh, Wy, by = (source[k] for k in PARAM_NAMES)
+            for s in range(net.WhT.shape[0]):
+                u0, u1 = slice_units(net, s, len(bh))
+                yield Wh[u0:u1].T, WhT[s, :, :u1 - u0]
+                yield bh[u0:u1], bhs[s, :u1 - u0]
+                yield Wy[:, u0:u1], Wys[s, :, :u1 - u0]
+                yield by, bys[s]
 
     def _load(self):
         if self.path == "sparse":
@@ -558,31 +602,36 @@ class EpochRunner:
 
     # -- one compiled call --
 
-    def run(self, order, lr):
+    def run(self, order, opt):
         """SGD over the batches of ``X[order]`` in one compiled call on the current
-        block; returns (loss_sum, n_correct) measured in each batch's forward pass."""
+        block, with the step ``opt`` (``SGD``, or a learning rate for plain SGD);
+        returns (loss_sum, correct) measured in each batch's forward pass."""
         if len(order) == 0:
             return 0.0, 0
-        lr = float(lr)  # each primitive rounds it to the parameters' dtype
+        opt = opt if isinstance(opt, SGD) else SGD(float(opt))
+        if opt.momentum and self.velocity is None:
+            raise ValueError("a step with momentum needs the runner's velocity buffers")
         if self.path == "sparse":
             order = np.ascontiguousarray(order, dtype=np.intp)
-            return self.kernels.sparse_epoch(self.block, self.rows, self.labels, order, self.batch_size, lr,
-                                             self.loss, self.work, self.threads)
+            return self.kernels.sparse_epoch(self.block, self.rows, self.labels, self.weights, order,
+                                             self.batch_size, opt, self.loss, self.work, self.threads)
         if self.path == "reference":
-            return self.kernels.reference_epoch(self.block, self.X, self.labels, order, self.batch_size, lr,
-                                                self.loss)
+            return self.kernels.reference_epoch(self.block, self.X, self.labels, self.weights, order, self.batch_size,
+                                                opt, self.loss, self.velocity)
         order, in_order = batch_order(order, self.n_rows, self.batch_size)
         order = np.ascontiguousarray(order, dtype=np.intp)
-        if not in_order and self.work.Xb.shape[1] == 0:
-            self.work = blas_work(self.block, self.batch, self.X.shape[1], gathered=True)
-        return self.kernels.blas_epoch(self.block, self.X, self.labels, order, self.batch_size, lr,
+        gradients = not opt.plain
+        if (not in_order and self.work.Xb.shape[1] == 0) or (gradients and self.work.GWh.size == 0):
+            self.work = blas_work(self.block, self.batch, self.X.shape[1], gathered=not in_order or
+                                  self.work.Xb.shape[1] > 0, gradients=gradients or self.work.GWh.size > 0)
+        return self.kernels.blas_epoch(self.block, self.X, self.labels, self.weights, order, self.batch_size, opt,
                                        self.loss, self.work, self.threads)
 
     # -- a whole epoch, in chunks --
 
-    def epoch(self, perm, lr):
-        """One epoch over ``X[perm]`` in compiled chunks of whole batches; returns
-        (loss_sum, n_correct).
+    def epoch(self, perm, opt):
+        """One epoch over ``X[perm]`` in compiled chunks of whole batches with the step
+        ``opt`` (``SGD``, or a learning rate for plain SGD); returns (loss_sum, correct).
 
         The epoch works on the path's block, loaded from the model's arrays at the
         start and stored back at the end (also when it raises). Each chunk asks the
@@ -596,7 +645,7 @@ class EpochRunner:
         """
         self._load()
         try:
-            return self._chunks(perm, lr)
+            return self._chunks(perm, opt)
         finally:
             self._store()
 
@@ -609,7 +658,7 @@ class EpochRunner:
             self._load()
         self.threads = threads
 
-    def _chunks(self, perm, lr):
+    def _chunks(self, perm, opt):
         chunk = max(1, CHUNK_EXAMPLES // self.batch_size) * self.batch_size
         wanted = self._usable(wanted_threads(self.n_threads, self.kernels))
         loss_sum, n_correct = 0.0, 0
@@ -618,18 +667,22 @@ class EpochRunner:
                 self._use_threads(threads)
                 before = self._snapshot()
                 try:
-                    ls, nc = self.run(perm[start:start + chunk], lr)
+                    ls, nc = self.run(perm[start:start + chunk], opt)
                 except KeyboardInterrupt:
                     self._restore(before)
                     raise
                 if not (np.isfinite(ls) and self._finite()):
-                    self._locate_divergence(perm, start, chunk, lr, before)
+                    self._locate_divergence(perm, start, chunk, opt, before)
             loss_sum += ls
             n_correct += nc
         return loss_sum, n_correct
 
     def _arrays(self):
-        return list(self.block[:4])
+        """The arrays a step changes: the parameters and their velocities."""
+        arrays = list(self.block[:4])
+        if self.velocity is not None:
+            arrays += list(self.block[4:8]) if self.path != "reference" else [self.velocity[k] for k in PARAM_NAMES]
+        return arrays
 
     def _snapshot(self):
         return [a.copy() for a in self._arrays()]
@@ -641,22 +694,23 @@ class EpochRunner:
     def _finite(self):
         return all(np.isfinite(a).all() for a in self._arrays())
 
-    def _locate_divergence(self, perm, start, chunk, lr, before):
+    def _locate_divergence(self, perm, start, chunk, opt, before):
         self._restore(before)
         for b0 in range(start, min(start + chunk, len(perm)), self.batch_size):
             saved = self._snapshot()
-            ls, _ = self.run(perm[b0:b0 + self.batch_size], lr)
+            ls, _ = self.run(perm[b0:b0 + self.batch_size], opt)
             if not (np.isfinite(ls) and self._finite()):
                 self._restore(saved)
                 raise Diverged(b0 // self.batch_size)
         raise Diverged(start // self.batch_size)  # not reproduced: report the chunk's start
 
 
-def train_epoch(kernels, X, labels, perm, params, lr, batch_size, loss="ce", path="auto", n_threads=None):
+def train_epoch(kernels, X, labels, perm, params, opt, batch_size, loss="ce", path="auto", n_threads=None,
+                weights=None, velocity=None):
     """One epoch over ``X[perm]`` with backend module ``kernels``, updating the
-    arrays of ``params`` in place; returns (loss_sum, n_correct). Raises
-    ``Diverged`` as ``EpochRunner.epoch`` does. For tests and benchmarks; training
-    runs keep one ``EpochRunner``."""
+    arrays of ``params`` (and ``velocity``) in place; ``opt`` an ``SGD`` or a learning
+    rate; returns (loss_sum, correct). Raises ``Diverged`` as ``EpochRunner.epoch``
+    does. For tests and benchmarks; training runs keep one ``EpochRunner``."""
     runner = EpochRunner(kernels, params, X, labels, batch_size=batch_size, loss=loss, path=path,
-                         n_threads=n_threads)
-    return runner.epoch(perm, lr)
+                         n_threads=n_threads, weights=weights, velocity=velocity)
+    return runner.epoch(perm, opt)
