@@ -1,23 +1,38 @@
-"""A scikit-learn classifier around fastmlp (needs the optional extra: ``pip install fastmlp[sklearn]``).
+"""A drop-in for scikit-learn's ``MLPClassifier(solver="sgd")`` (needs the optional
+extra: ``pip install fastmlp[sklearn]``).
 
-    from fastmlp.sklearn import MLPClassifier
-    clf = MLPClassifier(n_hidden=100, learning_rate=0.1, batch_size=32, max_iter=50)
+    from fastmlp.sklearn import MLPClassifier       # instead of sklearn.neural_network
+    clf = MLPClassifier(hidden_layer_sizes=(100,), learning_rate_init=0.01, max_iter=20)
     clf.fit(X, y).score(X_test, y_test)
 
-It passes scikit-learn's estimator checks and works in ``Pipeline`` and
-``GridSearchCV``. Labels may be of any kind scikit-learn accepts (strings too).
+The parameters are scikit-learn's, with their meanings, and the update rules
+follow scikit-learn's code (momentum and Nesterov momentum, the L2 term
+``alpha``, the "constant", "invscaling" and "adaptive" learning rates, the
+stopping rules), so the same settings give the same kind of training; the
+defaults are scikit-learn's except ``activation="tanh"`` and ``solver="sgd"``,
+the only ones fastmlp trains. Where it differs: one hidden layer only; the output
+is a softmax over every class (scikit-learn uses one logistic unit for two
+classes); float32 (``dtype``) and the compiled kernels' order of operations
+change the last bits; the loss curve adds the L2 term at the epoch's end weights.
+Beyond scikit-learn: ``class_weight``, ``loss``, ``dtype``, ``backend`` and
+``n_threads``. It passes scikit-learn's estimator checks and works in
+``Pipeline`` and ``GridSearchCV``, with dense or sparse inputs.
 """
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
+from ._validation import check_X
 from .model import MLP
-from .train import evaluate, train
+from .train import _evaluate, _Training
 
 
 class MLPClassifier(ClassifierMixin, BaseEstimator):
@@ -25,63 +40,129 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_hidden : int, default 100
-        Hidden units.
-    learning_rate : float, default 0.1
-    batch_size : int, default 32
-        Clipped to the number of training samples.
+    hidden_layer_sizes : int or tuple of one int, default (100,)
+        The hidden units; fastmlp trains one hidden layer.
+    activation : {"tanh"}, default "tanh"
+    solver : {"sgd"}, default "sgd"
+    alpha : float, default 1e-4
+        Strength of the L2 term: each step adds ``alpha * W / (sum of the batch's
+        sample weights)`` to the gradients of the weights, as scikit-learn does.
+    batch_size : int or "auto", default "auto"
+        "auto" is ``min(200, n_samples)``; larger values are clipped.
+    learning_rate : {"constant", "invscaling", "adaptive"}, default "constant"
+        "invscaling": ``learning_rate_init / (t + 1) ** power_t`` with ``t`` the samples
+        seen; "adaptive": divided by 5 each time ``n_iter_no_change`` epochs fail to
+        improve by ``tol`` (stops below 1e-6).
+    learning_rate_init : float, default 0.001
+    power_t : float, default 0.5
     max_iter : int, default 200
-        Epochs (passes over the training data).
-    loss : {"ce", "mse"}, default "ce"
-    init : {"xavier", "normal"}, default "xavier"
-    dtype : {"float32", "float64"}, default "float64"
-    backend : {"auto", "numpy", "cython", "numba"}, default "auto"
+        Epochs.
     shuffle : bool, default True
     random_state : int, RandomState or None
-        Seeds the initialisation and the shuffling.
+        Seeds the initialisation, the shuffling and the early-stopping split.
+    tol : float, default 1e-4
+    verbose : bool, default False
+        Print the loss (and the validation score) after each epoch.
+    warm_start : bool, default False
+        Continue from the previous fit's weights.
+    momentum : float, default 0.9
+    nesterovs_momentum : bool, default True
     early_stopping : bool, default False
-        Hold out ``validation_fraction`` of the training data and stop when its loss
-        has not improved by ``tol`` for ``n_iter_no_change`` epochs; the parameters of
-        the best epoch are kept.
+        Hold out ``validation_fraction`` (stratified) and stop when its accuracy has
+        not improved by ``tol`` for ``n_iter_no_change`` epochs; keep the best epoch.
     validation_fraction : float, default 0.1
     n_iter_no_change : int, default 10
-    tol : float, default 1e-4
+    max_fun : int, default 15000
+        Accepted and unused, as by scikit-learn's SGD.
+    class_weight : dict, "balanced" or None
+        Weights per class, multiplied into ``sample_weight``.
+    loss : {"ce", "mse"}, default "ce"
+    dtype : {"float64", "float32"}, default "float64"
+    backend : {"auto", "numpy", "cython", "numba"}, default "auto"
+    n_threads : int or None
+        Threads of the compiled kernels (None: the cores available).
 
     Attributes
     ----------
-    classes_ : array of shape (n_classes,)
-    model_ : fastmlp.MLP
-    n_iter_ : int
-        Epochs run.
-    loss_curve_ : list of float
-        Training loss per epoch.
-    validation_scores_ : list of float
-        With early stopping, the held-out accuracy per epoch.
-    n_features_in_ : int
+    classes_, n_features_in_, model_ (fastmlp.MLP), coefs_, intercepts_, n_iter_,
+    t_, loss_, loss_curve_, best_loss_, validation_scores_, best_validation_score_,
+    n_layers_, n_outputs_, out_activation_
     """
 
-    def __init__(self, n_hidden=100, learning_rate=0.1, batch_size=32, max_iter=200, loss="ce", init="xavier",
-                 dtype="float64", backend="auto", shuffle=True, random_state=None, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, tol=1e-4):
-        self.n_hidden = n_hidden
-        self.learning_rate = learning_rate
+    def __init__(self, hidden_layer_sizes=(100,), activation="tanh", *, solver="sgd", alpha=0.0001,
+                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
+                 shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
+                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
+                 max_fun=15000, class_weight=None, loss="ce", dtype="float64", backend="auto", n_threads=None):
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
         self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
         self.max_iter = max_iter
-        self.loss = loss
-        self.init = init
-        self.dtype = dtype
-        self.backend = backend
         self.shuffle = shuffle
         self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
-        self.tol = tol
+        self.max_fun = max_fun
+        self.class_weight = class_weight
+        self.loss = loss
+        self.dtype = dtype
+        self.backend = backend
+        self.n_threads = n_threads
+
+    # ---- parameters ----
+
+    def _check_params(self):
+        sizes = self.hidden_layer_sizes
+        sizes = [sizes] if isinstance(sizes, numbers.Integral) else list(sizes)
+        if len(sizes) != 1:
+            raise ValueError(f"fastmlp trains one hidden layer; hidden_layer_sizes={self.hidden_layer_sizes!r} "
+                             f"has {len(sizes)}")
+        if isinstance(sizes[0], (bool, np.bool_)) or not isinstance(sizes[0], numbers.Integral) or sizes[0] < 1:
+            raise ValueError(f"hidden_layer_sizes must hold a positive integer, got {self.hidden_layer_sizes!r}")
+        if self.activation != "tanh":
+            raise ValueError(f'activation must be "tanh" (fastmlp trains a tanh hidden layer), '
+                             f"got {self.activation!r}")
+        if self.solver != "sgd":
+            raise ValueError(f'solver must be "sgd" (fastmlp trains by SGD), got {self.solver!r}')
+        if self.learning_rate not in ("constant", "invscaling", "adaptive"):
+            raise ValueError(f'learning_rate must be "constant", "invscaling" or "adaptive", '
+                             f"got {self.learning_rate!r}")
+        for name, low in (("alpha", 0.0), ("tol", 0.0), ("power_t", 0.0)):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value < low:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if not isinstance(self.learning_rate_init, numbers.Real) or not self.learning_rate_init > 0:
+            raise ValueError(f"learning_rate_init must be a positive number, got {self.learning_rate_init!r}")
+        for name in ("max_iter", "n_iter_no_change", "max_fun"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.momentum, numbers.Real) or not 0 <= self.momentum <= 1:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum!r}")
+        if not isinstance(self.validation_fraction, numbers.Real) or not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+        if self.batch_size != "auto" and (isinstance(self.batch_size, bool)
+                                          or not isinstance(self.batch_size, numbers.Integral)
+                                          or self.batch_size < 1):
+            raise ValueError(f'batch_size must be a positive integer or "auto", got {self.batch_size!r}')
+        return int(sizes[0])
 
     # ---- fitting ----
 
     def _validate(self, X, y, reset):
-        X, y = validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32])
+        X, y = validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32], accept_sparse=["csr", "csc",
+                                                                                                       "coo"])
         y = column_or_1d(y, warn=True)
         check_classification_targets(y)
         return X, y
@@ -94,76 +175,191 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"y contains labels not seen in classes: {np.unique(y[unknown])[:10]}")
         return index
 
-    def _new_model(self, n_features, rng):
+    def _class_weight(self):
+        """class_weight keyed by position in classes_ (train() takes class indices)."""
+        if self.class_weight is None or isinstance(self.class_weight, str):
+            return self.class_weight
+        if not isinstance(self.class_weight, dict):
+            raise TypeError(f'class_weight must be a dict {{class: weight}}, "balanced" or None, '
+                            f"got {self.class_weight!r}")
+        unknown = [c for c in self.class_weight if c not in set(self.classes_.tolist())]
+        if unknown:
+            raise ValueError(f"class_weight names unknown classes {unknown[:10]}; the classes are "
+                             f"{self.classes_.tolist()[:10]}")
+        return {int(np.searchsorted(self.classes_, c)): w for c, w in self.class_weight.items()}
+
+    def _initialise(self, n_features, n_hidden, rng):
+        """scikit-learn's initialisation, drawn from the same RandomState in the same
+        order: per layer, weights then biases ~ U(-b, b), b = sqrt(6 / (fan_in + fan_out))."""
         if len(self.classes_) < 2:
             raise ValueError(f"MLPClassifier needs samples of at least 2 classes; got 1 class: {self.classes_}")
-        self.model_ = MLP(n_features, self.n_hidden, len(self.classes_), dtype=self.dtype, init=self.init,
-                          seed=int(rng.randint(2 ** 31 - 1)))
+        n_out = len(self.classes_)
+        self.model_ = MLP(n_features, n_hidden, n_out, dtype=self.dtype)
+        for W, b, fan_in, fan_out in (("Wh", "bh", n_features, n_hidden), ("Wy", "by", n_hidden, n_out)):
+            bound = np.sqrt(6.0 / (fan_in + fan_out))
+            setattr(self.model_, W, rng.uniform(-bound, bound, (fan_in, fan_out)).T)
+            setattr(self.model_, b, rng.uniform(-bound, bound, fan_out))
         self.loss_curve_ = []
         self.validation_scores_ = []
+        self.best_loss_ = np.inf
+        self.best_validation_score_ = -np.inf
         self.n_iter_ = 0
+        self.t_ = 0
+        self._velocity = None
+        self._learning_rate = float(self.learning_rate_init)
+        self._no_improvement_count = 0
+        self._best = None
 
-    def _epochs(self, X, y, epochs, rng):
-        batch = max(1, min(self.batch_size, X.shape[0]))
-        hist = train(self.model_, X, y, epochs=epochs, batch_size=batch, lr=self.learning_rate, loss=self.loss,
-                     backend=self.backend, shuffle=self.shuffle, seed=int(rng.randint(2 ** 31 - 1)))
-        self.loss_curve_.extend(hist.loss)
-        self.n_iter_ += hist.epochs
-
-    def fit(self, X, y):
-        """Train from scratch for ``max_iter`` epochs (fewer with early stopping)."""
+    def fit(self, X, y, sample_weight=None):
+        """Train for up to ``max_iter`` epochs (from scratch unless ``warm_start``)."""
+        n_hidden = self._check_params()
         X, y = self._validate(X, y, reset=True)
-        self.classes_ = np.unique(y)
+        sample_weight = None if sample_weight is None else _check_sample_weight(sample_weight, X)
         rng = check_random_state(self.random_state)
-        self._new_model(X.shape[1], rng)
-        labels = self._encode(y)
-        if not self.early_stopping:
-            self._epochs(X, labels, self.max_iter, rng)
-            return self
-        order = rng.permutation(X.shape[0])
-        n_val = max(1, int(round(self.validation_fraction * X.shape[0])))
-        if n_val >= X.shape[0]:
-            raise ValueError(f"validation_fraction={self.validation_fraction} leaves no training samples")
-        val, tr = order[:n_val], order[n_val:]
-        best, best_params, stale = np.inf, None, 0
-        for _ in range(self.max_iter):
-            self._epochs(X[tr], labels[tr], 1, rng)
-            val_loss, val_acc = evaluate(self.model_, X[val], labels[val], self.loss)
-            self.validation_scores_.append(val_acc)
-            if val_loss < best - self.tol:
-                best, best_params, stale = val_loss, self.model_.copy(), 0
-            else:
-                stale += 1
-                if stale >= self.n_iter_no_change:
-                    break
-        if best_params is not None:
-            self.model_ = best_params
+        if not (self.warm_start and hasattr(self, "model_") and np.array_equal(np.unique(y), self.classes_)
+                and self.model_.n_hidden == n_hidden):
+            self.classes_ = np.unique(y)
+            self._initialise(X.shape[1], n_hidden, rng)
+        self._fit_stochastic(X, self._encode(y), sample_weight, rng, self.max_iter, self.early_stopping)
         return self
 
-    def partial_fit(self, X, y, classes=None):
-        """One epoch over (X, y), continuing from the current parameters.
-
-        ``classes`` (all labels that will ever be seen) is required on the first call.
-        """
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y), continuing from the current parameters and optimizer
+        state. ``classes`` (all labels that will ever be seen) is required first."""
+        n_hidden = self._check_params()
         first = not hasattr(self, "classes_")
         X, y = self._validate(X, y, reset=first)
+        sample_weight = None if sample_weight is None else _check_sample_weight(sample_weight, X)
         rng = check_random_state(self.random_state)
         if first:
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")
             self.classes_ = np.unique(np.asarray(classes))
-            self._new_model(X.shape[1], rng)
+            self._initialise(X.shape[1], n_hidden, rng)
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"classes={classes!r} differs from the classes of the first call {self.classes_}")
-        self._epochs(X, self._encode(y), 1, rng)
+        self._fit_stochastic(X, self._encode(y), sample_weight, rng, 1, False)
         return self
+
+    def _fit_stochastic(self, X, labels, sample_weight, rng, max_iter, early_stopping):
+        if early_stopping:
+            parts = train_test_split(X, labels, *([] if sample_weight is None else [sample_weight]),
+                                     random_state=rng, test_size=self.validation_fraction, stratify=labels)
+            X, X_val, labels, y_val = parts[:4]
+            sample_weight, w_val = (parts[4], parts[5]) if sample_weight is not None else (None, None)
+            if X_val.shape[0] < 2:
+                raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
+                                 "your dataset.")
+        n = X.shape[0]
+        batch = min(200, n) if self.batch_size == "auto" else int(np.clip(self.batch_size, 1, n))
+        order = np.arange(n)
+
+        def permutations():
+            # scikit-learn's shuffle: each epoch's order a shuffle of the last one's,
+            # drawn from the same RandomState
+            nonlocal order
+            if self.shuffle:
+                indices = np.arange(n)
+                rng.shuffle(indices)
+                order = order[indices]
+            return order
+
+        training = _Training(self.model_, X, labels, batch_size=batch, lr=self._learning_rate, loss=self.loss,
+                             backend=self.backend, shuffle=bool(self.shuffle), permutations=permutations,
+                             n_threads=self.n_threads, momentum=float(self.momentum),
+                             nesterov=bool(self.nesterovs_momentum) and self.momentum > 0, weight_decay=self.alpha,
+                             sample_weight=sample_weight, class_weight=self._class_weight(),
+                             decay_by_weight_sum=True)
+        if self._velocity is not None and training.velocity is not None:
+            for k, v in training.velocity.items():
+                v[...] = self._velocity[k]
+        n_batches = -(-n // batch)
+        with training:
+            for _ in range(max_iter):
+                history = training.run_epoch(self._learning_rate)
+                self.n_iter_ += 1
+                self.t_ += n
+                W = self.model_.params
+                l2 = 0.5 * self.alpha * float(np.sum(W["Wh"] ** 2) + np.sum(W["Wy"] ** 2)) * n_batches / n
+                self.loss_ = history.loss[-1] + l2
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+                self._update_no_improvement_count(early_stopping, X_val if early_stopping else None,
+                                                  y_val if early_stopping else None,
+                                                  w_val if early_stopping else None)
+                old = self._learning_rate
+                if self.learning_rate == "invscaling":
+                    self._learning_rate = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+                stop = False
+                if self._no_improvement_count > self.n_iter_no_change:
+                    if early_stopping or self.learning_rate != "adaptive" or self._learning_rate <= 1e-6:
+                        stop = True
+                    else:
+                        self._learning_rate /= 5.0
+                        self._no_improvement_count = 0
+                        if self.verbose:
+                            print(f"Setting learning rate to {self._learning_rate:f}")
+                if self._learning_rate != old:
+                    # scikit-learn's velocity holds lr * v: keep it, as its steps do
+                    training.scale_velocity(old / self._learning_rate)
+                if stop:
+                    break
+        self._velocity = ({k: v.copy() for k, v in training.velocity.items()}
+                          if training.velocity is not None else None)
+        if early_stopping and self._best is not None:
+            for k, v in self._best.items():
+                self.model_.params[k][...] = v
+
+    def _update_no_improvement_count(self, early_stopping, X_val, y_val, w_val):
+        if early_stopping:
+            score = _evaluate(self.model_, check_X(X_val, "X", self.model_.n_in, self.model_.dtype), y_val, self.loss,
+                              None if w_val is None else np.asarray(w_val, np.float64))[1]
+            self.validation_scores_.append(score)
+            if self.verbose:
+                print(f"Validation score: {score:f}")
+            if score < self.best_validation_score_ + self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if score > self.best_validation_score_:
+                self.best_validation_score_ = score
+                self._best = {k: v.copy() for k, v in self.model_.params.items()}
+        else:
+            if self.loss_curve_[-1] > self.best_loss_ - self.tol:
+                self._no_improvement_count += 1
+            else:
+                self._no_improvement_count = 0
+            if self.loss_curve_[-1] < self.best_loss_:
+                self.best_loss_ = self.loss_curve_[-1]
+
+    # ---- fitted attributes in scikit-learn's shapes ----
+
+    @property
+    def coefs_(self):
+        """[Wh.T (n_features, n_hidden), Wy.T (n_hidden, n_classes)], as scikit-learn's."""
+        check_is_fitted(self)
+        return [self.model_.Wh.T, self.model_.Wy.T]
+
+    @property
+    def intercepts_(self):
+        check_is_fitted(self)
+        return [self.model_.bh, self.model_.by]
+
+    n_layers_ = property(lambda self: 3, doc="Input, hidden and output layers.")
+    out_activation_ = property(lambda self: "softmax")
+
+    @property
+    def n_outputs_(self):
+        check_is_fitted(self)
+        return len(self.classes_)
 
     # ---- prediction ----
 
     def predict_proba(self, X):
         """Class probabilities, columns in the order of ``classes_``."""
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32], accept_sparse=["csr", "csc", "coo"])
         return self.model_.predict_proba(X)
 
     def predict(self, X):
@@ -175,4 +371,5 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = True
         tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = True
         return tags

@@ -244,13 +244,15 @@ class _Training:
     """One training run, epoch by epoch: the checked inputs, the epoch runner, the
     shuffling RNG, the momentum buffers and the history. ``train`` drives it; so
     does the scikit-learn estimator, which decides its learning rate and when to
-    stop after each epoch. Use it as a context manager around the epochs: it holds
-    the model against other threads and sets the BLAS threads."""
+    stop after each epoch, and draws its own orders (``permutations``: a callable
+    giving each epoch's order of the rows). Use it as a context manager around the
+    epochs: it holds the model against other threads and sets the BLAS threads."""
 
     def __init__(self, model, X, y, *, batch_size=64, lr=0.1, loss="ce", backend="auto", shuffle=True, seed=0,
                  validation_data=None, n_threads=None, momentum=0.0, nesterov=False, weight_decay=0.0,
-                 sample_weight=None, class_weight=None, decay_by_weight_sum=False):
+                 sample_weight=None, class_weight=None, decay_by_weight_sum=False, permutations=None):
         self.model = model
+        self.permutations = permutations
         self.batch_size = check_positive_int(batch_size, "batch_size")
         check_positive_float(lr, "lr")
         check_choice(loss, "loss", ref.LOSSES)
@@ -331,7 +333,10 @@ class _Training:
     def run_epoch(self, lr):
         """One epoch at learning rate ``lr``; appends to the history."""
         n = self.n
-        perm = self.rng.permutation(n) if self.shuffle else np.arange(n, dtype=np.intp)
+        if self.permutations is not None:
+            perm = self.permutations()
+        else:
+            perm = self.rng.permutation(n) if self.shuffle else np.arange(n, dtype=np.intp)
         opt = SGD(lr, self.momentum, self.weight_decay, self.nesterov, self.decay_by_weight_sum)
         t0 = time.perf_counter()
         try:

@@ -191,9 +191,11 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
                 }                                                                               \
             }                                                                                   \
         }                                                                                       \
-        fm_net_##S P = {WhT, bh, Wy, by, N_IN, NOUT, stride, n_slices, n_groups, slice_group, group_line}; \
+        fm_net_##S P = {WhT, bh, Wy, by, NULL, NULL, NULL, NULL, N_IN, NOUT, stride, n_slices, n_groups, \
+                        slice_group, group_line};                                               \
         fm_rows_##S D = {csr ? vals : &x[0][0], csr ? cols : iota, csr ? indptr : NULL, labels, order, \
-                         N_IN, N, batch < N ? batch : N};                                       \
+                         NULL, N_IN, N, batch < N ? batch : N};                                 \
+        fm_sgd_##S opt = {(REAL)0.5, 0, 0, 0, 0};                                               \
         fm_swork_##S W = {aligned_zeros(n_slices * N * stride * sizeof(REAL)),                  \
                           aligned_zeros(n_slices * N * stride * sizeof(REAL)),                  \
                           aligned_zeros(2 * N * n_groups * NOUT * sizeof(REAL)),                \
@@ -203,7 +205,7 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
                           aligned_zeros(N * sizeof(double)), aligned_zeros(N * sizeof(int64_t)),  \
                           aligned_zeros(128)};                                                    \
         fm_tally tally = {0, 0};                                                                \
-        int status = fm_sparse_epoch_##S(&P, &D, (REAL)0.5, loss, &W, threads, &tally);         \
+        int status = fm_sparse_epoch_##S(&P, &D, &opt, loss, &W, threads, &tally);              \
         check(status == FM_OK, #S " sparse epoch status");                                      \
         double Wh[NH][N_IN], b_h[NH], W_y[NOUT][NH], b_y[NOUT], loss_sum = 0;                   \
         long n_correct = 0;                                                                     \
@@ -243,7 +245,7 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
         snprintf(what, sizeof what, #S " sparse epoch, %s rows, batch %d, loss %d, %d thread(s), %d slice(s): " \
                  "worst relative error %.3g", csr ? "CSR" : "dense", batch, loss, threads, n_slices, worst); \
         check(worst <= (TOL), what);                                                            \
-        check(tally.n_correct == n_correct, #S " sparse epoch correct count");                  \
+        check(tally.correct == (double)n_correct, #S " sparse epoch correct count");            \
         printf("ok   %s\n", what);                                                              \
         free(WhT); free(bh); free(Wy); free(by);                                                \
         free(W.H); free(W.dH); free(W.P); free(W.dZ); free(W.gWy); free(W.gbh); free(W.sync);  \
@@ -262,8 +264,23 @@ static void test_unknown_loss_is_refused(void)
     fm_tally t = {0, 0};
     check(fm_loss_grad_f(z, &y, dz, 1, 3, 7, 1.0f, &t) == FM_ERR_LOSS, "float loss_grad refuses code 7");
     check(fm_loss_grad_d(zd, &y, dzd, 1, 3, -1, 1.0, &t) == FM_ERR_LOSS, "double loss_grad refuses code -1");
-    check(t.n_correct == 0 && t.loss_sum == 0, "a refused call tallies nothing");
+    check(t.correct == 0 && t.loss_sum == 0, "a refused call tallies nothing");
     printf("ok   unknown loss codes are refused\n");
+}
+
+static void test_tanh_double(void)
+{
+    enum { M = 400001 };
+    static double x[M], t[M];
+    for (int i = 0; i < M; i++) x[i] = t[i] = -40.0 + 80.0 * (double)i / (M - 1);
+    fm_tanh_d(t, M);
+    double worst = 0;
+    for (int i = 0; i < M; i++)
+        worst = fmax(worst, fabs(t[i] - tanh(x[i])));
+    char what[96];
+    snprintf(what, sizeof what, "double tanh within 1e-15 of libm's on [-40, 40] (worst %.3g)", worst);
+    check(worst <= 1e-15, what);
+    printf("ok   %s\n", what);
 }
 
 static void test_tanh_float(void)
@@ -295,6 +312,7 @@ int main(void)
             }
     test_unknown_loss_is_refused();
     test_tanh_float();
+    test_tanh_double();
     if (failures) {
         printf("%d check(s) failed\n", failures);
         return 1;
