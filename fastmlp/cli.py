@@ -24,15 +24,15 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def _number(kind, minimum, what):
-    """An argparse type: a number of ``kind`` that is at least ``minimum``."""
+def _number(kind, minimum, what, strict=False):
+    """An argparse type: a finite number of ``kind`` at least ``minimum`` (above it
+    if ``strict``)."""
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not np.isfinite(value) or value < minimum or (minimum == 0.0 and kind is float
-                                                                           and value == 0):
+        if value is None or not np.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
     return parse
@@ -50,7 +50,7 @@ def _comma_list(kind, what, words=()):
 
 positive_int = _number(int, 1, "a positive integer")
 nonnegative_int = _number(int, 0, "a non-negative integer")
-positive_float = _number(float, 0.0, "a positive number")
+positive_float = _number(float, 0.0, "a positive number", strict=True)
 
 
 def _check_output_dir(path, option):
@@ -87,7 +87,9 @@ def cmd_train(args):
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     history = train(model, X, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                     loss=args.loss, backend=backend, seed=args.seed,
-                    validation_data=(X_test, y_test), progress=progress, n_threads=args.threads)
+                    validation_data=(X_test, y_test), progress=progress, n_threads=args.threads,
+                    momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
+                    lr_schedule=args.lr_schedule)
     for e in range(history.epochs):
         print(f"epoch {e + 1:3d}  loss {history.loss[e]:.4f}  accuracy {history.accuracy[e]:.4f}  "
               f"test_loss {history.val_loss[e]:.4f}  test_accuracy {history.val_accuracy[e]:.4f}  "
@@ -188,8 +190,12 @@ def cmd_sweep(args):
     if args.out:
         _check_output_dir(args.out, "--out")
     grid = {key: values for key, values in [("lr", args.lr), ("n_hidden", args.hidden),
-                                            ("batch_size", args.batch_size), ("n_samples", args.n_samples)]
+                                            ("batch_size", args.batch_size), ("n_samples", args.n_samples),
+                                            ("momentum", args.momentum), ("weight_decay", args.weight_decay),
+                                            ("lr_schedule", args.lr_schedule)]
             if values}
+    if args.nesterov:
+        grid["nesterov"] = [True]
     defaults = DEFAULTS[args.dataset]
     grid.setdefault("lr", [defaults["lr"]])
     grid.setdefault("n_hidden", [defaults["hidden"]])
@@ -209,8 +215,9 @@ def cmd_sweep(args):
     finally:
         if client is not None:
             client.close()
-    cols = [c for c in ("lr", "n_hidden", "batch_size", "n_samples", "seed", "accuracy", "val_accuracy",
-                        "seconds", "error") if c in table]
+    cols = [c for c in ("lr", "n_hidden", "batch_size", "n_samples", "momentum", "nesterov", "weight_decay",
+                        "lr_schedule", "seed", "accuracy", "val_accuracy", "seconds", "error")
+            if c in table and (c not in ("momentum", "nesterov", "weight_decay", "lr_schedule") or c in grid)]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     failed = table["error"].notna().sum()
     print(f"{len(table)} trainings, {failed} failed, {table['seconds'].sum():.2f} s of training")
@@ -227,6 +234,38 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         # one line, like every other error of the command (argparse adds the usage)
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+fraction = _number(float, 0, "a number in [0, 1)")
+
+
+def _momentum(text):
+    value = fraction(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
+def _add_sgd_options(p, lists=False):
+    """The SGD options of train (single values) or of sweep (comma-separated lists)."""
+    from . import schedules
+
+    if lists:
+        p.add_argument("--momentum", default=None, type=_comma_list(_momentum, "numbers in [0, 1)"),
+                       help="comma-separated momenta (torch.optim.SGD's)")
+        p.add_argument("--weight-decay", default=None, type=_comma_list(_number(float, 0, "non-negative numbers"),
+                                                                          "non-negative numbers"),
+                       help="comma-separated weight decays (on Wh and Wy)")
+        p.add_argument("--lr-schedule", default=None,
+                       type=_comma_list(str, f"names of {schedules.NAMES}", words=schedules.NAMES),
+                       help=f"comma-separated schedules: {', '.join(schedules.NAMES)}")
+    else:
+        p.add_argument("--momentum", type=_momentum, default=0.0, help="momentum (torch.optim.SGD's), in [0, 1)")
+        p.add_argument("--weight-decay", type=_number(float, 0, "a non-negative number"), default=0.0,
+                       help="weight decay on Wh and Wy")
+        p.add_argument("--lr-schedule", choices=schedules.NAMES, default="constant",
+                       help="the learning rate per epoch (default: constant)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (needs --momentum > 0)")
 
 
 def build_parser():
@@ -251,6 +290,7 @@ def build_parser():
     t.add_argument("--seed", type=nonnegative_int, default=0)
     t.add_argument("--threads", type=positive_int, default=None,
                    help="threads for the compiled epochs (default: the cores this process may use)")
+    _add_sgd_options(t)
     t.add_argument("--save", default=None, metavar="PATH", help="write the trained model (.npz)")
     t.add_argument("--plot", default=None, metavar="PNG",
                    help="write learning curves (and, for 2-D data, the decision boundary) to PNG")
@@ -286,6 +326,7 @@ def build_parser():
                    help="comma-separated batch sizes")
     w.add_argument("--n-samples", default=None, type=_comma_list(int, "comma-separated integers"),
                    help="comma-separated training-set sizes (first N examples)")
+    _add_sgd_options(w, lists=True)
     w.add_argument("--epochs", type=nonnegative_int, default=2)
     w.add_argument("--repeats", type=positive_int, default=1, help="seeds per grid point")
     w.add_argument("--backend", choices=list(backends.NAMES), default="auto")

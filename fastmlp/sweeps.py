@@ -33,6 +33,10 @@ DEFAULTS = {
     "backend": "auto",
     "epochs": 1,
     "seed": 0,
+    "momentum": 0.0,
+    "nesterov": False,
+    "weight_decay": 0.0,
+    "lr_schedule": "constant",
 }
 RESULT_COLUMNS = ("loss_final", "accuracy", "val_loss", "val_accuracy", "seconds", "error")
 
@@ -92,7 +96,9 @@ def run_point(point, X, y, validation_data=None):
             t0 = time.perf_counter()
             hist = train(model, X[:n_samples], y[:n_samples], epochs=point["epochs"],
                          batch_size=point["batch_size"], lr=point["lr"], loss=point["loss"],
-                         backend=point["backend"], seed=point["seed"])
+                         backend=point["backend"], seed=point["seed"], momentum=point["momentum"],
+                         nesterov=point["nesterov"], weight_decay=point["weight_decay"],
+                         lr_schedule=point["lr_schedule"])
             record["seconds"] = time.perf_counter() - t0
             record["loss_final"], record["accuracy"] = evaluate(model, X[:n_samples], y[:n_samples], point["loss"])
             if validation_data is not None:
@@ -126,7 +132,8 @@ def sweep(X, y, grid, *, validation_data=None, epochs=1, repeats=1, client=None,
     grid : dict
         Parameter -> list of values, over "lr", "n_hidden", "batch_size",
         "n_samples" (train on the first N examples), "loss", "init", "dtype",
-        "backend", "epochs", "seed"; the rest take ``DEFAULTS``.
+        "backend", "epochs", "seed", "momentum", "nesterov", "weight_decay",
+        "lr_schedule" (as for ``fastmlp.train``); the rest take ``DEFAULTS``.
     validation_data : (X_val, y_val), optional
         Evaluated at the end of each training.
     epochs : int
