@@ -13,11 +13,10 @@ repository); without it, a synthetic MNIST-shaped dataset (784 features, 81% zer
 
 import numpy as np
 import pytest
+from bench_common import BACKENDS, BATCH_SIZES, DTYPES, NETWORKS, TORCH, load_network
 
 import fastmlp
 from fastmlp import bench
-
-from bench_common import BACKENDS, BATCH_SIZES, DTYPES, NETWORKS, TORCH, load_network
 
 
 def pytest_report_header(config):

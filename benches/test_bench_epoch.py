@@ -6,12 +6,11 @@ default) shows the backends side by side for each batch size.
 
 import numpy as np
 import pytest
+from bench_common import BACKENDS, TORCH
 
 from fastmlp import backends, bench
 from fastmlp import reference as ref
 from fastmlp._kernels import epochs
-
-from bench_common import BACKENDS, TORCH
 
 CHECK_ROWS = 600  # the correctness check runs on this prefix of the epoch
 

@@ -5,12 +5,11 @@ Groups are "<kernel> <network> <dtype> batch=<B>".
 
 import numpy as np
 import pytest
+from bench_common import BACKENDS
 
 from fastmlp import backends
 from fastmlp import reference as ref
 from fastmlp._kernels import epochs
-
-from bench_common import BACKENDS
 
 
 def _tolerance(dtype):

@@ -3,10 +3,9 @@ epoch paths) called once in a new process with an empty cache, then with the cac
 that run wrote. extra_info holds both; the timed figure is the cold one."""
 
 import pytest
+from bench_common import BACKENDS
 
 from fastmlp import bench
-
-from bench_common import BACKENDS
 
 
 @pytest.mark.skipif("numba" not in BACKENDS, reason="numba not installed")

@@ -10,10 +10,9 @@ extra_info records the speed-up and the overhead per task against that ideal
 import time
 
 import pytest
+from bench_common import load_network
 
 import fastmlp
-
-from bench_common import load_network
 
 GRID = {"lr": [0.03, 0.1, 0.3], "n_hidden": [50, 100, 200], "seed": [0, 1, 2, 3], "batch_size": [64]}
 _sequential = {}

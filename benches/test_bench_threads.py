@@ -6,12 +6,11 @@ On a 2-core machine the two-thread group should take about the time of one epoch
 
 import numpy as np
 import pytest
+from bench_common import BACKENDS
 
 from fastmlp import backends, bench
 from fastmlp import reference as ref
 from fastmlp._kernels import epochs
-
-from bench_common import BACKENDS
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
@@ -35,7 +34,7 @@ def test_gil_released(benchmark, backend, models, network):
         for p in check:
             epoch(p)
         run()
-    for p, q in zip(params, check):
+    for p, q in zip(params, check, strict=True):
         for k in ref.PARAM_NAMES:
             np.testing.assert_array_equal(p[k], q[k])
 

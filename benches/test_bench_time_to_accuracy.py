@@ -11,11 +11,10 @@ import time
 
 import numpy as np
 import pytest
+from bench_common import MNIST_DIR
 
 import fastmlp
 from fastmlp import bench
-
-from bench_common import MNIST_DIR
 
 TARGET = 0.98
 MAX_EPOCHS = 30

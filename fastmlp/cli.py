@@ -119,9 +119,8 @@ def _check_plot_target(path):
 
 
 def cmd_info(args):
-    from threadpoolctl import threadpool_info
-
     import scipy
+    from threadpoolctl import threadpool_info
 
     print(f"fastmlp {__version__}")
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, scipy {scipy.__version__}")

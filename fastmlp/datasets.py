@@ -1,8 +1,8 @@
 """Datasets of the practical: two concentric circles (generated) and MNIST (IDX files).
 
-``load_mnist()`` with no path looks in the cache directory (``$FASTMLP_DATA`` or
-``~/.cache/fastmlp``, under ``mnist/``) and downloads the files that are missing,
-verifying the SHA-256 of their uncompressed bytes before anything is kept.
+``load_mnist()`` with no path looks in the cache directory (``$FASTMLP_DATA_DIR`` or
+pooch's cache directory, under ``mnist/``) and downloads the files that are missing
+through pooch, verifying the SHA-256 of their uncompressed bytes before anything is kept.
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
-import urllib.request
 
 import numpy as np
 
-from ._validation import check_nonnegative_int, check_positive_int
+from ._validation import check_nonnegative_int, check_positive_float, check_positive_int
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -115,58 +113,134 @@ def _find(directory, stem):
 
 
 def default_data_dir():
-    """``$FASTMLP_DATA``, else ``$XDG_CACHE_HOME/fastmlp`` (``~/.cache/fastmlp``)."""
-    if os.environ.get("FASTMLP_DATA"):
-        return os.environ["FASTMLP_DATA"]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(cache, "fastmlp")
+    """Where downloaded datasets are cached.
 
-
-def download_mnist(directory, mirrors=MNIST_MIRRORS, opener=urllib.request.urlopen):
-    """Fetch the MNIST files missing from ``directory``, verifying their SHA-256.
-
-    Each file is written as ``<name>.gz`` through a temporary file and renamed only
-    once its uncompressed bytes match ``MNIST_SHA256``; a mirror that fails or
-    serves other bytes is skipped for the next one.
+    ``$FASTMLP_DATA_DIR`` if set, else pooch's cache directory for the operating
+    system (``~/.cache/fastmlp`` on Linux, ``~/Library/Caches/fastmlp`` on macOS).
     """
+    if os.environ.get("FASTMLP_DATA_DIR"):
+        return os.environ["FASTMLP_DATA_DIR"]
+    pooch = _import_pooch()
+    return os.fspath(pooch.os_cache("fastmlp"))
+
+
+def _import_pooch():
+    try:
+        import pooch
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "downloading MNIST needs pooch: pip install 'fastmlp[datasets]' "
+            "(or pass load_mnist a directory holding the four IDX files)"
+        ) from exc
+    return pooch
+
+
+class _VerifiedDownload:
+    """A pooch downloader that keeps a gzip file only if its *uncompressed* bytes hash right.
+
+    The registry holds the SHA-256 of the uncompressed IDX files, so any faithful
+    gzip of them (mirrors recompress) is accepted and nothing else is. pooch writes
+    to a temporary file and deletes it when the downloader raises; the file is
+    flushed to disk before pooch renames it into the cache.
+    """
+
+    def __init__(self, sha256, timeout, progressbar):
+        self.sha256 = sha256
+        self.timeout = timeout
+        self.progressbar = progressbar
+
+    def __call__(self, url, output_file, pooch_obj):
+        pooch = _import_pooch()
+        pooch.HTTPDownloader(timeout=self.timeout, progressbar=self.progressbar)(url, output_file, pooch_obj)
+        with open(output_file, "rb") as fh:
+            data = fh.read()
+            os.fsync(fh.fileno())
+        try:
+            digest = hashlib.sha256(gzip.decompress(data)).hexdigest()
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{url}: not a complete gzip file ({exc})") from exc
+        if digest != self.sha256:
+            raise ValueError(f"{url}: SHA-256 of the uncompressed data is {digest}, expected {self.sha256}")
+
+
+def download_mnist(directory=None, mirrors=MNIST_MIRRORS, timeout=30.0, progressbar=False):
+    """Fetch the MNIST files missing from ``directory`` through pooch; return the directory.
+
+    Parameters
+    ----------
+    directory : path-like, optional
+        Where the four ``.gz`` files are kept; default ``default_data_dir()/mnist``.
+    mirrors : sequence of str
+        Base URLs tried in order for each file; a mirror that fails, times out or
+        serves other bytes is skipped for the next.
+    timeout : float
+        Seconds to wait for a server before giving up on it.
+    progressbar : bool
+        Show a download progress bar (needs tqdm).
+
+    A file is kept only once the SHA-256 of its uncompressed bytes matches
+    ``MNIST_SHA256``; a failed or corrupt download leaves no file behind.
+
+    Raises
+    ------
+    OSError
+        When no mirror serves a good copy of a file; the message lists each attempt.
+    """
+    pooch = _import_pooch()
+    import requests
+
+    if isinstance(mirrors, str) or not mirrors:
+        raise ValueError(f"mirrors must be a non-empty sequence of base URLs, got {mirrors!r}")
+    timeout = check_positive_float(timeout, "timeout")
+    directory = os.fspath(directory) if directory is not None else os.path.join(default_data_dir(), "mnist")
     os.makedirs(directory, exist_ok=True)
     for stem, sha in MNIST_SHA256.items():
         if _find(directory, stem):
             continue
         errors = []
         for mirror in mirrors:
-            url = mirror + stem + ".gz"
+            url = mirror.rstrip("/") + "/" + stem + ".gz"
             try:
-                with opener(url) as response:
-                    data = response.read()
-                digest = hashlib.sha256(gzip.decompress(data)).hexdigest()
-            except Exception as exc:  # network, HTTP or gzip errors: try the next mirror
+                pooch.retrieve(
+                    url,
+                    known_hash=None,
+                    fname=stem + ".gz",
+                    path=directory,
+                    downloader=_VerifiedDownload(sha, timeout, progressbar),
+                )
+            except (OSError, ValueError, requests.exceptions.RequestException) as exc:
                 errors.append(f"{url}: {exc}")
                 continue
-            if digest != sha:
-                errors.append(f"{url}: SHA-256 {digest} does not match {sha}")
-                continue
-            fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, os.path.join(directory, stem + ".gz"))
             break
         else:
             raise OSError(f"could not download {stem}: " + "; ".join(errors))
+    return directory
 
 
-def load_mnist(path=None, download=True, mirrors=MNIST_MIRRORS, opener=urllib.request.urlopen):
+def load_mnist(path=None, download=True, mirrors=MNIST_MIRRORS, timeout=30.0):
     """MNIST as ``(X_train, y_train, X_test, y_test)``.
 
-    Images are float32 (n, 784) scaled to [0, 1]; labels int64 (n,). ``path`` is a
-    directory holding the four standard IDX files (gzip or not). Without it, the
-    files are looked for in ``default_data_dir()/mnist`` and, with ``download=True``,
-    fetched there from public mirrors when missing.
+    Parameters
+    ----------
+    path : path-like, optional
+        A directory holding the four standard IDX files (gzip or not). Without it,
+        the files are looked for in ``default_data_dir()/mnist`` and, with
+        ``download=True``, fetched there through pooch when missing (see
+        :func:`download_mnist`; needs ``pip install 'fastmlp[datasets]'``).
+    download : bool
+        Whether missing files may be downloaded (only when ``path`` is None).
+    mirrors, timeout
+        Passed to :func:`download_mnist`.
+
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : ndarray
+        Images float32 (n, 784) scaled to [0, 1]; labels int64 (n,).
     """
     if path is None:
         path = os.path.join(default_data_dir(), "mnist")
         if download:
-            download_mnist(path, mirrors, opener)
+            download_mnist(path, mirrors, timeout)
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"MNIST directory {path!r} does not exist")

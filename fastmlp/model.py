@@ -154,7 +154,7 @@ class MLP:
         seq = torch.nn.Sequential(torch.nn.Linear(self._n_in, self._n_hidden, dtype=dtype), torch.nn.Tanh(),
                                   torch.nn.Linear(self._n_hidden, self._n_out, dtype=dtype))
         with torch.no_grad():
-            for param, name in zip(seq.parameters(), ref.PARAM_NAMES):
+            for param, name in zip(seq.parameters(), ref.PARAM_NAMES, strict=True):
                 param.copy_(torch.from_numpy(self._params[name]))
         return seq
 
@@ -173,7 +173,7 @@ class MLP:
         weights = [p.detach().cpu().numpy() for p in seq.parameters()]
         dtype = weights[0].dtype if weights[0].dtype in (np.float32, np.float64) else np.float32
         model = cls(layers[0].in_features, layers[0].out_features, layers[2].out_features, dtype=dtype)
-        for name, value in zip(ref.PARAM_NAMES, weights):
+        for name, value in zip(ref.PARAM_NAMES, weights, strict=True):
             model._set(name, value)
         return model
 
@@ -213,7 +213,7 @@ class MLP:
         if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64):
             raise ValueError(f"{path!r} parameters must all be float32 or all float64")
         model = cls(Wh.shape[1], Wh.shape[0], Wy.shape[0], dtype=Wh.dtype)
-        for name, value in zip(ref.PARAM_NAMES, (Wh, bh, Wy, by)):
+        for name, value in zip(ref.PARAM_NAMES, (Wh, bh, Wy, by), strict=True):
             model._set(name, value)
         if "loss" in data:
             model.loss = str(data["loss"])

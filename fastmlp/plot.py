@@ -26,7 +26,7 @@ def learning_curves(history, axes=None):
     fig, axes = _figure(2) if axes is None else (axes[0].figure, list(axes))
     epochs = np.arange(1, history.epochs + 1)
     for ax, (name, train, val) in zip(axes, [("loss", history.loss, history.val_loss),
-                                             ("accuracy", history.accuracy, history.val_accuracy)]):
+                                             ("accuracy", history.accuracy, history.val_accuracy)], strict=False):
         ax.plot(epochs, train, label=f"training {name}")
         if val:
             ax.plot(epochs, val, label=f"validation {name}")

@@ -12,16 +12,15 @@ import contextlib
 import json
 import numbers
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import backends
+from . import backends, schedules
 from . import reference as ref
-from . import schedules
-from ._kernels.epochs import SGD, CHUNK_EXAMPLES, Diverged, EpochRunner, blas_limits, wants_one_blas_thread
+from ._kernels.epochs import SGD, Diverged, EpochRunner, blas_limits, wants_one_blas_thread
+from ._progress import Progress
 from ._validation import (
     check_choice,
     check_class_weight,
@@ -206,15 +205,23 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
     if first < epochs:
         _check_lr_at(schedule, first)  # before any work
     with training:
-        bar = _Progress(epochs, first) if progress else None
+        bar = Progress(epochs, "epoch", initial=first) if progress else None
         with bar or contextlib.nullcontext():
             for epoch in range(first, epochs):
                 training.run_epoch(_check_lr_at(schedule, epoch))
                 if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
                     _write_checkpoint(checkpoint, training, settings)
                 if bar is not None:
-                    bar.update(training.history, training.n)
+                    bar.update(**_epoch_stats(training.history, training.n))
     return training.history
+
+
+def _epoch_stats(history, n):
+    stats = {"loss": f"{history.loss[-1]:.4f}", "acc": f"{history.accuracy[-1]:.4f}"}
+    if history.val_loss:
+        stats.update(val_loss=f"{history.val_loss[-1]:.4f}", val_acc=f"{history.val_accuracy[-1]:.4f}")
+    stats["ex/s"] = f"{n / max(history.seconds[-1], 1e-12):.3g}"
+    return stats
 
 
 def _check_schedule(schedule):
@@ -405,39 +412,6 @@ def _read_checkpoint(path, model, settings):
         history={k: data[f"history_{k}"].tolist()
                  for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")},
     )
-
-
-class _Progress:
-    """Per-epoch progress on stderr: a tqdm bar where tqdm is installed, else one line
-    per epoch. Updated between compiled epochs, never inside them."""
-
-    def __init__(self, epochs, first):
-        self.epochs = epochs
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            self.bar = None
-        else:
-            self.bar = tqdm(total=epochs, initial=first, unit="epoch", file=sys.stderr, dynamic_ncols=True)
-
-    def update(self, history, n):
-        stats = {"loss": f"{history.loss[-1]:.4f}", "acc": f"{history.accuracy[-1]:.4f}"}
-        if history.val_loss:
-            stats.update(val_loss=f"{history.val_loss[-1]:.4f}", val_acc=f"{history.val_accuracy[-1]:.4f}")
-        stats["ex/s"] = f"{n / max(history.seconds[-1], 1e-12):.3g}"
-        if self.bar is not None:
-            self.bar.set_postfix(stats, refresh=False)
-            self.bar.update(1)
-        else:
-            print(f"epoch {history.epochs}/{self.epochs}  " + "  ".join(f"{k} {v}" for k, v in stats.items()),
-                  file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _evaluate(model, X, labels, loss, weights=None):

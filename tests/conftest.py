@@ -7,8 +7,9 @@ import pytest
 # installed wheel from outside the tree) pytest puts no test directory on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import fastmlp  # noqa: E402
 from helpers import MNIST_DIR  # noqa: E402
+
+import fastmlp  # noqa: E402
 
 
 def pytest_report_header(config):

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from helpers import BACKENDS, DTYPES, random_problem
 
 import fastmlp
 from fastmlp import reference as ref
-
-from helpers import BACKENDS, DTYPES, random_problem
 
 
 def make_model(n_in=4, n_hidden=6, n_out=3, dtype=np.float64, seed=0):

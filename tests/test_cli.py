@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import numpy as np
+from helpers import MNIST_DIR
 
 import fastmlp
-from helpers import MNIST_DIR
 
 
 def run(*args):

@@ -2,7 +2,9 @@
 
 import gzip
 import hashlib
-import io
+import http.server
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -89,44 +91,118 @@ def test_load_mnist_names_missing_files_and_mismatched_counts(tmp_path):
         datasets.load_mnist(tmp_path)
 
 
-class FakeMirror:
-    """Serves gzip files from memory, as urllib's urlopen would; records requests."""
+class Mirror(http.server.BaseHTTPRequestHandler):
+    """Serves MNIST-like gzip files on 127.0.0.1 under /good/, /corrupt/, /truncated/,
+    /dropped/ (announces the full length, then closes half way) and /slow/ (answers
+    after 3 s); any other path is a 404. Every request is recorded."""
 
-    def __init__(self, files):
-        self.files, self.requested = files, []
+    files = {}
+    requested = []
 
-    def __call__(self, url):
-        self.requested.append(url)
-        name = url.rsplit("/", 1)[-1]
-        if name not in self.files:
-            raise OSError(f"404 {url}")
-        return io.BytesIO(self.files[name])
+    def do_GET(self):
+        self.requested.append(self.path)
+        kind, _, name = self.path.strip("/").partition("/")
+        stem = name.removesuffix(".gz")
+        if stem not in self.files or kind not in ("good", "corrupt", "truncated", "dropped", "slow"):
+            self.send_error(404)
+            return
+        body = gzip.compress(self.files[stem])
+        if kind == "corrupt":
+            body = gzip.compress(self.files[stem][:-1] + b"\xff")
+        elif kind == "truncated":
+            body = body[: len(body) // 2]
+        elif kind == "slow":
+            time.sleep(3)
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2] if kind == "dropped" else body)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+            pass
+        self.close_connection = kind == "dropped" or self.close_connection
+
+    def log_message(self, *args):
+        pass
 
 
-def test_download_verifies_sha256_and_falls_back_to_the_next_mirror(tmp_path, monkeypatch):
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """(base URL, record of requested paths, raw bytes) of a local mirror of made-up MNIST files."""
+    pytest.importorskip("pooch")
     source = tmp_path / "source"
     source.mkdir()
     _, raw = write_mnist(source)
     monkeypatch.setattr(datasets, "MNIST_SHA256", {k: hashlib.sha256(v).hexdigest() for k, v in raw.items()})
-    good = FakeMirror({k + ".gz": gzip.compress(v) for k, v in raw.items()})
-    tampered = FakeMirror({k + ".gz": gzip.compress(v + b"x") for k, v in raw.items()})
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    handler = type("LocalMirror", (Mirror,), {"files": raw, "requested": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", handler.requested, raw
+    finally:
+        server.shutdown()
+        server.server_close()
 
-    def opener(url):
-        return (tampered if url.startswith("https://bad/") else good)(url)
 
-    monkeypatch.setenv("FASTMLP_DATA", str(tmp_path / "cache"))
-    X_train, y_train, X_test, y_test = datasets.load_mnist(mirrors=("https://bad/", "https://good/"), opener=opener)
+def test_download_verifies_sha256_and_falls_back_to_the_next_mirror(tmp_path, monkeypatch, mirror):
+    base, requested, raw = mirror
+    monkeypatch.setenv("FASTMLP_DATA_DIR", str(tmp_path / "cache"))
+    X_train, y_train, X_test, y_test = datasets.load_mnist(mirrors=(base + "/corrupt/", base + "/good/"))
     assert X_train.shape == (12, 784) and len(y_test) == 5
-    assert len(tampered.requested) == 4 and len(good.requested) == 4
+    assert sum(p.startswith("/corrupt/") for p in requested) == 4
+    assert sum(p.startswith("/good/") for p in requested) == 4
     cached = sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir())
-    assert cached == sorted(k + ".gz" for k in raw)  # no temporary files, nothing tampered kept
+    assert cached == sorted(k + ".gz" for k in raw)  # no temporary files, nothing corrupt kept
+    for stem, data in raw.items():
+        assert gzip.decompress((tmp_path / "cache" / "mnist" / (stem + ".gz")).read_bytes()) == data
     # a second load uses the cache and fetches nothing
-    datasets.load_mnist(mirrors=("https://good/",), opener=opener)
-    assert len(good.requested) == 4
+    datasets.load_mnist(mirrors=(base + "/good/",))
+    assert len(requested) == 8
 
 
-def test_download_fails_clearly_when_no_mirror_has_good_data(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTMLP_DATA", str(tmp_path))
-    with pytest.raises(OSError, match="could not download train-images-idx3-ubyte"):
-        datasets.load_mnist(mirrors=("https://nowhere/",), opener=FakeMirror({}))
-    assert list((tmp_path / "mnist").iterdir()) == []
+@pytest.mark.parametrize("kind", ["corrupt", "truncated", "dropped", "missing"])
+def test_a_bad_mirror_leaves_nothing_behind_and_says_why(tmp_path, mirror, kind):
+    base, requested, raw = mirror
+    target = tmp_path / "mnist"
+    with pytest.raises(OSError, match="could not download train-images-idx3-ubyte") as info:
+        datasets.download_mnist(target, mirrors=(f"{base}/{kind}/",))
+    assert f"{base}/{kind}/train-images-idx3-ubyte.gz" in str(info.value)
+    reason = {
+        "corrupt": "SHA-256 of the uncompressed data",
+        "truncated": "not a complete gzip file",
+        "dropped": "",
+        "missing": "404",
+    }[kind]
+    assert reason in str(info.value)
+    assert list(target.iterdir()) == []
+
+
+def test_a_server_that_does_not_answer_times_out_and_the_next_mirror_serves(tmp_path, mirror):
+    base, requested, raw = mirror
+    start = time.perf_counter()
+    target = datasets.download_mnist(tmp_path / "mnist", mirrors=(base + "/slow/", base + "/good/"), timeout=0.5)
+    assert time.perf_counter() - start < 4 * 2.5  # four files, each gives up on /slow/ after 0.5 s
+    assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == sorted(k + ".gz" for k in raw)
+    assert target == str(tmp_path / "mnist")
+
+
+def test_download_arguments_are_checked_before_any_request(tmp_path, mirror):
+    base, requested, _ = mirror
+    with pytest.raises(ValueError, match="mirrors must be a non-empty sequence"):
+        datasets.download_mnist(tmp_path, mirrors=base + "/good/")
+    with pytest.raises(ValueError, match="timeout"):
+        datasets.download_mnist(tmp_path, mirrors=(base + "/good/",), timeout=0)
+    assert requested == []
+
+
+def test_default_data_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTMLP_DATA_DIR", str(tmp_path))
+    assert datasets.default_data_dir() == str(tmp_path)
+    monkeypatch.delenv("FASTMLP_DATA_DIR")
+    pooch = pytest.importorskip("pooch")
+    assert datasets.default_data_dir() == str(pooch.os_cache("fastmlp"))

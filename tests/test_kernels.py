@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
+from helpers import BACKENDS, DTYPES, random_problem
 
 from fastmlp import backends
 from fastmlp import reference as ref
 from fastmlp._kernels import epochs
-
-from helpers import BACKENDS, DTYPES, random_problem
 
 # (n, n_in, n_hidden, n_out): degenerate sizes, odd sizes, MNIST-like widths
 SHAPES = [(1, 1, 1, 2), (5, 1, 3, 2), (9, 7, 1, 3), (33, 13, 17, 5), (64, 784, 100, 10)]

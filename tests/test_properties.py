@@ -3,13 +3,12 @@ included), batch sizes and thread counts, every backend trains as the reference
 does and leaves the caller's arrays alone."""
 
 import numpy as np
+from helpers import BACKENDS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastmlp
 from fastmlp import reference as ref
-
-from helpers import BACKENDS
 
 LAYOUTS = ["C", "F", "strided", "readonly", "int", "csr", "csc", "coo"]
 

@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
+from helpers import random_problem
 
 from fastmlp import reference as ref
-
-from helpers import random_problem
 
 
 def _loss(params, X, y, loss):

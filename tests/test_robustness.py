@@ -10,13 +10,12 @@ import time
 
 import numpy as np
 import pytest
+from helpers import BACKENDS, random_problem
 
 import fastmlp
 from fastmlp import backends
 from fastmlp import reference as ref
 from fastmlp._kernels import epochs
-
-from helpers import BACKENDS, random_problem
 
 # ---- a table of bad inputs: each names its argument, before any work is done ----
 
@@ -351,7 +350,7 @@ def test_models_trained_in_threads_equal_sequential_training(backend, batch_size
     for t in threads:
         t.join()
     assert not errors
-    for a, b in zip(seq, par):
+    for a, b in zip(seq, par, strict=True):
         for k in ref.PARAM_NAMES:
             np.testing.assert_array_equal(a.params[k], b.params[k])
 

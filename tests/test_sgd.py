@@ -4,13 +4,12 @@ weights, on every backend and path, against torch.optim.SGD and scikit-learn."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from helpers import BACKENDS, random_problem
 
 import fastmlp
 from fastmlp import backends, schedules
 from fastmlp import reference as ref
 from fastmlp._kernels import epochs
-
-from helpers import BACKENDS, random_problem
 
 
 def paths():

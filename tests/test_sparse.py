@@ -5,19 +5,17 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from helpers import BACKENDS, DTYPES
 from threadpoolctl import threadpool_limits
 
 import fastmlp
 from fastmlp import backends
 from fastmlp import reference as ref
 from fastmlp._kernels import epochs
-
-from helpers import BACKENDS, DTYPES
 
 FORMATS = {
     "csr_matrix": sp.csr_matrix,
@@ -62,10 +60,10 @@ def test_duplicate_and_unsorted_indices_are_canonicalised(backend, dtype, index_
     X, y = sparse_problem(seed=3)
     canonical = sp.csr_matrix(X)
     # every entry stored as two halves, the row's entries in reverse order
-    rows, data, cols, ptr = [], [], [], [0]
+    data, cols, ptr = [], [], [0]
     for r in range(X.shape[0]):
         a, b = canonical.indptr[r], canonical.indptr[r + 1]
-        for c, v in zip(canonical.indices[a:b][::-1], canonical.data[a:b][::-1]):
+        for c, v in zip(canonical.indices[a:b][::-1], canonical.data[a:b][::-1], strict=True):
             cols += [c, c]
             data += [v / 2, v / 2]
         ptr.append(len(cols))
@@ -76,7 +74,7 @@ def test_duplicate_and_unsorted_indices_are_canonicalised(backend, dtype, index_
     tol = dict(rtol=1e-12, atol=1e-15) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
     for k in ref.PARAM_NAMES:
         np.testing.assert_allclose(b.params[k], a.params[k], **tol)
-    for got, was in zip((messy.data, messy.indices, messy.indptr), before):  # the caller's matrix is untouched
+    for got, was in zip((messy.data, messy.indices, messy.indptr), before, strict=True):  # the caller's matrix is untouched
         np.testing.assert_array_equal(got, was)
 
 

@@ -94,3 +94,29 @@ def test_bad_labels_are_named_before_any_training():
         fastmlp.sweep(X, np.where(y == 0, np.nan, 1.0), {"lr": [0.1]}, n_jobs=1)
     with pytest.raises(ValueError, match="validation_data\\[1\\] has 3 entries"):
         fastmlp.sweep(X, y, {"lr": [0.1]}, validation_data=(X, y[:3]), n_jobs=1)
+
+
+SCRIPT = """
+import fastmlp
+X, y = fastmlp.datasets.circles(300, seed=0)
+table = fastmlp.sweep(X, y, {"lr": [0.1, 0.5], "n_hidden": [3, 6]}, epochs=2, n_jobs=2, as_frame=False)
+assert len(table) == 4 and all(r["error"] is None for r in table), table
+print("accuracies", *(round(r["accuracy"], 6) for r in table))
+"""
+
+
+def test_a_sweep_runs_from_a_script_on_standard_input():
+    # `python - < run.py`: worker processes cannot re-import a __main__ read from stdin
+    pytest.importorskip("joblib")
+    run = subprocess.run([sys.executable, "-"], input=SCRIPT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    accuracies = [float(v) for v in run.stdout.split()[1:]]
+    X, y = fastmlp.datasets.circles(300, seed=0)
+    expected = fastmlp.sweep(X, y, {"lr": [0.1, 0.5], "n_hidden": [3, 6]}, epochs=2, n_jobs=1, as_frame=False)
+    assert accuracies == [round(r["accuracy"], 6) for r in expected]
+
+
+def test_sweep_progress_counts_models(data, capsys):
+    X, y, _ = data
+    fastmlp.sweep(X[:100], y[:100], {"lr": [0.1, 0.2, 0.3]}, n_jobs=1, progress=True, as_frame=False)
+    assert "3/3" in capsys.readouterr().err

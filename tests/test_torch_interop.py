@@ -5,9 +5,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import fastmlp  # noqa: E402
-
 from helpers import BACKENDS  # noqa: E402
+
+import fastmlp  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -27,7 +27,7 @@ import functools
 import importlib
 import os
 import threading
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 
@@ -81,7 +81,7 @@ DENSE_ROWS_BATCH_MAX = 2  # denser inputs take the sparse path, row by row, up t
 _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def blas_has_avx512_kernels():
     """True unless the OpenBLAS that scipy loaded runs a kernel without AVX-512
     (True also for other BLAS libraries: no measurements say otherwise)."""
@@ -307,7 +307,7 @@ class Rows(NamedTuple):
 
     data: np.ndarray
     indices: np.ndarray
-    indptr: Optional[np.ndarray]
+    indptr: np.ndarray | None
 
 
 class SparseWork(NamedTuple):
@@ -581,7 +581,7 @@ class EpochRunner:
         share of every parameter and velocity (each slice holds its own copy of by)."""
         net = self.block
         sources = [self.params] + ([self.velocity] if self.velocity is not None else [])
-        for source, (WhT, bhs, Wys, bys) in zip(sources, (net[:4], net[4:8])):
+        for source, (WhT, bhs, Wys, bys) in zip(sources, (net[:4], net[4:8]), strict=False):
             Wh, bh, Wy, by = (source[k] for k in PARAM_NAMES)
             for s in range(net.WhT.shape[0]):
                 u0, u1 = slice_units(net, s, len(bh))
@@ -688,7 +688,7 @@ class EpochRunner:
         return [a.copy() for a in self._arrays()]
 
     def _restore(self, saved):
-        for a, b in zip(self._arrays(), saved):
+        for a, b in zip(self._arrays(), saved, strict=True):
             a[...] = b
 
     def _finite(self):
