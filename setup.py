@@ -54,8 +54,9 @@ class BuildWithOpenMP(build_ext):
                 f.write(OPENMP_TEST)
             try:
                 objects = self.compiler.compile([src], output_dir=tmp, extra_postargs=OPENMP)
-                self.compiler.link_executable(objects, "omp_test", output_dir=tmp,
-                                              extra_postargs=[] if sys.platform == "win32" else OPENMP)
+                self.compiler.link_executable(
+                    objects, "omp_test", output_dir=tmp, extra_postargs=[] if sys.platform == "win32" else OPENMP
+                )
             except Exception:  # CompileError, LinkError: no OpenMP here
                 return False
         return True

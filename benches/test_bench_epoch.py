@@ -46,9 +46,14 @@ def test_epoch(benchmark, backend, network, dtype, batch):
     run, one_blas_thread = bench._runner(backend, params, X, labels, bs, lr)
     benchmark.group = f"epoch {name} {dtype.name} batch={batch}"
     benchmark.extra_info.update(
-        backend=backend, network=name, dtype=dtype.name, batch=bs, n=len(X),
-        flop_per_epoch=bench.flop_per_example(*shape) * len(X), blas=bench.blas_description(),
+        backend=backend,
+        network=name,
+        dtype=dtype.name,
+        batch=bs,
+        n=len(X),
+        flop_per_epoch=bench.flop_per_example(*shape) * len(X),
+        blas=bench.blas_description(),
     )
     with epochs.blas_limits(one_blas_thread):
-        run(perm[:max(bs, 64)])  # warm-up: compile, fault in pages
+        run(perm[: max(bs, 64)])  # warm-up: compile, fault in pages
         benchmark.pedantic(run, args=(perm,), rounds=3, iterations=1)

@@ -46,8 +46,9 @@ def test_loss_grad(benchmark, backend, network, dtype, batch):
     kern = backends.kernels(backend)
     dZ, loss_sum, _ = kern.loss_grad(out.Z, yb, epochs.loss_code("ce"))
     np.testing.assert_allclose(dZ, ref.output_delta(out.Y_hat, yb) / len(Xb), **_tolerance(dtype))
-    np.testing.assert_allclose(loss_sum / len(Xb), ref.loss_accuracy(out.Y_hat, yb, logits=out.Z)[0],
-                               **_tolerance(dtype))
+    np.testing.assert_allclose(
+        loss_sum / len(Xb), ref.loss_accuracy(out.Y_hat, yb, logits=out.Z)[0], **_tolerance(dtype)
+    )
     _group(benchmark, "loss_grad", name, dtype, batch, backend)
     benchmark(kern.loss_grad, out.Z, yb, epochs.loss_code("ce"))
 

@@ -25,13 +25,15 @@ def test_sweep(benchmark, where, request):
     kwargs = dict(epochs=2, as_frame=False)
     if where == "dask":
         distributed = pytest.importorskip("dask.distributed")
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                           dashboard_address=None)
+        cluster = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        )
         client = distributed.Client(cluster)
         kwargs["client"] = client
     else:
         kwargs["n_jobs"] = 1 if where == "sequential" else 2
     try:
+
         def run():
             t0 = time.perf_counter()
             records = fastmlp.sweep(X, labels, GRID, **kwargs)
@@ -50,5 +52,4 @@ def test_sweep(benchmark, where, request):
         _sequential[name] = wall
     elif name in _sequential:
         ideal = _sequential[name] / 2
-        benchmark.extra_info.update(speedup=_sequential[name] / wall,
-                                    overhead_per_task_s=(wall - ideal) / 36)
+        benchmark.extra_info.update(speedup=_sequential[name] / wall, overhead_per_task_s=(wall - ideal) / 36)

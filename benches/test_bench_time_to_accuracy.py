@@ -34,8 +34,16 @@ def _fastmlp(X, y, X_test, y_test, max_epochs):
     from fastmlp.train import _Training
 
     model = fastmlp.MLP(784, 100, 10, seed=0)
-    training = _Training(model, X, y, batch_size=BEST["batch_size"], lr=BEST["lr"], momentum=BEST["momentum"],
-                         nesterov=BEST["nesterov"], seed=0)
+    training = _Training(
+        model,
+        X,
+        y,
+        batch_size=BEST["batch_size"],
+        lr=BEST["lr"],
+        momentum=BEST["momentum"],
+        nesterov=BEST["nesterov"],
+        seed=0,
+    )
     seconds, accuracy = 0.0, 0.0
     with training:
         for epoch in range(max_epochs):
@@ -51,8 +59,7 @@ def _torch(X, y, X_test, y_test, max_epochs):
 
     params = fastmlp.reference.init_params(784, 100, 10, dtype=np.float32, seed=0)
     trainer = bench.TorchTrainer(params, "autograd")
-    opt = torch.optim.SGD(trainer.net.parameters(), lr=BEST["lr"], momentum=BEST["momentum"],
-                          nesterov=BEST["nesterov"])
+    opt = torch.optim.SGD(trainer.net.parameters(), lr=BEST["lr"], momentum=BEST["momentum"], nesterov=BEST["nesterov"])
     Xt, yt, Xv = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64)), torch.from_numpy(X_test)
     rng = np.random.default_rng(0)
     seconds, accuracy = 0.0, 0.0
@@ -60,7 +67,7 @@ def _torch(X, y, X_test, y_test, max_epochs):
         perm = torch.from_numpy(rng.permutation(len(X)))
         t0 = time.perf_counter()
         for s in range(0, len(X), BEST["batch_size"]):
-            idx = perm[s:s + BEST["batch_size"]]
+            idx = perm[s : s + BEST["batch_size"]]
             opt.zero_grad()
             trainer.loss(trainer.net(Xt[idx]), yt[idx]).backward()
             opt.step()

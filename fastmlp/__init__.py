@@ -1,10 +1,10 @@
 """fastmlp: a one-hidden-layer tanh/softmax network trained by SGD with compiled kernels.
 
-    import fastmlp
-    X, y = fastmlp.datasets.circles(1000, noise=0.1, seed=0)
-    model = fastmlp.MLP(2, 10, 2, seed=0)
-    history = fastmlp.train(model, X, y, epochs=50, batch_size=10, lr=0.03)
-    fastmlp.evaluate(model, X, y)          # (mean loss, accuracy)
+import fastmlp
+X, y = fastmlp.datasets.circles(1000, noise=0.1, seed=0)
+model = fastmlp.MLP(2, 10, 2, seed=0)
+history = fastmlp.train(model, X, y, epochs=50, batch_size=10, lr=0.03)
+fastmlp.evaluate(model, X, y)          # (mean loss, accuracy)
 """
 
 from . import datasets, reference

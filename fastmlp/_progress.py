@@ -31,8 +31,11 @@ class Progress:
                 self.bar.set_postfix(stats, refresh=False)
             self.bar.update(1)
         else:
-            print(f"{self.unit} {self.n}/{self.total}  " + "  ".join(f"{k} {v}" for k, v in stats.items()),
-                  file=sys.stderr, flush=True)
+            print(
+                f"{self.unit} {self.n}/{self.total}  " + "  ".join(f"{k} {v}" for k, v in stats.items()),
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -103,8 +103,11 @@ def check_class_weight(class_weight, labels, n_out, name="class_weight"):
     if not isinstance(class_weight, dict):
         raise TypeError(f'{name} must be a dict {{class: weight}} or "balanced", got {_describe(class_weight)}')
     out = np.ones(n_out)
-    unknown = [k for k in class_weight
-               if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or not 0 <= k < n_out]
+    unknown = [
+        k
+        for k in class_weight
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or not 0 <= k < n_out
+    ]
     if unknown:
         raise ValueError(f"{name} names unknown classes {unknown[:10]}; the classes are 0 .. {n_out - 1}")
     for k, v in class_weight.items():
@@ -176,8 +179,7 @@ def check_y(y, n_samples, n_out, name="y"):
         raise ValueError(f"{name} has {len(labels)} entries but X has {n_samples} rows")
     if len(labels) and (labels.min() < 0 or labels.max() >= n_out):
         raise ValueError(
-            f"{name} labels must lie in [0, {n_out}) (n_out={n_out}), got values in "
-            f"[{labels.min()}, {labels.max()}]"
+            f"{name} labels must lie in [0, {n_out}) (n_out={n_out}), got values in [{labels.min()}, {labels.max()}]"
         )
     return np.ascontiguousarray(labels, dtype=np.intp)
 
@@ -214,8 +216,7 @@ def check_sparse_X(X, name="X", n_features=None, dtype=np.float64):
         raise ValueError(f"{name}.indptr ends at {nnz}, beyond the {min(len(indices), len(data))} stored entries")
     indices, data = indices[:nnz], data[:nnz]
     if nnz and (indices.min() < 0 or indices.max() >= n_cols):
-        raise ValueError(f"{name} has column indices outside [0, {n_cols}): "
-                         f"from {indices.min()} to {indices.max()}")
+        raise ValueError(f"{name} has column indices outside [0, {n_cols}): from {indices.min()} to {indices.max()}")
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise ValueError(f"{name} contains NaN or infinity")
     with np.errstate(over="ignore"):

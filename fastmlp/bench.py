@@ -49,7 +49,7 @@ def gemm_peak_gflops(n=2048, repeats=3):
     b = np.asfortranarray(rng.random((n, n), dtype=np.float32))
     sgemm(1.0, a, b)
     best = min(_timed(lambda: sgemm(1.0, a, b)) for _ in range(repeats))
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def blas_description():
@@ -60,8 +60,10 @@ def blas_description():
     for pool in threadpool_info():
         if pool.get("user_api") == "blas":
             lib = os.path.basename(pool.get("filepath", "")).split("-")[0].split(".")[0]
-            parts.append(f"{pool.get('internal_api')} {pool.get('version')} kernel={pool.get('architecture')} "
-                         f"threads={pool.get('num_threads')} ({lib})")
+            parts.append(
+                f"{pool.get('internal_api')} {pool.get('version')} kernel={pool.get('architecture')} "
+                f"threads={pool.get('num_threads')} ({lib})"
+            )
     return "; ".join(parts) or "no BLAS found by threadpoolctl"
 
 
@@ -72,6 +74,7 @@ def _timed(fn):
 
 
 # ---- PyTorch: the same network and SGD, for comparison ----
+
 
 def torch_available():
     import importlib.util
@@ -97,8 +100,11 @@ class TorchTrainer:
             n_hidden, n_in = params["Wh"].shape
             n_out = params["Wy"].shape[0]
             dtype = t["Wh"].dtype
-            self.net = torch.nn.Sequential(torch.nn.Linear(n_in, n_hidden, dtype=dtype), torch.nn.Tanh(),
-                                           torch.nn.Linear(n_hidden, n_out, dtype=dtype))
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(n_in, n_hidden, dtype=dtype),
+                torch.nn.Tanh(),
+                torch.nn.Linear(n_hidden, n_out, dtype=dtype),
+            )
             with torch.no_grad():
                 self.net[0].weight.copy_(t["Wh"])
                 self.net[0].bias.copy_(t["bh"])
@@ -126,7 +132,7 @@ class TorchTrainer:
         if self.style == "autograd":
             opt = torch.optim.SGD(self.net.parameters(), lr=lr)
             for s in range(0, len(perm), batch_size):
-                idx = perm[s:s + batch_size]
+                idx = perm[s : s + batch_size]
                 opt.zero_grad()
                 self.loss(self.net(X[idx]), labels[idx]).backward()
                 opt.step()
@@ -134,7 +140,7 @@ class TorchTrainer:
         Wh, bh, Wy, by = (self.p[k] for k in ref.PARAM_NAMES)
         with torch.no_grad():
             for s in range(0, len(perm), batch_size):
-                idx = perm[s:s + batch_size]
+                idx = perm[s : s + batch_size]
                 xb, yb = X[idx], labels[idx]
                 H = torch.tanh(torch.addmm(bh, xb, Wh.T))
                 dZ = torch.softmax(torch.addmm(by, H, Wy.T), dim=1)
@@ -168,9 +174,17 @@ class SklearnTrainer:
 
         from sklearn.neural_network import MLPClassifier
 
-        self.clf = MLPClassifier(hidden_layer_sizes=(params["Wh"].shape[0],), activation="tanh", solver="sgd",
-                                 momentum=0.0, nesterovs_momentum=False, alpha=0.0, learning_rate_init=lr,
-                                 batch_size=batch_size, shuffle=False)
+        self.clf = MLPClassifier(
+            hidden_layer_sizes=(params["Wh"].shape[0],),
+            activation="tanh",
+            solver="sgd",
+            momentum=0.0,
+            nesterovs_momentum=False,
+            alpha=0.0,
+            learning_rate_init=lr,
+            batch_size=batch_size,
+            shuffle=False,
+        )
         self.n_out = params["Wy"].shape[0]
         self.warnings = warnings
 
@@ -214,8 +228,12 @@ def row_pass_floor(X, labels, shape, batch_size, n_threads, repeats=3):
     runner = epochs.EpochRunner(kern, params, X, labels, batch_size=batch_size, path="sparse", n_threads=n_threads)
     runner._use_threads(runner._usable(n_threads))
     perm = np.random.default_rng(0).permutation(X.shape[0])
-    run = lambda: kern.row_passes(runner.block, runner.rows, labels, perm, min(batch_size, len(perm)),  # noqa: E731
-                                  runner.work, runner.threads)
+
+    def run():
+        kern.row_passes(
+            runner.block, runner.rows, labels, perm, min(batch_size, len(perm)), runner.work, runner.threads
+        )
+
     run()
     return min(_timed(run) for _ in range(repeats))
 
@@ -231,7 +249,7 @@ def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, p
     if perm is None:
         perm = np.random.default_rng(0).permutation(n)
     run, one_blas_thread = _runner(name, params, X, labels, batch_size, lr)
-    warm = perm[:max(batch_size, min(n, 10 * batch_size, 2000))]
+    warm = perm[: max(batch_size, min(n, 10 * batch_size, 2000))]
     with epochs.blas_limits(one_blas_thread):
         ran = run(warm)  # compile, fault in pages, spin up BLAS threads
         estimate = _timed(lambda: run(warm)) * n / len(warm)
@@ -295,8 +313,14 @@ def numba_first_call_seconds():
 
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        times = [float(subprocess.run([sys.executable, "-c", _FIRST_CALLS], env=env, check=True,
-                                      capture_output=True, text=True).stdout) for _ in range(2)]
+        times = [
+            float(
+                subprocess.run(
+                    [sys.executable, "-c", _FIRST_CALLS], env=env, check=True, capture_output=True, text=True
+                ).stdout
+            )
+            for _ in range(2)
+        ]
     return times[0], times[1]
 
 
@@ -323,30 +347,43 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
     loop, PyTorch two ways, scikit-learn) in the same run; "% floor" the row-pass
     floor of the same data on the same threads over the epoch (sparse path)."""
     if names is None:
-        names = (backends.available_backends() + (["torch-autograd", "torch-manual"] if torch_available() else [])
-                 + (["sklearn"] if sklearn_available() else []))
+        names = (
+            backends.available_backends()
+            + (["torch-autograd", "torch-manual"] if torch_available() else [])
+            + (["sklearn"] if sklearn_available() else [])
+        )
     peak = gemm_peak_gflops()
     threads = _torch_threads() if any(n.startswith("torch") for n in names) else None
     all_threads = epochs.wanted_threads(None, backends.kernels("auto"))
-    print(f"fastmlp bench: {time.strftime('%Y-%m-%d')}, {np.dtype(dtype).name}, "
-          f"seconds per epoch (median; ~ = timed on part of the epoch and scaled)", file=out)
+    print(
+        f"fastmlp bench: {time.strftime('%Y-%m-%d')}, {np.dtype(dtype).name}, "
+        f"seconds per epoch (median; ~ = timed on part of the epoch and scaled)",
+        file=out,
+    )
     print(f"BLAS: {blas_description()}; fastmlp's threads: {all_threads}", file=out)
-    print(f"measured float32 GEMM peak: {peak:.0f} GFLOP/s" + (f"; torch threads: {threads}" if threads else ""),
-          file=out)
+    print(
+        f"measured float32 GEMM peak: {peak:.0f} GFLOP/s" + (f"; torch threads: {threads}" if threads else ""), file=out
+    )
     if "numba" in names:
         cold, cached = numba_first_call_seconds()
-        print(f"numba first call of every float32 kernel: {cold:.1f} s compiling, {cached:.2f} s from the cache",
-              file=out)
+        print(
+            f"numba first call of every float32 kernel: {cold:.1f} s compiling, {cached:.2f} s from the cache", file=out
+        )
     rows = []
     for net, (X, labels, shape) in nets.items():
         X = np.ascontiguousarray(X, dtype=dtype)
         params = ref.init_params(*shape, dtype=dtype, seed=0)
         flop = flop_per_example(*shape) * len(X)
         floor1 = row_pass_floor(X, labels, shape, 1, 1)
-        print(f"\n{net} {'-'.join(map(str, shape))}, N = {len(X)}; row-pass floor: one thread "
-              + (f"{floor1:.4g} s" if floor1 else "-"), file=out)
-        header = (f"{'batch':>6} {'backend':>15} {'s/epoch':>9} {'x numpy':>8} {'x peer':>7} {'GFLOP/s':>8} "
-                  f"{'% peak':>7} {'floor':>7} {'% floor':>8}  path, threads")
+        print(
+            f"\n{net} {'-'.join(map(str, shape))}, N = {len(X)}; row-pass floor: one thread "
+            + (f"{floor1:.4g} s" if floor1 else "-"),
+            file=out,
+        )
+        header = (
+            f"{'batch':>6} {'backend':>15} {'s/epoch':>9} {'x numpy':>8} {'x peer':>7} {'GFLOP/s':>8} "
+            f"{'% peak':>7} {'floor':>7} {'% floor':>8}  path, threads"
+        )
         print(header, file=out)
         for b in batch_sizes:
             bs = len(X) if b == "full" else int(b)
@@ -357,20 +394,31 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
             best_peer = min(peers.values(), default=None)
             for name, (t, scaled, ran) in times.items():
                 gflops = flop / t / 1e9
-                row = dict(network=net, batch=b, backend=name, seconds=t, scaled=scaled,
-                           speedup_numpy=times["numpy"][0] / t if "numpy" in times else None,
-                           speedup_peer=best_peer / t if best_peer else None,
-                           best_peer=min(peers, key=peers.get) if peers else None,
-                           gflops=gflops, peak_fraction=gflops / peak,
-                           path=ran[0] if ran else None, threads=ran[1] if ran else None,
-                           floor=floor if ran and ran[0] == "sparse" else None)
+                row = dict(
+                    network=net,
+                    batch=b,
+                    backend=name,
+                    seconds=t,
+                    scaled=scaled,
+                    speedup_numpy=times["numpy"][0] / t if "numpy" in times else None,
+                    speedup_peer=best_peer / t if best_peer else None,
+                    best_peer=min(peers, key=peers.get) if peers else None,
+                    gflops=gflops,
+                    peak_fraction=gflops / peak,
+                    path=ran[0] if ran else None,
+                    threads=ran[1] if ran else None,
+                    floor=floor if ran and ran[0] == "sparse" else None,
+                )
                 rows.append(row)
                 on_floor = row["floor"] is not None
-                print(f"{str(b):>6} {name:>15} {('~' if scaled else '') + f'{t:.4g}':>9} "
-                      f"{_fmt(row['speedup_numpy'])} {_fmt(row['speedup_peer'], 7)} {gflops:8.1f} "
-                      f"{100 * gflops / peak:6.1f}% {f'{floor:.4g}' if on_floor else '-':>7} "
-                      f"{f'{100 * floor / t:.0f}%' if on_floor else '-':>8}"
-                      + (f"  {ran[0]}, {ran[1]}" if ran else ""), file=out, flush=True)
+                print(
+                    f"{str(b):>6} {name:>15} {('~' if scaled else '') + f'{t:.4g}':>9} "
+                    f"{_fmt(row['speedup_numpy'])} {_fmt(row['speedup_peer'], 7)} {gflops:8.1f} "
+                    f"{100 * gflops / peak:6.1f}% {f'{floor:.4g}' if on_floor else '-':>7} "
+                    f"{f'{100 * floor / t:.0f}%' if on_floor else '-':>8}" + (f"  {ran[0]}, {ran[1]}" if ran else ""),
+                    file=out,
+                    flush=True,
+                )
     return rows
 
 

@@ -27,6 +27,7 @@ class CLIError(Exception):
 def _number(kind, minimum, what, strict=False):
     """An argparse type: a finite number of ``kind`` at least ``minimum`` (above it
     if ``strict``)."""
+
     def parse(text):
         try:
             value = kind(text)
@@ -35,16 +36,19 @@ def _number(kind, minimum, what, strict=False):
         if value is None or not np.isfinite(value) or value < minimum or (strict and value == minimum):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return value
+
     return parse
 
 
 def _comma_list(kind, what, words=()):
     """An argparse type: comma-separated values of ``kind`` (or one of ``words``)."""
+
     def parse(text):
         try:
             return [v if v in words else kind(v) for v in text.split(",")]
         except (ValueError, argparse.ArgumentTypeError):
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
     return parse
 
 
@@ -81,22 +85,41 @@ def cmd_train(args):
     n_out = int(max(y.max(), y_test.max())) + 1
     model = MLP(X.shape[1], args.hidden, n_out, dtype=args.dtype, init=args.init, seed=args.seed)
     backend = backends.resolve(args.backend)
-    print(f"fastmlp {__version__}: {args.dataset} {X.shape[1]}-{args.hidden}-{n_out}, "
-          f"{len(X)} train / {len(X_test)} test, batch {args.batch_size}, lr {args.lr}, "
-          f"loss {args.loss}, {args.dtype}, backend {backend}")
+    print(
+        f"fastmlp {__version__}: {args.dataset} {X.shape[1]}-{args.hidden}-{n_out}, "
+        f"{len(X)} train / {len(X_test)} test, batch {args.batch_size}, lr {args.lr}, "
+        f"loss {args.loss}, {args.dtype}, backend {backend}"
+    )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    history = train(model, X, y, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                    loss=args.loss, backend=backend, seed=args.seed,
-                    validation_data=(X_test, y_test), progress=progress, n_threads=args.threads,
-                    momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
-                    lr_schedule=args.lr_schedule)
+    history = train(
+        model,
+        X,
+        y,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        loss=args.loss,
+        backend=backend,
+        seed=args.seed,
+        validation_data=(X_test, y_test),
+        progress=progress,
+        n_threads=args.threads,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
+    )
     for e in range(history.epochs):
-        print(f"epoch {e + 1:3d}  loss {history.loss[e]:.4f}  accuracy {history.accuracy[e]:.4f}  "
-              f"test_loss {history.val_loss[e]:.4f}  test_accuracy {history.val_accuracy[e]:.4f}  "
-              f"{history.seconds[e] * 1e3:.2f} ms")
+        print(
+            f"epoch {e + 1:3d}  loss {history.loss[e]:.4f}  accuracy {history.accuracy[e]:.4f}  "
+            f"test_loss {history.val_loss[e]:.4f}  test_accuracy {history.val_accuracy[e]:.4f}  "
+            f"{history.seconds[e] * 1e3:.2f} ms"
+        )
     test_loss, test_acc = evaluate(model, X_test, y_test, args.loss)
-    print(f"test accuracy {test_acc:.4f}  (test loss {test_loss:.4f}, "
-          f"{sum(history.seconds):.3f} s training, {history.path} path, {history.threads} thread(s))")
+    print(
+        f"test accuracy {test_acc:.4f}  (test loss {test_loss:.4f}, "
+        f"{sum(history.seconds):.3f} s training, {history.path} path, {history.threads} thread(s))"
+    )
     if args.save:
         model.save(args.save)
         print(f"saved {args.save}")
@@ -131,22 +154,30 @@ def cmd_info(args):
     print(f"auto backend: {backends.resolve('auto')} at every batch size (the first of {backends.AUTO} that loads)")
     kern = backends.kernels("auto")
     limit = kern.max_threads() if hasattr(kern, "max_threads") else 1
-    print(f"threads: {epochs.wanted_threads(None, kern)} by default (cores this process may use: "
-          f"{epochs.available_cpus()}; OpenMP's limit here: {limit}), shared by concurrent trainings; "
-          f"the results do not depend on them")
-    print(f"BLAS threads: 1 on the compiled paths; the NumPy reference: 1 below batch "
-          f"{epochs.BLAS_THREADS_MIN_BATCH}, else the pool's default")
-    print(f"sparse inputs: scipy.sparse always, dense inputs with at most {epochs.SPARSE_DENSITY_MAX:.0%} "
-          f"non-zero entries (converted to CSR once per fit)")
+    print(
+        f"threads: {epochs.wanted_threads(None, kern)} by default (cores this process may use: "
+        f"{epochs.available_cpus()}; OpenMP's limit here: {limit}), shared by concurrent trainings; "
+        f"the results do not depend on them"
+    )
+    print(
+        f"BLAS threads: 1 on the compiled paths; the NumPy reference: 1 below batch "
+        f"{epochs.BLAS_THREADS_MIN_BATCH}, else the pool's default"
+    )
+    print(
+        f"sparse inputs: scipy.sparse always, dense inputs with at most {epochs.SPARSE_DENSITY_MAX:.0%} "
+        f"non-zero entries (converted to CSR once per fit)"
+    )
     print("epoch path of the compiled backends (auto), by batch size and input density:")
     for batch in (1, 4, 10, 32, 64, 256, 60000):
         for kind, density in (("dense", 1.0), ("40% non-zero", 0.4), ("19% non-zero (MNIST)", 0.19)):
             path, _, why = epochs.auto_path(batch, density)
             print(f"  batch {batch:>5}, {kind:<20} {path:<6} {why}")
     for pool in threadpool_info():
-        print(f"threadpool {pool.get('internal_api')} {pool.get('version', '')} "
-              f"kernel={pool.get('architecture', '?')} threads={pool.get('num_threads')} "
-              f"({pool.get('filepath', '').rsplit('/', 1)[-1]})")
+        print(
+            f"threadpool {pool.get('internal_api')} {pool.get('version', '')} "
+            f"kernel={pool.get('architecture', '?')} threads={pool.get('num_threads')} "
+            f"({pool.get('filepath', '').rsplit('/', 1)[-1]})"
+        )
     return 0
 
 
@@ -161,8 +192,7 @@ def cmd_bench(args):
         import subprocess
 
         env = {k: v for k, v in os.environ.items() if k not in bench.OPENBLAS_VARS}
-        print(f"fastmlp bench: unset {', '.join(present)} for this run (OpenBLAS picks its best kernel)",
-              flush=True)
+        print(f"fastmlp bench: unset {', '.join(present)} for this run (OpenBLAS picks its best kernel)", flush=True)
         return subprocess.run([sys.executable, "-m", "fastmlp.cli", *sys.argv[1:]], env=env).returncode
     names = args.backends.split(",") if args.backends else None
     for name in names or ():
@@ -176,8 +206,10 @@ def cmd_bench(args):
         params = reference.init_params(*shape, dtype=np.dtype(args.dtype), seed=0)
         for backend in [b for b in backends.available_backends() if b != "numpy"]:
             one, two = bench.gil_release_ratio(params, np.ascontiguousarray(X, args.dtype), labels, 64, backend)
-            print(f"GIL: {backend}, MNIST batch 64: one model {one:.3f} s/epoch, two models in two threads "
-                  f"{two:.3f} s ({two / one:.2f}x the time of one)")
+            print(
+                f"GIL: {backend}, MNIST batch 64: one model {one:.3f} s/epoch, two models in two threads "
+                f"{two:.3f} s ({two / one:.2f}x the time of one)"
+            )
     return 0
 
 
@@ -188,11 +220,19 @@ def cmd_sweep(args):
         _check_plot_target(args.plot)
     if args.out:
         _check_output_dir(args.out, "--out")
-    grid = {key: values for key, values in [("lr", args.lr), ("n_hidden", args.hidden),
-                                            ("batch_size", args.batch_size), ("n_samples", args.n_samples),
-                                            ("momentum", args.momentum), ("weight_decay", args.weight_decay),
-                                            ("lr_schedule", args.lr_schedule)]
-            if values}
+    grid = {
+        key: values
+        for key, values in [
+            ("lr", args.lr),
+            ("n_hidden", args.hidden),
+            ("batch_size", args.batch_size),
+            ("n_samples", args.n_samples),
+            ("momentum", args.momentum),
+            ("weight_decay", args.weight_decay),
+            ("lr_schedule", args.lr_schedule),
+        ]
+        if values
+    }
     if args.nesterov:
         grid["nesterov"] = [True]
     defaults = DEFAULTS[args.dataset]
@@ -209,14 +249,40 @@ def cmd_sweep(args):
 
         client = Client(args.scheduler)
     try:
-        table = sweep(X, y, grid, validation_data=(X_test, y_test), epochs=args.epochs, repeats=args.repeats,
-                      client=client, n_jobs=args.n_jobs, progress=sys.stderr.isatty(), as_frame=True)
+        table = sweep(
+            X,
+            y,
+            grid,
+            validation_data=(X_test, y_test),
+            epochs=args.epochs,
+            repeats=args.repeats,
+            client=client,
+            n_jobs=args.n_jobs,
+            progress=sys.stderr.isatty(),
+            as_frame=True,
+        )
     finally:
         if client is not None:
             client.close()
-    cols = [c for c in ("lr", "n_hidden", "batch_size", "n_samples", "momentum", "nesterov", "weight_decay",
-                        "lr_schedule", "seed", "accuracy", "val_accuracy", "seconds", "error")
-            if c in table and (c not in ("momentum", "nesterov", "weight_decay", "lr_schedule") or c in grid)]
+    cols = [
+        c
+        for c in (
+            "lr",
+            "n_hidden",
+            "batch_size",
+            "n_samples",
+            "momentum",
+            "nesterov",
+            "weight_decay",
+            "lr_schedule",
+            "seed",
+            "accuracy",
+            "val_accuracy",
+            "seconds",
+            "error",
+        )
+        if c in table and (c not in ("momentum", "nesterov", "weight_decay", "lr_schedule") or c in grid)
+    ]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     failed = table["error"].notna().sum()
     print(f"{len(table)} trainings, {failed} failed, {table['seconds'].sum():.2f} s of training")
@@ -250,20 +316,38 @@ def _add_sgd_options(p, lists=False):
     from . import schedules
 
     if lists:
-        p.add_argument("--momentum", default=None, type=_comma_list(_momentum, "numbers in [0, 1)"),
-                       help="comma-separated momenta (torch.optim.SGD's)")
-        p.add_argument("--weight-decay", default=None, type=_comma_list(_number(float, 0, "non-negative numbers"),
-                                                                          "non-negative numbers"),
-                       help="comma-separated weight decays (on Wh and Wy)")
-        p.add_argument("--lr-schedule", default=None,
-                       type=_comma_list(str, f"names of {schedules.NAMES}", words=schedules.NAMES),
-                       help=f"comma-separated schedules: {', '.join(schedules.NAMES)}")
+        p.add_argument(
+            "--momentum",
+            default=None,
+            type=_comma_list(_momentum, "numbers in [0, 1)"),
+            help="comma-separated momenta (torch.optim.SGD's)",
+        )
+        p.add_argument(
+            "--weight-decay",
+            default=None,
+            type=_comma_list(_number(float, 0, "non-negative numbers"), "non-negative numbers"),
+            help="comma-separated weight decays (on Wh and Wy)",
+        )
+        p.add_argument(
+            "--lr-schedule",
+            default=None,
+            type=_comma_list(str, f"names of {schedules.NAMES}", words=schedules.NAMES),
+            help=f"comma-separated schedules: {', '.join(schedules.NAMES)}",
+        )
     else:
         p.add_argument("--momentum", type=_momentum, default=0.0, help="momentum (torch.optim.SGD's), in [0, 1)")
-        p.add_argument("--weight-decay", type=_number(float, 0, "a non-negative number"), default=0.0,
-                       help="weight decay on Wh and Wy")
-        p.add_argument("--lr-schedule", choices=schedules.NAMES, default="constant",
-                       help="the learning rate per epoch (default: constant)")
+        p.add_argument(
+            "--weight-decay",
+            type=_number(float, 0, "a non-negative number"),
+            default=0.0,
+            help="weight decay on Wh and Wy",
+        )
+        p.add_argument(
+            "--lr-schedule",
+            choices=schedules.NAMES,
+            default="constant",
+            help="the learning rate per epoch (default: constant)",
+        )
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (needs --momentum > 0)")
 
 
@@ -274,10 +358,13 @@ def build_parser():
 
     t = sub.add_parser("train", help="train a network and report test accuracy")
     t.add_argument("--dataset", choices=sorted(DEFAULTS), default="circles")
-    t.add_argument("--data-dir", default=None,
-                   help="directory of the MNIST IDX files (default: the cache, downloading if needed)")
+    t.add_argument(
+        "--data-dir", default=None, help="directory of the MNIST IDX files (default: the cache, downloading if needed)"
+    )
     t.add_argument("--n-samples", type=positive_int, default=1000, help="circles: points per split")
-    t.add_argument("--noise", type=_number(float, 0, "a non-negative number"), default=0.1, help="circles: radial noise")
+    t.add_argument(
+        "--noise", type=_number(float, 0, "a non-negative number"), default=0.1, help="circles: radial noise"
+    )
     t.add_argument("--hidden", type=positive_int, default=None, help="hidden units")
     t.add_argument("--epochs", type=nonnegative_int, default=None)
     t.add_argument("--batch-size", type=positive_int, default=None)
@@ -287,52 +374,87 @@ def build_parser():
     t.add_argument("--backend", choices=list(backends.NAMES), default="auto")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--seed", type=nonnegative_int, default=0)
-    t.add_argument("--threads", type=positive_int, default=None,
-                   help="threads for the compiled epochs (default: the cores this process may use)")
+    t.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="threads for the compiled epochs (default: the cores this process may use)",
+    )
     _add_sgd_options(t)
     t.add_argument("--save", default=None, metavar="PATH", help="write the trained model (.npz)")
-    t.add_argument("--plot", default=None, metavar="PNG",
-                   help="write learning curves (and, for 2-D data, the decision boundary) to PNG")
-    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar on stderr (default: when stderr is a terminal)")
+    t.add_argument(
+        "--plot",
+        default=None,
+        metavar="PNG",
+        help="write learning curves (and, for 2-D data, the decision boundary) to PNG",
+    )
+    t.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="time one epoch per backend and batch size, print a table")
     b.add_argument("--networks", default="mnist,circles", help="comma-separated: mnist, circles")
     b.add_argument("--data-dir", default=None, help="directory of the MNIST IDX files")
-    b.add_argument("--batch-sizes", default=[1, 10, 64, 256, "full"],
-                   type=_comma_list(positive_int, "positive integers or 'full'", words=("full",)))
-    b.add_argument("--backends", default=None,
-                   help="comma-separated (default: every available one, and torch if installed)")
+    b.add_argument(
+        "--batch-sizes",
+        default=[1, 10, 64, 256, "full"],
+        type=_comma_list(positive_int, "positive integers or 'full'", words=("full",)),
+    )
+    b.add_argument(
+        "--backends", default=None, help="comma-separated (default: every available one, and torch if installed)"
+    )
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    b.add_argument("--budget", type=positive_float, default=1.0,
-                   help="seconds: slower epochs are timed on a prefix and scaled")
-    b.add_argument("--best-blas", action="store_true",
-                   help="run with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, so OpenBLAS uses its best kernel")
-    b.add_argument("--no-gil", dest="gil", action="store_false",
-                   help="skip the two-models-in-two-threads measurement")
+    b.add_argument(
+        "--budget", type=positive_float, default=1.0, help="seconds: slower epochs are timed on a prefix and scaled"
+    )
+    b.add_argument(
+        "--best-blas",
+        action="store_true",
+        help="run with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, so OpenBLAS uses its best kernel",
+    )
+    b.add_argument("--no-gil", dest="gil", action="store_false", help="skip the two-models-in-two-threads measurement")
     b.set_defaults(func=cmd_bench)
 
     w = sub.add_parser("sweep", help="train many models over a grid of settings (process pool or Dask)")
     w.add_argument("--dataset", choices=sorted(DEFAULTS), default="circles")
     w.add_argument("--data-dir", default=None, help="directory of the MNIST IDX files")
-    w.add_argument("--noise", type=_number(float, 0, "a non-negative number"), default=0.1, help="circles: radial noise")
-    w.add_argument("--lr", default=None, type=_comma_list(float, "comma-separated numbers"),
-                   help="comma-separated learning rates")
-    w.add_argument("--hidden", default=None, type=_comma_list(int, "comma-separated integers"),
-                   help="comma-separated hidden sizes")
-    w.add_argument("--batch-size", default=None, type=_comma_list(int, "comma-separated integers"),
-                   help="comma-separated batch sizes")
-    w.add_argument("--n-samples", default=None, type=_comma_list(int, "comma-separated integers"),
-                   help="comma-separated training-set sizes (first N examples)")
+    w.add_argument(
+        "--noise", type=_number(float, 0, "a non-negative number"), default=0.1, help="circles: radial noise"
+    )
+    w.add_argument(
+        "--lr", default=None, type=_comma_list(float, "comma-separated numbers"), help="comma-separated learning rates"
+    )
+    w.add_argument(
+        "--hidden", default=None, type=_comma_list(int, "comma-separated integers"), help="comma-separated hidden sizes"
+    )
+    w.add_argument(
+        "--batch-size",
+        default=None,
+        type=_comma_list(int, "comma-separated integers"),
+        help="comma-separated batch sizes",
+    )
+    w.add_argument(
+        "--n-samples",
+        default=None,
+        type=_comma_list(int, "comma-separated integers"),
+        help="comma-separated training-set sizes (first N examples)",
+    )
     _add_sgd_options(w, lists=True)
     w.add_argument("--epochs", type=nonnegative_int, default=2)
     w.add_argument("--repeats", type=positive_int, default=1, help="seeds per grid point")
     w.add_argument("--backend", choices=list(backends.NAMES), default="auto")
     w.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     w.add_argument("--n-jobs", type=positive_int, default=None, help="local worker processes (default: cores)")
-    w.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="a Dask scheduler, e.g. tcp://host:8786, instead of the local pool")
+    w.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="a Dask scheduler, e.g. tcp://host:8786, instead of the local pool",
+    )
     w.add_argument("--out", default=None, metavar="CSV", help="write the results table")
     w.add_argument("--plot", default=None, metavar="PNG", help="accuracy against learning rate")
     w.set_defaults(func=cmd_sweep)

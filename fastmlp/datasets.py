@@ -56,7 +56,7 @@ def circles(n=1000, noise=0.1, seed=0):
     seed = check_nonnegative_int(seed, "seed")
     rng = np.random.default_rng(seed)
     y = np.zeros(n, dtype=np.int64)
-    y[n // 2:] = 1
+    y[n // 2 :] = 1
     rng.shuffle(y)
     radius = np.where(y == 0, 1.0, 0.5) + rng.normal(0.0, noise, size=n)
     angle = rng.uniform(0.0, 2 * np.pi, size=n)
@@ -94,7 +94,7 @@ def _parse_idx(raw, name, expected_magic=None):
     header = 4 + 4 * ndim
     if ndim == 0 or len(raw) < header:
         raise ValueError(f"{name}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(shape))
     if len(raw) - header != expected:
         raise ValueError(

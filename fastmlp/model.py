@@ -87,14 +87,16 @@ class MLP:
             raise ValueError(f"{name} must have shape {self._shape_of(name)}, got {arr.shape}")
         self._params[name] = np.array(arr, dtype=self._dtype, order="C", copy=True)
 
-    Wh = property(lambda self: self._params["Wh"], lambda self, v: self._set("Wh", v),
-                  doc="Hidden weights, (n_hidden, n_in).")
-    bh = property(lambda self: self._params["bh"], lambda self, v: self._set("bh", v),
-                  doc="Hidden biases, (n_hidden,).")
-    Wy = property(lambda self: self._params["Wy"], lambda self, v: self._set("Wy", v),
-                  doc="Output weights, (n_out, n_hidden).")
-    by = property(lambda self: self._params["by"], lambda self, v: self._set("by", v),
-                  doc="Output biases, (n_out,).")
+    Wh = property(
+        lambda self: self._params["Wh"], lambda self, v: self._set("Wh", v), doc="Hidden weights, (n_hidden, n_in)."
+    )
+    bh = property(
+        lambda self: self._params["bh"], lambda self, v: self._set("bh", v), doc="Hidden biases, (n_hidden,)."
+    )
+    Wy = property(
+        lambda self: self._params["Wy"], lambda self, v: self._set("Wy", v), doc="Output weights, (n_out, n_hidden)."
+    )
+    by = property(lambda self: self._params["by"], lambda self, v: self._set("by", v), doc="Output biases, (n_out,).")
 
     @property
     def params(self):
@@ -118,8 +120,7 @@ class MLP:
         self._training = threading.Lock()
 
     def __repr__(self):
-        return (f"MLP(n_in={self._n_in}, n_hidden={self._n_hidden}, n_out={self._n_out}, "
-                f"dtype={self._dtype.name})")
+        return f"MLP(n_in={self._n_in}, n_hidden={self._n_hidden}, n_out={self._n_out}, dtype={self._dtype.name})"
 
     # ---- prediction ----
 
@@ -151,8 +152,11 @@ class MLP:
         import torch
 
         dtype = torch.float32 if self._dtype == np.float32 else torch.float64
-        seq = torch.nn.Sequential(torch.nn.Linear(self._n_in, self._n_hidden, dtype=dtype), torch.nn.Tanh(),
-                                  torch.nn.Linear(self._n_hidden, self._n_out, dtype=dtype))
+        seq = torch.nn.Sequential(
+            torch.nn.Linear(self._n_in, self._n_hidden, dtype=dtype),
+            torch.nn.Tanh(),
+            torch.nn.Linear(self._n_hidden, self._n_out, dtype=dtype),
+        )
         with torch.no_grad():
             for param, name in zip(seq.parameters(), ref.PARAM_NAMES, strict=True):
                 param.copy_(torch.from_numpy(self._params[name]))
@@ -164,12 +168,20 @@ class MLP:
         import torch
 
         layers = list(seq) if isinstance(seq, torch.nn.Sequential) else None
-        if (layers is None or len(layers) != 3 or not isinstance(layers[0], torch.nn.Linear)
-                or not isinstance(layers[1], torch.nn.Tanh) or not isinstance(layers[2], torch.nn.Linear)
-                or layers[0].bias is None or layers[2].bias is None
-                or layers[0].out_features != layers[2].in_features):
-            raise ValueError("seq must be torch.nn.Sequential(Linear(n_in, n_hidden), Tanh(), "
-                             f"Linear(n_hidden, n_out)) with biases, got {seq!r}")
+        if (
+            layers is None
+            or len(layers) != 3
+            or not isinstance(layers[0], torch.nn.Linear)
+            or not isinstance(layers[1], torch.nn.Tanh)
+            or not isinstance(layers[2], torch.nn.Linear)
+            or layers[0].bias is None
+            or layers[2].bias is None
+            or layers[0].out_features != layers[2].in_features
+        ):
+            raise ValueError(
+                "seq must be torch.nn.Sequential(Linear(n_in, n_hidden), Tanh(), "
+                f"Linear(n_hidden, n_out)) with biases, got {seq!r}"
+            )
         weights = [p.detach().cpu().numpy() for p in seq.parameters()]
         dtype = weights[0].dtype if weights[0].dtype in (np.float32, np.float64) else np.float32
         model = cls(layers[0].in_features, layers[0].out_features, layers[2].out_features, dtype=dtype)
@@ -184,8 +196,12 @@ class MLP:
         atomic_savez(path, **self._file_arrays())
 
     def _file_arrays(self):
-        return dict(format_version=np.int64(FORMAT_VERSION), fastmlp_version=np.str_(__version__),
-                    loss=np.str_(self.loss), **self._params)
+        return dict(
+            format_version=np.int64(FORMAT_VERSION),
+            fastmlp_version=np.str_(__version__),
+            loss=np.str_(self.loss),
+            **self._params,
+        )
 
     @classmethod
     def load(cls, path):
@@ -203,8 +219,13 @@ class MLP:
                 f"{path!r} has model format version {version}; this fastmlp reads version {FORMAT_VERSION}"
             )
         Wh, bh, Wy, by = (data[k] for k in ref.PARAM_NAMES)
-        if Wh.ndim != 2 or Wy.ndim != 2 or bh.shape != Wh.shape[:1] or Wy.shape[1:] != Wh.shape[:1] \
-                or by.shape != Wy.shape[:1]:
+        if (
+            Wh.ndim != 2
+            or Wy.ndim != 2
+            or bh.shape != Wh.shape[:1]
+            or Wy.shape[1:] != Wh.shape[:1]
+            or by.shape != Wy.shape[:1]
+        ):
             raise ValueError(
                 f"{path!r} has inconsistent parameter shapes: Wh {Wh.shape}, bh {bh.shape}, "
                 f"Wy {Wy.shape}, by {by.shape}"
@@ -220,7 +241,6 @@ class MLP:
             if model.loss not in ref.LOSSES:
                 raise ValueError(f"{path!r} names an unknown loss {model.loss!r}; expected one of {ref.LOSSES}")
         return model
-
 
 
 def atomic_savez(path, **arrays):

@@ -1,8 +1,8 @@
 """Figures of a training run (needs the optional extra: ``pip install fastmlp[plot]``).
 
-    fig = fastmlp.plot.learning_curves(history)
-    fig = fastmlp.plot.decision_boundary(model, X, y)      # 2-D inputs, as circles
-    fig = fastmlp.plot.training_figure(model, history, X, y)  # both side by side
+fig = fastmlp.plot.learning_curves(history)
+fig = fastmlp.plot.decision_boundary(model, X, y)      # 2-D inputs, as circles
+fig = fastmlp.plot.training_figure(model, history, X, y)  # both side by side
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ def learning_curves(history, axes=None):
         raise ValueError("history has no epochs to plot")
     fig, axes = _figure(2) if axes is None else (axes[0].figure, list(axes))
     epochs = np.arange(1, history.epochs + 1)
-    for ax, (name, train, val) in zip(axes, [("loss", history.loss, history.val_loss),
-                                             ("accuracy", history.accuracy, history.val_accuracy)], strict=False):
+    for ax, (name, train, val) in zip(
+        axes,
+        [("loss", history.loss, history.val_loss), ("accuracy", history.accuracy, history.val_accuracy)],
+        strict=False,
+    ):
         ax.plot(epochs, train, label=f"training {name}")
         if val:
             ax.plot(epochs, val, label=f"validation {name}")

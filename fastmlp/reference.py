@@ -210,8 +210,21 @@ def sgd_step(params, grads, lr, momentum=0.0, nesterov=False, weight_decay=0.0, 
     return params
 
 
-def train_epoch(params, X, labels, perm, batch_size, lr, loss="ce", momentum=0.0, nesterov=False,
-                weight_decay=0.0, velocity=None, weights=None, decay_by_weight_sum=False):
+def train_epoch(
+    params,
+    X,
+    labels,
+    perm,
+    batch_size,
+    lr,
+    loss="ce",
+    momentum=0.0,
+    nesterov=False,
+    weight_decay=0.0,
+    velocity=None,
+    weights=None,
+    decay_by_weight_sum=False,
+):
     """One epoch of mini-batch SGD over ``X[perm]``, in place.
 
     Returns ``(loss_sum, correct)``: the loss summed over the examples and the
@@ -226,7 +239,7 @@ def train_epoch(params, X, labels, perm, batch_size, lr, loss="ce", momentum=0.0
     """
     loss_sum, correct = 0.0, 0
     for start in range(0, len(perm), batch_size):
-        idx = perm[start:start + batch_size]
+        idx = perm[start : start + batch_size]
         Xb, yb = X[idx], labels[idx]
         wb = None if weights is None else weights[idx]
         out = forward(params, Xb)

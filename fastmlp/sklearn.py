@@ -89,11 +89,35 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     n_layers_, n_outputs_, out_activation_
     """
 
-    def __init__(self, hidden_layer_sizes=(100,), activation="tanh", *, solver="sgd", alpha=0.0001,
-                 batch_size="auto", learning_rate="constant", learning_rate_init=0.001, power_t=0.5, max_iter=200,
-                 shuffle=True, random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
-                 nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
-                 max_fun=15000, class_weight=None, loss="ce", dtype="float64", backend="auto", n_threads=None):
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="tanh",
+        *,
+        solver="sgd",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
+        max_fun=15000,
+        class_weight=None,
+        loss="ce",
+        dtype="float64",
+        backend="auto",
+        n_threads=None,
+    ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -126,18 +150,19 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         sizes = self.hidden_layer_sizes
         sizes = [sizes] if isinstance(sizes, numbers.Integral) else list(sizes)
         if len(sizes) != 1:
-            raise ValueError(f"fastmlp trains one hidden layer; hidden_layer_sizes={self.hidden_layer_sizes!r} "
-                             f"has {len(sizes)}")
+            raise ValueError(
+                f"fastmlp trains one hidden layer; hidden_layer_sizes={self.hidden_layer_sizes!r} has {len(sizes)}"
+            )
         if isinstance(sizes[0], (bool, np.bool_)) or not isinstance(sizes[0], numbers.Integral) or sizes[0] < 1:
             raise ValueError(f"hidden_layer_sizes must hold a positive integer, got {self.hidden_layer_sizes!r}")
         if self.activation != "tanh":
-            raise ValueError(f'activation must be "tanh" (fastmlp trains a tanh hidden layer), '
-                             f"got {self.activation!r}")
+            raise ValueError(f'activation must be "tanh" (fastmlp trains a tanh hidden layer), got {self.activation!r}')
         if self.solver != "sgd":
             raise ValueError(f'solver must be "sgd" (fastmlp trains by SGD), got {self.solver!r}')
         if self.learning_rate not in ("constant", "invscaling", "adaptive"):
-            raise ValueError(f'learning_rate must be "constant", "invscaling" or "adaptive", '
-                             f"got {self.learning_rate!r}")
+            raise ValueError(
+                f'learning_rate must be "constant", "invscaling" or "adaptive", got {self.learning_rate!r}'
+            )
         for name, low in (("alpha", 0.0), ("tol", 0.0), ("power_t", 0.0)):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value < low:
@@ -152,17 +177,20 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum!r}")
         if not isinstance(self.validation_fraction, numbers.Real) or not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
-        if self.batch_size != "auto" and (isinstance(self.batch_size, bool)
-                                          or not isinstance(self.batch_size, numbers.Integral)
-                                          or self.batch_size < 1):
+        if self.batch_size != "auto" and (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, numbers.Integral)
+            or self.batch_size < 1
+        ):
             raise ValueError(f'batch_size must be a positive integer or "auto", got {self.batch_size!r}')
         return int(sizes[0])
 
     # ---- fitting ----
 
     def _validate(self, X, y, reset):
-        X, y = validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32], accept_sparse=["csr", "csc",
-                                                                                                       "coo"])
+        X, y = validate_data(
+            self, X, y, reset=reset, dtype=[np.float64, np.float32], accept_sparse=["csr", "csc", "coo"]
+        )
         y = column_or_1d(y, warn=True)
         check_classification_targets(y)
         return X, y
@@ -180,12 +208,14 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         if self.class_weight is None or isinstance(self.class_weight, str):
             return self.class_weight
         if not isinstance(self.class_weight, dict):
-            raise TypeError(f'class_weight must be a dict {{class: weight}}, "balanced" or None, '
-                            f"got {self.class_weight!r}")
+            raise TypeError(
+                f'class_weight must be a dict {{class: weight}}, "balanced" or None, got {self.class_weight!r}'
+            )
         unknown = [c for c in self.class_weight if c not in set(self.classes_.tolist())]
         if unknown:
-            raise ValueError(f"class_weight names unknown classes {unknown[:10]}; the classes are "
-                             f"{self.classes_.tolist()[:10]}")
+            raise ValueError(
+                f"class_weight names unknown classes {unknown[:10]}; the classes are {self.classes_.tolist()[:10]}"
+            )
         return {int(np.searchsorted(self.classes_, c)): w for c, w in self.class_weight.items()}
 
     def _initialise(self, n_features, n_hidden, rng):
@@ -216,8 +246,12 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         X, y = self._validate(X, y, reset=True)
         sample_weight = None if sample_weight is None else _check_sample_weight(sample_weight, X)
         rng = check_random_state(self.random_state)
-        if not (self.warm_start and hasattr(self, "model_") and np.array_equal(np.unique(y), self.classes_)
-                and self.model_.n_hidden == n_hidden):
+        if not (
+            self.warm_start
+            and hasattr(self, "model_")
+            and np.array_equal(np.unique(y), self.classes_)
+            and self.model_.n_hidden == n_hidden
+        ):
             self.classes_ = np.unique(y)
             self._initialise(X.shape[1], n_hidden, rng)
         self._fit_stochastic(X, self._encode(y), sample_weight, rng, self.max_iter, self.early_stopping)
@@ -243,13 +277,20 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _fit_stochastic(self, X, labels, sample_weight, rng, max_iter, early_stopping):
         if early_stopping:
-            parts = train_test_split(X, labels, *([] if sample_weight is None else [sample_weight]),
-                                     random_state=rng, test_size=self.validation_fraction, stratify=labels)
+            parts = train_test_split(
+                X,
+                labels,
+                *([] if sample_weight is None else [sample_weight]),
+                random_state=rng,
+                test_size=self.validation_fraction,
+                stratify=labels,
+            )
             X, X_val, labels, y_val = parts[:4]
             sample_weight, w_val = (parts[4], parts[5]) if sample_weight is not None else (None, None)
             if X_val.shape[0] < 2:
-                raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
-                                 "your dataset.")
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' or the size of your dataset."
+                )
         n = X.shape[0]
         batch = min(200, n) if self.batch_size == "auto" else int(np.clip(self.batch_size, 1, n))
         order = np.arange(n)
@@ -264,12 +305,24 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 order = order[indices]
             return order
 
-        training = _Training(self.model_, X, labels, batch_size=batch, lr=self._learning_rate, loss=self.loss,
-                             backend=self.backend, shuffle=bool(self.shuffle), permutations=permutations,
-                             n_threads=self.n_threads, momentum=float(self.momentum),
-                             nesterov=bool(self.nesterovs_momentum) and self.momentum > 0, weight_decay=self.alpha,
-                             sample_weight=sample_weight, class_weight=self._class_weight(),
-                             decay_by_weight_sum=True)
+        training = _Training(
+            self.model_,
+            X,
+            labels,
+            batch_size=batch,
+            lr=self._learning_rate,
+            loss=self.loss,
+            backend=self.backend,
+            shuffle=bool(self.shuffle),
+            permutations=permutations,
+            n_threads=self.n_threads,
+            momentum=float(self.momentum),
+            nesterov=bool(self.nesterovs_momentum) and self.momentum > 0,
+            weight_decay=self.alpha,
+            sample_weight=sample_weight,
+            class_weight=self._class_weight(),
+            decay_by_weight_sum=True,
+        )
         if self._velocity is not None and training.velocity is not None:
             for k, v in training.velocity.items():
                 v[...] = self._velocity[k]
@@ -285,9 +338,12 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 self.loss_curve_.append(self.loss_)
                 if self.verbose:
                     print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
-                self._update_no_improvement_count(early_stopping, X_val if early_stopping else None,
-                                                  y_val if early_stopping else None,
-                                                  w_val if early_stopping else None)
+                self._update_no_improvement_count(
+                    early_stopping,
+                    X_val if early_stopping else None,
+                    y_val if early_stopping else None,
+                    w_val if early_stopping else None,
+                )
                 old = self._learning_rate
                 if self.learning_rate == "invscaling":
                     self._learning_rate = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
@@ -305,16 +361,20 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                     training.scale_velocity(old / self._learning_rate)
                 if stop:
                     break
-        self._velocity = ({k: v.copy() for k, v in training.velocity.items()}
-                          if training.velocity is not None else None)
+        self._velocity = {k: v.copy() for k, v in training.velocity.items()} if training.velocity is not None else None
         if early_stopping and self._best is not None:
             for k, v in self._best.items():
                 self.model_.params[k][...] = v
 
     def _update_no_improvement_count(self, early_stopping, X_val, y_val, w_val):
         if early_stopping:
-            score = _evaluate(self.model_, check_X(X_val, "X", self.model_.n_in, self.model_.dtype), y_val, self.loss,
-                              None if w_val is None else np.asarray(w_val, np.float64))[1]
+            score = _evaluate(
+                self.model_,
+                check_X(X_val, "X", self.model_.n_in, self.model_.dtype),
+                y_val,
+                self.loss,
+                None if w_val is None else np.asarray(w_val, np.float64),
+            )[1]
             self.validation_scores_.append(score)
             if self.verbose:
                 print(f"Validation score: {score:f}")

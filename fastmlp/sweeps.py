@@ -92,14 +92,25 @@ def run_point(point, X, y, validation_data=None):
     try:
         with threadpool_limits(1, user_api="blas"):
             n_out = int(max(y.max(), validation_data[1].max() if validation_data else 0)) + 1
-            model = MLP(X.shape[1], point["n_hidden"], n_out, dtype=point["dtype"], init=point["init"],
-                        seed=point["seed"])
+            model = MLP(
+                X.shape[1], point["n_hidden"], n_out, dtype=point["dtype"], init=point["init"], seed=point["seed"]
+            )
             t0 = time.perf_counter()
-            hist = train(model, X[:n_samples], y[:n_samples], epochs=point["epochs"],
-                         batch_size=point["batch_size"], lr=point["lr"], loss=point["loss"],
-                         backend=point["backend"], seed=point["seed"], momentum=point["momentum"],
-                         nesterov=point["nesterov"], weight_decay=point["weight_decay"],
-                         lr_schedule=point["lr_schedule"])
+            hist = train(
+                model,
+                X[:n_samples],
+                y[:n_samples],
+                epochs=point["epochs"],
+                batch_size=point["batch_size"],
+                lr=point["lr"],
+                loss=point["loss"],
+                backend=point["backend"],
+                seed=point["seed"],
+                momentum=point["momentum"],
+                nesterov=point["nesterov"],
+                weight_decay=point["weight_decay"],
+                lr_schedule=point["lr_schedule"],
+            )
             record["seconds"] = time.perf_counter() - t0
             record["loss_final"], record["accuracy"] = evaluate(model, X[:n_samples], y[:n_samples], point["loss"])
             if validation_data is not None:
@@ -110,8 +121,9 @@ def run_point(point, X, y, validation_data=None):
     return record
 
 
-def sweep(X, y, grid, *, validation_data=None, epochs=1, repeats=1, client=None, n_jobs=None, progress=False,
-          as_frame=None):
+def sweep(
+    X, y, grid, *, validation_data=None, epochs=1, repeats=1, client=None, n_jobs=None, progress=False, as_frame=None
+):
     """Train one model per grid point (and repeat) and return the table of results.
 
     Parameters
@@ -191,8 +203,9 @@ def _run_local(points, X, y, validation_data, n_jobs, progress):
             try:
                 from joblib import Parallel, delayed
             except ImportError as exc:
-                raise ImportError("a sweep on more than one process needs joblib: pip install 'fastmlp[sweep]' "
-                                  "(or pass n_jobs=1)") from exc
+                raise ImportError(
+                    "a sweep on more than one process needs joblib: pip install 'fastmlp[sweep]' (or pass n_jobs=1)"
+                ) from exc
             # loky workers start clean, are reused between sweeps, limit their own
             # OpenMP threads to cores / n_jobs, and receive large arrays memory-mapped
             # rather than pickled once per task.
@@ -243,8 +256,9 @@ def plot_sweep(table, path=None):
     df = pd.DataFrame(table)
     df = df[df["error"].isna()] if "error" in df else df
     metric = "val_accuracy" if df["val_accuracy"].notna().any() else "accuracy"
-    varied = [k for k in ("n_hidden", "batch_size", "n_samples", "loss", "init", "dtype", "epochs")
-              if df[k].nunique() > 1]
+    varied = [
+        k for k in ("n_hidden", "batch_size", "n_samples", "loss", "init", "dtype", "epochs") if df[k].nunique() > 1
+    ]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     groups = df.groupby(varied) if varied else [((), df)]
     for key, part in groups:

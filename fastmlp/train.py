@@ -98,11 +98,31 @@ class DivergenceError(FloatingPointError):
 CHECKPOINT_VERSION = 2  # 2: with the momentum buffers and the optimizer settings
 
 
-def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto",
-          shuffle=True, seed=0, validation_data=None, progress=False,
-          checkpoint=None, checkpoint_every=1, resume=None, n_threads=None,
-          momentum=0.0, nesterov=False, weight_decay=0.0, lr_schedule="constant", power_t=0.5,
-          sample_weight=None, class_weight=None):
+def train(
+    model,
+    X,
+    y,
+    epochs=1,
+    batch_size=64,
+    lr=0.1,
+    loss="ce",
+    backend="auto",
+    shuffle=True,
+    seed=0,
+    validation_data=None,
+    progress=False,
+    checkpoint=None,
+    checkpoint_every=1,
+    resume=None,
+    n_threads=None,
+    momentum=0.0,
+    nesterov=False,
+    weight_decay=0.0,
+    lr_schedule="constant",
+    power_t=0.5,
+    sample_weight=None,
+    class_weight=None,
+):
     """Train ``model`` in place by mini-batch SGD and return its ``History``.
 
     Each step applies ``p -= lr * (mean over the batch of dl/dp)`` (with the
@@ -191,14 +211,32 @@ def train(model, X, y, epochs=1, batch_size=64, lr=0.1, loss="ce", backend="auto
         _check_writable_dir(checkpoint, "checkpoint")
     if not isinstance(progress, (bool, np.bool_)):
         raise TypeError(f"progress must be True or False, got {progress!r}")
-    training = _Training(model, X, y, batch_size=batch_size, lr=lr, loss=loss, backend=backend, shuffle=shuffle,
-                         seed=seed, validation_data=validation_data, n_threads=n_threads, momentum=momentum,
-                         nesterov=nesterov, weight_decay=weight_decay, sample_weight=sample_weight,
-                         class_weight=class_weight)
-    schedule = schedules.build(_check_schedule(lr_schedule), lr, epochs=epochs, n_samples=training.n,
-                               power_t=_check_power_t(power_t))
-    settings = dict(training.settings, lr_schedule=lr_schedule if isinstance(lr_schedule, str) else "callable",
-                    power_t=float(power_t))
+    training = _Training(
+        model,
+        X,
+        y,
+        batch_size=batch_size,
+        lr=lr,
+        loss=loss,
+        backend=backend,
+        shuffle=shuffle,
+        seed=seed,
+        validation_data=validation_data,
+        n_threads=n_threads,
+        momentum=momentum,
+        nesterov=nesterov,
+        weight_decay=weight_decay,
+        sample_weight=sample_weight,
+        class_weight=class_weight,
+    )
+    schedule = schedules.build(
+        _check_schedule(lr_schedule), lr, epochs=epochs, n_samples=training.n, power_t=_check_power_t(power_t)
+    )
+    settings = dict(
+        training.settings,
+        lr_schedule=lr_schedule if isinstance(lr_schedule, str) else "callable",
+        power_t=float(power_t),
+    )
     if resume is not None:
         training.restore(_read_checkpoint(resume, model, settings))
     first = training.epoch
@@ -231,8 +269,12 @@ def _check_schedule(schedule):
 
 
 def _check_power_t(power_t):
-    if isinstance(power_t, (bool, np.bool_)) or not isinstance(power_t, numbers.Real) or not np.isfinite(power_t) \
-            or power_t < 0:
+    if (
+        isinstance(power_t, (bool, np.bool_))
+        or not isinstance(power_t, numbers.Real)
+        or not np.isfinite(power_t)
+        or power_t < 0
+    ):
         raise ValueError(f"power_t must be a non-negative number, got {power_t!r}")
     return float(power_t)
 
@@ -240,10 +282,15 @@ def _check_power_t(power_t):
 def _check_lr_at(schedule, epoch):
     """The schedule's learning rate for ``epoch``, which must be positive and finite."""
     value = schedule(epoch)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
-            or value <= 0:
-        raise ValueError(f"lr_schedule returned {value!r} for epoch {epoch}; a learning rate must be a positive "
-                         f"finite number")
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not np.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(
+            f"lr_schedule returned {value!r} for epoch {epoch}; a learning rate must be a positive finite number"
+        )
     return float(value)
 
 
@@ -255,9 +302,28 @@ class _Training:
     giving each epoch's order of the rows). Use it as a context manager around the
     epochs: it holds the model against other threads and sets the BLAS threads."""
 
-    def __init__(self, model, X, y, *, batch_size=64, lr=0.1, loss="ce", backend="auto", shuffle=True, seed=0,
-                 validation_data=None, n_threads=None, momentum=0.0, nesterov=False, weight_decay=0.0,
-                 sample_weight=None, class_weight=None, decay_by_weight_sum=False, permutations=None):
+    def __init__(
+        self,
+        model,
+        X,
+        y,
+        *,
+        batch_size=64,
+        lr=0.1,
+        loss="ce",
+        backend="auto",
+        shuffle=True,
+        seed=0,
+        validation_data=None,
+        n_threads=None,
+        momentum=0.0,
+        nesterov=False,
+        weight_decay=0.0,
+        sample_weight=None,
+        class_weight=None,
+        decay_by_weight_sum=False,
+        permutations=None,
+    ):
         self.model = model
         self.permutations = permutations
         self.batch_size = check_positive_int(batch_size, "batch_size")
@@ -288,12 +354,21 @@ class _Training:
         self.loss, self.shuffle, self.seed, self.n_threads = loss, bool(shuffle), seed, n_threads
         self.momentum, self.nesterov, self.weight_decay = momentum, bool(nesterov), weight_decay
         self.decay_by_weight_sum = decay_by_weight_sum
-        self.settings = dict(batch_size=self.batch_size, lr=float(lr), loss=loss, shuffle=self.shuffle, seed=seed,
-                             n_samples=self.n, momentum=momentum, nesterov=self.nesterov, weight_decay=weight_decay)
+        self.settings = dict(
+            batch_size=self.batch_size,
+            lr=float(lr),
+            loss=loss,
+            shuffle=self.shuffle,
+            seed=seed,
+            n_samples=self.n,
+            momentum=momentum,
+            nesterov=self.nesterov,
+            weight_decay=weight_decay,
+        )
         self.rng = np.random.default_rng(seed)
         self.epoch = 0
         self.history = History(backend=self.backend)
-        self.velocity = ({k: np.zeros_like(v) for k, v in model.params.items()} if momentum else None)
+        self.velocity = {k: np.zeros_like(v) for k, v in model.params.items()} if momentum else None
         self.runner = None
 
     def restore(self, state):
@@ -316,13 +391,20 @@ class _Training:
 
     def __enter__(self):
         if not self.model._training.acquire(blocking=False):
-            raise RuntimeError("model is already being trained in another thread; train a copy (model.copy()) "
-                               "instead")
+            raise RuntimeError("model is already being trained in another thread; train a copy (model.copy()) instead")
         try:
             self.model.loss = self.loss
-            self.runner = EpochRunner(backends.kernels(self.backend), self.model.params, self.X, self.labels,
-                                      batch_size=self.batch_size, loss=self.loss, n_threads=self.n_threads,
-                                      weights=self.weights, velocity=self.velocity)
+            self.runner = EpochRunner(
+                backends.kernels(self.backend),
+                self.model.params,
+                self.X,
+                self.labels,
+                batch_size=self.batch_size,
+                loss=self.loss,
+                n_threads=self.n_threads,
+                weights=self.weights,
+                velocity=self.velocity,
+            )
             self.history.path = self.runner.path
             self._blas = blas_limits(wants_one_blas_thread(self.runner.path, self.batch_size))
             self._blas.__enter__()
@@ -379,8 +461,10 @@ def _write_checkpoint(path, training, settings):
         epochs_done=np.int64(training.epoch),
         rng_state=np.str_(json.dumps(training.rng.bit_generator.state)),
         settings=np.str_(json.dumps(settings)),
-        **{f"history_{k}": np.asarray(getattr(training.history, k), dtype=np.float64)
-           for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")},
+        **{
+            f"history_{k}": np.asarray(getattr(training.history, k), dtype=np.float64)
+            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+        },
         **({f"velocity_{k}": v for k, v in training.velocity.items()} if training.velocity is not None else {}),
     )
     atomic_savez(path, **arrays)
@@ -393,24 +477,26 @@ def _read_checkpoint(path, model, settings):
     if "checkpoint_version" not in data:
         raise ValueError(f"resume: {path!r} is not a fastmlp checkpoint (a model file has no training state)")
     if int(data["checkpoint_version"]) != CHECKPOINT_VERSION:
-        raise ValueError(f"resume: {path!r} has checkpoint version {int(data['checkpoint_version'])}, "
-                         f"this fastmlp reads version {CHECKPOINT_VERSION}")
+        raise ValueError(
+            f"resume: {path!r} has checkpoint version {int(data['checkpoint_version'])}, "
+            f"this fastmlp reads version {CHECKPOINT_VERSION}"
+        )
     saved = MLP._from_arrays(data, path)
-    if (saved.n_in, saved.n_hidden, saved.n_out, saved.dtype) != (model.n_in, model.n_hidden, model.n_out,
-                                                                 model.dtype):
+    if (saved.n_in, saved.n_hidden, saved.n_out, saved.dtype) != (model.n_in, model.n_hidden, model.n_out, model.dtype):
         raise ValueError(f"resume: {path!r} holds a {saved!r}, the model is a {model!r}")
     old = json.loads(str(data["settings"]))
     differ = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
     if differ:
-        raise ValueError("resume: the checkpoint was written with other settings (checkpoint, now): "
-                         + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in differ.items()))
+        raise ValueError(
+            "resume: the checkpoint was written with other settings (checkpoint, now): "
+            + ", ".join(f"{k} {a!r} vs {b!r}" for k, (a, b) in differ.items())
+        )
     return dict(
         epoch=int(data["epochs_done"]),
         rng=json.loads(str(data["rng_state"])),
         params=saved.params,
         velocity={k: data[f"velocity_{k}"] for k in ref.PARAM_NAMES if f"velocity_{k}" in data},
-        history={k: data[f"history_{k}"].tolist()
-                 for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")},
+        history={k: data[f"history_{k}"].tolist() for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")},
     )
 
 

@@ -13,8 +13,10 @@ import fastmlp  # noqa: E402
 
 
 def pytest_report_header(config):
-    return [f"fastmlp {fastmlp.__version__} from {os.path.dirname(fastmlp.__file__)}; "
-            f"backends {fastmlp.available_backends()}"]
+    return [
+        f"fastmlp {fastmlp.__version__} from {os.path.dirname(fastmlp.__file__)}; "
+        f"backends {fastmlp.available_backends()}"
+    ]
 
 
 @pytest.fixture

@@ -119,9 +119,9 @@ def test_inconvenient_arrays_give_the_same_result_and_are_not_modified(backend):
     clean = make_model(5, 6, 3, dtype=np.float32)
     fastmlp.train(clean, X.astype(np.float32), y, epochs=2, batch_size=6, backend=backend)
     variants = [
-        np.asfortranarray(X),                                   # Fortran order, float64
-        np.repeat(X, 2, axis=1)[:, ::2],                        # strided view
-        X.copy(),                                               # read-only below
+        np.asfortranarray(X),  # Fortran order, float64
+        np.repeat(X, 2, axis=1)[:, ::2],  # strided view
+        X.copy(),  # read-only below
     ]
     variants[2].setflags(write=False)
     for Xv in variants:

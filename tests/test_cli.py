@@ -11,8 +11,7 @@ import fastmlp
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "fastmlp.cli", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "fastmlp.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_train_on_circles_by_default_reaches_95_percent(tmp_path):
@@ -28,8 +27,25 @@ def test_train_on_circles_by_default_reaches_95_percent(tmp_path):
 
 
 def test_train_options_are_honoured():
-    out = run("train", "--epochs", "3", "--hidden", "4", "--batch-size", "7", "--lr", "0.5",
-              "--loss", "mse", "--backend", "numpy", "--dtype", "float64", "--n-samples", "200")
+    out = run(
+        "train",
+        "--epochs",
+        "3",
+        "--hidden",
+        "4",
+        "--batch-size",
+        "7",
+        "--lr",
+        "0.5",
+        "--loss",
+        "mse",
+        "--backend",
+        "numpy",
+        "--dtype",
+        "float64",
+        "--n-samples",
+        "200",
+    )
     assert out.returncode == 0, out.stderr
     assert "2-4-2" in out.stdout and "batch 7, lr 0.5, loss mse, float64, backend numpy" in out.stdout
     assert len(re.findall(r"^epoch ", out.stdout, re.M)) == 3
@@ -62,6 +78,7 @@ def test_errors_are_one_line_without_traceback(tmp_path):
 def test_mnist_dataset_via_cli_when_present():
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         import pytest
+
         pytest.skip(f"real MNIST not found in {MNIST_DIR}")
     out = run("train", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--epochs", "1")
     assert out.returncode == 0, out.stderr
@@ -69,8 +86,11 @@ def test_mnist_dataset_via_cli_when_present():
 
 
 def test_a_closed_pipe_is_not_reported_as_an_error():
-    proc = subprocess.Popen([sys.executable, "-m", "fastmlp.cli", "train", "--epochs", "300"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastmlp.cli", "train", "--epochs", "300"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.readline()
     proc.stdout.close()  # like `fastmlp train | head -1`
     err = proc.stderr.read().decode()
@@ -81,8 +101,19 @@ def test_a_closed_pipe_is_not_reported_as_an_error():
 def test_bench_best_blas_runs_without_the_openblas_pins():
     import os
 
-    args = [sys.executable, "-m", "fastmlp.cli", "bench", "--networks", "circles", "--batch-sizes", "64",
-            "--backends", "cython", "--no-gil"]
+    args = [
+        sys.executable,
+        "-m",
+        "fastmlp.cli",
+        "bench",
+        "--networks",
+        "circles",
+        "--batch-sizes",
+        "64",
+        "--backends",
+        "cython",
+        "--no-gil",
+    ]
     env = dict(os.environ, OPENBLAS_CORETYPE="Haswell", OPENBLAS_L2_SIZE="1048576")
     pinned = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     best = subprocess.run(args + ["--best-blas"], capture_output=True, text=True, timeout=300, env=env)

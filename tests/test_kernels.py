@@ -84,25 +84,37 @@ def test_backward_update(kern, dtype, shape):
 def kernel_inputs():
     """(backend, path, inputs): every path of every backend with the inputs it takes
     (dense rows; CSR from dense inputs with few non-zeros; scipy.sparse CSR)."""
-    return [(b, p, i) for b, p in kernel_paths() for i in ("dense", "sparse", "csr") if not (p == "blas" and i == "csr")]
+    return [
+        (b, p, i) for b, p in kernel_paths() for i in ("dense", "sparse", "csr") if not (p == "blas" and i == "csr")
+    ]
 
 
 @pytest.mark.parametrize("backend,path,inputs", kernel_inputs())
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape,batch", [
-    ((1, 1, 1, 2), 1), ((7, 3, 4, 2), 3), ((7, 3, 4, 2), 50), ((40, 13, 17, 5), 1),
-    ((40, 13, 17, 5), 8), ((64, 784, 100, 10), 16), ((30, 9, 150, 3), 4),
-])
+@pytest.mark.parametrize(
+    "shape,batch",
+    [
+        ((1, 1, 1, 2), 1),
+        ((7, 3, 4, 2), 3),
+        ((7, 3, 4, 2), 50),
+        ((40, 13, 17, 5), 1),
+        ((40, 13, 17, 5), 8),
+        ((64, 784, 100, 10), 16),
+        ((30, 9, 150, 3), 4),
+    ],
+)
 def test_train_epoch_matches_reference(backend, path, inputs, loss, dtype, shape, batch):
     import scipy.sparse as sp
+
     kern = backends.kernels(backend)
     X, y, p = random_problem(*shape, dtype, seed=7, sparse=inputs != "dense")
     expected = {k: v.copy() for k, v in p.items()}
     perm = np.random.default_rng(0).permutation(len(X))
     r_loss, r_correct = ref.train_epoch(expected, X, y, perm, batch, 0.05, loss)
-    k_loss, k_correct = epochs.train_epoch(kern, sp.csr_matrix(X) if inputs == "csr" else X, y, perm, p, 0.05,
-                                           batch, loss, path)
+    k_loss, k_correct = epochs.train_epoch(
+        kern, sp.csr_matrix(X) if inputs == "csr" else X, y, perm, p, 0.05, batch, loss, path
+    )
     assert k_correct == r_correct
     np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
     for k in ref.PARAM_NAMES:
@@ -130,8 +142,14 @@ def test_tanh_float32_error_over_the_whole_float_range(kern):
     and the special values."""
     bits = np.arange(0, 0x7F800000, 61, dtype=np.uint32)
     x = bits.view(np.float32)
-    x = np.concatenate([x, -x, np.linspace(-12, 12, 2_000_001, dtype=np.float32),
-                        np.float32([0.0, -0.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45])])
+    x = np.concatenate(
+        [
+            x,
+            -x,
+            np.linspace(-12, 12, 2_000_001, dtype=np.float32),
+            np.float32([0.0, -0.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45]),
+        ]
+    )
     t = kern.tanh(x)
     assert t.dtype == np.float32
     err = np.abs(t.astype(np.float64) - np.tanh(x.astype(np.float64)))
@@ -166,6 +184,7 @@ def test_auto_path_choice():
     sparse path (as CSR) at every batch size; denser inputs take it row by row for
     small batches and the BLAS path above; explicit paths are obeyed."""
     import scipy.sparse as sp
+
     rng = np.random.default_rng(0)
     dense = rng.random((1000, 50)) + 0.1
     sparse = dense * (rng.random(dense.shape) < 0.2)  # 20% non-zero, like MNIST

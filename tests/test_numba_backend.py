@@ -14,8 +14,7 @@ pytestmark = pytest.mark.skipif("numba" not in fastmlp.available_backends(), rea
 
 
 def run_python(code):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=600)
 
 
 def test_works_when_no_cache_directory_is_writable():
@@ -43,6 +42,7 @@ def test_users_numba_code_is_compiled_as_without_fastmlp(tmp_path):
     fastmlp's kernels are compiled afresh (an empty cache directory), as on first use."""
     import os
     import re
+
     user_code = """
         import numba, numpy as np
         @numba.njit
@@ -60,8 +60,13 @@ def test_users_numba_code_is_compiled_as_without_fastmlp(tmp_path):
     """
 
     def instructions(code):
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                             env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)))
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path)),
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         # the instructions only: symbol names (and the strings holding them) carry a
         # per-process counter of compiled functions

@@ -7,8 +7,7 @@ import textwrap
 
 
 def run_python(code):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=600)
 
 
 def test_import_and_auto_training_never_import_numba():
@@ -62,4 +61,4 @@ def test_cli_works_without_numba():
     """)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "test accuracy" in out.stdout
-    assert 'backend numba unavailable' in out.stdout and 'fastmlp[numba]' in out.stdout
+    assert "backend numba unavailable" in out.stdout and "fastmlp[numba]" in out.stdout

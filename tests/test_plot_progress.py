@@ -47,8 +47,12 @@ def test_learning_curves_and_decision_boundary_render(tmp_path, trained):
 
 def test_cli_plot_writes_boundary_and_curves(tmp_path):
     out = tmp_path / "curves.png"
-    run = subprocess.run([sys.executable, "-m", "fastmlp.cli", "train", "--epochs", "20", "--plot", str(out)],
-                         capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "fastmlp.cli", "train", "--epochs", "20", "--plot", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert png_size(out) == (1500, 400)  # three panels: boundary, loss, accuracy
     assert out.stat().st_size > 20_000
@@ -62,9 +66,11 @@ def test_progress_reports_every_epoch(capsys):
 
 
 def test_progress_without_tqdm_prints_one_line_per_epoch():
-    code = ("import sys; sys.modules['tqdm'] = None; sys.modules['tqdm.auto'] = None\n"
-            "import fastmlp\nX, y = fastmlp.datasets.circles(100)\n"
-            "fastmlp.train(fastmlp.MLP(2, 4, 2), X, y, epochs=3, progress=True)")
+    code = (
+        "import sys; sys.modules['tqdm'] = None; sys.modules['tqdm.auto'] = None\n"
+        "import fastmlp\nX, y = fastmlp.datasets.circles(100)\n"
+        "fastmlp.train(fastmlp.MLP(2, 4, 2), X, y, epochs=3, progress=True)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     lines = run.stderr.strip().splitlines()

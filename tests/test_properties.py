@@ -28,6 +28,7 @@ def _layout(X, layout):
         return np.round(X * 3).astype(np.int16)
     if layout in ("csr", "csc", "coo"):
         import scipy.sparse as sp
+
         return {"csr": sp.csr_matrix, "csc": sp.csc_array, "coo": sp.coo_matrix}[layout](X)
     return X
 
@@ -38,7 +39,7 @@ def problems(draw):
     n_in = draw(st.integers(1, 12))
     n_hidden = draw(st.integers(1, 12))
     n_out = draw(st.integers(2, 5))
-    seed = draw(st.integers(0, 2 ** 16))
+    seed = draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, n_in)) * (rng.random((n, n_in)) < draw(st.floats(0.2, 1.0)))
     y = rng.integers(0, n_out, n)
@@ -64,8 +65,19 @@ def test_every_backend_trains_as_the_reference(problem, backend):
     models = {}
     for name in ("numpy", backend):
         m = fastmlp.MLP(*p["shape"], dtype=p["dtype"], init="normal", seed=1)
-        hist = fastmlp.train(m, p["X"], p["y"], epochs=2, batch_size=p["batch_size"], lr=0.1, loss=p["loss"],
-                             backend=name, shuffle=p["shuffle"], seed=p["seed"], n_threads=p["n_threads"])
+        hist = fastmlp.train(
+            m,
+            p["X"],
+            p["y"],
+            epochs=2,
+            batch_size=p["batch_size"],
+            lr=0.1,
+            loss=p["loss"],
+            backend=name,
+            shuffle=p["shuffle"],
+            seed=p["seed"],
+            n_threads=p["n_threads"],
+        )
         models[name] = (m, hist)
     tol = dict(rtol=1e-4, atol=1e-5) if p["dtype"] == np.float32 else dict(rtol=1e-9, atol=1e-12)
     for k in ref.PARAM_NAMES:

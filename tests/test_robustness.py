@@ -117,8 +117,11 @@ def test_bad_training_arguments_leave_the_model_untouched():
 def test_unavailable_backend_names_the_available_ones(monkeypatch):
     monkeypatch.setitem(backends._errors, "numba", ImportError("no numba here"))
     monkeypatch.delitem(backends._loaded, "numba", raising=False)
-    with pytest.raises(ValueError, match=r"backend 'numba' is not available \(ImportError: no numba here\); "
-                                         r"available backends: \['numpy', 'cython'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"backend 'numba' is not available \(ImportError: no numba here\); "
+        r"available backends: \['numpy', 'cython'\]",
+    ):
         _train(backend="numba")
 
 
@@ -158,6 +161,7 @@ def test_cli_errors_are_one_line(args, message):
 
 # ---- divergence ----
 
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_divergence_stops_with_the_step_and_keeps_the_last_finite_parameters(backend):
     X, y, _ = random_problem(64, 4, 5, 3, np.float32, seed=1)
@@ -173,12 +177,13 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_finite_parameters(bac
     replay = start
     kern = backends.kernels(backend)
     with epochs.blas_limits(True):
-        epochs.train_epoch(kern, X, y, perm[:4 * err.batch], replay, 3e38, 4)
+        epochs.train_epoch(kern, X, y, perm[: 4 * err.batch], replay, 3e38, 4)
     for k in ref.PARAM_NAMES:
         np.testing.assert_array_equal(model.params[k], replay[k])
 
 
 # ---- model files ----
+
 
 def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     path = tmp_path / "m.npz"
@@ -237,8 +242,12 @@ def test_killed_and_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, b
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT)
     full = tmp_path / "full.npz"
-    subprocess.run([sys.executable, str(script), backend, str(tmp_path / "c0.npz"), str(full)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(script), backend, str(tmp_path / "c0.npz"), str(full)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     ckpt, resumed = tmp_path / "c1.npz", tmp_path / "resumed.npz"
     proc = subprocess.Popen([sys.executable, str(script), backend, str(ckpt), str(resumed)])
     deadline = time.monotonic() + 120
@@ -251,8 +260,12 @@ def test_killed_and_resumed_run_ends_where_an_uninterrupted_run_ends(tmp_path, b
     assert not resumed.exists()
     done = int(np.load(ckpt)["epochs_done"])
     assert 5 <= done < 200
-    subprocess.run([sys.executable, str(script), backend, str(ckpt), str(resumed), "resume"], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(script), backend, str(ckpt), str(resumed), "resume"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     a, b = fastmlp.MLP.load(full), fastmlp.MLP.load(resumed)
     for k in ref.PARAM_NAMES:
         np.testing.assert_array_equal(a.params[k], b.params[k])
@@ -328,6 +341,7 @@ def test_ctrl_c_returns_promptly_with_a_consistent_model(tmp_path, backend):
 
 # ---- threads ----
 
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("batch_size", [1, 16, 128])
 def test_models_trained_in_threads_equal_sequential_training(backend, batch_size):
@@ -382,6 +396,7 @@ def test_one_model_trained_from_two_threads_is_refused():
 
 # ---- memory ----
 
+
 def _rss_bytes():
     with open(f"/proc/{os.getpid()}/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -403,4 +418,4 @@ def test_memory_stays_flat_over_500_train_calls(backend):
     for _ in range(500):
         call()
     growth = _rss_bytes() - before
-    assert growth < 2 * 2 ** 20, f"RSS grew {growth / 2 ** 20:.2f} MiB over 500 calls"
+    assert growth < 2 * 2**20, f"RSS grew {growth / 2**20:.2f} MiB over 500 calls"

@@ -26,6 +26,7 @@ def paths():
 
 # ---- against torch.optim.SGD: 300 steps from the same weights ----
 
+
 @pytest.mark.parametrize("nesterov", [False, True])
 @pytest.mark.parametrize("backend,path,inputs", paths())
 def test_300_steps_equal_torch_optim_sgd(backend, path, inputs, nesterov):
@@ -37,17 +38,28 @@ def test_300_steps_equal_torch_optim_sgd(backend, path, inputs, nesterov):
     seq = model.to_torch()
     weights = [seq[0].weight, seq[2].weight]
     biases = [seq[0].bias, seq[2].bias]
-    opt = torch.optim.SGD([{"params": weights, "weight_decay": 1e-3}, {"params": biases, "weight_decay": 0.0}],
-                          lr=0.05, momentum=0.9, nesterov=nesterov)
+    opt = torch.optim.SGD(
+        [{"params": weights, "weight_decay": 1e-3}, {"params": biases, "weight_decay": 0.0}],
+        lr=0.05,
+        momentum=0.9,
+        nesterov=nesterov,
+    )
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
     for _ in range(5):  # 5 epochs x 60 batches of 10, in order
         for s in range(0, 600, 10):
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(seq(Xt[s:s + 10]), yt[s:s + 10]).backward()
+            torch.nn.functional.cross_entropy(seq(Xt[s : s + 10]), yt[s : s + 10]).backward()
             opt.step()
     Xin = sp.csr_matrix(X) if inputs == "csr" else X
-    runner = epochs.EpochRunner(backends.kernels(backend), model.params, Xin, y, batch_size=10, path=path,
-                                velocity={k: np.zeros_like(v) for k, v in model.params.items()})
+    runner = epochs.EpochRunner(
+        backends.kernels(backend),
+        model.params,
+        Xin,
+        y,
+        batch_size=10,
+        path=path,
+        velocity={k: np.zeros_like(v) for k, v in model.params.items()},
+    )
     with epochs.blas_limits(True):
         for _ in range(5):
             runner.epoch(np.arange(600), epochs.SGD(0.05, 0.9, 1e-3, nesterov))
@@ -59,13 +71,17 @@ def test_300_steps_equal_torch_optim_sgd(backend, path, inputs, nesterov):
 
 # ---- every path against the reference ----
 
+
 @pytest.mark.parametrize("backend,path,inputs", paths())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("momentum,nesterov,decay,by_weights", [
-    (0.0, False, 1e-2, False), (0.9, False, 0.0, False), (0.9, True, 1e-3, False), (0.5, True, 0.3, True)])
+@pytest.mark.parametrize(
+    "momentum,nesterov,decay,by_weights",
+    [(0.0, False, 1e-2, False), (0.9, False, 0.0, False), (0.9, True, 1e-3, False), (0.5, True, 0.3, True)],
+)
 @pytest.mark.parametrize("batch", [1, 7, 200])
-def test_momentum_decay_and_weights_match_the_reference(backend, path, inputs, dtype, momentum, nesterov, decay,
-                                                        by_weights, batch):
+def test_momentum_decay_and_weights_match_the_reference(
+    backend, path, inputs, dtype, momentum, nesterov, decay, by_weights, batch
+):
     X, y, p0 = random_problem(200, 30, 70, 3, dtype, seed=4, sparse=True)
     w = np.random.default_rng(5).random(200).astype(dtype) * 3
     perm = np.random.default_rng(6).permutation(200)
@@ -74,12 +90,33 @@ def test_momentum_decay_and_weights_match_the_reference(backend, path, inputs, d
     p = {k: v.copy() for k, v in p0.items()}
     v = {k: np.zeros_like(a) for k, a in p0.items()} if momentum else None
     opt = epochs.SGD(0.01, momentum, decay, nesterov, by_weights)
-    runner = epochs.EpochRunner(backends.kernels(backend), p, sp.csr_matrix(X) if inputs == "csr" else X, y,
-                                batch_size=batch, path=path, n_threads=2, weights=w, velocity=v)
+    runner = epochs.EpochRunner(
+        backends.kernels(backend),
+        p,
+        sp.csr_matrix(X) if inputs == "csr" else X,
+        y,
+        batch_size=batch,
+        path=path,
+        n_threads=2,
+        weights=w,
+        velocity=v,
+    )
     for _ in range(2):
-        r_loss, r_correct = ref.train_epoch(expected, X, y, perm, batch, 0.01, "ce", momentum=momentum,
-                                            nesterov=nesterov, weight_decay=decay, velocity=ve, weights=w,
-                                            decay_by_weight_sum=by_weights)
+        r_loss, r_correct = ref.train_epoch(
+            expected,
+            X,
+            y,
+            perm,
+            batch,
+            0.01,
+            "ce",
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=decay,
+            velocity=ve,
+            weights=w,
+            decay_by_weight_sum=by_weights,
+        )
         with epochs.blas_limits(True):
             k_loss, k_correct = runner.epoch(perm, opt)
     tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
@@ -93,21 +130,30 @@ def test_momentum_decay_and_weights_match_the_reference(backend, path, inputs, d
 
 # ---- sample and class weights ----
 
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_integer_weight_in_full_batch_equals_repeating_the_row(backend):
     X, y, _ = random_problem(30, 6, 8, 3, np.float64, seed=7)
     k = np.random.default_rng(8).integers(0, 4, 30)  # zero drops a row
     repeated = fastmlp.MLP(6, 8, 3, dtype=np.float64, seed=1)
     weighted = repeated.copy()
-    fastmlp.train(repeated, np.repeat(X, k, axis=0), np.repeat(y, k), epochs=5, batch_size=10 ** 6, lr=0.3,
-                  backend=backend, momentum=0.5)
-    hist = fastmlp.train(weighted, X, y, epochs=5, batch_size=10 ** 6, lr=0.3, backend=backend, momentum=0.5,
-                         sample_weight=k)
+    fastmlp.train(
+        repeated,
+        np.repeat(X, k, axis=0),
+        np.repeat(y, k),
+        epochs=5,
+        batch_size=10**6,
+        lr=0.3,
+        backend=backend,
+        momentum=0.5,
+    )
+    hist = fastmlp.train(
+        weighted, X, y, epochs=5, batch_size=10**6, lr=0.3, backend=backend, momentum=0.5, sample_weight=k
+    )
     for name in ref.PARAM_NAMES:
         np.testing.assert_allclose(weighted.params[name], repeated.params[name], rtol=1e-10, atol=1e-13)
     loss, acc = fastmlp.evaluate(weighted, X, y, sample_weight=k)
-    assert (loss, acc) == pytest.approx(fastmlp.evaluate(weighted, np.repeat(X, k, axis=0), np.repeat(y, k)),
-                                        rel=1e-12)
+    assert (loss, acc) == pytest.approx(fastmlp.evaluate(weighted, np.repeat(X, k, axis=0), np.repeat(y, k)), rel=1e-12)
     assert len(hist.loss) == 5
 
 
@@ -131,10 +177,11 @@ def test_balanced_class_weight_is_n_over_classes_times_count():
 
 # ---- schedules ----
 
+
 def test_schedules_give_the_documented_rates():
     assert schedules.build("constant", 0.1, epochs=9, n_samples=50)(7) == 0.1
     inv = schedules.build("invscaling", 0.1, epochs=9, n_samples=50, power_t=0.5)
-    assert inv(0) == 0.1 and inv(2) == pytest.approx(0.1 / 101 ** 0.5)
+    assert inv(0) == 0.1 and inv(2) == pytest.approx(0.1 / 101**0.5)
     step = schedules.build("step", 1.0, epochs=9, n_samples=50)
     assert [step(e) for e in (0, 2, 3, 6, 8)] == pytest.approx([1, 1, 0.1, 0.01, 0.01])
     cos = schedules.build("cosine", 1.0, epochs=10, n_samples=50)
@@ -212,9 +259,14 @@ def test_a_schedule_that_turns_bad_later_stops_before_that_epoch():
 
 # ---- scikit-learn's MLPClassifier ----
 
-SETTINGS = [dict(), dict(momentum=0.0), dict(nesterovs_momentum=False), dict(learning_rate="invscaling",
-                                                                               learning_rate_init=0.05),
-            dict(alpha=0.01), dict(learning_rate="adaptive", learning_rate_init=0.01, batch_size=32)]
+SETTINGS = [
+    dict(),
+    dict(momentum=0.0),
+    dict(nesterovs_momentum=False),
+    dict(learning_rate="invscaling", learning_rate_init=0.05),
+    dict(alpha=0.01),
+    dict(learning_rate="adaptive", learning_rate_init=0.01, batch_size=32),
+]
 
 
 @pytest.mark.parametrize("kwargs", SETTINGS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "defaults")
@@ -250,10 +302,12 @@ def test_the_estimator_refuses_what_fastmlp_does_not_train():
     from fastmlp.sklearn import MLPClassifier
 
     X, y = X_OK, Y_OK
-    for kwargs, message in [(dict(hidden_layer_sizes=(10, 5)), "fastmlp trains one hidden layer"),
-                            (dict(activation="relu"), 'activation must be "tanh"'),
-                            (dict(solver="adam"), 'solver must be "sgd"'),
-                            (dict(learning_rate=0.1), "learning_rate must be"),
-                            (dict(class_weight={"x": 2}), "class_weight names unknown classes")]:
+    for kwargs, message in [
+        (dict(hidden_layer_sizes=(10, 5)), "fastmlp trains one hidden layer"),
+        (dict(activation="relu"), 'activation must be "tanh"'),
+        (dict(solver="adam"), 'solver must be "sgd"'),
+        (dict(learning_rate=0.1), "learning_rate must be"),
+        (dict(class_weight={"x": 2}), "class_weight names unknown classes"),
+    ]:
         with pytest.raises(ValueError, match=message):
             MLPClassifier(**kwargs).fit(X, y)

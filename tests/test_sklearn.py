@@ -17,8 +17,9 @@ from fastmlp.sklearn import MLPClassifier  # noqa: E402
 EXPECTED_FAILED_CHECKS = {}
 
 
-@parametrize_with_checks([MLPClassifier(max_iter=100, random_state=0)],
-                         expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+@parametrize_with_checks(
+    [MLPClassifier(max_iter=100, random_state=0)], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS
+)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -30,8 +31,9 @@ def _circles():
 
 def test_string_labels_and_fitted_attributes():
     X, y = _circles()
-    clf = MLPClassifier(hidden_layer_sizes=10, max_iter=60, batch_size=10, learning_rate_init=0.01,
-                        n_iter_no_change=100, random_state=0).fit(X, y)
+    clf = MLPClassifier(
+        hidden_layer_sizes=10, max_iter=60, batch_size=10, learning_rate_init=0.01, n_iter_no_change=100, random_state=0
+    ).fit(X, y)
     assert list(clf.classes_) == ["inner", "outer"]
     assert clf.n_iter_ == 60 and len(clf.loss_curve_) == 60 and clf.loss_curve_[-1] < clf.loss_curve_[0]
     assert clf.score(X, y) > 0.95
@@ -58,16 +60,24 @@ def test_partial_fit_continues_training():
 
 def test_early_stopping_keeps_the_best_epoch():
     X, y = _circles()
-    clf = MLPClassifier(hidden_layer_sizes=(10,), batch_size=10, max_iter=500, early_stopping=True,
-                        n_iter_no_change=5, learning_rate_init=0.03, random_state=0).fit(X, y)
+    clf = MLPClassifier(
+        hidden_layer_sizes=(10,),
+        batch_size=10,
+        max_iter=500,
+        early_stopping=True,
+        n_iter_no_change=5,
+        learning_rate_init=0.03,
+        random_state=0,
+    ).fit(X, y)
     assert clf.n_iter_ < 500 and len(clf.validation_scores_) == clf.n_iter_
     assert clf.score(X, y) > 0.95
 
 
 def test_pipeline_and_grid_search():
     X, y = _circles()
-    pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), max_iter=40, batch_size=10,
-                                                         random_state=0))
+    pipe = make_pipeline(
+        StandardScaler(), MLPClassifier(hidden_layer_sizes=(8,), max_iter=40, batch_size=10, random_state=0)
+    )
     search = GridSearchCV(pipe, {"mlpclassifier__learning_rate_init": [1e-5, 0.03]}, cv=3).fit(X, y)
     assert search.best_params_ == {"mlpclassifier__learning_rate_init": 0.03}
     assert search.score(X, y) > 0.95

@@ -29,7 +29,7 @@ def sparse_problem(n=120, n_in=30, n_out=3, density=0.15, seed=0):
     """Dense X with empty rows and all-zero columns, and its labels."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, n_in)) * (rng.random((n, n_in)) < density)
-    X[::7] = 0.0           # empty rows
+    X[::7] = 0.0  # empty rows
     X[:, [c for c in (0, 5, 17) if c < n_in - 1]] = 0.0  # all-zero columns
     return X, rng.integers(0, n_out, n)
 
@@ -74,7 +74,9 @@ def test_duplicate_and_unsorted_indices_are_canonicalised(backend, dtype, index_
     tol = dict(rtol=1e-12, atol=1e-15) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
     for k in ref.PARAM_NAMES:
         np.testing.assert_allclose(b.params[k], a.params[k], **tol)
-    for got, was in zip((messy.data, messy.indices, messy.indptr), before, strict=True):  # the caller's matrix is untouched
+    for got, was in zip(
+        (messy.data, messy.indices, messy.indptr), before, strict=True
+    ):  # the caller's matrix is untouched
         np.testing.assert_array_equal(got, was)
 
 
@@ -83,8 +85,9 @@ def test_mnist_slices_train_the_same_as_csr(mnist):
     X, y = X[:3000].astype(np.float64), y[:3000]
     for backend in [b for b in BACKENDS if b != "numpy"]:
         for batch_size in (1, 32, 3000):
-            dense, csr = train_pair(backend, X, sp.csr_matrix(X), y, np.float64, epochs=1, batch_size=batch_size,
-                                    lr=0.05)
+            dense, csr = train_pair(
+                backend, X, sp.csr_matrix(X), y, np.float64, epochs=1, batch_size=batch_size, lr=0.05
+            )
             for k in ref.PARAM_NAMES:
                 np.testing.assert_allclose(csr.params[k], dense.params[k], rtol=1e-12, atol=1e-15)
     m = fastmlp.MLP(784, 32, 10, dtype=np.float64, seed=0)
@@ -92,8 +95,9 @@ def test_mnist_slices_train_the_same_as_csr(mnist):
     Xt = X_test[:500]
     np.testing.assert_allclose(m.predict_proba(sp.csr_matrix(Xt)), m.predict_proba(Xt), rtol=1e-12)
     np.testing.assert_array_equal(m.predict(sp.csc_matrix(Xt)), m.predict(Xt))
-    assert fastmlp.evaluate(m, sp.coo_array(Xt), y_test[:500]) == pytest.approx(fastmlp.evaluate(m, Xt, y_test[:500]),
-                                                                                rel=1e-12)
+    assert fastmlp.evaluate(m, sp.coo_array(Xt), y_test[:500]) == pytest.approx(
+        fastmlp.evaluate(m, Xt, y_test[:500]), rel=1e-12
+    )
 
 
 def _bad_csr(kind):
@@ -161,6 +165,7 @@ def test_sparse_shape_and_dtype_errors_name_the_argument():
 
 # ---- threads ----
 
+
 def thread_cases():
     """(backend, path, inputs) for every path of every backend, dense and CSR inputs
     where the path takes them."""
@@ -183,8 +188,9 @@ def test_parameters_are_bitwise_equal_for_every_thread_count(backend, path, inpu
     results = []
     for n_threads in (1, 2, 3):
         p = ref.init_params(40, 150, 3, "normal", dtype, 2)  # 150 units: several groups and blocks
-        runner = epochs.EpochRunner(backends.kernels(backend), p, Xin, y.astype(np.intp), batch_size=batch_size,
-                                    path=path, n_threads=n_threads)
+        runner = epochs.EpochRunner(
+            backends.kernels(backend), p, Xin, y.astype(np.intp), batch_size=batch_size, path=path, n_threads=n_threads
+        )
         with epochs.blas_limits(epochs.wants_one_blas_thread(runner.path, batch_size)):
             loss = runner.epoch(np.random.default_rng(0).permutation(200), 0.1)
         results.append((p, loss, runner.threads))
@@ -250,9 +256,10 @@ print(h.path, h.threads, round(time.perf_counter() - t0, 2), peak_kib)
 def test_a_wide_sparse_dataset_trains_without_densifying():
     """100,000 rows x 2^18 features at 0.05% density (105 GB dense): an epoch of a
     100-unit model with peak RSS under 1.5 GB."""
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(BIG_SPARSE)], capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(BIG_SPARSE)], capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     path, threads, seconds, max_rss_kib = out.stdout.split()
     assert path == "sparse"
-    assert int(max_rss_kib) < 1.5 * 2 ** 20, f"peak RSS {int(max_rss_kib) / 2 ** 20:.2f} GiB"
+    assert int(max_rss_kib) < 1.5 * 2**20, f"peak RSS {int(max_rss_kib) / 2**20:.2f} GiB"

@@ -34,7 +34,11 @@ def test_table_holds_every_point_and_records_failures(sequential):
     t = sequential
     assert len(t) == 3 * 2 * 2
     assert list(t[["lr", "n_hidden", "seed"]].itertuples(index=False, name=None))[:4] == [
-        (0.05, 3, 0), (0.05, 3, 1), (0.05, 8, 0), (0.05, 8, 1)]
+        (0.05, 3, 0),
+        (0.05, 3, 1),
+        (0.05, 8, 0),
+        (0.05, 8, 1),
+    ]
     ok, failed = t[t["error"].isna()], t[t["error"].notna()]
     assert len(failed) == 4 and (failed["lr"] == 1e39).all()
     assert failed["error"].str.startswith("DivergenceError").all()
@@ -58,8 +62,12 @@ def test_local_pool_gives_the_sequential_results(data, sequential):
 def test_dask_local_cluster_gives_the_sequential_results(data, sequential):
     distributed = pytest.importorskip("dask.distributed")
     X, y, val = data
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         table = fastmlp.sweep(X, y, GRID, validation_data=val, epochs=3, repeats=2, client=client)
     _compare(table, sequential)
 
@@ -77,9 +85,31 @@ def test_grid_expansion_and_errors():
 
 def test_cli_sweep_writes_csv_and_plot(tmp_path):
     csv, png = tmp_path / "r.csv", tmp_path / "r.png"
-    out = subprocess.run([sys.executable, "-m", "fastmlp.cli", "sweep", "--lr", "0.05,0.5", "--hidden", "4",
-                          "--batch-size", "1,16", "--epochs", "2", "--n-jobs", "1", "--out", str(csv),
-                          "--plot", str(png)], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fastmlp.cli",
+            "sweep",
+            "--lr",
+            "0.05,0.5",
+            "--hidden",
+            "4",
+            "--batch-size",
+            "1,16",
+            "--epochs",
+            "2",
+            "--n-jobs",
+            "1",
+            "--out",
+            str(csv),
+            "--plot",
+            str(png),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     table = pd.read_csv(csv)
     assert len(table) == 4 and set(table["batch_size"]) == {1, 16}

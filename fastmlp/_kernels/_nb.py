@@ -115,11 +115,13 @@ _N, _T = 78, 84  # ord("N"), ord("T")
 def _ptr(typingctx, arr, i):
     """The address of arr.flat[i] as void*, without making a view (a view costs
     reference-count updates; a GEMM call passes 13 pointers)."""
+
     def codegen(context, builder, signature, args):
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
         item = builder.gep(ary.data, [args[1]])
         return builder.bitcast(item, cgutils.voidptr_t)
+
     return types.voidptr(arr, i), codegen
 
 
@@ -127,6 +129,7 @@ def _ptr(typingctx, arr, i):
 def _prefetch(typingctx, arr, i):
     """Asks for the cache line holding arr.flat[i] to be brought into cache (LLVM's
     prefetch: read, keep in all levels); no effect on results."""
+
     def codegen(context, builder, signature, args):
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
@@ -136,6 +139,7 @@ def _prefetch(typingctx, arr, i):
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
         builder.call(fn, [item, i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
+
     return types.none(arr, i), codegen
 
 
@@ -158,9 +162,21 @@ def _gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws_int, ws_char,
     ws_int[5] = ldc
     ws_real[0] = alpha
     ws_real[1] = beta
-    args = (_ptr(ws_char, 0), _ptr(ws_char, 1), _ptr(ws_int, 0), _ptr(ws_int, 1), _ptr(ws_int, 2),
-            _ptr(ws_real, 0), _ptr(B, 0), _ptr(ws_int, 3), _ptr(A, 0), _ptr(ws_int, 4), _ptr(ws_real, 1),
-            _ptr(C, 0), _ptr(ws_int, 5))
+    args = (
+        _ptr(ws_char, 0),
+        _ptr(ws_char, 1),
+        _ptr(ws_int, 0),
+        _ptr(ws_int, 1),
+        _ptr(ws_int, 2),
+        _ptr(ws_real, 0),
+        _ptr(B, 0),
+        _ptr(ws_int, 3),
+        _ptr(A, 0),
+        _ptr(ws_int, 4),
+        _ptr(ws_real, 1),
+        _ptr(C, 0),
+        _ptr(ws_int, 5),
+    )
     if C.itemsize == 4:
         _sgemm(*args)
     else:
@@ -168,8 +184,10 @@ def _gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws_int, ws_char,
 
 
 _F = np.float32
-_TANH_P = tuple(_F(c) for c in (9.999999404e-01, 1.291923672e-01, 2.920770319e-03, 9.267499991e-06,
-                                -1.278068140e-08, 1.825586730e-11))
+_TANH_P = tuple(
+    _F(c)
+    for c in (9.999999404e-01, 1.291923672e-01, 2.920770319e-03, 9.267499991e-06, -1.278068140e-08, 1.825586730e-11)
+)
 _TANH_Q = tuple(_F(c) for c in (4.625251889e-01, 2.376320399e-02, 2.281013876e-04))
 
 
@@ -189,16 +207,17 @@ def _tanh_f64(d):
     """Cephes' tanh for float64, as _fused_impl.h fm_tanh1 (max abs error 2e-16)."""
     a = abs(d)
     z = d * d
-    small = d + d * z * ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
-                         - 1.61468768441708447952e3) / (((z + 1.12811678491632931402e2) * z
-                                                         + 2.23548839060100448583e3) * z + 4.84406305325125486048e3)
+    small = d + d * z * ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z - 1.61468768441708447952e3) / (
+        ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z + 4.84406305325125486048e3
+    )
     x = 2.0 * min(a, 22.0)
     k = np.floor(1.4426950408889634073599 * x + 0.5)
     r = (x - k * 6.93145751953125e-1) - k * 1.42860682030941723212e-6
     rr = r * r
     p = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 9.99999999999999999910e-1)
-    q = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr + 2.27265548208155028766e-1) * rr \
-        + 2.00000000000000000009e0
+    q = (
+        (3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr + 2.27265548208155028766e-1
+    ) * rr + 2.00000000000000000009e0
     e = math.ldexp(1.0 + 2.0 * (p / (q - p)), int(k))
     t = small if a < 0.625 else 1.0 - 2.0 / (e + 1.0)
     return d if d != d else math.copysign(t, d)
@@ -282,35 +301,42 @@ def _check_loss(loss):
 
 # ---- the sparse epoch (see _sparse_impl.h: the same algorithm and layout) ----
 
+
 @intrinsic
 def _atomic_add(typingctx, arr, i, v):
     """arr[i] += v atomically (acquire-release); returns the new value."""
+
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         ptr = builder.gep(ary.data, [args[1]])
         old = builder.atomic_rmw("add", ptr, args[2], "acq_rel")
         return builder.add(old, args[2])
+
     return arr.dtype(arr, i, arr.dtype), codegen
 
 
 @intrinsic
 def _atomic_load(typingctx, arr, i):
     """arr[i], read atomically (acquire)."""
+
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         ptr = builder.gep(ary.data, [args[1]])
         return builder.load_atomic(ptr, "acquire", signature.args[0].dtype.bitwidth // 8)
+
     return arr.dtype(arr, i), codegen
 
 
 @intrinsic
 def _atomic_store(typingctx, arr, i, v):
     """arr[i] = v, written atomically (release)."""
+
     def codegen(context, builder, signature, args):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         ptr = builder.gep(ary.data, [args[1]])
         builder.store_atomic(args[2], ptr, "release", signature.args[0].dtype.bitwidth // 8)
         return context.get_dummy_value()
+
     return types.none(arr, i, arr.dtype), codegen
 
 
@@ -358,8 +384,9 @@ def _gather(H, s, b, width, bh, W, vals, av, idx, ai, k):
         x0, x1, x2, x3 = vals[av + t], vals[av + t + 1], vals[av + t + 2], vals[av + t + 3]
         x4, x5, x6, x7 = vals[av + t + 4], vals[av + t + 5], vals[av + t + 6], vals[av + t + 7]
         for j in range(width):
-            H[s, b, j] += (((x0 * W[s, i0, j] + x1 * W[s, i1, j]) + (x2 * W[s, i2, j] + x3 * W[s, i3, j]))
-                           + ((x4 * W[s, i4, j] + x5 * W[s, i5, j]) + (x6 * W[s, i6, j] + x7 * W[s, i7, j])))
+            H[s, b, j] += ((x0 * W[s, i0, j] + x1 * W[s, i1, j]) + (x2 * W[s, i2, j] + x3 * W[s, i3, j])) + (
+                (x4 * W[s, i4, j] + x5 * W[s, i5, j]) + (x6 * W[s, i6, j] + x7 * W[s, i7, j])
+            )
         t += 8
     while t < k:
         i0 = idx[ai + t]
@@ -409,9 +436,41 @@ def _batch_weight(weights, has_weights, order, start, B):
 
 
 @_jit
-def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
-                 dense, labels, weights, has_weights, order, start, B, lr, mu, decay, nesterov, loss, H, dH, Pb, dZ,
-                 gWy, gbh):
+def _sparse_step(
+    t,
+    nt,
+    WhT,
+    bh,
+    Wy,
+    by,
+    VWhT,
+    Vbh,
+    VWy,
+    Vby,
+    slice_group,
+    group_line,
+    data,
+    indices,
+    indptr,
+    dense,
+    labels,
+    weights,
+    has_weights,
+    order,
+    start,
+    B,
+    lr,
+    mu,
+    decay,
+    nesterov,
+    loss,
+    H,
+    dH,
+    Pb,
+    dZ,
+    gWy,
+    gbh,
+):
     """dl/dz of the batch (the same in every thread), then dh~ and the updates of
     thread t's slices (_sparse_impl.h fm_sparse_dz and fm_sparse_step)."""
     n_slices, n_in, stride = WhT.shape
@@ -510,9 +569,44 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group
 
 
 @_jit
-def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
-                   dense, labels, weights, has_weights, order, batch, lr, mu, decay, nesterov, decay_by_weight_sum,
-                   loss, H, dH, P, dZ, gWy, gbh, row_loss, row_correct, sync):
+def _sparse_thread(
+    t,
+    nt,
+    WhT,
+    bh,
+    Wy,
+    by,
+    VWhT,
+    Vbh,
+    VWy,
+    Vby,
+    slice_group,
+    group_line,
+    data,
+    indices,
+    indptr,
+    dense,
+    labels,
+    weights,
+    has_weights,
+    order,
+    batch,
+    lr,
+    mu,
+    decay,
+    nesterov,
+    decay_by_weight_sum,
+    loss,
+    H,
+    dH,
+    P,
+    dZ,
+    gWy,
+    gbh,
+    row_loss,
+    row_correct,
+    sync,
+):
     """Thread t's share of an epoch (_sparse_impl.h fm_sparse_thread; dl/dz is
     computed by every thread, not shared out)."""
     n_slices, n_in, stride = WhT.shape
@@ -550,9 +644,41 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
             if decay_by_weight_sum:
                 ws = _batch_weight(weights, has_weights, order, start, B)
                 d = WhT.dtype.type(decay / ws) if ws > 0 else WhT.dtype.type(0)
-            ls, nc = _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data,
-                                  indices, indptr, dense, labels, weights, has_weights, order, start, B, lr, mu, d,
-                                  nesterov, loss, H, dH, Pb, dZ, gWy, gbh)
+            ls, nc = _sparse_step(
+                t,
+                nt,
+                WhT,
+                bh,
+                Wy,
+                by,
+                VWhT,
+                Vbh,
+                VWy,
+                Vby,
+                slice_group,
+                group_line,
+                data,
+                indices,
+                indptr,
+                dense,
+                labels,
+                weights,
+                has_weights,
+                order,
+                start,
+                B,
+                lr,
+                mu,
+                d,
+                nesterov,
+                loss,
+                H,
+                dH,
+                Pb,
+                dZ,
+                gWy,
+                gbh,
+            )
             loss_sum += ls
             correct += nc
         parity ^= 1
@@ -589,9 +715,40 @@ def _step_backward(Xb, Hb, dZb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_rea
 
 
 @_jit
-def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weights, has_weights, perm, batch, lr,
-                mu, decay, nesterov, decay_by_weight_sum, loss, Xbuf, H, dH, Zp, dZ, GWh, GWy, gb, ws_int, ws_char,
-                ws_real):
+def _blas_epoch(
+    Wh,
+    bh,
+    Wy,
+    by,
+    VWh,
+    Vbh,
+    VWy,
+    Vby,
+    block_unit,
+    X,
+    labels,
+    weights,
+    has_weights,
+    perm,
+    batch,
+    lr,
+    mu,
+    decay,
+    nesterov,
+    decay_by_weight_sum,
+    loss,
+    Xbuf,
+    H,
+    dH,
+    Zp,
+    dZ,
+    GWh,
+    GWy,
+    gb,
+    ws_int,
+    ws_char,
+    ws_real,
+):
     """The BLAS epoch of _blas_impl.h on one thread: the same blocks of hidden units
     (one GEMM each per step), their partial logits added in block order."""
     _check_loss(loss)
@@ -613,7 +770,7 @@ def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weigh
                 in_order = False
                 break
         if in_order:
-            Xb = X[perm[start]:perm[start] + B]
+            Xb = X[perm[start] : perm[start] + B]
         else:
             for b in range(B):
                 Xbuf[0, b] = X[perm[start + b]]
@@ -621,12 +778,12 @@ def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weigh
         for j in range(nb):
             u0, u1 = block_unit[j], block_unit[j + 1]
             w = u1 - u0
-            Hj = H[j].reshape(H.shape[1] * H.shape[2])[:B * w].reshape((B, w))
+            Hj = H[j].reshape(H.shape[1] * H.shape[2])[: B * w].reshape((B, w))
             _gemm(False, True, B, w, n_in, t(1), Xb, n_in, Wh[u0:], n_in, t(0), Hj, w, ws_int, ws_char, ws_real)
             for r in range(B):
                 for c in range(w):
                     Hj[r, c] += bh[u0 + c]
-            _tanh_inplace(H[j].reshape(H.shape[1] * H.shape[2])[:B * w])
+            _tanh_inplace(H[j].reshape(H.shape[1] * H.shape[2])[: B * w])
             _gemm(False, True, B, nout, w, t(1), Hj, w, Wy[:, u0:], nh, t(0), Zp[j], nout, ws_int, ws_char, ws_real)
         weight_sum = _batch_weight(weights, has_weights, perm, start, B)
         d = decay
@@ -647,8 +804,8 @@ def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weigh
         for j in range(nb):
             u0, u1 = block_unit[j], block_unit[j + 1]
             w = u1 - u0
-            Hj = H[j].reshape(H.shape[1] * H.shape[2])[:B * w].reshape((B, w))
-            dHj = dH[j].reshape(dH.shape[1] * dH.shape[2])[:B * w].reshape((B, w))
+            Hj = H[j].reshape(H.shape[1] * H.shape[2])[: B * w].reshape((B, w))
+            dHj = dH[j].reshape(dH.shape[1] * dH.shape[2])[: B * w].reshape((B, w))
             _gemm(False, False, B, w, nout, t(1), dZ, nout, Wy[:, u0:], nh, t(0), dHj, w, ws_int, ws_char, ws_real)
             for r in range(B):
                 for c in range(w):
@@ -668,8 +825,19 @@ def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weigh
             for r in range(B):
                 for c in range(w):
                     gb[c] += dHj[r, c]
-            _sgd_row(bh.reshape((1, nh)), Vbh.reshape((1, nh)) if mu != 0 else bh.reshape((1, nh)), 0, u0,
-                     gb.reshape((1, gb.size)), 0, w, lr, mu, zero, nesterov)
+            _sgd_row(
+                bh.reshape((1, nh)),
+                Vbh.reshape((1, nh)) if mu != 0 else bh.reshape((1, nh)),
+                0,
+                u0,
+                gb.reshape((1, gb.size)),
+                0,
+                w,
+                lr,
+                mu,
+                zero,
+                nesterov,
+            )
             _gemm(True, False, w, n_in, B, t(1), dHj, w, Xb, n_in, t(0), GWh[u0:], n_in, ws_int, ws_char, ws_real)
             for c in range(w):
                 _sgd_row(Wh, VWh if mu != 0 else Wh, u0 + c, 0, GWh, u0 + c, n_in, lr, mu, d, nesterov)
@@ -683,8 +851,19 @@ def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weigh
             for b in range(B):
                 for o in range(nout):
                     gb[o] += dZ[b, o]
-            _sgd_row(by.reshape((1, nout)), Vby.reshape((1, nout)) if mu != 0 else by.reshape((1, nout)), 0, 0,
-                     gb.reshape((1, gb.size)), 0, nout, lr, mu, zero, nesterov)
+            _sgd_row(
+                by.reshape((1, nout)),
+                Vby.reshape((1, nout)) if mu != 0 else by.reshape((1, nout)),
+                0,
+                0,
+                gb.reshape((1, gb.size)),
+                0,
+                nout,
+                lr,
+                mu,
+                zero,
+                nesterov,
+            )
         start += B
     return loss_sum, correct
 
@@ -708,6 +887,7 @@ def _loss_grad(Z, labels, dZ, loss):
 
 # ---- the primitives (the contract of fastmlp._kernels) ----
 
+
 def tanh(x):
     """tanh of a 1-D array, with the approximation the kernels use (float32)."""
     out = np.array(x, copy=True)
@@ -719,8 +899,23 @@ def _times_transposed(A, W):
     """A W^T by one GEMM, into a new array."""
     out = np.empty((A.shape[0], W.shape[0]), dtype=W.dtype)
     t = W.dtype.type
-    _call(_gemm, False, True, A.shape[0], W.shape[0], A.shape[1], t(1), A, A.shape[1], W, A.shape[1],
-          t(0), out, W.shape[0], *_gemm_workspace(W.dtype))
+    _call(
+        _gemm,
+        False,
+        True,
+        A.shape[0],
+        W.shape[0],
+        A.shape[1],
+        t(1),
+        A,
+        A.shape[1],
+        W,
+        A.shape[1],
+        t(0),
+        out,
+        W.shape[0],
+        *_gemm_workspace(W.dtype),
+    )
     return out
 
 
@@ -765,14 +960,20 @@ def max_threads():
         from . import _cy
     except ImportError:
         from .epochs import available_cpus
+
         return available_cpus()
     return _cy.max_threads()
 
 
 def _opt_args(opt, dtype):
     """The step's numbers as the compiled code takes them, in the parameters' dtype."""
-    return (_as(dtype, opt.lr), _as(dtype, opt.momentum), _as(dtype, opt.decay), bool(opt.nesterov),
-            bool(opt.decay_by_weight_sum))
+    return (
+        _as(dtype, opt.lr),
+        _as(dtype, opt.momentum),
+        _as(dtype, opt.decay),
+        bool(opt.nesterov),
+        bool(opt.decay_by_weight_sum),
+    )
 
 
 def _weights_args(weights, dtype):
@@ -795,8 +996,21 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_thre
     indptr = np.zeros(1, np.int64) if dense else rows.indptr
     n_threads = max(1, int(n_threads))
     # the blocks go in flat: Numba's dispatcher types arrays in C, tuples in Python (~10 us each)
-    args = (*P, rows.data, rows.indices, indptr, dense, labels, *_weights_args(weights, dtype), order,
-            min(batch, len(order)), *_opt_args(opt, dtype), loss, *work[:8], work.sync)
+    args = (
+        *P,
+        rows.data,
+        rows.indices,
+        indptr,
+        dense,
+        labels,
+        *_weights_args(weights, dtype),
+        order,
+        min(batch, len(order)),
+        *_opt_args(opt, dtype),
+        loss,
+        *work[:8],
+        work.sync,
+    )
     if n_threads == 1:
         return _call(_sparse_thread, 0, 1, *args)
     results = [None] * n_threads
@@ -859,6 +1073,23 @@ def blas_epoch(P, X, labels, weights, order, batch, opt, loss, work, n_threads):
     dtype = P.Wh.dtype
     if not (opt.momentum == 0 and opt.decay == 0) and work.GWh.size == 0:
         raise ValueError("the workspace has no room for the gradients a step with momentum or decay needs")
-    return _call(_blas_epoch, *P, X, labels, *_weights_args(weights, dtype), order, min(batch, len(order)),
-                 *_opt_args(opt, dtype), loss, work.Xb, work.H, work.dH, work.Zp, work.dZ, work.GWh, work.GWy,
-                 work.gb, *_gemm_workspace(dtype))
+    return _call(
+        _blas_epoch,
+        *P,
+        X,
+        labels,
+        *_weights_args(weights, dtype),
+        order,
+        min(batch, len(order)),
+        *_opt_args(opt, dtype),
+        loss,
+        work.Xb,
+        work.H,
+        work.dH,
+        work.Zp,
+        work.dZ,
+        work.GWh,
+        work.GWy,
+        work.gb,
+        *_gemm_workspace(dtype),
+    )

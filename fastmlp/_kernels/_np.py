@@ -47,6 +47,18 @@ def reference_epoch(P, X, labels, weights, order, batch, opt, loss, velocity=Non
     name = _loss_name(loss)
     # overflow is reported by the caller's divergence check, as for the compiled kernels
     with np.errstate(over="ignore", invalid="ignore"):
-        return ref.train_epoch(P._asdict(), X, labels, order, batch, opt.lr, name, momentum=opt.momentum,
-                               nesterov=opt.nesterov, weight_decay=opt.decay, velocity=velocity, weights=weights,
-                               decay_by_weight_sum=opt.decay_by_weight_sum)
+        return ref.train_epoch(
+            P._asdict(),
+            X,
+            labels,
+            order,
+            batch,
+            opt.lr,
+            name,
+            momentum=opt.momentum,
+            nesterov=opt.nesterov,
+            weight_decay=opt.decay,
+            velocity=velocity,
+            weights=weights,
+            decay_by_weight_sum=opt.decay_by_weight_sum,
+        )

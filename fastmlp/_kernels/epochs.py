@@ -88,8 +88,11 @@ def blas_has_avx512_kernels():
     from threadpoolctl import threadpool_info
 
     importlib.import_module("scipy.linalg.cython_blas")  # the BLAS the kernels call is loaded
-    kernels = {str(pool.get("architecture", "")).lower() for pool in threadpool_info()
-               if pool.get("internal_api") == "openblas"}
+    kernels = {
+        str(pool.get("architecture", "")).lower()
+        for pool in threadpool_info()
+        if pool.get("internal_api") == "openblas"
+    }
     return not kernels or bool(kernels & _AVX512_KERNELS)
 
 
@@ -100,7 +103,7 @@ def input_density(X, rows=256):
         return X.nnz / max(1, X.shape[0] * X.shape[1])
     if X.size == 0:
         return 0.0
-    sample = X[::max(1, X.shape[0] // rows)][:rows]
+    sample = X[:: max(1, X.shape[0] // rows)][:rows]
     return float(np.count_nonzero(sample) / sample.size)
 
 
@@ -113,8 +116,14 @@ def auto_path(batch, density, sparse_input=False):
     if density <= SPARSE_DENSITY_MAX:
         return "sparse", "csr", f"at most {SPARSE_DENSITY_MAX:.0%} of the inputs are non-zero: converted to CSR once"
     if batch <= SMALL_BATCH_MAX and density <= SMALL_BATCH_DENSITY_MAX:
-        return "sparse", "csr", (f"batch <= {SMALL_BATCH_MAX} and at most {SMALL_BATCH_DENSITY_MAX:.0%} of the inputs "
-                                 f"are non-zero: converted to CSR once")
+        return (
+            "sparse",
+            "csr",
+            (
+                f"batch <= {SMALL_BATCH_MAX} and at most {SMALL_BATCH_DENSITY_MAX:.0%} of the inputs "
+                f"are non-zero: converted to CSR once"
+            ),
+        )
     if batch <= DENSE_ROWS_BATCH_MAX:
         return "sparse", "dense", f"dense inputs, batch <= {DENSE_ROWS_BATCH_MAX}: a GEMM call costs more than a row"
     return "blas", None, f"dense inputs, batch > {DENSE_ROWS_BATCH_MAX}: GEMMs"
@@ -141,6 +150,7 @@ def choose_path(kernels, path, batch, X):
 
 
 # ---- threads ----
+
 
 def available_cpus():
     """The cores this process may run on."""
@@ -245,6 +255,7 @@ thread (or leaves it to its default) for the duration of a training (see _BlasTh
 
 # ---- layouts: parameter blocks, rows, workspaces ----
 
+
 class SGD(NamedTuple):
     """One SGD step as ``torch.optim.SGD`` takes it (dampening 0): the gradient of the
     weights Wh and Wy (not the biases) gets ``decay * W``; with ``momentum`` the
@@ -288,16 +299,16 @@ class SparseNet(NamedTuple):
     momentum). The padded units have no weights in or out, so they stay zero
     through every step (tanh(0) = 0, and their dh is 0)."""
 
-    WhT: np.ndarray          # (n_slices, n_in, stride)
-    bh: np.ndarray           # (n_slices, stride)
-    Wy: np.ndarray           # (n_slices, n_out, stride)
-    by: np.ndarray           # (n_slices, n_out)
+    WhT: np.ndarray  # (n_slices, n_in, stride)
+    bh: np.ndarray  # (n_slices, stride)
+    Wy: np.ndarray  # (n_slices, n_out, stride)
+    by: np.ndarray  # (n_slices, n_out)
     VWhT: np.ndarray
     Vbh: np.ndarray
     VWy: np.ndarray
     Vby: np.ndarray
     slice_group: np.ndarray  # (n_slices + 1,) int32
-    group_line: np.ndarray   # (n_groups + 1,) int32
+    group_line: np.ndarray  # (n_groups + 1,) int32
 
 
 class Rows(NamedTuple):
@@ -314,15 +325,15 @@ class SparseWork(NamedTuple):
     """Workspace of the sparse path for batches of up to ``batch`` examples (see
     _fused.h fm_swork)."""
 
-    H: np.ndarray     # (n_slices, batch, stride) hidden activations
-    dH: np.ndarray    # (n_slices, batch, stride) dl/dh~
-    P: np.ndarray     # (2, batch, n_groups, n_out) partial logits, per batch parity
-    dZ: np.ndarray    # (n_slices, batch, n_out) dl/dz, one copy per thread
-    gWy: np.ndarray          # (n_slices, n_out, stride) the batch's summed gradient of Wy
-    gbh: np.ndarray          # (n_slices, stride) and of bh
-    row_loss: np.ndarray     # (batch,) float64
+    H: np.ndarray  # (n_slices, batch, stride) hidden activations
+    dH: np.ndarray  # (n_slices, batch, stride) dl/dh~
+    P: np.ndarray  # (2, batch, n_groups, n_out) partial logits, per batch parity
+    dZ: np.ndarray  # (n_slices, batch, n_out) dl/dz, one copy per thread
+    gWy: np.ndarray  # (n_slices, n_out, stride) the batch's summed gradient of Wy
+    gbh: np.ndarray  # (n_slices, stride) and of bh
+    row_loss: np.ndarray  # (batch,) float64
     row_correct: np.ndarray  # (batch,) float64
-    sync: np.ndarray         # (32,) int32 the threads' barrier
+    sync: np.ndarray  # (32,) int32 the threads' barrier
 
 
 class BlasNet(NamedTuple):
@@ -346,17 +357,17 @@ class BlasWork(NamedTuple):
     """Workspace of the BLAS path for batches of up to ``batch`` examples (see
     _fused.h fm_bwork)."""
 
-    Xb: np.ndarray           # (2, batch, n_in) the gathered rows per batch parity; (2, 0, n_in) while unused
-    H: np.ndarray            # (n_blocks, batch, block_max)
-    dH: np.ndarray           # (n_blocks, batch, block_max)
-    Zp: np.ndarray           # (n_blocks, batch, n_out) partial logits
-    dZ: np.ndarray           # (batch, n_out)
-    row_loss: np.ndarray     # (batch,) float64
+    Xb: np.ndarray  # (2, batch, n_in) the gathered rows per batch parity; (2, 0, n_in) while unused
+    H: np.ndarray  # (n_blocks, batch, block_max)
+    dH: np.ndarray  # (n_blocks, batch, block_max)
+    Zp: np.ndarray  # (n_blocks, batch, n_out) partial logits
+    dZ: np.ndarray  # (batch, n_out)
+    row_loss: np.ndarray  # (batch,) float64
     row_correct: np.ndarray  # (batch,) float64
-    GWh: np.ndarray          # (nh, n_in) the gradients apart from the weights (momentum or decay; else empty)
-    GWy: np.ndarray          # (n_out, nh)
-    gb: np.ndarray           # (nh + n_out,)
-    sync: np.ndarray         # (32,) int32 the threads' barrier
+    GWh: np.ndarray  # (nh, n_in) the gradients apart from the weights (momentum or decay; else empty)
+    GWy: np.ndarray  # (n_out, nh)
+    gb: np.ndarray  # (nh + n_out,)
+    sync: np.ndarray  # (32,) int32 the threads' barrier
 
 
 CACHE_LINE = 64  # bytes
@@ -380,7 +391,7 @@ def aligned_zeros(shape, dtype):
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.zeros(nbytes + CACHE_LINE, np.uint8)
     skip = -raw.ctypes.data % CACHE_LINE
-    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
+    return raw[skip : skip + nbytes].view(dtype).reshape(shape)
 
 
 def hidden_groups(n_hidden, itemsize):
@@ -391,7 +402,7 @@ def hidden_groups(n_hidden, itemsize):
     lines = -(-n_hidden * itemsize // CACHE_LINE)
     n_groups = -(-lines // GROUP_LINES)
     sizes = np.full(n_groups, lines // n_groups)
-    sizes[:lines % n_groups] += 1
+    sizes[: lines % n_groups] += 1
     return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
 
 
@@ -434,10 +445,17 @@ def sparse_work(net, batch):
     n_slices, n_in, stride = net.WhT.shape
     n_out, dtype = net.Wy.shape[1], net.WhT.dtype
     n_groups = len(net.group_line) - 1
-    return SparseWork(aligned_zeros((n_slices, batch, stride), dtype), aligned_zeros((n_slices, batch, stride), dtype),
-                      np.zeros((2, batch, n_groups, n_out), dtype), np.zeros((n_slices, batch, n_out), dtype),
-                      aligned_zeros((n_slices, n_out, stride), dtype), aligned_zeros((n_slices, stride), dtype),
-                      np.zeros(batch, np.float64), np.zeros(batch, np.float64), aligned_zeros(CACHE_LINE // 2, np.int32))
+    return SparseWork(
+        aligned_zeros((n_slices, batch, stride), dtype),
+        aligned_zeros((n_slices, batch, stride), dtype),
+        np.zeros((2, batch, n_groups, n_out), dtype),
+        np.zeros((n_slices, batch, n_out), dtype),
+        aligned_zeros((n_slices, n_out, stride), dtype),
+        aligned_zeros((n_slices, stride), dtype),
+        np.zeros(batch, np.float64),
+        np.zeros(batch, np.float64),
+        aligned_zeros(CACHE_LINE // 2, np.int32),
+    )
 
 
 BLAS_BLOCK_UNITS = 64  # about this many hidden units per block of the BLAS path
@@ -448,7 +466,7 @@ def blas_blocks(n_hidden):
     ceil(n_hidden / 64) blocks, as even as can be."""
     n_blocks = -(-n_hidden // BLAS_BLOCK_UNITS)
     sizes = np.full(n_blocks, n_hidden // n_blocks)
-    sizes[:n_hidden % n_blocks] += 1
+    sizes[: n_hidden % n_blocks] += 1
     return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int32)
 
 
@@ -458,11 +476,19 @@ def blas_work(net, batch, n_in, gathered, gradients):
     n_blocks, width = len(net.block_unit) - 1, int(np.diff(net.block_unit).max())
     nh, n_out, dtype = net.Wh.shape[0], net.Wy.shape[0], net.Wh.dtype
     g = 1 if gradients else 0
-    return BlasWork(np.empty((2, batch if gathered else 0, n_in), dtype), np.empty((n_blocks, batch, width), dtype),
-                    np.empty((n_blocks, batch, width), dtype), np.empty((n_blocks, batch, n_out), dtype),
-                    np.empty((batch, n_out), dtype), np.empty(batch, np.float64), np.empty(batch, np.float64),
-                    np.empty((nh * g, n_in), dtype), np.empty((n_out * g, nh), dtype), np.empty((nh + n_out) * g, dtype),
-                    aligned_zeros(CACHE_LINE // 2, np.int32))
+    return BlasWork(
+        np.empty((2, batch if gathered else 0, n_in), dtype),
+        np.empty((n_blocks, batch, width), dtype),
+        np.empty((n_blocks, batch, width), dtype),
+        np.empty((n_blocks, batch, n_out), dtype),
+        np.empty((batch, n_out), dtype),
+        np.empty(batch, np.float64),
+        np.empty(batch, np.float64),
+        np.empty((nh * g, n_in), dtype),
+        np.empty((n_out * g, nh), dtype),
+        np.empty((nh + n_out) * g, dtype),
+        aligned_zeros(CACHE_LINE // 2, np.int32),
+    )
 
 
 def dense_to_csr(X, kernels):
@@ -524,8 +550,20 @@ class EpochRunner:
     rows' layout are chosen once, here; the parameter layout per thread count.
     """
 
-    def __init__(self, kernels, params, X, labels, *, batch_size, loss="ce", path="auto", n_threads=None,
-                 weights=None, velocity=None):
+    def __init__(
+        self,
+        kernels,
+        params,
+        X,
+        labels,
+        *,
+        batch_size,
+        loss="ce",
+        path="auto",
+        n_threads=None,
+        weights=None,
+        velocity=None,
+    ):
         self.kernels = kernels
         self.params, self.velocity = params, velocity
         self.X, self.labels, self.weights = X, labels, weights
@@ -571,8 +609,14 @@ class EpochRunner:
     def _layout(self, n_threads):
         if n_threads not in self._layouts:
             nh, n_in = self.params["Wh"].shape
-            net = sparse_net(n_in, nh, self.params["Wy"].shape[0], self.params["Wh"].dtype, n_threads,
-                             momentum=self.velocity is not None)
+            net = sparse_net(
+                n_in,
+                nh,
+                self.params["Wy"].shape[0],
+                self.params["Wh"].dtype,
+                n_threads,
+                momentum=self.velocity is not None,
+            )
             self._layouts[n_threads] = (net, sparse_work(net, self.batch))
         return self._layouts[n_threads]
 
@@ -585,9 +629,9 @@ class EpochRunner:
             Wh, bh, Wy, by = (source[k] for k in PARAM_NAMES)
             for s in range(net.WhT.shape[0]):
                 u0, u1 = slice_units(net, s, len(bh))
-                yield Wh[u0:u1].T, WhT[s, :, :u1 - u0]
-                yield bh[u0:u1], bhs[s, :u1 - u0]
-                yield Wy[:, u0:u1], Wys[s, :, :u1 - u0]
+                yield Wh[u0:u1].T, WhT[s, :, : u1 - u0]
+                yield bh[u0:u1], bhs[s, : u1 - u0]
+                yield Wy[:, u0:u1], Wys[s, :, : u1 - u0]
                 yield by, bys[s]
 
     def _load(self):
@@ -613,19 +657,45 @@ class EpochRunner:
             raise ValueError("a step with momentum needs the runner's velocity buffers")
         if self.path == "sparse":
             order = np.ascontiguousarray(order, dtype=np.intp)
-            return self.kernels.sparse_epoch(self.block, self.rows, self.labels, self.weights, order,
-                                             self.batch_size, opt, self.loss, self.work, self.threads)
+            return self.kernels.sparse_epoch(
+                self.block,
+                self.rows,
+                self.labels,
+                self.weights,
+                order,
+                self.batch_size,
+                opt,
+                self.loss,
+                self.work,
+                self.threads,
+            )
         if self.path == "reference":
-            return self.kernels.reference_epoch(self.block, self.X, self.labels, self.weights, order, self.batch_size,
-                                                opt, self.loss, self.velocity)
+            return self.kernels.reference_epoch(
+                self.block, self.X, self.labels, self.weights, order, self.batch_size, opt, self.loss, self.velocity
+            )
         order, in_order = batch_order(order, self.n_rows, self.batch_size)
         order = np.ascontiguousarray(order, dtype=np.intp)
         gradients = not opt.plain
         if (not in_order and self.work.Xb.shape[1] == 0) or (gradients and self.work.GWh.size == 0):
-            self.work = blas_work(self.block, self.batch, self.X.shape[1], gathered=not in_order or
-                                  self.work.Xb.shape[1] > 0, gradients=gradients or self.work.GWh.size > 0)
-        return self.kernels.blas_epoch(self.block, self.X, self.labels, self.weights, order, self.batch_size, opt,
-                                       self.loss, self.work, self.threads)
+            self.work = blas_work(
+                self.block,
+                self.batch,
+                self.X.shape[1],
+                gathered=not in_order or self.work.Xb.shape[1] > 0,
+                gradients=gradients or self.work.GWh.size > 0,
+            )
+        return self.kernels.blas_epoch(
+            self.block,
+            self.X,
+            self.labels,
+            self.weights,
+            order,
+            self.batch_size,
+            opt,
+            self.loss,
+            self.work,
+            self.threads,
+        )
 
     # -- a whole epoch, in chunks --
 
@@ -667,7 +737,7 @@ class EpochRunner:
                 self._use_threads(threads)
                 before = self._snapshot()
                 try:
-                    ls, nc = self.run(perm[start:start + chunk], opt)
+                    ls, nc = self.run(perm[start : start + chunk], opt)
                 except KeyboardInterrupt:
                     self._restore(before)
                     raise
@@ -698,19 +768,41 @@ class EpochRunner:
         self._restore(before)
         for b0 in range(start, min(start + chunk, len(perm)), self.batch_size):
             saved = self._snapshot()
-            ls, _ = self.run(perm[b0:b0 + self.batch_size], opt)
+            ls, _ = self.run(perm[b0 : b0 + self.batch_size], opt)
             if not (np.isfinite(ls) and self._finite()):
                 self._restore(saved)
                 raise Diverged(b0 // self.batch_size)
         raise Diverged(start // self.batch_size)  # not reproduced: report the chunk's start
 
 
-def train_epoch(kernels, X, labels, perm, params, opt, batch_size, loss="ce", path="auto", n_threads=None,
-                weights=None, velocity=None):
+def train_epoch(
+    kernels,
+    X,
+    labels,
+    perm,
+    params,
+    opt,
+    batch_size,
+    loss="ce",
+    path="auto",
+    n_threads=None,
+    weights=None,
+    velocity=None,
+):
     """One epoch over ``X[perm]`` with backend module ``kernels``, updating the
     arrays of ``params`` (and ``velocity``) in place; ``opt`` an ``SGD`` or a learning
     rate; returns (loss_sum, correct). Raises ``Diverged`` as ``EpochRunner.epoch``
     does. For tests and benchmarks; training runs keep one ``EpochRunner``."""
-    runner = EpochRunner(kernels, params, X, labels, batch_size=batch_size, loss=loss, path=path,
-                         n_threads=n_threads, weights=weights, velocity=velocity)
+    runner = EpochRunner(
+        kernels,
+        params,
+        X,
+        labels,
+        batch_size=batch_size,
+        loss=loss,
+        path=path,
+        n_threads=n_threads,
+        weights=weights,
+        velocity=velocity,
+    )
     return runner.epoch(perm, opt)
