@@ -16,6 +16,7 @@ The pytest-benchmark suites in ``benches/`` time the same things per kernel.
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import sys
@@ -65,6 +66,72 @@ def blas_description():
                 f"threads={pool.get('num_threads')} ({lib})"
             )
     return "; ".join(parts) or "no BLAS found by threadpoolctl"
+
+
+def cpu_description():
+    """(CPU model name, widest vector extension: "AVX-512", "AVX2", ... or the machine)."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags = set(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON"), ("sse2", "SSE2")):
+        if flag in flags:
+            return model, name
+    return model, platform.machine()
+
+
+def environment(dtype=np.float32):
+    """What a measurement depends on: versions, CPU, cores, BLAS, threads."""
+    import scipy
+
+    from ._version import __version__
+
+    model, simd = cpu_description()
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "fastmlp": __version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "cpu": model,
+        "simd": simd,
+        "cores": epochs.available_cpus(),
+        "threads": epochs.wanted_threads(None, backends.kernels("auto")),
+        "blas": blas_description(),
+        "openblas_env": {k: os.environ[k] for k in OPENBLAS_VARS if k in os.environ},
+        "dtype": np.dtype(dtype).name,
+    }
+
+
+def write_json(path, environment, rows):
+    """Write ``{"environment": ..., "rows": [...]}`` to ``path`` through a temporary
+    file in the same directory, so a failure leaves any previous file as it was."""
+    import json
+    import tempfile
+
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bench-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"environment": environment, "rows": rows}, fh, indent=1, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _timed(fn):
@@ -259,6 +326,99 @@ def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, p
         return statistics.median(_timed(lambda: run(perm)) for _ in range(repeats)), False, ran
 
 
+def synthetic_inputs(n, n_in, density, seed=0, dtype=np.float32):
+    """``n`` rows of ``n_in`` inputs in (0, 1], each non-zero with probability ``density``."""
+    rng = np.random.default_rng(seed)
+    X = (rng.random((n, n_in)) + 1e-3).astype(dtype)
+    X[rng.random((n, n_in)) >= density] = 0
+    return X
+
+
+EXPLAIN_DENSITIES = (0.19, 0.3, 0.5, 1.0)
+EXPLAIN_BATCHES = (1, 2, 4, 10, 64, 256, "full")
+
+
+def explain_paths(
+    densities=EXPLAIN_DENSITIES,
+    batches=EXPLAIN_BATCHES,
+    n=4000,
+    shape=(784, 100, 10),
+    backend="auto",
+    dtype=np.float32,
+    repeats=3,
+    n_threads=None,
+):
+    """Measure the rule by which "auto" picks an epoch path, on this machine.
+
+    For each input density and batch size, one epoch over ``n`` synthetic examples
+    of an MNIST-sized network on the sparse path and on the BLAS path (medians of
+    ``repeats``, scaled to seconds per 60,000 examples), next to the path "auto"
+    takes. Returns a list of dicts: density, batch, sparse, blas (None where the
+    path cannot run), auto (the path chosen), fastest, loss (auto's time over the
+    fastest, 1.0 when auto chose it).
+    """
+    kern = backends.kernels(backend)
+    if "blas" not in getattr(kern, "PATHS", ()):
+        raise ValueError(f"backend {backend!r} has no compiled epoch paths to compare")
+    labels = np.random.default_rng(1).integers(0, shape[2], n).astype(np.intp)
+    perm = np.random.default_rng(2).permutation(n)
+    rows = []
+    for density in densities:
+        X = synthetic_inputs(n, shape[0], density, dtype=dtype)
+        measured_density = epochs.input_density(X)
+        for b in batches:
+            bs = n if b == "full" else int(b)
+            times = {}
+            for path in ("sparse", "blas"):
+                if path == "blas" and bs == 1:
+                    times[path] = None
+                    continue
+                params = ref.init_params(*shape, dtype=dtype, seed=0)
+                runner = epochs.EpochRunner(kern, params, X, labels, batch_size=bs, path=path, n_threads=n_threads)
+                with epochs.blas_limits(True):
+                    runner.epoch(perm[: max(bs, 500)], 0.01)
+                    epoch = functools.partial(runner.epoch, perm, 0.01)
+                    seconds = statistics.median(_timed(epoch) for _ in range(repeats))
+                times[path] = seconds * 60_000 / n
+            auto = epochs.auto_path(bs, measured_density)[0]
+            ran = {k: v for k, v in times.items() if v is not None}
+            fastest = min(ran, key=ran.get)
+            rows.append(
+                dict(
+                    density=measured_density,
+                    batch=b,
+                    sparse=times["sparse"],
+                    blas=times["blas"],
+                    auto=auto,
+                    fastest=fastest,
+                    loss=ran[auto] / ran[fastest],
+                )
+            )
+    return rows
+
+
+def print_explanation(rows, out=sys.stdout):
+    """The table of :func:`explain_paths`, one line per density and batch size."""
+    print("seconds per 60,000 examples, synthetic MNIST-sized inputs (784-100-10):", file=out)
+    print(f"{'density':>8} {'batch':>6} {'sparse':>8} {'blas':>8}  {'auto':<7} {'fastest':<7} auto/fastest", file=out)
+    for r in rows:
+        blas = f"{r['blas']:.3f}" if r["blas"] is not None else "-"
+        print(
+            f"{r['density']:8.2f} {str(r['batch']):>6} {r['sparse']:8.3f} {blas:>8}  {r['auto']:<7} "
+            f"{r['fastest']:<7} {r['loss']:.2f}",
+            file=out,
+        )
+    worst = max(rows, key=lambda r: r["loss"])
+    if worst["loss"] == 1.0:
+        print("auto took the fastest path at every density and batch size here", file=out)
+        return
+    print(
+        f"worst choice here: density {worst['density']:.2f}, batch {worst['batch']}: auto's path takes "
+        f"{worst['loss']:.2f}x the time of the fastest",
+        file=out,
+    )
+
+
 def gil_release_ratio(params, X, labels, batch_size, backend, lr=0.1):
     """(one model's epoch seconds, two models in two threads' seconds) for ``backend``."""
     kern = backends.kernels(backend)
@@ -360,6 +520,8 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
         f"seconds per epoch (median; ~ = timed on part of the epoch and scaled)",
         file=out,
     )
+    model, simd = cpu_description()
+    print(f"CPU: {model} ({simd}), {epochs.available_cpus()} cores", file=out)
     print(f"BLAS: {blas_description()}; fastmlp's threads: {all_threads}", file=out)
     print(
         f"measured float32 GEMM peak: {peak:.0f} GFLOP/s" + (f"; torch threads: {threads}" if threads else ""), file=out

@@ -145,6 +145,8 @@ def cmd_info(args):
     import scipy
     from threadpoolctl import threadpool_info
 
+    from . import bench
+
     print(f"fastmlp {__version__}")
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, scipy {scipy.__version__}")
     print(f"backends available: {', '.join(backends.available_backends())}")
@@ -178,6 +180,15 @@ def cmd_info(args):
             f"kernel={pool.get('architecture', '?')} threads={pool.get('num_threads')} "
             f"({pool.get('filepath', '').rsplit('/', 1)[-1]})"
         )
+    model, simd = bench.cpu_description()
+    print(f"CPU: {model} ({simd})")
+    if args.explain:
+        if "blas" not in getattr(kern, "PATHS", ()):
+            raise CLIError("--explain compares the compiled paths; no compiled backend is available")
+        print("\nmeasuring both paths at each density and batch size (a few seconds)...", flush=True)
+        bench.print_explanation(bench.explain_paths())
+    else:
+        print("(fastmlp info --explain times both paths here and shows how close auto's choice is to the fastest)")
     return 0
 
 
@@ -199,8 +210,13 @@ def cmd_bench(args):
         known = backends.available_backends() + ["torch-autograd", "torch-manual", "sklearn"]
         if name not in known:
             raise CLIError(f"--backends: unknown or unavailable backend {name!r}; known: {known}")
+    if args.json is not None:
+        _check_output_dir(args.json, "--json")
     nets = bench.networks(args.data_dir, args.networks.split(","))
-    bench.run(nets, args.batch_sizes, np.dtype(args.dtype), names, budget=args.budget)
+    rows = bench.run(nets, args.batch_sizes, np.dtype(args.dtype), names, budget=args.budget)
+    if args.json is not None:
+        bench.write_json(args.json, bench.environment(np.dtype(args.dtype)), rows)
+        print(f"wrote {args.json}")
     if args.gil and "mnist" in nets:
         X, labels, shape = nets["mnist"]
         params = reference.init_params(*shape, dtype=np.dtype(args.dtype), seed=0)
@@ -417,6 +433,9 @@ def build_parser():
         help="run with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset, so OpenBLAS uses its best kernel",
     )
     b.add_argument("--no-gil", dest="gil", action="store_false", help="skip the two-models-in-two-threads measurement")
+    b.add_argument(
+        "--json", default=None, metavar="PATH", help="also write the measurements and the machine they ran on as JSON"
+    )
     b.set_defaults(func=cmd_bench)
 
     w = sub.add_parser("sweep", help="train many models over a grid of settings (process pool or Dask)")
@@ -460,6 +479,11 @@ def build_parser():
     w.set_defaults(func=cmd_sweep)
 
     i = sub.add_parser("info", help="version, backends, BLAS and threads")
+    i.add_argument(
+        "--explain",
+        action="store_true",
+        help="time the sparse and BLAS paths over input densities and batch sizes on this machine",
+    )
     i.set_defaults(func=cmd_info)
     return parser
 

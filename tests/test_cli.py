@@ -128,3 +128,58 @@ def test_bench_best_blas_runs_without_the_openblas_pins():
     if avx512:  # OpenBLAS's own choice on this CPU is an AVX-512 kernel
         assert "kernel=Haswell" not in best.stdout
     assert re.search(r"^\s+64\s+cython\s+[0-9.e-]+\s", best.stdout, re.M)
+
+
+def test_bench_json_holds_the_printed_rows_and_the_machine(tmp_path):
+    import json
+
+    path = tmp_path / "bench.json"
+    out = run(
+        "bench",
+        "--networks",
+        "circles",
+        "--batch-sizes",
+        "1,64",
+        "--backends",
+        "numpy,cython",
+        "--no-gil",
+        "--json",
+        str(path),
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(path.read_text())
+    env = data["environment"]
+    assert env["fastmlp"] == fastmlp.__version__ and env["dtype"] == "float32" and env["cores"] >= 1
+    assert env["simd"] and env["blas"] and env["threads"] >= 1
+    rows = {(r["batch"], r["backend"]): r for r in data["rows"]}
+    assert set(rows) == {(1, "numpy"), (1, "cython"), (64, "numpy"), (64, "cython")}
+    for (batch, backend), r in rows.items():
+        assert r["network"] == "circles" and r["seconds"] > 0
+        printed = re.search(rf"^\s+{batch}\s+{backend}\s+~?([0-9.e+-]+)\s", out.stdout, re.M)
+        assert float(printed.group(1)) == float(f"{r['seconds']:.4g}")
+    assert rows[(64, "cython")]["speedup_numpy"] == rows[(64, "numpy")]["seconds"] / rows[(64, "cython")]["seconds"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # no temporary file left
+
+
+def test_bench_json_into_a_missing_directory_fails_before_measuring(tmp_path):
+    out = run("bench", "--networks", "circles", "--json", str(tmp_path / "no" / "b.json"))
+    assert out.returncode == 2 and "--json: directory" in out.stderr and "does not exist" in out.stderr
+    assert "seconds per epoch" not in out.stdout
+
+
+def test_info_explain_times_both_paths_where_auto_chooses():
+    out = run("info", "--explain")
+    assert out.returncode == 0, out.stderr
+    rows = re.findall(
+        r"^\s+([0-9.]+)\s+(\w+)\s+([0-9.]+)\s+([0-9.]+|-)\s+(sparse|blas)\s+(sparse|blas)\s+([0-9.]+)$",
+        out.stdout,
+        re.M,
+    )
+    assert len(rows) == 4 * 7
+    for density, batch, sparse, blas, auto, fastest, ratio in rows:
+        bs = 4000 if batch == "full" else int(batch)
+        assert auto == fastmlp._kernels.epochs.auto_path(bs, float(density))[0] or abs(float(density) - 0.5) < 0.01
+        assert (blas == "-") == (bs == 1)
+        times = {"sparse": float(sparse), "blas": float(blas) if blas != "-" else None}
+        assert fastest == min((t, p) for p, t in times.items() if t is not None)[1]
+        assert float(ratio) >= 1.0

@@ -55,25 +55,14 @@ PATHS = ("auto", "sparse", "blas", "reference")
 
 # Which path "auto" takes for dense inputs. The sparse path costs in proportion
 # to the non-zero inputs; the BLAS path in proportion to all of them, at the GEMM
-# rate of the batch size. Measured on MNIST rows with zeros filled up to each
-# density (784-100-10 float32, 2 threads, AVX-512 OpenBLAS; `fastmlp info --explain`
-# measures this table on the machine it runs on), seconds per 60,000 examples:
-#
-#     density  path     batch 1     4    10    64   256   full
-#     0.19     sparse      0.10  0.14  0.12  0.09  0.10  0.11
-#              blas           -  0.89  0.44  0.23  0.20  0.18
-#     0.29     sparse      0.13  0.12  0.12  0.11  0.11  0.13
-#              blas           -  0.28  0.15  0.15  0.14  0.17
-#     0.49     sparse      0.18  0.17  0.18  0.19  0.18  0.20
-#              blas           -  0.28  0.17  0.17  0.15  0.16
-#     1.00     sparse      0.32  0.30  0.29  0.30  0.29  0.30
-#              blas           -  0.26  0.15  0.16  0.14  0.16
-#
-# So CSR at most 35% non-zeros, and up to 50% for batches of at most 4; denser
-# inputs row by row on the sparse path at batches of 1 and 2 (a GEMM call per
-# example costs more than the whole row), GEMMs above. OpenBLAS's AVX2 kernels
-# are up to twice slower, which moves the crossing to denser inputs: the
-# thresholds hold there too, leaving some speed to the BLAS path.
+# rate of the batch size, plus a GEMM call per batch that dwarfs a row at batches
+# of one or two. So: CSR up to 35% non-zeros, and up to 50% for batches of at
+# most 4; denser inputs row by row on the sparse path at batches of 1 and 2, GEMMs
+# above. The thresholds were set where the two paths cross on MNIST-sized
+# networks with both AVX-512 and AVX2 OpenBLAS kernels (AVX2's slower GEMMs move
+# the crossing to denser inputs, so the thresholds leave some speed to the BLAS
+# path there). `fastmlp info --explain` times both paths on the machine it runs
+# on and shows how far auto's choice is from the fastest at each point.
 SPARSE_DENSITY_MAX = 0.35  # dense inputs with at most this fraction of non-zeros go to CSR
 SMALL_BATCH_MAX = 4  # ... and up to SMALL_BATCH_DENSITY_MAX for batches up to this size
 SMALL_BATCH_DENSITY_MAX = 0.5
