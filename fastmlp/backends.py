@@ -9,6 +9,7 @@ at build time; Numba, an optional extra, not installed) is absent from
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 
 _MODULES = {
     "numpy": "fastmlp._kernels._np",
@@ -38,25 +39,25 @@ def _load(name):
     return _loaded.get(name)
 
 
-def available_backends():
+def available_backends() -> list[str]:
     """Names of the backends that really load on this machine, e.g. ["numpy", "cython", "numba"].
 
     Loads every backend (Numba's included, where installed) to find out."""
     return [name for name in _MODULES if _load(name) is not None]
 
 
-def unavailable_backends():
+def unavailable_backends() -> dict[str, str]:
     """{name: reason} for the backends that failed to load."""
     available_backends()
     return {name: f"{type(exc).__name__}: {exc}" for name, exc in _errors.items()}
 
 
-def install_hint(name):
+def install_hint(name: str) -> str:
     """How to install what backend ``name`` needs, or ""."""
     return f"install it with: {_INSTALL_HINT[name]}" if name in _INSTALL_HINT else ""
 
 
-def resolve(name):
+def resolve(name: str) -> str:
     """The concrete backend name for ``name`` ("auto": the first of ``AUTO`` that loads)."""
     if name not in NAMES:
         raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
@@ -71,6 +72,6 @@ def resolve(name):
     return name
 
 
-def kernels(name):
+def kernels(name: str) -> ModuleType:
     """The primitives module of backend ``name`` (resolving "auto")."""
     return _load(resolve(name))

@@ -115,23 +115,14 @@ def environment(dtype=np.float32):
 
 
 def write_json(path, environment, rows):
-    """Write ``{"environment": ..., "rows": [...]}`` to ``path`` through a temporary
-    file in the same directory, so a failure leaves any previous file as it was."""
+    """Write ``{"environment": ..., "rows": [...]}`` to ``path`` atomically, so a
+    failure leaves any previous file as it was."""
     import json
-    import tempfile
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bench-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"environment": environment, "rows": rows}, fh, indent=1, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from .model import atomic_write
+
+    text = json.dumps({"environment": environment, "rows": rows}, indent=1, default=str)
+    atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def _timed(fn):

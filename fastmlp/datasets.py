@@ -10,9 +10,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
+from ._typing import PathLike
 from ._validation import check_nonnegative_int, check_positive_float, check_positive_int
 
 MNIST_FILES = {
@@ -41,7 +43,7 @@ IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
 
 
-def circles(n=1000, noise=0.1, seed=0):
+def circles(n: int = 1000, noise: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Two concentric circles in 2-D: the practical's first dataset.
 
     Half of the ``n`` points (class 0) lie on the circle of radius 1, half (class 1)
@@ -64,7 +66,7 @@ def circles(n=1000, noise=0.1, seed=0):
     return X, y
 
 
-def read_idx(path, expected_magic=None):
+def read_idx(path: PathLike, expected_magic: int | None = None) -> np.ndarray:
     """Read one IDX file of unsigned bytes (gzip-compressed or not) into an array.
 
     The header is a big-endian magic number (``0x0000 08 ndim``, 2049 for labels,
@@ -112,7 +114,7 @@ def _find(directory, stem):
     return None
 
 
-def default_data_dir():
+def default_data_dir() -> str:
     """Where downloaded datasets are cached.
 
     ``$FASTMLP_DATA_DIR`` if set, else pooch's cache directory for the operating
@@ -163,7 +165,12 @@ class _VerifiedDownload:
             raise ValueError(f"{url}: SHA-256 of the uncompressed data is {digest}, expected {self.sha256}")
 
 
-def download_mnist(directory=None, mirrors=MNIST_MIRRORS, timeout=30.0, progressbar=False):
+def download_mnist(
+    directory: PathLike | None = None,
+    mirrors: Sequence[str] = MNIST_MIRRORS,
+    timeout: float = 30.0,
+    progressbar: bool = False,
+) -> str:
     """Fetch the MNIST files missing from ``directory`` through pooch; return the directory.
 
     Parameters
@@ -217,7 +224,9 @@ def download_mnist(directory=None, mirrors=MNIST_MIRRORS, timeout=30.0, progress
     return directory
 
 
-def load_mnist(path=None, download=True, mirrors=MNIST_MIRRORS, timeout=30.0):
+def load_mnist(
+    path: PathLike | None = None, download: bool = True, mirrors: Sequence[str] = MNIST_MIRRORS, timeout: float = 30.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """MNIST as ``(X_train, y_train, X_test, y_test)``.
 
     Parameters

@@ -18,12 +18,19 @@ import os
 import tempfile
 import threading
 import zipfile
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from . import reference as ref
+from ._typing import Inputs, PathLike
 from ._validation import check_choice, check_dtype, check_nonnegative_int, check_positive_int, check_X
 from ._version import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT_VERSION = 1
 
@@ -51,7 +58,15 @@ class MLP:
     C-contiguous array of the model's dtype after checking its shape.
     """
 
-    def __init__(self, n_in, n_hidden, n_out, dtype=np.float32, init="xavier", seed=0):
+    def __init__(
+        self,
+        n_in: int,
+        n_hidden: int,
+        n_out: int,
+        dtype: npt.DTypeLike = np.float32,
+        init: str = "xavier",
+        seed: int = 0,
+    ) -> None:
         self._n_in = check_positive_int(n_in, "n_in")
         self._n_hidden = check_positive_int(n_hidden, "n_hidden")
         self._n_out = check_positive_int(n_out, "n_out")
@@ -99,11 +114,11 @@ class MLP:
     by = property(lambda self: self._params["by"], lambda self, v: self._set("by", v), doc="Output biases, (n_out,).")
 
     @property
-    def params(self):
+    def params(self) -> dict[str, np.ndarray]:
         """The live parameter arrays, ``{"Wh", "bh", "Wy", "by"}``."""
         return dict(self._params)
 
-    def copy(self):
+    def copy(self) -> MLP:
         """An independent copy of the model."""
         other = object.__new__(MLP)
         other.__setstate__(self.__getstate__())
@@ -124,7 +139,7 @@ class MLP:
 
     # ---- prediction ----
 
-    def logits(self, X):
+    def logits(self, X: Inputs) -> np.ndarray:
         """The logits ``Z = tanh(X Wh^T + bh) Wy^T + by``, (n_samples, n_out)."""
         return self._logits(check_X(X, "X", self._n_in, self._dtype))
 
@@ -136,17 +151,17 @@ class MLP:
             out[rows] = ref.forward(self._params, X[rows]).Z
         return out
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: Inputs) -> np.ndarray:
         """Class probabilities ``softmax(Z)``, (n_samples, n_out)."""
         return ref.softmax(self.logits(X))
 
-    def predict(self, X):
+    def predict(self, X: Inputs) -> np.ndarray:
         """The most probable class of each row (the first on ties), (n_samples,)."""
         return self.logits(X).argmax(axis=1)
 
     # ---- PyTorch (optional: pip install fastmlp[bench] or any torch) ----
 
-    def to_torch(self):
+    def to_torch(self) -> torch.nn.Sequential:
         """``torch.nn.Sequential(Linear(n_in, n_hidden), Tanh(), Linear(n_hidden, n_out))``
         holding copies of these weights, in the model's dtype."""
         import torch
@@ -163,7 +178,7 @@ class MLP:
         return seq
 
     @classmethod
-    def from_torch(cls, seq):
+    def from_torch(cls, seq: torch.nn.Sequential) -> MLP:
         """A model with the weights of ``Sequential(Linear, Tanh, Linear)`` (copied)."""
         import torch
 
@@ -191,7 +206,7 @@ class MLP:
 
     # ---- model files ----
 
-    def save(self, path):
+    def save(self, path: PathLike) -> None:
         """Write the model to ``path`` (.npz, see the module docstring), atomically."""
         atomic_savez(path, **self._file_arrays())
 
@@ -204,7 +219,7 @@ class MLP:
         )
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: PathLike) -> MLP:
         """Read a model written by ``save``; rejects truncated, corrupt or foreign files."""
         return cls._from_arrays(read_npz(path, "model"), os.fspath(path))
 
@@ -243,16 +258,16 @@ class MLP:
         return model
 
 
-def atomic_savez(path, **arrays):
-    """np.savez to ``path`` through a temporary file in the same directory, fsynced
-    and renamed over the target: readers see the old file or the new one, never a
-    partial one, and a failed write leaves the old file as it was."""
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(file)`` on a temporary file in the directory of ``path``, fsync
+    it and rename it over ``path``: readers see the old file or the new one, never
+    a partial one, and a failed write leaves the old file as it was."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastmlp-", suffix=".npz.tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".fastmlp-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -262,6 +277,11 @@ def atomic_savez(path, **arrays):
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_savez(path: PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez`` to ``path`` through :func:`atomic_write`."""
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def read_npz(path, what):

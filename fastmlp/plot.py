@@ -7,6 +7,19 @@ fig = fastmlp.plot.training_figure(model, history, X, y)  # both side by side
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from .model import MLP
+    from .train import History
+
+
 import numpy as np
 
 from ._validation import check_X, check_y
@@ -19,7 +32,7 @@ def _figure(ncols, width=5.0):
     return fig, list(axes[0])
 
 
-def learning_curves(history, axes=None):
+def learning_curves(history: History, axes: Sequence[Axes] | None = None) -> Figure:
     """Loss and accuracy per epoch, training (running) and validation, on two axes."""
     if not history.loss:
         raise ValueError("history has no epochs to plot")
@@ -42,7 +55,9 @@ def learning_curves(history, axes=None):
     return fig
 
 
-def decision_boundary(model, X, y, ax=None, resolution=300):
+def decision_boundary(
+    model: MLP, X: npt.ArrayLike, y: npt.ArrayLike, ax: Axes | None = None, resolution: int = 300
+) -> Figure:
     """The model's predicted class over the plane, with the points (X, y) on top."""
     X = check_X(X, "X", 2, np.float64)
     y = check_y(y, len(X), model.n_out, "y")
@@ -59,7 +74,9 @@ def decision_boundary(model, X, y, ax=None, resolution=300):
     return fig
 
 
-def training_figure(model, history, X=None, y=None):
+def training_figure(
+    model: MLP, history: History, X: npt.ArrayLike | None = None, y: npt.ArrayLike | None = None
+) -> Figure:
     """Learning curves, with the decision boundary beside them for 2-D data."""
     with_boundary = X is not None and np.asarray(X).ndim == 2 and np.asarray(X).shape[1] == 2
     fig, axes = _figure(3 if with_boundary else 2)

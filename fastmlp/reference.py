@@ -19,6 +19,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import numpy.typing as npt
+
+from ._typing import Params
 
 LOSSES = ("ce", "mse")
 INITS = ("xavier", "normal")
@@ -35,7 +38,9 @@ class Outputs(NamedTuple):
     Y_hat: np.ndarray  # (B, n_out) softmax(y~)
 
 
-def init_params(n_in, n_hidden, n_out, init="xavier", dtype=np.float32, seed=0):
+def init_params(
+    n_in: int, n_hidden: int, n_out: int, init: str = "xavier", dtype: npt.DTypeLike = np.float32, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Initial parameters ``{"Wh", "bh", "Wy", "by"}``.
 
     ``init="xavier"``: W ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) (Glorot &
@@ -68,49 +73,51 @@ def init_params(n_in, n_hidden, n_out, init="xavier", dtype=np.float32, seed=0):
     return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
 
 
-def log_softmax(Z):
+def log_softmax(Z: np.ndarray) -> np.ndarray:
     """log softmax(Z) per row, stable: Z - max - log sum exp(Z - max)."""
     Zs = Z - Z.max(axis=1, keepdims=True)
     return Zs - np.log(np.exp(Zs).sum(axis=1, keepdims=True))
 
 
-def softmax(Z):
+def softmax(Z: np.ndarray) -> np.ndarray:
     """softmax(Z)_i = exp(Z_i - max Z) / sum_j exp(Z_j - max Z), per row."""
     E = np.exp(Z - Z.max(axis=1, keepdims=True))
     return E / E.sum(axis=1, keepdims=True)
 
 
-def one_hot(labels, n_out, dtype=np.float64):
+def one_hot(labels: npt.ArrayLike, n_out: int, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
     """(B,) integer labels -> (B, n_out) rows with a single 1."""
     Y = np.zeros((len(labels), n_out), dtype=dtype)
     Y[np.arange(len(labels)), labels] = 1
     return Y
 
 
-def as_labels(y):
+def as_labels(y: npt.ArrayLike) -> np.ndarray:
     """Integer class labels from labels (B,) or one-hot rows (B, n_out)."""
     y = np.asarray(y)
     return y.argmax(axis=1) if y.ndim == 2 else y.astype(np.intp, copy=False)
 
 
-def hidden_layer(X, Wh, bh):
+def hidden_layer(X: np.ndarray, Wh: np.ndarray, bh: np.ndarray) -> np.ndarray:
     """``H = tanh(X Wh^T + bh)``."""
     return np.tanh(X @ Wh.T + bh)
 
 
-def output_layer(H, Wy, by):
+def output_layer(H: np.ndarray, Wy: np.ndarray, by: np.ndarray) -> np.ndarray:
     """Logits ``Z = H Wy^T + by``."""
     return H @ Wy.T + by
 
 
-def forward(params, X):
+def forward(params: Params, X: np.ndarray) -> Outputs:
     """Forward pass: ``H = tanh(X Wh^T + bh)``, ``Z = H Wy^T + by``, ``Y_hat = softmax(Z)``."""
     H = hidden_layer(X, params["Wh"], params["bh"])
     Z = output_layer(H, params["Wy"], params["by"])
     return Outputs(X, H, Z, softmax(Z))
 
 
-def loss_accuracy(y_hat, y, loss="ce", logits=None):
+def loss_accuracy(
+    y_hat: np.ndarray, y: np.ndarray, loss: str = "ce", logits: np.ndarray | None = None
+) -> tuple[float, float]:
     """Mean loss over the batch and the fraction of rows whose argmax is the label.
 
     ce:  mean of -log y^_label, computed as ``logsumexp(Z) - Z_label`` when the
@@ -137,7 +144,7 @@ def loss_accuracy(y_hat, y, loss="ce", logits=None):
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
-def output_delta(y_hat, y, loss="ce"):
+def output_delta(y_hat: np.ndarray, y: np.ndarray, loss: str = "ce") -> np.ndarray:
     """dl/dy~ per example, the error signal that enters the output layer.
 
     ce:  y^ - y.
@@ -153,7 +160,9 @@ def output_delta(y_hat, y, loss="ce"):
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
-def backward(params, outputs, y, loss="ce", weights=None):
+def backward(
+    params: Params, outputs: Outputs, y: np.ndarray, loss: str = "ce", weights: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Gradients of the batch-mean loss, by hand.
 
     ``dZ = dl/dy~ / B``; ``dWy = dZ^T H``, ``dby = sum_rows dZ``;
@@ -175,12 +184,12 @@ def _deltas(params, H, delta, weights):
     return dZ, hidden_delta(params["Wy"], H, dZ)
 
 
-def hidden_delta(Wy, H, dZ):
+def hidden_delta(Wy: np.ndarray, H: np.ndarray, dZ: np.ndarray) -> np.ndarray:
     """``dH~ = (dZ Wy) * (1 - H*H)``: the error at the hidden pre-activations."""
     return (dZ @ Wy) * (1 - H * H)
 
 
-def param_grads(X, H, dZ, dH):
+def param_grads(X: np.ndarray, H: np.ndarray, dZ: np.ndarray, dH: np.ndarray) -> dict[str, np.ndarray]:
     """The outer products ``dWh = dH~^T X``, ``dbh = sum dH~``, ``dWy = dZ^T H``, ``dby = sum dZ``."""
     return {
         "Wh": dH.T @ X,
@@ -190,7 +199,15 @@ def param_grads(X, H, dZ, dH):
     }
 
 
-def sgd_step(params, grads, lr, momentum=0.0, nesterov=False, weight_decay=0.0, velocity=None):
+def sgd_step(
+    params: dict[str, np.ndarray],
+    grads: Params,
+    lr: float,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    velocity: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
     """In place: one step of SGD as ``torch.optim.SGD`` takes it (dampening 0).
 
     ``g = grad + weight_decay * p`` for the weights Wh and Wy (not the biases);
@@ -211,20 +228,20 @@ def sgd_step(params, grads, lr, momentum=0.0, nesterov=False, weight_decay=0.0, 
 
 
 def train_epoch(
-    params,
-    X,
-    labels,
-    perm,
-    batch_size,
-    lr,
-    loss="ce",
-    momentum=0.0,
-    nesterov=False,
-    weight_decay=0.0,
-    velocity=None,
-    weights=None,
-    decay_by_weight_sum=False,
-):
+    params: dict[str, np.ndarray],
+    X: np.ndarray,
+    labels: np.ndarray,
+    perm: np.ndarray,
+    batch_size: int,
+    lr: float,
+    loss: str = "ce",
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    velocity: dict[str, np.ndarray] | None = None,
+    weights: np.ndarray | None = None,
+    decay_by_weight_sum: bool = False,
+) -> tuple[float, float]:
     """One epoch of mini-batch SGD over ``X[perm]``, in place.
 
     Returns ``(loss_sum, correct)``: the loss summed over the examples and the
@@ -259,7 +276,7 @@ def train_epoch(
     return loss_sum, correct
 
 
-def row_losses(outputs, y, loss="ce"):
+def row_losses(outputs: Outputs, y: np.ndarray, loss: str = "ce") -> tuple[np.ndarray, np.ndarray]:
     """(loss of each row, 1.0 where its argmax is the label else 0.0)."""
     labels = as_labels(y)
     rows = np.arange(len(labels))

@@ -17,31 +17,33 @@ from __future__ import annotations
 
 import math
 
+from ._typing import Schedule
+
 NAMES = ("constant", "invscaling", "step", "cosine")
 
 
-def constant(lr):
+def constant(lr: float) -> Schedule:
     """The same rate every epoch."""
     return lambda epoch: lr
 
 
-def invscaling(lr, n_samples, power_t=0.5):
+def invscaling(lr: float, n_samples: int, power_t: float = 0.5) -> Schedule:
     """scikit-learn's "invscaling": ``lr / (samples seen + 1) ** power_t``, per epoch."""
     return lambda epoch: lr / (epoch * n_samples + 1) ** power_t
 
 
-def step(lr, step_size, gamma=0.1):
+def step(lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
     """``lr * gamma ** (epoch // step_size)`` (torch's StepLR)."""
     return lambda epoch: lr * gamma ** (epoch // step_size)
 
 
-def cosine(lr, epochs, min_lr=0.0):
+def cosine(lr: float, epochs: int, min_lr: float = 0.0) -> Schedule:
     """From ``lr`` down to ``min_lr`` along half a cosine over ``epochs`` (torch's
     CosineAnnealingLR with T_max = epochs)."""
     return lambda epoch: min_lr + (lr - min_lr) * (1 + math.cos(math.pi * epoch / max(1, epochs))) / 2
 
 
-def build(schedule, lr, *, epochs, n_samples, power_t=0.5):
+def build(schedule: str | Schedule, lr: float, *, epochs: int, n_samples: int, power_t: float = 0.5) -> Schedule:
     """The callable for ``schedule`` (a name of ``NAMES`` or a callable)."""
     if callable(schedule):
         return schedule

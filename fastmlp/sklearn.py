@@ -24,12 +24,14 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+import numpy.typing as npt
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
+from ._typing import Inputs
 from ._validation import check_X
 from .model import MLP
 from .train import _evaluate, _Training
@@ -240,7 +242,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self._no_improvement_count = 0
         self._best = None
 
-    def fit(self, X, y, sample_weight=None):
+    def fit(self, X: Inputs, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None) -> MLPClassifier:
         """Train for up to ``max_iter`` epochs (from scratch unless ``warm_start``)."""
         n_hidden = self._check_params()
         X, y = self._validate(X, y, reset=True)
@@ -257,7 +259,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self._fit_stochastic(X, self._encode(y), sample_weight, rng, self.max_iter, self.early_stopping)
         return self
 
-    def partial_fit(self, X, y, sample_weight=None, classes=None):
+    def partial_fit(
+        self,
+        X: Inputs,
+        y: npt.ArrayLike,
+        sample_weight: npt.ArrayLike | None = None,
+        classes: npt.ArrayLike | None = None,
+    ) -> MLPClassifier:
         """One epoch over (X, y), continuing from the current parameters and optimizer
         state. ``classes`` (all labels that will ever be seen) is required first."""
         n_hidden = self._check_params()
@@ -396,13 +404,14 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     # ---- fitted attributes in scikit-learn's shapes ----
 
     @property
-    def coefs_(self):
+    def coefs_(self) -> list[np.ndarray]:
         """[Wh.T (n_features, n_hidden), Wy.T (n_hidden, n_classes)], as scikit-learn's."""
         check_is_fitted(self)
         return [self.model_.Wh.T, self.model_.Wy.T]
 
     @property
-    def intercepts_(self):
+    def intercepts_(self) -> list[np.ndarray]:
+        """[bh (n_hidden,), by (n_classes,)], as scikit-learn's."""
         check_is_fitted(self)
         return [self.model_.bh, self.model_.by]
 
@@ -410,19 +419,20 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     out_activation_ = property(lambda self: "softmax")
 
     @property
-    def n_outputs_(self):
+    def n_outputs_(self) -> int:
+        """Number of outputs: one per class."""
         check_is_fitted(self)
         return len(self.classes_)
 
     # ---- prediction ----
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: Inputs) -> np.ndarray:
         """Class probabilities, columns in the order of ``classes_``."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32], accept_sparse=["csr", "csc", "coo"])
         return self.model_.predict_proba(X)
 
-    def predict(self, X):
+    def predict(self, X: Inputs) -> np.ndarray:
         """The most probable class of each sample."""
         check_is_fitted(self)
         return self.classes_[self.predict_proba(X).argmax(axis=1)]

@@ -13,6 +13,17 @@ recorded with its error and the sweep goes on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import pandas
+    from dask import distributed
+    from matplotlib.figure import Figure
+
+
 import itertools
 import time
 
@@ -20,6 +31,7 @@ import numpy as np
 
 from ._kernels.epochs import available_cpus
 from ._progress import Progress
+from ._typing import PathLike, Targets
 from ._validation import check_nonnegative_int, check_positive_int, check_X, check_y
 
 # Grid keys and the defaults of the keys a grid leaves out.
@@ -42,7 +54,7 @@ DEFAULTS = {
 RESULT_COLUMNS = ("loss_final", "accuracy", "val_loss", "val_accuracy", "seconds", "error")
 
 
-def expand_grid(grid, repeats=1, epochs=1):
+def expand_grid(grid: Mapping[str, Any], repeats: int = 1, epochs: int = 1) -> list[dict[str, Any]]:
     """The list of grid points: the cartesian product of ``grid``'s values, times
     ``repeats`` seeds (seed, seed + 1, ...) unless the grid sets "seed" itself."""
     if not isinstance(grid, dict) or not grid:
@@ -66,7 +78,9 @@ def expand_grid(grid, repeats=1, epochs=1):
     return points
 
 
-def run_point(point, X, y, validation_data=None):
+def run_point(
+    point: Mapping[str, Any], X: np.ndarray, y: np.ndarray, validation_data: tuple[np.ndarray, np.ndarray] | None = None
+) -> dict[str, Any]:
     """Train one model for ``point`` and return its record (point + results).
 
     Runs with one BLAS thread. Errors (divergence, bad values) are caught and
@@ -122,8 +136,18 @@ def run_point(point, X, y, validation_data=None):
 
 
 def sweep(
-    X, y, grid, *, validation_data=None, epochs=1, repeats=1, client=None, n_jobs=None, progress=False, as_frame=None
-):
+    X: npt.ArrayLike,
+    y: Targets,
+    grid: Mapping[str, Any],
+    *,
+    validation_data: tuple[npt.ArrayLike, Targets] | None = None,
+    epochs: int = 1,
+    repeats: int = 1,
+    client: distributed.Client | None = None,
+    n_jobs: int | None = None,
+    progress: bool = False,
+    as_frame: bool | None = None,
+) -> pandas.DataFrame | list[dict[str, Any]]:
     """Train one model per grid point (and repeat) and return the table of results.
 
     Parameters
@@ -246,7 +270,7 @@ def _run_dask(client, points, X, y, validation_data, progress):
     return records
 
 
-def plot_sweep(table, path=None):
+def plot_sweep(table: pandas.DataFrame | list[dict[str, Any]], path: PathLike | None = None) -> Figure:
     """Validation accuracy (training accuracy without validation data) against the
     learning rate, one line per other varied setting, mean over seeds with the
     min-max range shaded. Returns the figure; writes it to ``path`` if given."""

@@ -13,14 +13,18 @@ import json
 import numbers
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from . import backends, schedules
 from . import reference as ref
 from ._kernels.epochs import SGD, Diverged, EpochRunner, blas_limits, wants_one_blas_thread
 from ._progress import Progress
+from ._typing import Inputs, PathLike, Schedule, Targets
 from ._validation import (
     check_choice,
     check_class_weight,
@@ -33,6 +37,9 @@ from ._validation import (
     check_X,
     check_y,
 )
+
+if TYPE_CHECKING:
+    from .model import MLP
 
 
 @dataclass
@@ -47,17 +54,18 @@ class History:
     ("sparse", "blas" or "reference") and the threads of the last epoch.
     """
 
-    loss: list = field(default_factory=list)
-    accuracy: list = field(default_factory=list)
-    val_loss: list = field(default_factory=list)
-    val_accuracy: list = field(default_factory=list)
-    seconds: list = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
     backend: str = ""
     path: str = ""
     threads: int = 0
 
     @property
-    def epochs(self):
+    def epochs(self) -> int:
+        """Number of epochs recorded."""
         return len(self.loss)
 
 
@@ -87,7 +95,7 @@ class DivergenceError(FloatingPointError):
     the failing step.
     """
 
-    def __init__(self, epoch, batch, history):
+    def __init__(self, epoch: int, batch: int, history: History) -> None:
         self.epoch, self.batch, self.history = epoch, batch, history
         super().__init__(
             f"training diverged at epoch {epoch}, batch {batch} (0-based): the loss or a parameter became "
@@ -99,30 +107,30 @@ CHECKPOINT_VERSION = 2  # 2: with the momentum buffers and the optimizer setting
 
 
 def train(
-    model,
-    X,
-    y,
-    epochs=1,
-    batch_size=64,
-    lr=0.1,
-    loss="ce",
-    backend="auto",
-    shuffle=True,
-    seed=0,
-    validation_data=None,
-    progress=False,
-    checkpoint=None,
-    checkpoint_every=1,
-    resume=None,
-    n_threads=None,
-    momentum=0.0,
-    nesterov=False,
-    weight_decay=0.0,
-    lr_schedule="constant",
-    power_t=0.5,
-    sample_weight=None,
-    class_weight=None,
-):
+    model: MLP,
+    X: Inputs,
+    y: Targets,
+    epochs: int = 1,
+    batch_size: int = 64,
+    lr: float = 0.1,
+    loss: str = "ce",
+    backend: str = "auto",
+    shuffle: bool = True,
+    seed: int = 0,
+    validation_data: tuple[Inputs, Targets] | None = None,
+    progress: bool = False,
+    checkpoint: PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: PathLike | None = None,
+    n_threads: int | None = None,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    lr_schedule: str | Schedule = "constant",
+    power_t: float = 0.5,
+    sample_weight: npt.ArrayLike | None = None,
+    class_weight: Mapping[int, float] | str | None = None,
+) -> History:
     """Train ``model`` in place by mini-batch SGD and return its ``History``.
 
     Each step applies ``p -= lr * (mean over the batch of dl/dp)`` (with the
@@ -512,7 +520,9 @@ def _evaluate(model, X, labels, loss, weights=None):
     return float(np.dot(weights, row_loss) / total), float(np.dot(weights, row_correct) / total)
 
 
-def evaluate(model, X, y, loss="ce", sample_weight=None):
+def evaluate(
+    model: MLP, X: Inputs, y: Targets, loss: str = "ce", sample_weight: npt.ArrayLike | None = None
+) -> tuple[float, float]:
     """(mean loss, accuracy) of ``model`` on ``X``, ``y`` (labels or one-hot); with
     ``sample_weight``, the weighted mean loss and the weighted fraction correct."""
     model = _check_model(model)

@@ -54,6 +54,7 @@ import importlib.util, os, fastmlp
 print("fastmlp", fastmlp.__version__, "from", os.path.dirname(fastmlp.__file__))
 assert "site-packages" in fastmlp.__file__, fastmlp.__file__
 assert importlib.util.find_spec("numba") is None, "pip install fastmlp must not install numba"
+assert os.path.exists(os.path.join(os.path.dirname(fastmlp.__file__), "py.typed")), "py.typed missing (PEP 561)"
 assert fastmlp.available_backends() == ["numpy", "cython"], fastmlp.backends.unavailable_backends()
 X, y = fastmlp.datasets.circles(1000, seed=0)
 m = fastmlp.MLP(2, 10, 2, seed=0)
