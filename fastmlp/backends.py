@@ -11,6 +11,16 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+__all__ = [
+    "NAMES",
+    "AUTO",
+    "available_backends",
+    "unavailable_backends",
+    "install_hint",
+    "resolve",
+    "kernels",
+]
+
 _MODULES = {
     "numpy": "fastmlp._kernels._np",
     "cython": "fastmlp._kernels._cy",
@@ -42,7 +52,13 @@ def _load(name):
 def available_backends() -> list[str]:
     """Names of the backends that really load on this machine, e.g. ["numpy", "cython", "numba"].
 
-    Loads every backend (Numba's included, where installed) to find out."""
+    Loads every backend (Numba's included, where installed) to find out.
+
+    Examples
+    --------
+    >>> fastmlp.available_backends()[:2]
+    ['numpy', 'cython']
+    """
     return [name for name in _MODULES if _load(name) is not None]
 
 

@@ -29,6 +29,33 @@ from . import backends
 from . import reference as ref
 from ._kernels import epochs
 
+__all__ = [
+    "OPENBLAS_VARS",
+    "PEERS",
+    "EXPLAIN_DENSITIES",
+    "EXPLAIN_BATCHES",
+    "run",
+    "networks",
+    "time_epoch",
+    "row_pass_floor",
+    "explain_paths",
+    "print_explanation",
+    "synthetic_inputs",
+    "environment",
+    "write_json",
+    "cpu_description",
+    "blas_description",
+    "gemm_peak_gflops",
+    "flop_per_example",
+    "gil_release_ratio",
+    "run_in_threads",
+    "numba_first_call_seconds",
+    "torch_available",
+    "sklearn_available",
+    "TorchTrainer",
+    "SklearnTrainer",
+]
+
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
@@ -119,10 +146,10 @@ def write_json(path, environment, rows):
     failure leaves any previous file as it was."""
     import json
 
-    from .model import atomic_write
+    from .model import _atomic_write
 
     text = json.dumps({"environment": environment, "rows": rows}, indent=1, default=str)
-    atomic_write(path, lambda fh: fh.write(text.encode()))
+    _atomic_write(path, lambda fh: fh.write(text.encode()))
 
 
 def _timed(fn):

@@ -15,7 +15,21 @@ from collections.abc import Sequence
 import numpy as np
 
 from ._typing import PathLike
-from ._validation import check_nonnegative_int, check_positive_float, check_positive_int
+from ._validation import check_fraction, check_nonnegative_int, check_positive_float, check_positive_int
+
+__all__ = [
+    "circles",
+    "load_digits",
+    "load_mnist",
+    "download_mnist",
+    "read_idx",
+    "default_data_dir",
+    "MNIST_FILES",
+    "MNIST_SHA256",
+    "MNIST_MIRRORS",
+    "IDX_IMAGES_MAGIC",
+    "IDX_LABELS_MAGIC",
+]
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -50,7 +64,19 @@ def circles(n: int = 1000, noise: float = 0.1, seed: int = 0) -> tuple[np.ndarra
     on the circle of radius 0.5, at uniformly random angles, each radius perturbed
     by Gaussian noise of standard deviation ``noise``.
 
-    Returns ``(X, y)``: X float64 (n, 2), y int64 (n,), in random order.
+    Returns
+    -------
+    X : ndarray of float64, shape (n, 2)
+    y : ndarray of int64, shape (n,)
+        In random order.
+
+    Examples
+    --------
+    >>> X, y = fastmlp.datasets.circles(1000, noise=0.0, seed=0)
+    >>> X.shape, np.bincount(y)
+    ((1000, 2), array([500, 500]))
+    >>> np.allclose(np.hypot(*X[y == 1].T), 0.5)
+    True
     """
     n = check_positive_int(n, "n")
     if not (isinstance(noise, (int, float, np.floating)) and np.isfinite(noise) and noise >= 0):
@@ -64,6 +90,38 @@ def circles(n: int = 1000, noise: float = 0.1, seed: int = 0) -> tuple[np.ndarra
     angle = rng.uniform(0.0, 2 * np.pi, size=n)
     X = np.column_stack([radius * np.cos(angle), radius * np.sin(angle)])
     return X, y
+
+
+def load_digits(test_fraction: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's bundled 8x8 digits, shaped like :func:`load_mnist`'s output.
+
+    1,797 images of 64 pixels, scaled to [0, 1] as float32, split at random
+    (stratified, seeded) into training and test sets: a small offline stand-in for
+    MNIST (needs ``pip install "fastmlp[sklearn]"``).
+
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : ndarray
+        Images float32 (n, 64); labels int64 (n,).
+
+    Examples
+    --------
+    >>> X_train, y_train, X_test, y_test = fastmlp.datasets.load_digits()
+    >>> X_train.shape, X_test.shape, X_train.dtype
+    ((1347, 64), (450, 64), dtype('float32'))
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    test_fraction = check_fraction(test_fraction, "test_fraction")
+    if test_fraction == 0:
+        raise ValueError("test_fraction must be a number in (0, 1), got 0.0")
+    seed = check_nonnegative_int(seed, "seed")
+    digits = sklearn_digits()
+    X = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=test_fraction, random_state=seed, stratify=y)
+    return X_train, y_train, X_test, y_test
 
 
 def read_idx(path: PathLike, expected_magic: int | None = None) -> np.ndarray:

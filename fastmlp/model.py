@@ -32,6 +32,11 @@ from ._version import __version__
 if TYPE_CHECKING:
     import torch
 
+__all__ = [
+    "MLP",
+    "FORMAT_VERSION",
+]
+
 FORMAT_VERSION = 1
 
 # Rows per forward chunk in predict: bounds memory for large inputs.
@@ -56,6 +61,20 @@ class MLP:
     The parameters ``Wh`` (n_hidden, n_in), ``bh`` (n_hidden,), ``Wy`` (n_out, n_hidden)
     and ``by`` (n_out,) are plain NumPy arrays. Assigning one copies the value into a
     C-contiguous array of the model's dtype after checking its shape.
+
+    Examples
+    --------
+    >>> model = fastmlp.MLP(2, 10, 2, seed=0)
+    >>> model
+    MLP(n_in=2, n_hidden=10, n_out=2, dtype=float32)
+    >>> model.Wh.shape, model.Wy.shape
+    ((10, 2), (2, 10))
+    >>> model.predict_proba([[0.0, 0.5]]).sum()
+    np.float32(1.0)
+    >>> model.Wh = np.zeros((3, 2))
+    Traceback (most recent call last):
+    ...
+    ValueError: Wh must have shape (10, 2), got (3, 2)
     """
 
     def __init__(
@@ -208,7 +227,7 @@ class MLP:
 
     def save(self, path: PathLike) -> None:
         """Write the model to ``path`` (.npz, see the module docstring), atomically."""
-        atomic_savez(path, **self._file_arrays())
+        _atomic_savez(path, **self._file_arrays())
 
     def _file_arrays(self):
         return dict(
@@ -221,7 +240,7 @@ class MLP:
     @classmethod
     def load(cls, path: PathLike) -> MLP:
         """Read a model written by ``save``; rejects truncated, corrupt or foreign files."""
-        return cls._from_arrays(read_npz(path, "model"), os.fspath(path))
+        return cls._from_arrays(_read_npz(path, "model"), os.fspath(path))
 
     @classmethod
     def _from_arrays(cls, data, path):
@@ -258,7 +277,7 @@ class MLP:
         return model
 
 
-def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> None:
+def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> None:
     """Call ``write(file)`` on a temporary file in the directory of ``path``, fsync
     it and rename it over ``path``: readers see the old file or the new one, never
     a partial one, and a failed write leaves the old file as it was."""
@@ -279,12 +298,12 @@ def atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> None:
         raise
 
 
-def atomic_savez(path: PathLike, **arrays: np.ndarray) -> None:
-    """``np.savez`` to ``path`` through :func:`atomic_write`."""
-    atomic_write(path, lambda fh: np.savez(fh, **arrays))
+def _atomic_savez(path: PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez`` to ``path`` through :func:`_atomic_write`."""
+    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
-def read_npz(path, what):
+def _read_npz(path, what):
     """All arrays of an .npz file, no pickle; a clear ValueError for anything unreadable."""
     path = os.fspath(path)
     try:

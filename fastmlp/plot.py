@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import numpy.typing as npt
+
+from ._validation import check_X, check_y
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -19,10 +22,11 @@ if TYPE_CHECKING:
     from .model import MLP
     from .train import History
 
-
-import numpy as np
-
-from ._validation import check_X, check_y
+__all__ = [
+    "learning_curves",
+    "decision_boundary",
+    "training_figure",
+]
 
 
 def _figure(ncols, width=5.0):

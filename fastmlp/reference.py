@@ -23,6 +23,30 @@ import numpy.typing as npt
 
 from ._typing import Params
 
+__all__ = [
+    "LOSSES",
+    "INITS",
+    "PARAM_NAMES",
+    "WEIGHT_NAMES",
+    "Outputs",
+    "init_params",
+    "log_softmax",
+    "softmax",
+    "one_hot",
+    "as_labels",
+    "hidden_layer",
+    "output_layer",
+    "forward",
+    "loss_accuracy",
+    "output_delta",
+    "backward",
+    "hidden_delta",
+    "param_grads",
+    "sgd_step",
+    "train_epoch",
+    "row_losses",
+]
+
 LOSSES = ("ce", "mse")
 INITS = ("xavier", "normal")
 PARAM_NAMES = ("Wh", "bh", "Wy", "by")
@@ -109,7 +133,24 @@ def output_layer(H: np.ndarray, Wy: np.ndarray, by: np.ndarray) -> np.ndarray:
 
 
 def forward(params: Params, X: np.ndarray) -> Outputs:
-    """Forward pass: ``H = tanh(X Wh^T + bh)``, ``Z = H Wy^T + by``, ``Y_hat = softmax(Z)``."""
+    """Forward pass: ``H = tanh(X Wh^T + bh)``, ``Z = H Wy^T + by``, ``Y_hat = softmax(Z)``.
+
+    Returns
+    -------
+    Outputs
+        The named tuple ``(X, H, Z, Y_hat)``, what :func:`backward` needs.
+
+    Examples
+    --------
+    >>> from fastmlp import reference as ref
+    >>> params = ref.init_params(2, 3, 2, dtype=np.float64)
+    >>> out = ref.forward(params, np.array([[0.5, -1.0]]))
+    >>> out.H.shape, out.Y_hat.sum()
+    ((1, 3), np.float64(1.0))
+    >>> grads = ref.backward(params, out, np.array([1]))
+    >>> sorted(grads), grads["Wh"].shape
+    (['Wh', 'Wy', 'bh', 'by'], (3, 2))
+    """
     H = hidden_layer(X, params["Wh"], params["bh"])
     Z = output_layer(H, params["Wy"], params["by"])
     return Outputs(X, H, Z, softmax(Z))
@@ -120,10 +161,12 @@ def loss_accuracy(
 ) -> tuple[float, float]:
     """Mean loss over the batch and the fraction of rows whose argmax is the label.
 
-    ce:  mean of -log y^_label, computed as ``logsumexp(Z) - Z_label`` when the
-         logits are given (stable), else from ``y_hat`` clipped at the smallest
-         normal number.
-    mse: mean of ``0.5 * sum_i (y^_i - y_i)^2``.
+    ``"ce"``
+        Mean of ``-log y^_label``, computed as ``logsumexp(Z) - Z_label`` when the
+        logits are given (stable), else from ``y_hat`` clipped at the smallest
+        normal number.
+    ``"mse"``
+        Mean of ``0.5 * sum_i (y^_i - y_i)^2``.
 
     ``y`` is integer labels (B,) or one-hot (B, n_out). Ties in the argmax go to
     the lowest class index, as ``np.argmax`` does.
@@ -147,9 +190,11 @@ def loss_accuracy(
 def output_delta(y_hat: np.ndarray, y: np.ndarray, loss: str = "ce") -> np.ndarray:
     """dl/dy~ per example, the error signal that enters the output layer.
 
-    ce:  y^ - y.
-    mse: J^T (y^ - y) with the softmax Jacobian J = diag(y^) - y^ y^T, which is
-         symmetric, so ``y^ * (g - sum(y^ * g))`` with ``g = y^ - y``.
+    ``"ce"``
+        ``y^ - y``.
+    ``"mse"``
+        ``J^T (y^ - y)`` with the softmax Jacobian ``J = diag(y^) - y^ y^T``, which
+        is symmetric, so ``y^ * (g - sum(y^ * g))`` with ``g = y^ - y``.
     """
     labels = as_labels(y)
     g = y_hat - one_hot(labels, y_hat.shape[1], y_hat.dtype)

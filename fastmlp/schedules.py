@@ -19,6 +19,15 @@ import math
 
 from ._typing import Schedule
 
+__all__ = [
+    "NAMES",
+    "constant",
+    "invscaling",
+    "step",
+    "cosine",
+    "build",
+]
+
 NAMES = ("constant", "invscaling", "step", "cosine")
 
 
@@ -39,7 +48,14 @@ def step(lr: float, step_size: int, gamma: float = 0.1) -> Schedule:
 
 def cosine(lr: float, epochs: int, min_lr: float = 0.0) -> Schedule:
     """From ``lr`` down to ``min_lr`` along half a cosine over ``epochs`` (torch's
-    CosineAnnealingLR with T_max = epochs)."""
+    CosineAnnealingLR with T_max = epochs).
+
+    Examples
+    --------
+    >>> schedule = fastmlp.schedules.cosine(0.1, epochs=4)
+    >>> [round(schedule(epoch), 4) for epoch in range(5)]
+    [0.1, 0.0854, 0.05, 0.0146, 0.0]
+    """
     return lambda epoch: min_lr + (lr - min_lr) * (1 + math.cos(math.pi * epoch / max(1, epochs))) / 2
 
 

@@ -36,6 +36,10 @@ from ._validation import check_X
 from .model import MLP
 from .train import _evaluate, _Training
 
+__all__ = [
+    "MLPClassifier",
+]
+
 
 class MLPClassifier(ClassifierMixin, BaseEstimator):
     """One-hidden-layer tanh network with a softmax output, trained by mini-batch SGD.
@@ -89,6 +93,17 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     classes_, n_features_in_, model_ (fastmlp.MLP), coefs_, intercepts_, n_iter_,
     t_, loss_, loss_curve_, best_loss_, validation_scores_, best_validation_score_,
     n_layers_, n_outputs_, out_activation_
+        As scikit-learn's ``MLPClassifier``; ``model_`` is the trained network.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from fastmlp.sklearn import MLPClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = MLPClassifier(hidden_layer_sizes=(50,), learning_rate_init=0.01, max_iter=20,
+    ...                     random_state=0).fit(X[:1500] / 16, y[:1500])
+    >>> clf.score(X[1500:] / 16, y[1500:]) > 0.85
+    True
     """
 
     def __init__(

@@ -13,26 +13,32 @@ recorded with its error and the sweep goes on.
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import numpy.typing as npt
+
+from ._kernels.epochs import available_cpus
+from ._progress import Progress
+from ._typing import PathLike, Targets
+from ._validation import check_nonnegative_int, check_positive_int, check_X, check_y
 
 if TYPE_CHECKING:
     import pandas
     from dask import distributed
     from matplotlib.figure import Figure
 
-
-import itertools
-import time
-
-import numpy as np
-
-from ._kernels.epochs import available_cpus
-from ._progress import Progress
-from ._typing import PathLike, Targets
-from ._validation import check_nonnegative_int, check_positive_int, check_X, check_y
+__all__ = [
+    "DEFAULTS",
+    "RESULT_COLUMNS",
+    "expand_grid",
+    "run_point",
+    "sweep",
+    "plot_sweep",
+]
 
 # Grid keys and the defaults of the keys a grid leaves out.
 DEFAULTS = {
@@ -56,7 +62,14 @@ RESULT_COLUMNS = ("loss_final", "accuracy", "val_loss", "val_accuracy", "seconds
 
 def expand_grid(grid: Mapping[str, Any], repeats: int = 1, epochs: int = 1) -> list[dict[str, Any]]:
     """The list of grid points: the cartesian product of ``grid``'s values, times
-    ``repeats`` seeds (seed, seed + 1, ...) unless the grid sets "seed" itself."""
+    ``repeats`` seeds (seed, seed + 1, ...) unless the grid sets "seed" itself.
+
+    Examples
+    --------
+    >>> points = fastmlp.sweeps.expand_grid({"lr": [0.1, 0.3], "n_hidden": 8}, repeats=2)
+    >>> [(p["lr"], p["n_hidden"], p["seed"]) for p in points]
+    [(0.1, 8, 0), (0.1, 8, 1), (0.3, 8, 0), (0.3, 8, 1)]
+    """
     if not isinstance(grid, dict) or not grid:
         raise ValueError(f"grid must be a non-empty dict of parameter -> list of values, got {grid!r}")
     unknown = set(grid) - set(DEFAULTS)
@@ -179,9 +192,21 @@ def sweep(
 
     Returns
     -------
-    One record per training, in grid order: the point's parameters and
-    "loss_final", "accuracy" (on the training data), "val_loss", "val_accuracy",
-    "seconds" (training time) and "error" (None, or the error of a failed point).
+    pandas.DataFrame or list of dict
+        One record per training, in grid order: the point's parameters and
+        "loss_final", "accuracy" (on the training data), "val_loss",
+        "val_accuracy", "seconds" (training time) and "error" (None, or the error
+        of a failed point).
+
+    Examples
+    --------
+    >>> X, y = fastmlp.datasets.circles(300, seed=0)
+    >>> table = fastmlp.sweep(X, y, {"lr": [0.1, 1e39], "n_hidden": [4, 8]}, epochs=2, n_jobs=1,
+    ...                       as_frame=False)
+    >>> [(r["lr"], r["n_hidden"], r["error"] is None) for r in table]
+    [(0.1, 4, True), (0.1, 8, True), (1e+39, 4, False), (1e+39, 8, False)]
+    >>> table[2]["error"].split(":")[0]
+    'DivergenceError'
     """
     X = check_X(X, "X", dtype=np.float64 if np.asarray(X).dtype == np.float64 else np.float32)
     y = _check_labels(y, X.shape[0], "y")

@@ -19,19 +19,23 @@ them all::
     backward_update(X, H, dZ, P, lr) -> dH  dH = (dZ Wy) * (1 - H*H) with Wy before the
                                             step, then in place on P: Wy -= lr dZ^T H,
                                             by -= lr sum(dZ), Wh -= lr dH^T X, bh -= lr sum(dH)
-    sparse_epoch(P, rows, labels, order, batch, lr, loss, work, n_threads)
-    blas_epoch(P, X, labels, order, batch, lr, loss, work)
-    reference_epoch(P, X, labels, order, batch, lr, loss)
+    sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_threads)
+    blas_epoch(P, X, labels, weights, order, batch, opt, loss, work, n_threads)
+    reference_epoch(P, X, labels, weights, order, batch, opt, loss, velocity)
                                             -> (loss_sum, n_correct): mini-batch SGD
                                             over the batches of the rows `order`, in
-                                            place on P; the last batch averages over its
+                                            place on P (and its velocities), with the
+                                            step ``opt`` (epochs.SGD: lr, momentum,
+                                            decay, nesterov) and the sample weights
+                                            (or None); the last batch averages over its
                                             own size (each backend has the epochs of its
                                             PATHS)
     dense_to_csr(X) -> (data, indices, indptr)
     max_threads() -> int                    the threads OpenMP would use here now
 
 ``P`` is the parameter block in the layout of the path (``epochs.SparseNet`` for
-the sparse path, ``epochs.Params`` for the others), ``rows`` the sparse path's
+the sparse path, ``epochs.BlasNet`` for the BLAS path, ``epochs.Params`` for the
+reference), ``rows`` the sparse path's
 examples (``epochs.Rows``: CSR or dense rows), ``work`` the path's workspace
 (``epochs.SparseWork``, ``epochs.BlasWork``), ``loss`` a code of
 ``epochs.LOSS_CODES`` (any other code raises ValueError).
