@@ -37,6 +37,9 @@ if grep -q '_cy\.c$' "$work/sdist.txt"; then
     exit 1
 fi
 grep -q '_kernels/_cy\.pyx$' "$work/sdist.txt"
+for header in $(cd "$root" && ls fastmlp/_kernels/*.h); do  # every header the C includes
+    grep -q "$header\$" "$work/sdist.txt" || { echo "the sdist lacks $header" >&2; exit 1; }
+done
 
 echo "== auditwheel"
 "$work/tools/bin/auditwheel" show "$work"/dist/fastmlp-*.whl

@@ -426,6 +426,14 @@ def _sgd_row(P, V, r, c, G, gr, n, lr, mu, decay, nesterov):
 
 
 @_jit
+def _sgd_vector(p, v, c, g, n, lr, mu, decay, nesterov):
+    """p[c : c + n] -= lr * step from the gradient g[:n], for a 1-D p (a bias)."""
+    P = p.reshape((1, p.size))
+    V = v.reshape((1, v.size)) if mu != 0 else P
+    _sgd_row(P, V, 0, c, g.reshape((1, g.size)), 0, n, lr, mu, decay, nesterov)
+
+
+@_jit
 def _batch_weight(weights, has_weights, order, start, B):
     if not has_weights:
         return float(B)
@@ -435,42 +443,12 @@ def _batch_weight(weights, has_weights, order, start, B):
     return total
 
 
+# fmt: off
 @_jit
-def _sparse_step(
-    t,
-    nt,
-    WhT,
-    bh,
-    Wy,
-    by,
-    VWhT,
-    Vbh,
-    VWy,
-    Vby,
-    slice_group,
-    group_line,
-    data,
-    indices,
-    indptr,
-    dense,
-    labels,
-    weights,
-    has_weights,
-    order,
-    start,
-    B,
-    lr,
-    mu,
-    decay,
-    nesterov,
-    loss,
-    H,
-    dH,
-    Pb,
-    dZ,
-    gWy,
-    gbh,
-):
+def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
+                 dense, labels, weights, has_weights, order, start, B, lr, mu, decay, nesterov, loss, H, dH, Pb, dZ,
+                 gWy, gbh):
+    # fmt: on
     """dl/dz of the batch (the same in every thread), then dh~ and the updates of
     thread t's slices (_sparse_impl.h fm_sparse_dz and fm_sparse_step)."""
     n_slices, n_in, stride = WhT.shape
@@ -568,45 +546,12 @@ def _sparse_step(
     return loss_sum, correct
 
 
+# fmt: off
 @_jit
-def _sparse_thread(
-    t,
-    nt,
-    WhT,
-    bh,
-    Wy,
-    by,
-    VWhT,
-    Vbh,
-    VWy,
-    Vby,
-    slice_group,
-    group_line,
-    data,
-    indices,
-    indptr,
-    dense,
-    labels,
-    weights,
-    has_weights,
-    order,
-    batch,
-    lr,
-    mu,
-    decay,
-    nesterov,
-    decay_by_weight_sum,
-    loss,
-    H,
-    dH,
-    P,
-    dZ,
-    gWy,
-    gbh,
-    row_loss,
-    row_correct,
-    sync,
-):
+def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
+                   dense, labels, weights, has_weights, order, batch, lr, mu, decay, nesterov, decay_by_weight_sum,
+                   loss, H, dH, P, dZ, gWy, gbh, row_loss, row_correct, sync):
+    # fmt: on
     """Thread t's share of an epoch (_sparse_impl.h fm_sparse_thread; dl/dz is
     computed by every thread, not shared out)."""
     n_slices, n_in, stride = WhT.shape
@@ -644,41 +589,11 @@ def _sparse_thread(
             if decay_by_weight_sum:
                 ws = _batch_weight(weights, has_weights, order, start, B)
                 d = WhT.dtype.type(decay / ws) if ws > 0 else WhT.dtype.type(0)
-            ls, nc = _sparse_step(
-                t,
-                nt,
-                WhT,
-                bh,
-                Wy,
-                by,
-                VWhT,
-                Vbh,
-                VWy,
-                Vby,
-                slice_group,
-                group_line,
-                data,
-                indices,
-                indptr,
-                dense,
-                labels,
-                weights,
-                has_weights,
-                order,
-                start,
-                B,
-                lr,
-                mu,
-                d,
-                nesterov,
-                loss,
-                H,
-                dH,
-                Pb,
-                dZ,
-                gWy,
-                gbh,
-            )
+            # fmt: off
+            ls, nc = _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data,
+                                  indices, indptr, dense, labels, weights, has_weights, order, start, B, lr, mu, d,
+                                  nesterov, loss, H, dH, Pb, dZ, gWy, gbh)
+            # fmt: on
             loss_sum += ls
             correct += nc
         parity ^= 1
@@ -714,41 +629,12 @@ def _step_backward(Xb, Hb, dZb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_rea
             bh[j] -= lr * dHb[r, j]
 
 
+# fmt: off
 @_jit
-def _blas_epoch(
-    Wh,
-    bh,
-    Wy,
-    by,
-    VWh,
-    Vbh,
-    VWy,
-    Vby,
-    block_unit,
-    X,
-    labels,
-    weights,
-    has_weights,
-    perm,
-    batch,
-    lr,
-    mu,
-    decay,
-    nesterov,
-    decay_by_weight_sum,
-    loss,
-    Xbuf,
-    H,
-    dH,
-    Zp,
-    dZ,
-    GWh,
-    GWy,
-    gb,
-    ws_int,
-    ws_char,
-    ws_real,
-):
+def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weights, has_weights, perm, batch, lr,
+                mu, decay, nesterov, decay_by_weight_sum, loss, Xbuf, H, dH, Zp, dZ, GWh, GWy, gb, ws_int, ws_char,
+                ws_real):
+    # fmt: on
     """The BLAS epoch of _blas_impl.h on one thread: the same blocks of hidden units
     (one GEMM each per step), their partial logits added in block order."""
     _check_loss(loss)
@@ -825,19 +711,7 @@ def _blas_epoch(
             for r in range(B):
                 for c in range(w):
                     gb[c] += dHj[r, c]
-            _sgd_row(
-                bh.reshape((1, nh)),
-                Vbh.reshape((1, nh)) if mu != 0 else bh.reshape((1, nh)),
-                0,
-                u0,
-                gb.reshape((1, gb.size)),
-                0,
-                w,
-                lr,
-                mu,
-                zero,
-                nesterov,
-            )
+            _sgd_vector(bh, Vbh, u0, gb, w, lr, mu, zero, nesterov)
             _gemm(True, False, w, n_in, B, t(1), dHj, w, Xb, n_in, t(0), GWh[u0:], n_in, ws_int, ws_char, ws_real)
             for c in range(w):
                 _sgd_row(Wh, VWh if mu != 0 else Wh, u0 + c, 0, GWh, u0 + c, n_in, lr, mu, d, nesterov)
@@ -851,19 +725,7 @@ def _blas_epoch(
             for b in range(B):
                 for o in range(nout):
                     gb[o] += dZ[b, o]
-            _sgd_row(
-                by.reshape((1, nout)),
-                Vby.reshape((1, nout)) if mu != 0 else by.reshape((1, nout)),
-                0,
-                0,
-                gb.reshape((1, gb.size)),
-                0,
-                nout,
-                lr,
-                mu,
-                zero,
-                nesterov,
-            )
+            _sgd_vector(by, Vby, 0, gb, nout, lr, mu, zero, nesterov)
         start += B
     return loss_sum, correct
 

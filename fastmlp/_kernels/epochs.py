@@ -646,18 +646,8 @@ class EpochRunner:
             raise ValueError("a step with momentum needs the runner's velocity buffers")
         if self.path == "sparse":
             order = np.ascontiguousarray(order, dtype=np.intp)
-            return self.kernels.sparse_epoch(
-                self.block,
-                self.rows,
-                self.labels,
-                self.weights,
-                order,
-                self.batch_size,
-                opt,
-                self.loss,
-                self.work,
-                self.threads,
-            )
+            args = (self.labels, self.weights, order, self.batch_size, opt, self.loss, self.work, self.threads)
+            return self.kernels.sparse_epoch(self.block, self.rows, *args)
         if self.path == "reference":
             return self.kernels.reference_epoch(
                 self.block, self.X, self.labels, self.weights, order, self.batch_size, opt, self.loss, self.velocity
@@ -673,18 +663,8 @@ class EpochRunner:
                 gathered=not in_order or self.work.Xb.shape[1] > 0,
                 gradients=gradients or self.work.GWh.size > 0,
             )
-        return self.kernels.blas_epoch(
-            self.block,
-            self.X,
-            self.labels,
-            self.weights,
-            order,
-            self.batch_size,
-            opt,
-            self.loss,
-            self.work,
-            self.threads,
-        )
+        args = (self.labels, self.weights, order, self.batch_size, opt, self.loss, self.work, self.threads)
+        return self.kernels.blas_epoch(self.block, self.X, *args)
 
     # -- a whole epoch, in chunks --
 
@@ -764,34 +744,12 @@ class EpochRunner:
         raise Diverged(start // self.batch_size)  # not reproduced: report the chunk's start
 
 
-def train_epoch(
-    kernels,
-    X,
-    labels,
-    perm,
-    params,
-    opt,
-    batch_size,
-    loss="ce",
-    path="auto",
-    n_threads=None,
-    weights=None,
-    velocity=None,
-):
+def train_epoch(kernels, X, labels, perm, params, opt, batch_size, loss="ce", path="auto", **options):
     """One epoch over ``X[perm]`` with backend module ``kernels``, updating the
     arrays of ``params`` (and ``velocity``) in place; ``opt`` an ``SGD`` or a learning
-    rate; returns (loss_sum, correct). Raises ``Diverged`` as ``EpochRunner.epoch``
-    does. For tests and benchmarks; training runs keep one ``EpochRunner``."""
-    runner = EpochRunner(
-        kernels,
-        params,
-        X,
-        labels,
-        batch_size=batch_size,
-        loss=loss,
-        path=path,
-        n_threads=n_threads,
-        weights=weights,
-        velocity=velocity,
-    )
+    rate; ``options`` the other keywords of ``EpochRunner`` (``n_threads``,
+    ``weights``, ``velocity``); returns (loss_sum, correct). Raises ``Diverged`` as
+    ``EpochRunner.epoch`` does. For tests and benchmarks; training runs keep one
+    ``EpochRunner``."""
+    runner = EpochRunner(kernels, params, X, labels, batch_size=batch_size, loss=loss, path=path, **options)
     return runner.epoch(perm, opt)
