@@ -48,7 +48,7 @@ QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 "$work/test-aarch64"
 echo "== the Python package built with CC=clang, its kernel tests"
 "$PY" -m venv "$work/venv"
 CC=clang "$work/venv/bin/pip" install -q "$root[test]"
-so=$("$work/venv/bin/python" -c "import fastmlp._kernels._cy as m; print(m.__file__)")
+so=$(cd "$work" && "$work/venv/bin/python" -c "import fastmlp._kernels._cy as m; print(m.__file__)")
 readelf -p .comment "$so" | grep -q clang || { echo "$so was not compiled by clang" >&2; exit 1; }
 (cd "$work" && "$work/venv/bin/python" -m pytest "$root/tests/test_kernels.py" --import-mode=importlib \
     -p no:cacheprovider -q)
