@@ -12,11 +12,15 @@ class Progress:
     """``with Progress(total, unit) as bar: ... bar.update(loss="0.12")``.
 
     ``initial`` counts steps already done (a resumed training). Each ``update``
-    advances one step and shows the given statistics beside the bar.
+    advances one step and shows the given statistics beside the bar. With
+    ``enabled=False`` it shows nothing, so callers need no separate code path.
     """
 
-    def __init__(self, total: int, unit: str, initial: int = 0):
-        self.total, self.unit, self.n = total, unit, initial
+    def __init__(self, total: int, unit: str, initial: int = 0, enabled: bool = True):
+        self.total, self.unit, self.n, self.enabled = total, unit, initial, enabled
+        self.bar = None
+        if not enabled:
+            return
         try:
             from tqdm.auto import tqdm
         except ImportError:
@@ -25,6 +29,8 @@ class Progress:
             self.bar = tqdm(total=total, initial=initial, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
     def update(self, **stats: str) -> None:
+        if not self.enabled:
+            return
         self.n += 1
         if self.bar is not None:
             if stats:

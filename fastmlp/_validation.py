@@ -38,36 +38,32 @@ def check_nonnegative_int(value, name):
     return int(value)
 
 
+def is_finite_real(value):
+    """A finite real number (Python or NumPy), not a bool."""
+    return not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real) and bool(np.isfinite(value))
+
+
+def check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_positive_float(value, name):
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, numbers.Real)
-        or not np.isfinite(value)
-        or value <= 0
-    ):
+    if not is_finite_real(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {_describe(value)}")
     return float(value)
 
 
 def check_nonnegative_float(value, name):
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, numbers.Real)
-        or not np.isfinite(value)
-        or value < 0
-    ):
+    if not is_finite_real(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative finite number, got {_describe(value)}")
     return float(value)
 
 
 def check_fraction(value, name):
     """A number in [0, 1)."""
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, numbers.Real)
-        or not np.isfinite(value)
-        or not 0 <= value < 1
-    ):
+    if not is_finite_real(value) or not 0 <= value < 1:
         raise ValueError(f"{name} must be a number in [0, 1), got {_describe(value)}")
     return float(value)
 

@@ -26,6 +26,7 @@ __all__ = [
     "step",
     "cosine",
     "build",
+    "check",
 ]
 
 NAMES = ("constant", "invscaling", "step", "cosine")
@@ -59,9 +60,16 @@ def cosine(lr: float, epochs: int, min_lr: float = 0.0) -> Schedule:
     return lambda epoch: min_lr + (lr - min_lr) * (1 + math.cos(math.pi * epoch / max(1, epochs))) / 2
 
 
+def check(schedule: str | Schedule) -> str | Schedule:
+    """``schedule`` itself if it is a name of ``NAMES`` or a callable, else a ValueError."""
+    if callable(schedule) or (isinstance(schedule, str) and schedule in NAMES):
+        return schedule
+    raise ValueError(f"lr_schedule must be one of {NAMES} or a callable epoch -> lr, got {schedule!r}")
+
+
 def build(schedule: str | Schedule, lr: float, *, epochs: int, n_samples: int, power_t: float = 0.5) -> Schedule:
     """The callable for ``schedule`` (a name of ``NAMES`` or a callable)."""
-    if callable(schedule):
+    if callable(check(schedule)):
         return schedule
     if schedule == "constant":
         return constant(lr)
@@ -69,6 +77,4 @@ def build(schedule: str | Schedule, lr: float, *, epochs: int, n_samples: int, p
         return invscaling(lr, n_samples, power_t)
     if schedule == "step":
         return step(lr, max(1, epochs // 3))
-    if schedule == "cosine":
-        return cosine(lr, epochs)
-    raise ValueError(f"lr_schedule must be one of {NAMES} or a callable epoch -> lr, got {schedule!r}")
+    return cosine(lr, epochs)

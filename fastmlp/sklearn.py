@@ -32,7 +32,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
 from ._typing import Inputs
-from ._validation import check_X
+from ._validation import check_nonnegative_float, check_positive_int, check_X
 from .model import MLP
 from .train import _evaluate, _Training
 
@@ -170,8 +170,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"fastmlp trains one hidden layer; hidden_layer_sizes={self.hidden_layer_sizes!r} has {len(sizes)}"
             )
-        if isinstance(sizes[0], (bool, np.bool_)) or not isinstance(sizes[0], numbers.Integral) or sizes[0] < 1:
-            raise ValueError(f"hidden_layer_sizes must hold a positive integer, got {self.hidden_layer_sizes!r}")
+        n_hidden = check_positive_int(sizes[0], "hidden_layer_sizes[0]")
         if self.activation != "tanh":
             raise ValueError(f'activation must be "tanh" (fastmlp trains a tanh hidden layer), got {self.activation!r}')
         if self.solver != "sgd":
@@ -180,16 +179,12 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f'learning_rate must be "constant", "invscaling" or "adaptive", got {self.learning_rate!r}'
             )
-        for name, low in (("alpha", 0.0), ("tol", 0.0), ("power_t", 0.0)):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not np.isfinite(value) or value < low:
-                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        for name in ("alpha", "tol", "power_t"):
+            check_nonnegative_float(getattr(self, name), name)
         if not isinstance(self.learning_rate_init, numbers.Real) or not self.learning_rate_init > 0:
             raise ValueError(f"learning_rate_init must be a positive number, got {self.learning_rate_init!r}")
         for name in ("max_iter", "n_iter_no_change", "max_fun"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(getattr(self, name), name)
         if not isinstance(self.momentum, numbers.Real) or not 0 <= self.momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum!r}")
         if not isinstance(self.validation_fraction, numbers.Real) or not 0 < self.validation_fraction < 1:
@@ -200,7 +195,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             or self.batch_size < 1
         ):
             raise ValueError(f'batch_size must be a positive integer or "auto", got {self.batch_size!r}')
-        return int(sizes[0])
+        return n_hidden
 
     # ---- fitting ----
 

@@ -244,8 +244,7 @@ def _check_labels(y, n_samples, name):
 
 
 def _run_local(points, X, y, validation_data, n_jobs, progress):
-    bar = Progress(len(points), "model") if progress else None
-    try:
+    with Progress(len(points), "model", enabled=progress) as bar:
         if n_jobs == 1:
             results = (run_point(point, X, y, validation_data) for point in points)
         else:
@@ -263,12 +262,8 @@ def _run_local(points, X, y, validation_data, n_jobs, progress):
         records = []
         for record in results:
             records.append(record)
-            if bar is not None:
-                bar.update()
+            bar.update()
         return records
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def _run_dask(client, points, X, y, validation_data, progress):
@@ -283,15 +278,10 @@ def _run_dask(client, points, X, y, validation_data, progress):
     futures = [client.submit(run_point, p, X_f, y_f, val_f, pure=False) for p in points]
     index = {f.key: i for i, f in enumerate(futures)}
     records = [None] * len(points)
-    bar = Progress(len(points), "model") if progress else None
-    try:
+    with Progress(len(points), "model", enabled=progress) as bar:
         for future in as_completed(futures):
             records[index[future.key]] = future.result()
-            if bar is not None:
-                bar.update()
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update()
     return records
 
 

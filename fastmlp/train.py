@@ -8,9 +8,7 @@ compiled primitives.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import numbers
 import os
 import time
 from collections.abc import Mapping
@@ -26,6 +24,7 @@ from ._kernels.epochs import SGD, Diverged, EpochRunner, blas_limits, wants_one_
 from ._progress import Progress
 from ._typing import Inputs, PathLike, Schedule, Targets
 from ._validation import (
+    check_bool,
     check_choice,
     check_class_weight,
     check_fraction,
@@ -36,6 +35,7 @@ from ._validation import (
     check_sample_weight,
     check_X,
     check_y,
+    is_finite_real,
 )
 
 if TYPE_CHECKING:
@@ -129,6 +129,8 @@ class DivergenceError(FloatingPointError):
 
 
 CHECKPOINT_VERSION = 2  # 2: with the momentum buffers and the optimizer settings
+# The per-epoch lists of a History, as a checkpoint stores them.
+_HISTORY_SERIES = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 
 def train(
@@ -267,8 +269,7 @@ def train(
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     if checkpoint is not None:
         _check_writable_dir(checkpoint, "checkpoint")
-    if not isinstance(progress, (bool, np.bool_)):
-        raise TypeError(f"progress must be True or False, got {progress!r}")
+    check_bool(progress, "progress")
     training = _Training(
         model,
         X,
@@ -288,7 +289,7 @@ def train(
         class_weight=class_weight,
     )
     schedule = schedules.build(
-        _check_schedule(lr_schedule), lr, epochs=epochs, n_samples=training.n, power_t=_check_power_t(power_t)
+        lr_schedule, lr, epochs=epochs, n_samples=training.n, power_t=check_nonnegative_float(power_t, "power_t")
     )
     settings = dict(
         training.settings,
@@ -301,13 +302,12 @@ def train(
     if first < epochs:
         _check_lr_at(schedule, first)  # before any work
     with training:
-        bar = Progress(epochs, "epoch", initial=first) if progress else None
-        with bar or contextlib.nullcontext():
+        with Progress(epochs, "epoch", initial=first, enabled=progress) as bar:
             for epoch in range(first, epochs):
                 training.run_epoch(_check_lr_at(schedule, epoch))
                 if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
                     _write_checkpoint(checkpoint, training, settings)
-                if bar is not None:
+                if bar.enabled:  # the statistics are formatted only for a visible bar
                     bar.update(**_epoch_stats(training.history, training.n))
     return training.history
 
@@ -320,32 +320,10 @@ def _epoch_stats(history, n):
     return stats
 
 
-def _check_schedule(schedule):
-    if callable(schedule) or schedule in schedules.NAMES:
-        return schedule
-    raise ValueError(f"lr_schedule must be one of {schedules.NAMES} or a callable epoch -> lr, got {schedule!r}")
-
-
-def _check_power_t(power_t):
-    if (
-        isinstance(power_t, (bool, np.bool_))
-        or not isinstance(power_t, numbers.Real)
-        or not np.isfinite(power_t)
-        or power_t < 0
-    ):
-        raise ValueError(f"power_t must be a non-negative number, got {power_t!r}")
-    return float(power_t)
-
-
 def _check_lr_at(schedule, epoch):
     """The schedule's learning rate for ``epoch``, which must be positive and finite."""
     value = schedule(epoch)
-    if (
-        isinstance(value, (bool, np.bool_))
-        or not isinstance(value, numbers.Real)
-        or not np.isfinite(value)
-        or value <= 0
-    ):
+    if not is_finite_real(value) or value <= 0:
         raise ValueError(
             f"lr_schedule returned {value!r} for epoch {epoch}; a learning rate must be a positive finite number"
         )
@@ -391,12 +369,10 @@ class _Training:
         check_nonnegative_int(seed, "seed")
         if n_threads is not None:
             n_threads = check_positive_int(n_threads, "n_threads")
-        if not isinstance(shuffle, (bool, np.bool_)):
-            raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
+        shuffle = check_bool(shuffle, "shuffle")
         momentum = check_fraction(momentum, "momentum")
         weight_decay = check_nonnegative_float(weight_decay, "weight_decay")
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
+        nesterov = check_bool(nesterov, "nesterov")
         if nesterov and momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0 (Nesterov momentum without momentum is plain SGD)")
         self.X = check_X(X, "X", model.n_in, model.dtype)
@@ -519,10 +495,7 @@ def _write_checkpoint(path, training, settings):
         epochs_done=np.int64(training.epoch),
         rng_state=np.str_(json.dumps(training.rng.bit_generator.state)),
         settings=np.str_(json.dumps(settings)),
-        **{
-            f"history_{k}": np.asarray(getattr(training.history, k), dtype=np.float64)
-            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
-        },
+        **{f"history_{k}": np.asarray(getattr(training.history, k), dtype=np.float64) for k in _HISTORY_SERIES},
         **({f"velocity_{k}": v for k, v in training.velocity.items()} if training.velocity is not None else {}),
     )
     _atomic_savez(path, **arrays)
@@ -554,7 +527,7 @@ def _read_checkpoint(path, model, settings):
         rng=json.loads(str(data["rng_state"])),
         params=saved.params,
         velocity={k: data[f"velocity_{k}"] for k in ref.PARAM_NAMES if f"velocity_{k}" in data},
-        history={k: data[f"history_{k}"].tolist() for k in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")},
+        history={k: data[f"history_{k}"].tolist() for k in _HISTORY_SERIES},
     )
 
 

@@ -236,7 +236,7 @@ BAD = [
     (dict(class_weight="even"), ValueError, 'class_weight must be a dict {class: weight} or "balanced"'),
     (dict(lr_schedule=lambda e: 0.0), ValueError, "lr_schedule returned 0.0 for epoch 0"),
     (dict(lr_schedule="linear"), ValueError, "lr_schedule must be one of"),
-    (dict(power_t=-1), ValueError, "power_t must be a non-negative number"),
+    (dict(power_t=-1), ValueError, "power_t must be a non-negative finite number"),
 ]
 
 
