@@ -242,3 +242,105 @@ def test_an_unknown_loss_code_raises_in_every_primitive(backend, path):
         np.testing.assert_array_equal(p[k], before[k])
     with pytest.raises(ValueError, match="loss must be one of"):
         epochs.loss_code("hinge")
+
+
+# ---- large batches on the sparse path, taken in chunks with their gradient summed ----
+
+
+def _chunking_kernels(monkeypatch, chunk):
+    """The Cython kernels with chunks of ``chunk`` examples (small, so that small
+    problems exercise every chunk boundary)."""
+    if "cython" not in BACKENDS:
+        pytest.skip("the Cython backend is not built")
+    kern = backends.kernels("cython")
+    assert kern.SPARSE_CHUNK_ROWS > 0
+    monkeypatch.setattr(kern, "SPARSE_CHUNK_ROWS", chunk)
+    return kern
+
+
+@pytest.mark.parametrize("inputs", ["dense", "csr"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "momentum,nesterov,decay,weighted", [(0.0, False, 0.0, False), (0.9, True, 1e-2, True), (0.5, False, 0.1, False)]
+)
+@pytest.mark.parametrize("chunk,batch", [(1, 40), (7, 40), (7, 100), (64, 100)])
+def test_chunked_batches_match_the_reference(
+    monkeypatch, inputs, loss, dtype, momentum, nesterov, decay, weighted, chunk, batch
+):
+    import scipy.sparse as sp
+
+    kern = _chunking_kernels(monkeypatch, chunk)
+    X, y, p = random_problem(100, 13, 40, 4, dtype, seed=3, sparse=True)
+    w = np.random.default_rng(1).random(100).astype(dtype) * 2 if weighted else None
+    expected = {k: v.copy() for k, v in p.items()}
+    ve = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(a) for k, a in p.items()} if momentum else None
+    runner = epochs.EpochRunner(
+        kern,
+        p,
+        sp.csr_matrix(X) if inputs == "csr" else X,
+        y,
+        batch_size=batch,
+        path="sparse",
+        n_threads=2,
+        loss=loss,
+        weights=w,
+        velocity=v,
+    )
+    assert runner.work.G.size > 0 and runner.work.H.shape[1] == min(chunk, batch)
+    opt = epochs.SGD(0.05, momentum, decay, nesterov, weighted)
+    perm = np.random.default_rng(2).permutation(100)
+    for _ in range(2):
+        r_loss, r_correct = ref.train_epoch(
+            expected,
+            X,
+            y,
+            perm,
+            batch,
+            0.05,
+            loss,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=decay,
+            velocity=ve,
+            weights=w,
+            decay_by_weight_sum=weighted,
+        )
+        k_loss, k_correct = runner.epoch(perm, opt)
+    np.testing.assert_allclose(k_correct, r_correct, rtol=1e-6)  # weighted counts with weights
+    np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
+    for k in ref.PARAM_NAMES:
+        np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
+        if momentum:
+            np.testing.assert_allclose(v[k], ve[k], **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunked_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dtype):
+    kern = _chunking_kernels(monkeypatch, 9)
+    X, y, p0 = random_problem(200, 30, 150, 3, dtype, seed=8, sparse=True)  # 150 units: several groups
+    results = []
+    for n_threads in (1, 2, 3):
+        p = {k: v.copy() for k, v in p0.items()}
+        runner = epochs.EpochRunner(kern, p, X, y, batch_size=64, path="sparse", n_threads=n_threads)
+        assert runner.work.G.size > 0
+        loss = runner.epoch(np.random.default_rng(0).permutation(200), 0.1)
+        results.append((p, loss))
+    for p, loss in results[1:]:
+        assert loss == results[0][1]
+        for k in ref.PARAM_NAMES:
+            np.testing.assert_array_equal(p[k], results[0][0][k])
+
+
+def test_batches_are_taken_whole_where_a_gradient_buffer_would_outgrow_them():
+    """Chunks need a buffer the size of WhT: only where the inputs are no more than
+    the batch's examples (wide sparse inputs keep whole batches)."""
+    net = epochs.sparse_net(5000, 100, 10, np.float32, 2)
+    assert epochs.sparse_work(net, 1024, 256).G.size == 0  # 5000 inputs > 1024 examples
+    assert epochs.sparse_work(net, 1024, 256).H.shape[1] == 1024
+    net = epochs.sparse_net(784, 100, 10, np.float32, 2)
+    work = epochs.sparse_work(net, 60000, 256)
+    assert work.H.shape[1] == 256 and work.G.shape == net.WhT.shape
+    assert epochs.sparse_work(net, 256, 256).G.size == 0  # a batch that fits a chunk
+    assert epochs.sparse_work(net, 60000, 0).H.shape[1] == 60000  # backends without chunks

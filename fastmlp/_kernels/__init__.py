@@ -9,6 +9,8 @@ them all::
 
     PATHS                                   the epoch paths it implements
     THREADED_PATHS                          those of them that run on several threads
+    SPARSE_CHUNK_ROWS                       examples per chunk of a large batch on the
+                                            sparse path (0: batches are taken whole)
 
     tanh(x) -> y                            the tanh the kernels use, 1-D
     forward_hidden(X, Wh, bh) -> H          H = tanh(X Wh^T + bh)

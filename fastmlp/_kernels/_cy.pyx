@@ -74,9 +74,12 @@ cdef extern from "_fused.h" nogil:
         float *dZ
         float *gWy
         float *gbh
+        float *gby
+        float *G
         double *row_loss
         double *row_correct
         int32_t *sync
+        Py_ssize_t rows
     ctypedef struct fm_batches_f:
         const float *X
         const intptr_t *labels
@@ -150,9 +153,12 @@ cdef extern from "_fused.h" nogil:
         double *dZ
         double *gWy
         double *gbh
+        double *gby
+        double *G
         double *row_loss
         double *row_correct
         int32_t *sync
+        Py_ssize_t rows
     ctypedef struct fm_batches_d:
         const double *X
         const intptr_t *labels
@@ -197,6 +203,9 @@ cdef extern from "_fused.h" nogil:
                        int32_t *indices, double *data)
 PATHS = ("sparse", "blas")
 THREADED_PATHS = ("sparse", "blas")
+# A larger batch on the sparse path is taken this many examples at a time, its
+# gradient summed (epochs.sparse_work says when): its activations stay in cache.
+SPARSE_CHUNK_ROWS = 256
 # The C enum of loss codes, for the test that checks it against epochs.LOSS_CODES.
 C_LOSS_CODES = {"ce": FM_LOSS_CE, "mse": FM_LOSS_MSE}
 
@@ -413,7 +422,8 @@ cdef _sparse_call(P, rows, labels, weights, order, Py_ssize_t batch, opt, int lo
     cdef fm_rows_d Rd
     cdef fm_sgd_d Od
     cdef fm_swork_d Wd
-    if work.H.shape[0] != n_slices or work.H.shape[1] < min(batch, n):
+    cdef Py_ssize_t work_rows = work.H.shape[1]
+    if work.H.shape[0] != n_slices or (work_rows < min(batch, n) and work.G.size == 0):
         raise ValueError("the workspace does not fit the parameter block and the batch size")
     batch = min(batch, n)
     if P.WhT.dtype == np.float32:
@@ -426,8 +436,9 @@ cdef _sparse_call(P, rows, labels, weights, order, Py_ssize_t batch, opt, int lo
                        <const intptr_t*>_ptr(order), <const float*>_ptr(weights), n_in, n, batch)
         Of = fm_sgd_f(opt.lr, opt.momentum, opt.decay, opt.nesterov, opt.decay_by_weight_sum)
         Wf = fm_swork_f(<float*>_ptr(work.H), <float*>_ptr(work.dH), <float*>_ptr(work.P), <float*>_ptr(work.dZ),
-                        <float*>_ptr(work.gWy), <float*>_ptr(work.gbh), <double*>_ptr(work.row_loss),
-                        <double*>_ptr(work.row_correct), <int32_t*>_ptr(work.sync))
+                        <float*>_ptr(work.gWy), <float*>_ptr(work.gbh), <float*>_ptr(work.gby), <float*>_ptr(work.G),
+                        <double*>_ptr(work.row_loss), <double*>_ptr(work.row_correct), <int32_t*>_ptr(work.sync),
+                        work_rows)
         with nogil:
             if floor:
                 fm_row_passes_f(&Nf, &Rf, &Wf, n_threads)
@@ -444,7 +455,8 @@ cdef _sparse_call(P, rows, labels, weights, order, Py_ssize_t batch, opt, int lo
         Od = fm_sgd_d(opt.lr, opt.momentum, opt.decay, opt.nesterov, opt.decay_by_weight_sum)
         Wd = fm_swork_d(<double*>_ptr(work.H), <double*>_ptr(work.dH), <double*>_ptr(work.P),
                         <double*>_ptr(work.dZ), <double*>_ptr(work.gWy), <double*>_ptr(work.gbh),
-                        <double*>_ptr(work.row_loss), <double*>_ptr(work.row_correct), <int32_t*>_ptr(work.sync))
+                        <double*>_ptr(work.gby), <double*>_ptr(work.G), <double*>_ptr(work.row_loss),
+                        <double*>_ptr(work.row_correct), <int32_t*>_ptr(work.sync), work_rows)
         with nogil:
             if floor:
                 fm_row_passes_d(&Nd, &Rd, &Wd, n_threads)

@@ -65,17 +65,21 @@ typedef struct {
         const REAL *weights;                                                           \
         ptrdiff_t n_in, n, batch;                                                      \
     } fm_rows_##S;                                                                     \
-    /* Workspace of the sparse epoch: H, dH (n_slices, batch, stride) the hidden      \
-     * activations and dl/dh~; P (2, batch, n_groups, nout) the partial logits, one    \
-     * half per batch parity; dZ (n_slices, batch, nout) dl/dz, one copy per thread   \
-     * (shared, the first, where the threads share its rows out); row_loss,            \
-     * row_correct (batch,); gWy (n_slices, nout, stride), gbh (n_slices, stride) the  \
-     * summed gradients of Wy and bh; sync the threads' barrier (32 int32,             \
-     * zero-filled, cache aligned). */                                                 \
+    /* Workspace of the sparse epoch, for `rows` examples at a time (the batch, or    \
+     * chunks of it: see G): H, dH (n_slices, rows, stride) the hidden activations and \
+     * dl/dh~; P (2, rows, n_groups, nout) the partial logits, one half per parity;    \
+     * dZ (n_slices, rows, nout) dl/dz, one copy per thread (shared, the first, where  \
+     * the threads share its rows out); row_loss, row_correct (rows,); gWy (n_slices, \
+     * nout, stride), gbh (n_slices, stride), gby (n_slices, nout) the summed          \
+     * gradients of Wy, bh and by; sync the threads' barrier (32 int32, zero-filled,   \
+     * cache aligned). G (n_slices, n_in, stride), zero-filled, or NULL: with G, a     \
+     * batch of more than `rows` examples is taken `rows` at a time, its gradient of   \
+     * WhT summed in G and the step taken after its last chunk (else rows >= batch). */ \
     typedef struct {                                                                   \
-        REAL *H, *dH, *P, *dZ, *gWy, *gbh;                                             \
+        REAL *H, *dH, *P, *dZ, *gWy, *gbh, *gby, *G;                                   \
         double *row_loss, *row_correct;                                                \
         int32_t *sync;                                                                 \
+        ptrdiff_t rows;                                                                \
     } fm_swork_##S;                                                                    \
     /* The examples of a dense epoch: rows order[0 .. n) of X (n_rows, n_in), batch  \
      * at a time (the last batch may be smaller); weights as in fm_rows. */            \

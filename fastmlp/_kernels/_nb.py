@@ -32,6 +32,7 @@ from .epochs import LOSS_CODES
 
 PATHS = ("sparse", "blas")
 THREADED_PATHS = ("sparse",)  # its BLAS path runs on one thread
+SPARSE_CHUNK_ROWS = 0  # the sparse path takes each batch whole
 _CE, _MSE = LOSS_CODES["ce"], LOSS_CODES["mse"]  # compile-time constants of the compiled code
 
 
@@ -854,6 +855,8 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_thre
     dtype = P.WhT.dtype
     if opt.momentum and P.VWhT.size == 0:
         raise ValueError("the parameter block has no velocities for a step with momentum")
+    if work.G.size or work.H.shape[1] < min(batch, len(order)):
+        raise ValueError("the workspace is chunked; this backend's sparse path takes each batch whole")
     dense = rows.indptr is None
     indptr = np.zeros(1, np.int64) if dense else rows.indptr
     n_threads = max(1, int(n_threads))
@@ -870,7 +873,14 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_thre
         min(batch, len(order)),
         *_opt_args(opt, dtype),
         loss,
-        *work[:8],
+        work.H,
+        work.dH,
+        work.P,
+        work.dZ,
+        work.gWy,
+        work.gbh,
+        work.row_loss,
+        work.row_correct,
         work.sync,
     )
     if n_threads == 1:

@@ -12,6 +12,7 @@ from .epochs import LOSS_CODES
 
 PATHS = ("reference",)
 THREADED_PATHS = ()
+SPARSE_CHUNK_ROWS = 0  # no sparse path
 _LOSS_NAMES = {code: name for name, code in LOSS_CODES.items()}
 
 

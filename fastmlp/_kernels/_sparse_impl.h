@@ -23,12 +23,25 @@
  * the update keeps the example's dh~ lines in registers while it runs over the
  * same rows, last first (the forward pass has just left them in L1).
  *
- * Tried and measured slower on 2-core AMD Zen 4 (AVX-512), MNIST: grouping a
- * batch's non-zeros by input feature, so that each touched row of WhT is updated
- * once per sub-batch of 16-64 examples (a counting sort per sub-batch, shared by
- * the threads): equal on one thread, 10-60% slower on two; passing over the
- * features instead of the examples in the forward pass (each row read once per
- * sub-batch, the examples' h in L1): slower, bound by the stores to h.
+ * A batch larger than the workspace (the driver allows it where the inputs are no
+ * more than the batch's examples) is taken a chunk of examples at a time: the
+ * chunk's activations stay in cache, its gradient of WhT is summed in G, and the
+ * step is taken after the last chunk. A whole batch's activations would stream
+ * through memory and push WhT out of L2: full-batch epochs on MNIST took 0.095 s
+ * against 0.081-0.084 s in chunks of 64-256 on 2 threads.
+ *
+ * Tried and measured no faster on 2-core AMD Zen 4 (AVX-512), MNIST, batches of
+ * 10-256: updating each touched row of WhT once per batch with the summed
+ * contribution of the batch's non-zeros in that input. The update itself takes
+ * half the time (dh~ read from L1, the sums in registers), but grouping the
+ * non-zeros by input costs what it saves: a counting sort per batch 6-7 cycles per
+ * non-zero, per-input buckets filled in the forward pass about the same, linked
+ * lists more (the walk is a chain of loads); with two threads each sorts the whole
+ * batch. Passing over the inputs instead of the examples in the forward pass (each
+ * row read once per batch, the examples' h in L1): no faster, bound by the stores
+ * to h. The row passes run at the L2 bandwidth of the core (about 32 bytes per
+ * cycle), which is why two threads, each with its own L2 and half the rows' width,
+ * take 1.7-1.9x less time.
  */
 
 #define LANES ((ptrdiff_t)(FM_LINE / sizeof(REAL)))
@@ -208,13 +221,109 @@ static FM_INLINE void FN(fm_update_momentum)(REAL *restrict W, REAL *restrict V,
     }
 }
 
+/* In one pass over examples [0, B) of the workspace: dh~ = (Wy^T dz) * (1 - h*h)
+ * with Wy before the step, and the gradients of Wy and bh added to gWy and gbh. */
+static FM_INLINE void FN(fm_sparse_dh)(const REAL *restrict Wy, const REAL *restrict H, const REAL *restrict dZ,
+                                       REAL *restrict dH, REAL *restrict gWy, REAL *restrict gbh, ptrdiff_t B,
+                                       ptrdiff_t width, ptrdiff_t nout, ptrdiff_t stride)
+{
+    for (ptrdiff_t b = 0; b < B; b++) {
+        const REAL *restrict h = H + b * stride, *restrict dz = dZ + b * nout;
+        REAL *restrict dh = dH + b * stride;
+        for (ptrdiff_t j = 0; j < width; j++) dh[j] = 0;
+        for (ptrdiff_t o = 0; o < nout; o++) {
+            const REAL d = dz[o];
+            const REAL *restrict wy = Wy + o * stride;
+            REAL *restrict gw = gWy + o * stride;
+#pragma omp simd
+            for (ptrdiff_t j = 0; j < width; j++) {
+                dh[j] += d * wy[j];
+                gw[j] += d * h[j];
+            }
+        }
+#pragma omp simd
+        for (ptrdiff_t j = 0; j < width; j++) {
+            dh[j] *= R(1) - h[j] * h[j];
+            gbh[j] += dh[j];
+        }
+    }
+}
+
+/* One chunk of a batch taken in chunks (see fm_swork's G), for thread t: dh~ of
+ * the chunk's C examples (order[start ..]) and their gradients added to gWy, gbh,
+ * gby and, over each example's non-zero inputs, to G; the sums start from zero at
+ * the batch's first chunk. Nothing steps until fm_sparse_apply. */
+static FM_INLINE void FN(fm_sparse_accumulate)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_swork) *W,
+                                               int t, int nt, ptrdiff_t start, ptrdiff_t C,
+                                               const REAL *restrict dZ, int first)
+{
+    const ptrdiff_t n_in = D->n_in, rows = W->rows, nout = P->nout, stride = P->stride;
+    for (int s = t; s < P->n_slices; s += nt) {
+        const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
+        const ptrdiff_t width = GROUP_OFF(g1);
+        REAL *restrict dH = W->dH + s * rows * stride, *restrict gWy = W->gWy + s * nout * stride;
+        REAL *restrict gbh = W->gbh + s * stride, *restrict gby = W->gby + s * nout;
+        REAL *restrict Gs = W->G + s * n_in * stride;
+        if (first) {
+            for (ptrdiff_t j = 0; j < width; j++) gbh[j] = 0;
+            for (ptrdiff_t o = 0; o < nout; o++) {
+                gby[o] = 0;
+                for (ptrdiff_t j = 0; j < width; j++) gWy[o * stride + j] = 0;
+            }
+        }
+        FN(fm_sparse_dh)(P->Wy + s * nout * stride, W->H + s * rows * stride, dZ, dH, gWy, gbh, C, width, nout,
+                         stride);
+        for (ptrdiff_t o = 0; o < nout; o++) {
+            REAL dsum = 0;
+            for (ptrdiff_t b = 0; b < C; b++) dsum += dZ[b * nout + o];
+            gby[o] += dsum;
+        }
+        /* G[i, :] += x_bi dh~_b (a row update with a step of -1) */
+        for (ptrdiff_t b = 0; b < C; b++) {
+            const REAL *vals;
+            const int32_t *idx;
+            const ptrdiff_t k = FN(fm_row)(D, D->order[start + b], &vals, &idx);
+            for (int g = g0; g < g1; g++)
+                FN(fm_update)(Gs + GROUP_OFF(g), stride, GROUP_LINES(g), R(-1), vals, idx, k,
+                              dH + b * stride + GROUP_OFF(g));
+        }
+    }
+}
+
+/* The step of a batch taken in chunks, for thread t, from the gradients summed
+ * by fm_sparse_accumulate: every row of WhT steps with its row of G (which is
+ * zeroed for the next batch), then Wy, by and bh. */
+static FM_INLINE void FN(fm_sparse_apply)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_sgd) *opt,
+                                          REAL decay, const FN(fm_swork) *W, int t, int nt)
+{
+    const ptrdiff_t n_in = D->n_in, nout = P->nout, stride = P->stride;
+    for (int s = t; s < P->n_slices; s += nt) {
+        const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
+        const ptrdiff_t width = GROUP_OFF(g1);
+        REAL *restrict WhT = P->WhT + s * n_in * stride, *restrict Gs = W->G + s * n_in * stride;
+        REAL *VWhT = P->VWhT ? P->VWhT + s * n_in * stride : NULL;
+        for (ptrdiff_t i = 0; i < n_in; i++) {
+            FN(fm_sgd_dense)(WhT + i * stride, VWhT ? VWhT + i * stride : NULL, Gs + i * stride, width, opt, decay);
+            for (ptrdiff_t j = 0; j < width; j++) Gs[i * stride + j] = 0;
+        }
+        REAL *restrict Wy = P->Wy + s * nout * stride, *restrict bys = P->by + s * nout;
+        for (ptrdiff_t o = 0; o < nout; o++) {
+            FN(fm_sgd_dense)(bys + o, P->Vby ? P->Vby + s * nout + o : NULL, W->gby + s * nout + o, 1, opt, R(0));
+            FN(fm_sgd_dense)(Wy + o * stride, P->VWy ? P->VWy + (s * nout + o) * stride : NULL,
+                             W->gWy + (s * nout + o) * stride, width, opt, decay);
+        }
+        FN(fm_sgd_dense)(P->bh + s * stride, P->Vbh ? P->Vbh + s * stride : NULL, W->gbh + s * stride, width, opt,
+                         R(0));
+    }
+}
+
 /* The rest of a batch's step for thread t once dl/dz of every example is in dZ:
  * dh~ and the updates of the thread's slices, with the batch's decay. */
 static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_sgd) *opt,
                                          REAL decay, const FN(fm_swork) *W, int t, int nt, ptrdiff_t start,
                                          ptrdiff_t B, const REAL *restrict dZ)
 {
-    const ptrdiff_t n_in = D->n_in, batch = D->batch, nout = P->nout, stride = P->stride;
+    const ptrdiff_t n_in = D->n_in, rows = W->rows, nout = P->nout, stride = P->stride;
     const REAL lr = opt->lr, mu = opt->momentum;
     const int plain = mu == 0 && decay == 0;
     for (int s = t; s < P->n_slices; s += nt) {
@@ -222,8 +331,8 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
         const ptrdiff_t width = GROUP_OFF(g1);
         REAL *restrict WhT = P->WhT + s * n_in * stride, *restrict bh = P->bh + s * stride;
         REAL *restrict Wy = P->Wy + s * nout * stride, *restrict bys = P->by + s * nout;
-        const REAL *restrict H = W->H + s * batch * stride;
-        REAL *restrict dH = W->dH + s * batch * stride, *restrict gWy = W->gWy + s * nout * stride;
+        const REAL *restrict H = W->H + s * rows * stride;
+        REAL *restrict dH = W->dH + s * rows * stride, *restrict gWy = W->gWy + s * nout * stride;
         REAL *restrict gbh = W->gbh + s * stride;
         REAL *VWhT = P->VWhT ? P->VWhT + s * n_in * stride : NULL, *Vbh = P->Vbh ? P->Vbh + s * stride : NULL;
         REAL *VWy = P->VWy ? P->VWy + s * nout * stride : NULL, *Vby = P->Vby ? P->Vby + s * nout : NULL;
@@ -254,26 +363,7 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
             for (ptrdiff_t j = 0; j < width; j++) gbh[j] = 0;
             for (ptrdiff_t o = 0; o < nout; o++)
                 for (ptrdiff_t j = 0; j < width; j++) gWy[o * stride + j] = 0;
-            for (ptrdiff_t b = 0; b < B; b++) {
-                const REAL *restrict h = H + b * stride, *restrict dz = dZ + b * nout;
-                REAL *restrict dh = dH + b * stride;
-                for (ptrdiff_t j = 0; j < width; j++) dh[j] = 0;
-                for (ptrdiff_t o = 0; o < nout; o++) {
-                    const REAL d = dz[o];
-                    const REAL *restrict wy = Wy + o * stride;
-                    REAL *restrict gw = gWy + o * stride;
-#pragma omp simd
-                    for (ptrdiff_t j = 0; j < width; j++) {
-                        dh[j] += d * wy[j];
-                        gw[j] += d * h[j];
-                    }
-                }
-#pragma omp simd
-                for (ptrdiff_t j = 0; j < width; j++) {
-                    dh[j] *= R(1) - h[j] * h[j];
-                    gbh[j] += dh[j];
-                }
-            }
+            FN(fm_sparse_dh)(Wy, H, dZ, dH, gWy, gbh, B, width, nout, stride);
             /* the steps of Wy (with decay), by and bh */
             for (ptrdiff_t o = 0; o < nout; o++) {
                 REAL dsum = 0;
@@ -339,9 +429,9 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
 static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_sgd) *opt,
                                            int loss, const FN(fm_swork) *W, int t, int nt, fm_tally *tally)
 {
-    const ptrdiff_t n_in = D->n_in, n = D->n, batch = D->batch, nout = P->nout, stride = P->stride;
+    const ptrdiff_t n_in = D->n_in, n = D->n, batch = D->batch, rows = W->rows, nout = P->nout, stride = P->stride;
     const int G = P->n_groups;
-    REAL *restrict dZ = t < P->n_slices ? W->dZ + t * batch * nout : NULL;
+    REAL *restrict dZ = t < P->n_slices ? W->dZ + t * rows * nout : NULL;
     fm_tally ignored = {0, 0};
     /* each thread's weight in the rows of dl/dz: 1 + how many lines short of the widest it is */
     int64_t row_share[FM_MAX_THREADS + 1] = {0}, lines[FM_MAX_THREADS] = {0}, widest = 0;
@@ -354,64 +444,80 @@ static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows
         row_share[u + 1] = row_share[u] + (u < FM_MAX_THREADS ? 1 + widest - lines[u] : 1);
     int parity = 0;
 
-    for (ptrdiff_t start = 0; start < n; start += batch, parity ^= 1) {
+    for (ptrdiff_t start = 0; start < n; start += batch) {
         const ptrdiff_t B = n - start < batch ? n - start : batch;
-        REAL *restrict Pb = W->P + parity * batch * G * nout;
+        const double weight_sum = FN(fm_batch_weight)(D->weights, D->order, start, B);
+        const REAL decay = FN(fm_batch_decay)(opt, weight_sum);
+        /* a batch larger than the workspace is taken in chunks of `rows` examples,
+         * its gradients summed (fm_sparse_accumulate) and the step taken at the end */
+        const int chunked = B > rows;
+        for (ptrdiff_t c0 = 0; c0 < B; c0 += rows, parity ^= 1) {
+            const ptrdiff_t C = B - c0 < rows ? B - c0 : rows, first = start + c0;
+            REAL *restrict Pb = W->P + parity * rows * G * nout;
 
-        /* forward, example by example: each owned slice's hidden units (the example's
-         * non-zero inputs' rows summed in registers) and its groups' partial logits */
-        for (ptrdiff_t b = 0; b < B; b++) {
-            const REAL *vals;
-            const int32_t *idx;
-            const ptrdiff_t k = FN(fm_row)(D, D->order[start + b], &vals, &idx);
-            if (start + b + 1 < n)
-                FN(fm_prefetch_row)(D, D->order[start + b + 1], D->order[start + b + 2 < n ? start + b + 2 : n - 1]);
-            for (int s = t; s < P->n_slices; s += nt) {
-                const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
-                const ptrdiff_t width = GROUP_OFF(g1);
-                const REAL *WhT = P->WhT + s * n_in * stride, *bh = P->bh + s * stride, *Wy = P->Wy + s * nout * stride;
-                REAL *restrict h = W->H + (s * batch + b) * stride;
-                for (int g = g0; g < g1; g++)
-                    FN(fm_gather)(h + GROUP_OFF(g), bh + GROUP_OFF(g), GROUP_LINES(g), vals, idx, k,
-                                  WhT + GROUP_OFF(g), stride);
-                for (ptrdiff_t j = 0; j < width; j++) h[j] = FN(fm_tanh1)(h[j]);
-                for (int g = g0; g < g1; g++) {
-                    const ptrdiff_t off = GROUP_OFF(g), len = GROUP_LINES(g) * LANES;
-                    for (ptrdiff_t o = 0; o < nout; o++) {
-                        const REAL *restrict wy = Wy + o * stride + off;
-                        REAL sum = 0;
+            /* forward, example by example: each owned slice's hidden units (the
+             * example's non-zero inputs' rows summed in registers) and its groups'
+             * partial logits */
+            for (ptrdiff_t b = 0; b < C; b++) {
+                const REAL *vals;
+                const int32_t *idx;
+                const ptrdiff_t k = FN(fm_row)(D, D->order[first + b], &vals, &idx);
+                if (first + b + 1 < n)
+                    FN(fm_prefetch_row)(D, D->order[first + b + 1],
+                                        D->order[first + b + 2 < n ? first + b + 2 : n - 1]);
+                for (int s = t; s < P->n_slices; s += nt) {
+                    const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
+                    const ptrdiff_t width = GROUP_OFF(g1);
+                    const REAL *WhT = P->WhT + s * n_in * stride, *bh = P->bh + s * stride;
+                    const REAL *Wy = P->Wy + s * nout * stride;
+                    REAL *restrict h = W->H + (s * rows + b) * stride;
+                    for (int g = g0; g < g1; g++)
+                        FN(fm_gather)(h + GROUP_OFF(g), bh + GROUP_OFF(g), GROUP_LINES(g), vals, idx, k,
+                                      WhT + GROUP_OFF(g), stride);
+                    for (ptrdiff_t j = 0; j < width; j++) h[j] = FN(fm_tanh1)(h[j]);
+                    for (int g = g0; g < g1; g++) {
+                        const ptrdiff_t off = GROUP_OFF(g), len = GROUP_LINES(g) * LANES;
+                        for (ptrdiff_t o = 0; o < nout; o++) {
+                            const REAL *restrict wy = Wy + o * stride + off;
+                            REAL sum = 0;
 #pragma omp simd reduction(+ : sum)
-                        for (ptrdiff_t j = 0; j < len; j++) sum += h[off + j] * wy[j];
-                        Pb[(b * G + g) * nout + o] = sum;
+                            for (ptrdiff_t j = 0; j < len; j++) sum += h[off + j] * wy[j];
+                            Pb[(b * G + g) * nout + o] = sum;
+                        }
                     }
                 }
             }
-        }
-        FM_BARRIER(W->sync, nt);
-        const double weight_sum = FN(fm_batch_weight)(D->weights, D->order, start, B);
-        const REAL decay = FN(fm_batch_decay)(opt, weight_sum);
-        if (B == 1 || nt == 1) {
-            /* every thread computes the same dl/dz (a second meeting would cost more) */
-            if (dZ) {
-                FN(fm_sparse_dz)(P, D, loss, P->by + t * nout, start, weight_sum, 0, B, Pb, dZ, NULL, NULL,
-                                 tally ? tally : &ignored);
-                FN(fm_sparse_step)(P, D, opt, decay, W, t, nt, start, B, dZ);
+            FM_BARRIER(W->sync, nt);
+            const REAL *dz_rows = dZ;
+            if (C == 1 || nt == 1) {
+                /* every thread computes the same dl/dz (a second meeting would cost more) */
+                if (dZ)
+                    FN(fm_sparse_dz)(P, D, loss, P->by + t * nout, first, weight_sum, 0, C, Pb, dZ, NULL, NULL,
+                                     tally ? tally : &ignored);
+            } else {
+                /* dl/dz shared out by rows, the threads with the narrowest slices taking
+                 * the most (their forward pass was the shortest), then a second meeting */
+                const ptrdiff_t b0 = C * row_share[t] / row_share[nt], b1 = C * row_share[t + 1] / row_share[nt];
+                FN(fm_sparse_dz)(P, D, loss, P->by, first, weight_sum, b0, b1, Pb, W->dZ, W->row_loss,
+                                 W->row_correct, NULL);
+                FM_BARRIER(W->sync, nt);
+                if (tally)
+                    for (ptrdiff_t b = 0; b < C; b++) {
+                        tally->loss_sum += W->row_loss[b];
+                        tally->correct += W->row_correct[b];
+                    }
+                dz_rows = W->dZ;
             }
-            continue;
-        }
-        /* dl/dz shared out by rows, the threads with the narrowest slices taking the
-         * most (their forward pass was the shortest), then a second meeting */
-        const ptrdiff_t b0 = B * row_share[t] / row_share[nt], b1 = B * row_share[t + 1] / row_share[nt];
-        FN(fm_sparse_dz)(P, D, loss, P->by, start, weight_sum, b0, b1, Pb, W->dZ, W->row_loss, W->row_correct,
-                         NULL);
-        FM_BARRIER(W->sync, nt);
-        if (tally)
-            for (ptrdiff_t b = 0; b < B; b++) {
-                tally->loss_sum += W->row_loss[b];
-                tally->correct += W->row_correct[b];
+            if (!dZ)
+                continue;
+            if (!chunked) {
+                FN(fm_sparse_step)(P, D, opt, decay, W, t, nt, start, B, dz_rows);
+            } else {
+                FN(fm_sparse_accumulate)(P, D, W, t, nt, first, C, dz_rows, c0 == 0);
+                if (c0 + C == B)
+                    FN(fm_sparse_apply)(P, D, opt, decay, W, t, nt);
             }
-        if (dZ)
-            FN(fm_sparse_step)(P, D, opt, decay, W, t, nt, start, B, W->dZ);
+        }
     }
 }
 
@@ -420,7 +526,8 @@ FM_CLONES int FN(fm_sparse_epoch)(const FN(fm_net) *P, const FN(fm_rows) *D, con
 {
     if (!FN(fm_valid_loss)(loss))
         return FM_ERR_LOSS;
-    if (P->stride % LANES || (opt->momentum != 0 && !(P->VWhT && P->Vbh && P->VWy && P->Vby)))
+    if (P->stride % LANES || (opt->momentum != 0 && !(P->VWhT && P->Vbh && P->VWy && P->Vby)) ||
+        W->rows < 1 || (W->rows < (D->batch < D->n ? D->batch : D->n) && !W->G))
         return FM_ERR_LAYOUT;
     n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);
 #ifdef _OPENMP
@@ -464,7 +571,7 @@ FM_CLONES void FN(fm_row_passes)(const FN(fm_net) *P, const FN(fm_rows) *D, cons
                                         D->order[start + b + 2 < D->n ? start + b + 2 : D->n - 1]);
                 for (int s = t; s < P->n_slices; s += nt) {
                     const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
-                    REAL *WhT = P->WhT + s * n_in * stride, *h = W->H + s * D->batch * stride;
+                    REAL *WhT = P->WhT + s * n_in * stride, *h = W->H + s * W->rows * stride;
                     for (int g = g0; g < g1; g++)
                         FN(fm_gather)(h + GROUP_OFF(g), P->bh + s * stride + GROUP_OFF(g), GROUP_LINES(g), vals, idx,
                                       k, WhT + GROUP_OFF(g), stride);

@@ -311,17 +311,20 @@ class Rows(NamedTuple):
 
 
 class SparseWork(NamedTuple):
-    """Workspace of the sparse path for batches of up to ``batch`` examples (see
-    _fused.h fm_swork)."""
+    """Workspace of the sparse path for ``rows`` examples at a time: whole batches,
+    or chunks of larger ones whose gradient of WhT is summed in ``G`` (see _fused.h
+    fm_swork)."""
 
-    H: np.ndarray  # (n_slices, batch, stride) hidden activations
-    dH: np.ndarray  # (n_slices, batch, stride) dl/dh~
-    P: np.ndarray  # (2, batch, n_groups, n_out) partial logits, per batch parity
-    dZ: np.ndarray  # (n_slices, batch, n_out) dl/dz, one copy per thread
+    H: np.ndarray  # (n_slices, rows, stride) hidden activations
+    dH: np.ndarray  # (n_slices, rows, stride) dl/dh~
+    P: np.ndarray  # (2, rows, n_groups, n_out) partial logits, per parity
+    dZ: np.ndarray  # (n_slices, rows, n_out) dl/dz, one copy per thread
     gWy: np.ndarray  # (n_slices, n_out, stride) the batch's summed gradient of Wy
     gbh: np.ndarray  # (n_slices, stride) and of bh
-    row_loss: np.ndarray  # (batch,) float64
-    row_correct: np.ndarray  # (batch,) float64
+    gby: np.ndarray  # (n_slices, n_out) and of by
+    G: np.ndarray  # (n_slices, n_in, stride) and of WhT, for chunked batches; else empty
+    row_loss: np.ndarray  # (rows,) float64
+    row_correct: np.ndarray  # (rows,) float64
     sync: np.ndarray  # (32,) int32 the threads' barrier
 
 
@@ -429,20 +432,32 @@ def slice_units(net, s, n_hidden):
     return min(first, n_hidden), min(last, n_hidden)
 
 
-def sparse_work(net, batch):
-    """The workspace of ``net`` for batches of up to ``batch`` examples."""
+def sparse_work(net, batch, chunk_rows=0):
+    """The workspace of ``net`` for batches of up to ``batch`` examples.
+
+    With ``chunk_rows`` (a backend's SPARSE_CHUNK_ROWS), a batch of more examples
+    than that, and no more inputs than examples, is taken ``chunk_rows`` examples
+    at a time: the chunk's activations stay in cache, where a whole batch's would
+    stream through memory and push the rows of WhT out of cache, and the gradient
+    of WhT is summed in a buffer the size of WhT (no larger than the activations
+    of the whole batch it stands in for). The arithmetic is the batch's gradient
+    either way, summed in example order."""
     n_slices, n_in, stride = net.WhT.shape
     n_out, dtype = net.Wy.shape[1], net.WhT.dtype
     n_groups = len(net.group_line) - 1
+    chunked = 0 < chunk_rows < batch and n_in <= batch
+    rows = chunk_rows if chunked else batch
     return SparseWork(
-        aligned_zeros((n_slices, batch, stride), dtype),
-        aligned_zeros((n_slices, batch, stride), dtype),
-        np.zeros((2, batch, n_groups, n_out), dtype),
-        np.zeros((n_slices, batch, n_out), dtype),
+        aligned_zeros((n_slices, rows, stride), dtype),
+        aligned_zeros((n_slices, rows, stride), dtype),
+        np.zeros((2, rows, n_groups, n_out), dtype),
+        np.zeros((n_slices, rows, n_out), dtype),
         aligned_zeros((n_slices, n_out, stride), dtype),
         aligned_zeros((n_slices, stride), dtype),
-        np.zeros(batch, np.float64),
-        np.zeros(batch, np.float64),
+        np.zeros((n_slices, n_out), dtype),
+        aligned_zeros((n_slices, n_in, stride) if chunked else (0,), dtype),
+        np.zeros(rows, np.float64),
+        np.zeros(rows, np.float64),
         aligned_zeros(CACHE_LINE // 2, np.int32),
     )
 
@@ -606,7 +621,7 @@ class EpochRunner:
                 n_threads,
                 momentum=self.velocity is not None,
             )
-            self._layouts[n_threads] = (net, sparse_work(net, self.batch))
+            self._layouts[n_threads] = (net, sparse_work(net, self.batch, self.kernels.SPARSE_CHUNK_ROWS))
         return self._layouts[n_threads]
 
     def _slice_views(self):
