@@ -169,6 +169,13 @@ def cmd_info(args):
         f"sparse inputs: scipy.sparse always, dense inputs with at most {epochs.SPARSE_DENSITY_MAX:.0%} "
         f"non-zero entries (converted to CSR once per fit)"
     )
+    chunk = getattr(kern, "SPARSE_CHUNK_ROWS", 0)
+    print(
+        f"large batches on the sparse path: taken {chunk} examples at a time (gradient summed, one step) where "
+        f"the inputs are no more than the batch's examples"
+        if chunk
+        else "large batches on the sparse path: taken whole"
+    )
     print("epoch path of the compiled backends (auto), by batch size and input density:")
     for batch in (1, 4, 10, 32, 64, 256, 60000):
         for kind, density in (("dense", 1.0), ("40% non-zero", 0.4), ("19% non-zero (MNIST)", 0.19)):

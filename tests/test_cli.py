@@ -8,6 +8,7 @@ import numpy as np
 from helpers import MNIST_DIR
 
 import fastmlp
+from fastmlp import backends
 
 
 def run(*args):
@@ -57,6 +58,8 @@ def test_info_lists_backends_and_blas():
     assert f"fastmlp {fastmlp.__version__}" in out.stdout
     assert re.search(r"^backends available: numpy, cython(, numba)?$", out.stdout, re.M)
     assert "threadpool" in out.stdout and "kernel=" in out.stdout
+    chunk = backends.kernels("auto").SPARSE_CHUNK_ROWS
+    assert f"large batches on the sparse path: taken {chunk} examples at a time" in out.stdout
     # the path of every batch size, with the reason, as the driver decides it
     for batch in (1, 10, 64, 256, 60000):
         for kind in ("dense", "19% non-zero"):
