@@ -155,9 +155,11 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
 
 /* One epoch of the sparse kernel of type REAL (suffix S) from the double problem,
  * compared with reference_epoch to relative tolerance TOL; returns the trained
- * hidden weights (n_in x NH, row-major) for comparisons between thread counts. */
+ * hidden weights (n_in x NH, row-major) for comparisons between thread counts.
+ * chunk > 0: a workspace of `chunk` rows with a gradient buffer, so that larger
+ * batches are taken in chunks. */
 #define TEST_SPARSE_EPOCH(REAL, S, TOL)                                                         \
-    static double *test_sparse_epoch_##S(int batch, int loss, int threads, int csr)            \
+    static double *test_sparse_epoch_##S(int batch, int loss, int threads, int csr, int chunk) \
     {                                                                                           \
         const int lanes = LINE / sizeof(REAL);                                                  \
         int32_t group_line[16], slice_group[16];                                                \
@@ -196,14 +198,17 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
         fm_rows_##S D = {csr ? vals : &x[0][0], csr ? cols : iota, csr ? indptr : NULL, labels, order, \
                          NULL, N_IN, N, batch < N ? batch : N};                                 \
         fm_sgd_##S opt = {(REAL)0.5, 0, 0, 0, 0};                                               \
-        fm_swork_##S W = {aligned_zeros(n_slices * N * stride * sizeof(REAL)),                  \
-                          aligned_zeros(n_slices * N * stride * sizeof(REAL)),                  \
-                          aligned_zeros(2 * N * n_groups * NOUT * sizeof(REAL)),                \
-                          aligned_zeros(n_slices * N * NOUT * sizeof(REAL)),                    \
+        const int rows = chunk > 0 ? chunk : N;                                                 \
+        fm_swork_##S W = {aligned_zeros(n_slices * rows * stride * sizeof(REAL)),               \
+                          aligned_zeros(n_slices * rows * stride * sizeof(REAL)),               \
+                          aligned_zeros(2 * rows * n_groups * NOUT * sizeof(REAL)),             \
+                          aligned_zeros(n_slices * rows * NOUT * sizeof(REAL)),                 \
                           aligned_zeros(n_slices * NOUT * stride * sizeof(REAL)),               \
                           aligned_zeros(n_slices * stride * sizeof(REAL)),                      \
-                          aligned_zeros(N * sizeof(double)), aligned_zeros(N * sizeof(int64_t)),  \
-                          aligned_zeros(128)};                                                    \
+                          aligned_zeros(n_slices * NOUT * sizeof(REAL)),                        \
+                          chunk > 0 ? aligned_zeros(n_slices * N_IN * stride * sizeof(REAL)) : NULL, \
+                          aligned_zeros(rows * sizeof(double)), aligned_zeros(rows * sizeof(double)), \
+                          aligned_zeros(128), rows};                                            \
         fm_tally tally = {0, 0};                                                                \
         int status = fm_sparse_epoch_##S(&P, &D, &opt, loss, &W, threads, &tally);              \
         check(status == FM_OK, #S " sparse epoch status");                                      \
@@ -242,14 +247,15 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
         }                                                                                       \
         worst = fmax(worst, fabs(tally.loss_sum - loss_sum) / (1 + fabs(loss_sum)));            \
         char what[200];                                                                         \
-        snprintf(what, sizeof what, #S " sparse epoch, %s rows, batch %d, loss %d, %d thread(s), %d slice(s): " \
-                 "worst relative error %.3g", csr ? "CSR" : "dense", batch, loss, threads, n_slices, worst); \
+        snprintf(what, sizeof what, #S " sparse epoch, %s rows, batch %d, chunk %d, loss %d, %d thread(s), "  \
+                 "%d slice(s): worst relative error %.3g", csr ? "CSR" : "dense", batch, chunk, loss, threads, \
+                 n_slices, worst);                                                              \
         check(worst <= (TOL), what);                                                            \
         check(tally.correct == (double)n_correct, #S " sparse epoch correct count");            \
         printf("ok   %s\n", what);                                                              \
         free(WhT); free(bh); free(Wy); free(by);                                                \
-        free(W.H); free(W.dH); free(W.P); free(W.dZ); free(W.gWy); free(W.gbh); free(W.sync);  \
-        free(W.row_loss); free(W.row_correct);                                                  \
+        free(W.H); free(W.dH); free(W.P); free(W.dZ); free(W.gWy); free(W.gbh); free(W.gby);   \
+        free(W.G); free(W.sync); free(W.row_loss); free(W.row_correct);                         \
         return out;                                                                             \
     }
 
@@ -303,13 +309,16 @@ int main(void)
     make_problem();
     for (int loss = FM_LOSS_CE; loss <= FM_LOSS_MSE; loss++)
         for (int batch = 1; batch <= N + 2; batch += 3)
-            for (int csr = 0; csr <= 1; csr++) {
-                double *f1 = test_sparse_epoch_f(batch, loss, 1, csr), *f2 = test_sparse_epoch_f(batch, loss, 2, csr);
-                double *d1 = test_sparse_epoch_d(batch, loss, 1, csr), *d2 = test_sparse_epoch_d(batch, loss, 2, csr);
-                check(memcmp(f1, f2, sizeof(double) * N_IN * NH) == 0, "float: bitwise equal with 1 and 2 threads");
-                check(memcmp(d1, d2, sizeof(double) * N_IN * NH) == 0, "double: bitwise equal with 1 and 2 threads");
-                free(f1); free(f2); free(d1); free(d2);
-            }
+            for (int csr = 0; csr <= 1; csr++)
+                for (int chunk = 0; chunk <= 2; chunk += 2) { /* whole batches; chunks of 2 */
+                    double *f1 = test_sparse_epoch_f(batch, loss, 1, csr, chunk);
+                    double *f2 = test_sparse_epoch_f(batch, loss, 2, csr, chunk);
+                    double *d1 = test_sparse_epoch_d(batch, loss, 1, csr, chunk);
+                    double *d2 = test_sparse_epoch_d(batch, loss, 2, csr, chunk);
+                    check(memcmp(f1, f2, sizeof(double) * N_IN * NH) == 0, "float: bitwise equal with 1 and 2 threads");
+                    check(memcmp(d1, d2, sizeof(double) * N_IN * NH) == 0, "double: bitwise equal with 1 and 2 threads");
+                    free(f1); free(f2); free(d1); free(d2);
+                }
     test_unknown_loss_is_refused();
     test_tanh_float();
     test_tanh_double();
