@@ -317,13 +317,14 @@ def test_chunked_batches_match_the_reference(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_chunked_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dtype):
+@pytest.mark.parametrize("batch", [64, 200])  # 200: a full batch, its chunks grouped by input
+def test_chunked_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dtype, batch):
     kern = _chunking_kernels(monkeypatch, 9)
     X, y, p0 = random_problem(200, 30, 150, 3, dtype, seed=8, sparse=True)  # 150 units: several groups
     results = []
     for n_threads in (1, 2, 3):
         p = {k: v.copy() for k, v in p0.items()}
-        runner = epochs.EpochRunner(kern, p, X, y, batch_size=64, path="sparse", n_threads=n_threads)
+        runner = epochs.EpochRunner(kern, p, X, y, batch_size=batch, path="sparse", n_threads=n_threads)
         assert runner.work.G.size > 0
         loss = runner.epoch(np.random.default_rng(0).permutation(200), 0.1)
         results.append((p, loss))
@@ -344,3 +345,55 @@ def test_batches_are_taken_whole_where_a_gradient_buffer_would_outgrow_them():
     assert work.H.shape[1] == 256 and work.G.shape == net.WhT.shape
     assert epochs.sparse_work(net, 256, 256).G.size == 0  # a batch that fits a chunk
     assert epochs.sparse_work(net, 60000, 0).H.shape[1] == 60000  # backends without chunks
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_full_batch_in_chunks_does_not_depend_on_the_shuffle(monkeypatch, dtype):
+    """A full batch is one gradient: in chunks it is summed in row order, so every
+    permutation gives the same parameters, bitwise, and the reference's up to rounding."""
+    import scipy.sparse as sp
+
+    kern = _chunking_kernels(monkeypatch, 16)
+    X, y, p0 = random_problem(150, 20, 40, 3, dtype, seed=9, sparse=True)
+    results = []
+    for seed in range(3):
+        p = {k: v.copy() for k, v in p0.items()}
+        runner = epochs.EpochRunner(kern, p, sp.csr_matrix(X), y, batch_size=150, path="sparse", n_threads=2)
+        perm = np.random.default_rng(seed).permutation(150)
+        for _ in range(3):
+            loss = runner.epoch(perm, 0.2)
+        results.append((p, loss))
+    expected = {k: v.copy() for k, v in p0.items()}
+    for _ in range(3):
+        r_loss, r_correct = ref.train_epoch(expected, X, y, np.arange(150), 150, 0.2, "ce")
+    for p, loss in results:
+        assert loss == results[0][1]
+        np.testing.assert_allclose(loss, (r_loss, r_correct), **tol(dtype))
+        for k in ref.PARAM_NAMES:
+            np.testing.assert_array_equal(p[k], results[0][0][k])
+            np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
+
+
+def test_group_chunks_groups_each_chunks_nonzeros_by_input():
+    """The grouping of a full batch's non-zeros equals scipy's CSC of each chunk."""
+    import scipy.sparse as sp
+
+    if "cython" not in BACKENDS:
+        pytest.skip("the Cython backend is not built")
+    kern = backends.kernels("cython")
+    rng = np.random.default_rng(4)
+    dense = sp.random(53, 17, density=0.3, random_state=5, dtype=np.float64).toarray()
+    dense[7] = 0  # an empty row
+    X = sp.csr_matrix(dense)
+    rows = epochs.Rows(X.data, X.indices.astype(np.int32), X.indptr.astype(np.int64))
+    order = rng.permutation(53)
+    cptr, crow, cval = kern.group_chunks(rows, order, 10, 17)
+    assert cptr.shape == (6, 18) and crow.dtype == np.uint16 and cval.dtype == np.float64
+    for c in range(6):
+        chunk = X[order[c * 10 : (c + 1) * 10]].tocsc()
+        np.testing.assert_array_equal(cptr[c] - cptr[c, 0], chunk.indptr)
+        np.testing.assert_array_equal(crow[cptr[c, 0] : cptr[c, -1]], chunk.indices)
+        np.testing.assert_array_equal(cval[cptr[c, 0] : cptr[c, -1]], chunk.data)
+    assert cptr[-1, -1] == X.nnz
+    with pytest.raises(ValueError, match="CSR rows and chunks of at most 65536"):
+        kern.group_chunks(rows, order, 70000, 17)

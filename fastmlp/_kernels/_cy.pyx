@@ -18,7 +18,7 @@ cnp.import_array()
 
 cimport numpy as cnp
 from cython cimport floating
-from libc.stdint cimport int32_t, int64_t, intptr_t
+from libc.stdint cimport int32_t, int64_t, intptr_t, uint16_t
 from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
@@ -80,6 +80,9 @@ cdef extern from "_fused.h" nogil:
         double *row_correct
         int32_t *sync
         Py_ssize_t rows
+        const int64_t *cptr
+        const uint16_t *crow
+        const float *cval
     ctypedef struct fm_batches_f:
         const float *X
         const intptr_t *labels
@@ -117,6 +120,8 @@ cdef extern from "_fused.h" nogil:
     int fm_sparse_epoch_f(const fm_net_f *P, const fm_rows_f *D, const fm_sgd_f *opt, int loss,
                           const fm_swork_f *W, int n_threads, fm_tally *tally)
     void fm_row_passes_f(const fm_net_f *P, const fm_rows_f *D, const fm_swork_f *W, int n_threads)
+    void fm_group_chunks_f(const fm_rows_f *D, Py_ssize_t rows, int64_t *cptr, uint16_t *crow, float *cval,
+                             int64_t *cursor)
     int fm_blas_epoch_f(const fm_dense_f *P, const fm_batches_f *D, const fm_sgd_f *opt, int loss,
                         const fm_bwork_f *W, fm_gemm_ptr_f gemm, int n_threads, fm_tally *tally)
     void fm_csr_counts_f(const float *X, Py_ssize_t n_rows, Py_ssize_t n_in, int64_t *counts)
@@ -159,6 +164,9 @@ cdef extern from "_fused.h" nogil:
         double *row_correct
         int32_t *sync
         Py_ssize_t rows
+        const int64_t *cptr
+        const uint16_t *crow
+        const double *cval
     ctypedef struct fm_batches_d:
         const double *X
         const intptr_t *labels
@@ -196,6 +204,8 @@ cdef extern from "_fused.h" nogil:
     int fm_sparse_epoch_d(const fm_net_d *P, const fm_rows_d *D, const fm_sgd_d *opt, int loss,
                           const fm_swork_d *W, int n_threads, fm_tally *tally)
     void fm_row_passes_d(const fm_net_d *P, const fm_rows_d *D, const fm_swork_d *W, int n_threads)
+    void fm_group_chunks_d(const fm_rows_d *D, Py_ssize_t rows, int64_t *cptr, uint16_t *crow, double *cval,
+                             int64_t *cursor)
     int fm_blas_epoch_d(const fm_dense_d *P, const fm_batches_d *D, const fm_sgd_d *opt, int loss,
                         const fm_bwork_d *W, fm_gemm_ptr_d gemm, int n_threads, fm_tally *tally)
     void fm_csr_counts_d(const double *X, Py_ssize_t n_rows, Py_ssize_t n_in, int64_t *counts)
@@ -205,7 +215,7 @@ PATHS = ("sparse", "blas")
 THREADED_PATHS = ("sparse", "blas")
 # A larger batch on the sparse path is taken this many examples at a time, its
 # gradient summed (epochs.sparse_work says when): its activations stay in cache.
-SPARSE_CHUNK_ROWS = 256
+SPARSE_CHUNK_ROWS = 128
 # The C enum of loss codes, for the test that checks it against epochs.LOSS_CODES.
 C_LOSS_CODES = {"ce": FM_LOSS_CE, "mse": FM_LOSS_MSE}
 
@@ -438,7 +448,8 @@ cdef _sparse_call(P, rows, labels, weights, order, Py_ssize_t batch, opt, int lo
         Wf = fm_swork_f(<float*>_ptr(work.H), <float*>_ptr(work.dH), <float*>_ptr(work.P), <float*>_ptr(work.dZ),
                         <float*>_ptr(work.gWy), <float*>_ptr(work.gbh), <float*>_ptr(work.gby), <float*>_ptr(work.G),
                         <double*>_ptr(work.row_loss), <double*>_ptr(work.row_correct), <int32_t*>_ptr(work.sync),
-                        work_rows)
+                        work_rows, <const int64_t*>_ptr(work.cptr), <const uint16_t*>_ptr(work.crow),
+                        <const float*>_ptr(work.cval))
         with nogil:
             if floor:
                 fm_row_passes_f(&Nf, &Rf, &Wf, n_threads)
@@ -456,7 +467,9 @@ cdef _sparse_call(P, rows, labels, weights, order, Py_ssize_t batch, opt, int lo
         Wd = fm_swork_d(<double*>_ptr(work.H), <double*>_ptr(work.dH), <double*>_ptr(work.P),
                         <double*>_ptr(work.dZ), <double*>_ptr(work.gWy), <double*>_ptr(work.gbh),
                         <double*>_ptr(work.gby), <double*>_ptr(work.G), <double*>_ptr(work.row_loss),
-                        <double*>_ptr(work.row_correct), <int32_t*>_ptr(work.sync), work_rows)
+                        <double*>_ptr(work.row_correct), <int32_t*>_ptr(work.sync), work_rows,
+                        <const int64_t*>_ptr(work.cptr), <const uint16_t*>_ptr(work.crow),
+                        <const double*>_ptr(work.cval))
         with nogil:
             if floor:
                 fm_row_passes_d(&Nd, &Rd, &Wd, n_threads)
@@ -464,6 +477,40 @@ cdef _sparse_call(P, rows, labels, weights, order, Py_ssize_t batch, opt, int lo
                 status = fm_sparse_epoch_d(&Nd, &Rd, &Od, loss, &Wd, n_threads, &tally)
     _check(status)
     return tally.loss_sum, tally.correct
+
+
+def group_chunks(rows, order, Py_ssize_t chunk_rows, Py_ssize_t n_in):
+    """The non-zeros of the CSR ``rows`` (epochs.Rows) of examples ``order``,
+    ``chunk_rows`` at a time, grouped by input within each chunk (_sparse_impl.h
+    fm_group_chunks): (cptr int64 (n_chunks, n_in + 1), crow uint16, cval)."""
+    cdef Py_ssize_t n = len(order), n_chunks = (n + chunk_rows - 1) // chunk_rows
+    if rows.indptr is None or not 0 < chunk_rows <= 65536:
+        raise ValueError("grouping needs CSR rows and chunks of at most 65536 examples")
+    order = np.ascontiguousarray(order, dtype=np.intp)
+    cdef Py_ssize_t nnz = int((rows.indptr[order + 1] - rows.indptr[order]).sum())
+    cptr = np.empty((n_chunks, n_in + 1), np.int64)
+    crow = np.empty(nnz, np.uint16)
+    cval = np.empty(nnz, rows.data.dtype)
+    cursor = np.empty(n_in, np.int64)
+    cdef fm_rows_f Rf
+    cdef fm_rows_d Rd
+    cdef int64_t *pc
+    cdef uint16_t *pr
+    cdef void *pv
+    cdef int64_t *pu
+    if rows.data.dtype == np.float32:
+        Rf = fm_rows_f(<const float*>_ptr(rows.data), <const int32_t*>_ptr(rows.indices),
+                       <const int64_t*>_ptr(rows.indptr), NULL, <const intptr_t*>_ptr(order), NULL, n_in, n, n)
+        pc, pr, pv, pu = <int64_t*>_ptr(cptr), <uint16_t*>_ptr(crow), _ptr(cval), <int64_t*>_ptr(cursor)
+        with nogil:
+            fm_group_chunks_f(&Rf, chunk_rows, pc, pr, <float*>pv, pu)
+    else:
+        Rd = fm_rows_d(<const double*>_ptr(rows.data), <const int32_t*>_ptr(rows.indices),
+                       <const int64_t*>_ptr(rows.indptr), NULL, <const intptr_t*>_ptr(order), NULL, n_in, n, n)
+        pc, pr, pv, pu = <int64_t*>_ptr(cptr), <uint16_t*>_ptr(crow), _ptr(cval), <int64_t*>_ptr(cursor)
+        with nogil:
+            fm_group_chunks_d(&Rd, chunk_rows, pc, pr, <double*>pv, pu)
+    return cptr, crow, cval
 
 
 def row_passes(P, rows, labels, order, Py_ssize_t batch, work, int n_threads):

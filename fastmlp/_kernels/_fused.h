@@ -74,12 +74,18 @@ typedef struct {
      * gradients of Wy, bh and by; sync the threads' barrier (32 int32, zero-filled,   \
      * cache aligned). G (n_slices, n_in, stride), zero-filled, or NULL: with G, a     \
      * batch of more than `rows` examples is taken `rows` at a time, its gradient of   \
-     * WhT summed in G and the step taken after its last chunk (else rows >= batch). */ \
+     * WhT summed in G and the step taken after its last chunk (else rows >= batch).   \
+     * cptr, crow, cval, or NULL: for an epoch of one batch (every example), CSR rows  \
+     * and G, the non-zeros of each chunk grouped by input (fm_group_chunks), so that \
+     * each row of G takes one sum per chunk. */                                       \
     typedef struct {                                                                   \
         REAL *H, *dH, *P, *dZ, *gWy, *gbh, *gby, *G;                                   \
         double *row_loss, *row_correct;                                                \
         int32_t *sync;                                                                 \
         ptrdiff_t rows;                                                                \
+        const int64_t *cptr;                                                           \
+        const uint16_t *crow;                                                          \
+        const REAL *cval;                                                              \
     } fm_swork_##S;                                                                    \
     /* The examples of a dense epoch: rows order[0 .. n) of X (n_rows, n_in), batch  \
      * at a time (the last batch may be smaller); weights as in fm_rows. */            \
@@ -131,6 +137,8 @@ typedef struct {
     int fm_sparse_epoch_##S(const fm_net_##S *P, const fm_rows_##S *D, const fm_sgd_##S *opt, int loss, \
                             const fm_swork_##S *W, int n_threads, fm_tally *tally);    \
     void fm_row_passes_##S(const fm_net_##S *P, const fm_rows_##S *D, const fm_swork_##S *W, int n_threads); \
+    void fm_group_chunks_##S(const fm_rows_##S *D, ptrdiff_t rows, int64_t *cptr, uint16_t *crow, REAL *cval, \
+                             int64_t *cursor);                                         \
     void fm_csr_counts_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *counts); \
     void fm_csr_fill_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *indptr, \
                          int32_t *indices, REAL *data);

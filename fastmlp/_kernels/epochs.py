@@ -326,6 +326,10 @@ class SparseWork(NamedTuple):
     row_loss: np.ndarray  # (rows,) float64
     row_correct: np.ndarray  # (rows,) float64
     sync: np.ndarray  # (32,) int32 the threads' barrier
+    # a full batch's non-zeros grouped by input in each chunk (group_chunks), or empty
+    cptr: np.ndarray = np.empty(0, np.int64)  # (n_chunks, n_in + 1)
+    crow: np.ndarray = np.empty(0, np.uint16)  # the example's place in its chunk
+    cval: np.ndarray = np.empty(0)  # its value
 
 
 class BlasNet(NamedTuple):
@@ -441,7 +445,8 @@ def sparse_work(net, batch, chunk_rows=0):
     stream through memory and push the rows of WhT out of cache, and the gradient
     of WhT is summed in a buffer the size of WhT (no larger than the activations
     of the whole batch it stands in for). The arithmetic is the batch's gradient
-    either way, summed in example order."""
+    either way, summed in example order. An epoch of one full batch also groups
+    each chunk's non-zeros by input, once per fit (``EpochRunner`` does it)."""
     n_slices, n_in, stride = net.WhT.shape
     n_out, dtype = net.Wy.shape[1], net.WhT.dtype
     n_groups = len(net.group_line) - 1
@@ -578,6 +583,7 @@ class EpochRunner:
         self.path, rows = choose_path(kernels, path, self.batch, X)
         self.n_threads = n_threads
         self._layouts = {}
+        self._full_batch = None  # (rows, their chunks grouped by input) of the last full batch
         self.threads = 1  # until an epoch asks for more
         if self.path == "sparse":
             self.rows = self._rows(rows)
@@ -661,7 +667,11 @@ class EpochRunner:
             raise ValueError("a step with momentum needs the runner's velocity buffers")
         if self.path == "sparse":
             order = np.ascontiguousarray(order, dtype=np.intp)
-            args = (self.labels, self.weights, order, self.batch_size, opt, self.loss, self.work, self.threads)
+            work = self.work
+            full_batch = len(order) == self.n_rows <= self.batch_size
+            if full_batch and work.G.size and self.rows.indptr is not None:
+                order, work = self._grouped_full_batch(order, work)
+            args = (self.labels, self.weights, order, self.batch_size, opt, self.loss, work, self.threads)
             return self.kernels.sparse_epoch(self.block, self.rows, *args)
         if self.path == "reference":
             return self.kernels.reference_epoch(
@@ -702,6 +712,20 @@ class EpochRunner:
             return self._chunks(perm, opt)
         finally:
             self._store()
+
+    def _grouped_full_batch(self, order, work):
+        """A full batch on the sparse path in chunks: its examples in row order (the
+        batch's gradient is the same sum, and the chunks the same every epoch), with
+        each chunk's non-zeros grouped by input once per fit, so that each row of the
+        gradient takes one sum per chunk instead of one update per non-zero."""
+        rows = np.sort(order)
+        cached = self._full_batch
+        if cached is None or not np.array_equal(cached[0], rows):
+            n_in = self.block.WhT.shape[1]
+            cached = (rows, self.kernels.group_chunks(self.rows, rows, work.H.shape[1], n_in))
+            self._full_batch = cached
+        cptr, crow, cval = cached[1]
+        return rows, work._replace(cptr=cptr, crow=crow, cval=cval)
 
     def _use_threads(self, threads):
         """Run the next chunks on ``threads`` threads: the sparse path moves the

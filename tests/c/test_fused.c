@@ -157,7 +157,8 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
  * compared with reference_epoch to relative tolerance TOL; returns the trained
  * hidden weights (n_in x NH, row-major) for comparisons between thread counts.
  * chunk > 0: a workspace of `chunk` rows with a gradient buffer, so that larger
- * batches are taken in chunks. */
+ * batches are taken in chunks (a full batch of CSR rows with its non-zeros grouped
+ * by input in each chunk). */
 #define TEST_SPARSE_EPOCH(REAL, S, TOL)                                                         \
     static double *test_sparse_epoch_##S(int batch, int loss, int threads, int csr, int chunk) \
     {                                                                                           \
@@ -208,7 +209,16 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
                           aligned_zeros(n_slices * NOUT * sizeof(REAL)),                        \
                           chunk > 0 ? aligned_zeros(n_slices * N_IN * stride * sizeof(REAL)) : NULL, \
                           aligned_zeros(rows * sizeof(double)), aligned_zeros(rows * sizeof(double)), \
-                          aligned_zeros(128), rows};                                            \
+                          aligned_zeros(128), rows, NULL, NULL, NULL};                          \
+        int64_t cptr[(N + 1) * (N_IN + 1)], cursor[N_IN];                                       \
+        uint16_t crow[N * N_IN];                                                                \
+        REAL cval[N * N_IN];                                                                    \
+        if (chunk > 0 && csr && batch >= N) { /* a full batch: its chunks' non-zeros grouped */  \
+            fm_group_chunks_##S(&D, rows, cptr, crow, cval, cursor);                            \
+            W.cptr = cptr;                                                                      \
+            W.crow = crow;                                                                      \
+            W.cval = cval;                                                                      \
+        }                                                                                       \
         fm_tally tally = {0, 0};                                                                \
         int status = fm_sparse_epoch_##S(&P, &D, &opt, loss, &W, threads, &tally);              \
         check(status == FM_OK, #S " sparse epoch status");                                      \
