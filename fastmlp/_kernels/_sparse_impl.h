@@ -45,9 +45,9 @@
  * examples beside a dense copy of the batch more still; with two threads each
  * sorts the whole batch. Passing over the inputs instead of the examples in the
  * forward pass (each row read once per batch, the examples' h in L1): no faster,
- * bound by the stores to h. The row passes run at the L2 bandwidth of the core (about 32 bytes per
- * cycle), which is why two threads, each with its own L2 and half the rows' width,
- * take 1.6-1.9x less time. (The 4 + 3 cache-line split of 100 units between two
+ * bound by the stores to h. The row passes run at the L2 bandwidth of the core
+ * (about 32 bytes per cycle), which is why two threads, each with its own L2 and
+ * half the rows' width, take 1.6-1.9x less time. (The 4 + 3 cache-line split of 100 units between two
  * threads is not what limits them: 3 + 3 lines measured only 3-7% faster.)
  */
 
@@ -228,13 +228,23 @@ static FM_INLINE void FN(fm_update_momentum)(REAL *restrict W, REAL *restrict V,
     }
 }
 
-/* In one pass over examples [0, B) of the workspace: dh~ = (Wy^T dz) * (1 - h*h)
- * with Wy before the step, and the gradients of Wy and bh added to gWy and gbh. */
-static FM_INLINE void FN(fm_sparse_dh)(const REAL *restrict Wy, const REAL *restrict H, const REAL *restrict dZ,
-                                       REAL *restrict dH, REAL *restrict gWy, REAL *restrict gbh, ptrdiff_t B,
-                                       ptrdiff_t width, ptrdiff_t nout, ptrdiff_t stride)
+/* For slice s, in one pass over examples [0, C) of the workspace: dh~ = (Wy^T dz)
+ * * (1 - h*h) with Wy before the step, and the gradients of Wy, bh and by summed
+ * into gWy, gbh and gby: afresh where `first`, else added to the sums of the
+ * batch's earlier chunks. */
+static FM_INLINE void FN(fm_sparse_output_grads)(const FN(fm_net) *P, const FN(fm_swork) *W, int s, ptrdiff_t width,
+                                                 ptrdiff_t C, const REAL *restrict dZ, int first)
 {
-    for (ptrdiff_t b = 0; b < B; b++) {
+    const ptrdiff_t nout = P->nout, stride = P->stride, rows = W->rows;
+    const REAL *restrict Wy = P->Wy + s * nout * stride, *restrict H = W->H + s * rows * stride;
+    REAL *restrict dH = W->dH + s * rows * stride, *restrict gWy = W->gWy + s * nout * stride;
+    REAL *restrict gbh = W->gbh + s * stride, *restrict gby = W->gby + s * nout;
+    if (first) {
+        for (ptrdiff_t j = 0; j < width; j++) gbh[j] = 0;
+        for (ptrdiff_t o = 0; o < nout; o++)
+            for (ptrdiff_t j = 0; j < width; j++) gWy[o * stride + j] = 0;
+    }
+    for (ptrdiff_t b = 0; b < C; b++) {
         const REAL *restrict h = H + b * stride, *restrict dz = dZ + b * nout;
         REAL *restrict dh = dH + b * stride;
         for (ptrdiff_t j = 0; j < width; j++) dh[j] = 0;
@@ -254,6 +264,25 @@ static FM_INLINE void FN(fm_sparse_dh)(const REAL *restrict Wy, const REAL *rest
             gbh[j] += dh[j];
         }
     }
+    for (ptrdiff_t o = 0; o < nout; o++) {
+        REAL dsum = 0;
+        for (ptrdiff_t b = 0; b < C; b++) dsum += dZ[b * nout + o];
+        gby[o] = first ? dsum : gby[o] + dsum;
+    }
+}
+
+/* The steps of slice s's Wy (with decay), by and bh from the sums in gWy, gby, gbh. */
+static FM_INLINE void FN(fm_sparse_output_step)(const FN(fm_net) *P, const FN(fm_sgd) *opt, REAL decay,
+                                                const FN(fm_swork) *W, int s, ptrdiff_t width)
+{
+    const ptrdiff_t nout = P->nout, stride = P->stride;
+    for (ptrdiff_t o = 0; o < nout; o++) {
+        FN(fm_sgd_dense)(P->by + s * nout + o, P->Vby ? P->Vby + s * nout + o : NULL, W->gby + s * nout + o, 1, opt,
+                         R(0));
+        FN(fm_sgd_dense)(P->Wy + (s * nout + o) * stride, P->VWy ? P->VWy + (s * nout + o) * stride : NULL,
+                         W->gWy + (s * nout + o) * stride, width, opt, decay);
+    }
+    FN(fm_sgd_dense)(P->bh + s * stride, P->Vbh ? P->Vbh + s * stride : NULL, W->gbh + s * stride, width, opt, R(0));
 }
 
 /* W[i, 0 : nl lines] += sum over e in [cp[i], cp[i + 1]) of val[e] d[row[e], 0 : nl
@@ -308,27 +337,13 @@ static FM_INLINE void FN(fm_sparse_accumulate)(const FN(fm_net) *P, const FN(fm_
                                                int t, int nt, ptrdiff_t start, ptrdiff_t C,
                                                const REAL *restrict dZ, int first)
 {
-    const ptrdiff_t n_in = D->n_in, rows = W->rows, nout = P->nout, stride = P->stride;
+    const ptrdiff_t n_in = D->n_in, rows = W->rows, stride = P->stride;
     for (int s = t; s < P->n_slices; s += nt) {
         const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
         const ptrdiff_t width = GROUP_OFF(g1);
-        REAL *restrict dH = W->dH + s * rows * stride, *restrict gWy = W->gWy + s * nout * stride;
-        REAL *restrict gbh = W->gbh + s * stride, *restrict gby = W->gby + s * nout;
+        const REAL *restrict dH = W->dH + s * rows * stride;
         REAL *restrict Gs = W->G + s * n_in * stride;
-        if (first) {
-            for (ptrdiff_t j = 0; j < width; j++) gbh[j] = 0;
-            for (ptrdiff_t o = 0; o < nout; o++) {
-                gby[o] = 0;
-                for (ptrdiff_t j = 0; j < width; j++) gWy[o * stride + j] = 0;
-            }
-        }
-        FN(fm_sparse_dh)(P->Wy + s * nout * stride, W->H + s * rows * stride, dZ, dH, gWy, gbh, C, width, nout,
-                         stride);
-        for (ptrdiff_t o = 0; o < nout; o++) {
-            REAL dsum = 0;
-            for (ptrdiff_t b = 0; b < C; b++) dsum += dZ[b * nout + o];
-            gby[o] += dsum;
-        }
+        FN(fm_sparse_output_grads)(P, W, s, width, C, dZ, first);
         if (W->cptr) {
             /* the chunk's non-zeros grouped by input: G[i, :] += sum over them of x_bi dh~_b */
             const int64_t *cp = W->cptr + (start / rows) * (n_in + 1);
@@ -355,7 +370,7 @@ static FM_INLINE void FN(fm_sparse_accumulate)(const FN(fm_net) *P, const FN(fm_
 static FM_INLINE void FN(fm_sparse_apply)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_sgd) *opt,
                                           REAL decay, const FN(fm_swork) *W, int t, int nt)
 {
-    const ptrdiff_t n_in = D->n_in, nout = P->nout, stride = P->stride;
+    const ptrdiff_t n_in = D->n_in, stride = P->stride;
     for (int s = t; s < P->n_slices; s += nt) {
         const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
         const ptrdiff_t width = GROUP_OFF(g1);
@@ -365,14 +380,7 @@ static FM_INLINE void FN(fm_sparse_apply)(const FN(fm_net) *P, const FN(fm_rows)
             FN(fm_sgd_dense)(WhT + i * stride, VWhT ? VWhT + i * stride : NULL, Gs + i * stride, width, opt, decay);
             for (ptrdiff_t j = 0; j < width; j++) Gs[i * stride + j] = 0;
         }
-        REAL *restrict Wy = P->Wy + s * nout * stride, *restrict bys = P->by + s * nout;
-        for (ptrdiff_t o = 0; o < nout; o++) {
-            FN(fm_sgd_dense)(bys + o, P->Vby ? P->Vby + s * nout + o : NULL, W->gby + s * nout + o, 1, opt, R(0));
-            FN(fm_sgd_dense)(Wy + o * stride, P->VWy ? P->VWy + (s * nout + o) * stride : NULL,
-                             W->gWy + (s * nout + o) * stride, width, opt, decay);
-        }
-        FN(fm_sgd_dense)(P->bh + s * stride, P->Vbh ? P->Vbh + s * stride : NULL, W->gbh + s * stride, width, opt,
-                         R(0));
+        FN(fm_sparse_output_step)(P, opt, decay, W, s, width);
     }
 }
 
@@ -391,10 +399,8 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
         REAL *restrict WhT = P->WhT + s * n_in * stride, *restrict bh = P->bh + s * stride;
         REAL *restrict Wy = P->Wy + s * nout * stride, *restrict bys = P->by + s * nout;
         const REAL *restrict H = W->H + s * rows * stride;
-        REAL *restrict dH = W->dH + s * rows * stride, *restrict gWy = W->gWy + s * nout * stride;
-        REAL *restrict gbh = W->gbh + s * stride;
-        REAL *VWhT = P->VWhT ? P->VWhT + s * n_in * stride : NULL, *Vbh = P->Vbh ? P->Vbh + s * stride : NULL;
-        REAL *VWy = P->VWy ? P->VWy + s * nout * stride : NULL, *Vby = P->Vby ? P->Vby + s * nout : NULL;
+        REAL *restrict dH = W->dH + s * rows * stride;
+        REAL *VWhT = P->VWhT ? P->VWhT + s * n_in * stride : NULL;
 
         if (B == 1 && plain) {
             /* one example, plain SGD: dh~ from each row of Wy, then that row's step, in one pass */
@@ -417,21 +423,8 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
                 bh[j] -= lr * dh[j];
             }
         } else {
-            /* in one pass over the examples: dh~ = (Wy^T dz) * (1 - h*h) with Wy before
-             * the step, and the sums of the gradients of Wy and bh */
-            for (ptrdiff_t j = 0; j < width; j++) gbh[j] = 0;
-            for (ptrdiff_t o = 0; o < nout; o++)
-                for (ptrdiff_t j = 0; j < width; j++) gWy[o * stride + j] = 0;
-            FN(fm_sparse_dh)(Wy, H, dZ, dH, gWy, gbh, B, width, nout, stride);
-            /* the steps of Wy (with decay), by and bh */
-            for (ptrdiff_t o = 0; o < nout; o++) {
-                REAL dsum = 0;
-                for (ptrdiff_t b = 0; b < B; b++) dsum += dZ[b * nout + o];
-                FN(fm_sgd_dense)(bys + o, Vby ? Vby + o : NULL, &dsum, 1, opt, R(0));
-                FN(fm_sgd_dense)(Wy + o * stride, VWy ? VWy + o * stride : NULL, gWy + o * stride, width, opt,
-                                 decay);
-            }
-            FN(fm_sgd_dense)(bh, Vbh, gbh, width, opt, R(0));
+            FN(fm_sparse_output_grads)(P, W, s, width, B, dZ, 1);
+            FN(fm_sparse_output_step)(P, opt, decay, W, s, width);
         }
 
         if (plain) {
