@@ -498,16 +498,15 @@ def group_chunks(rows, order, Py_ssize_t chunk_rows, Py_ssize_t n_in):
     cdef uint16_t *pr
     cdef void *pv
     cdef int64_t *pu
+    pc, pr, pv, pu = <int64_t*>_ptr(cptr), <uint16_t*>_ptr(crow), _ptr(cval), <int64_t*>_ptr(cursor)
     if rows.data.dtype == np.float32:
         Rf = fm_rows_f(<const float*>_ptr(rows.data), <const int32_t*>_ptr(rows.indices),
                        <const int64_t*>_ptr(rows.indptr), NULL, <const intptr_t*>_ptr(order), NULL, n_in, n, n)
-        pc, pr, pv, pu = <int64_t*>_ptr(cptr), <uint16_t*>_ptr(crow), _ptr(cval), <int64_t*>_ptr(cursor)
         with nogil:
             fm_group_chunks_f(&Rf, chunk_rows, pc, pr, <float*>pv, pu)
     else:
         Rd = fm_rows_d(<const double*>_ptr(rows.data), <const int32_t*>_ptr(rows.indices),
                        <const int64_t*>_ptr(rows.indptr), NULL, <const intptr_t*>_ptr(order), NULL, n_in, n, n)
-        pc, pr, pv, pu = <int64_t*>_ptr(cptr), <uint16_t*>_ptr(crow), _ptr(cval), <int64_t*>_ptr(cursor)
         with nogil:
             fm_group_chunks_d(&Rd, chunk_rows, pc, pr, <double*>pv, pu)
     return cptr, crow, cval

@@ -583,7 +583,7 @@ class EpochRunner:
         self.path, rows = choose_path(kernels, path, self.batch, X)
         self.n_threads = n_threads
         self._layouts = {}
-        self._full_batch = None  # (rows, their chunks grouped by input) of the last full batch
+        self._full_batch = None  # a full batch's chunks grouped by input, once built
         self.threads = 1  # until an epoch asks for more
         if self.path == "sparse":
             self.rows = self._rows(rows)
@@ -668,9 +668,10 @@ class EpochRunner:
         if self.path == "sparse":
             order = np.ascontiguousarray(order, dtype=np.intp)
             work = self.work
-            full_batch = len(order) == self.n_rows <= self.batch_size
-            if full_batch and work.G.size and self.rows.indptr is not None:
-                order, work = self._grouped_full_batch(order, work)
+            if len(order) == self.n_rows <= self.batch_size and work.G.size and self.rows.indptr is not None:
+                rows, every_row = batch_order(order, self.n_rows, self.batch_size)
+                if every_row:
+                    order, work = rows, self._grouped_full_batch(work)
             args = (self.labels, self.weights, order, self.batch_size, opt, self.loss, work, self.threads)
             return self.kernels.sparse_epoch(self.block, self.rows, *args)
         if self.path == "reference":
@@ -713,19 +714,17 @@ class EpochRunner:
         finally:
             self._store()
 
-    def _grouped_full_batch(self, order, work):
-        """A full batch on the sparse path in chunks: its examples in row order (the
-        batch's gradient is the same sum, and the chunks the same every epoch), with
-        each chunk's non-zeros grouped by input once per fit, so that each row of the
-        gradient takes one sum per chunk instead of one update per non-zero."""
-        rows = np.sort(order)
-        cached = self._full_batch
-        if cached is None or not np.array_equal(cached[0], rows):
+    def _grouped_full_batch(self, work):
+        """``work`` for one batch of every row taken in row order (the batch's gradient
+        is the same sum, and its chunks the same every epoch), with each chunk's
+        non-zeros grouped by input once per fit, so that each row of the gradient
+        takes one sum per chunk instead of one update per non-zero."""
+        if self._full_batch is None:
+            every_row = np.arange(self.n_rows, dtype=np.intp)
             n_in = self.block.WhT.shape[1]
-            cached = (rows, self.kernels.group_chunks(self.rows, rows, work.H.shape[1], n_in))
-            self._full_batch = cached
-        cptr, crow, cval = cached[1]
-        return rows, work._replace(cptr=cptr, crow=crow, cval=cval)
+            self._full_batch = self.kernels.group_chunks(self.rows, every_row, work.H.shape[1], n_in)
+        cptr, crow, cval = self._full_batch
+        return work._replace(cptr=cptr, crow=crow, cval=cval)
 
     def _use_threads(self, threads):
         """Run the next chunks on ``threads`` threads: the sparse path moves the
