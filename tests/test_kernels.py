@@ -6,7 +6,7 @@ from helpers import BACKENDS, DTYPES, random_problem
 
 from fastmlp import backends
 from fastmlp import reference as ref
-from fastmlp._kernels import epochs
+from fastmlp._kernels import _np, epochs
 
 # (n, n_in, n_hidden, n_out): degenerate sizes, odd sizes, MNIST-like widths
 SHAPES = [(1, 1, 1, 2), (5, 1, 3, 2), (9, 7, 1, 3), (33, 13, 17, 5), (64, 784, 100, 10)]
@@ -292,20 +292,8 @@ def test_chunked_batches_match_the_reference(
     opt = epochs.SGD(0.05, momentum, decay, nesterov, weighted)
     perm = np.random.default_rng(2).permutation(100)
     for _ in range(2):
-        r_loss, r_correct = ref.train_epoch(
-            expected,
-            X,
-            y,
-            perm,
-            batch,
-            0.05,
-            loss,
-            momentum=momentum,
-            nesterov=nesterov,
-            weight_decay=decay,
-            velocity=ve,
-            weights=w,
-            decay_by_weight_sum=weighted,
+        r_loss, r_correct = _np.reference_epoch(
+            epochs.Params(**expected), X, y, w, perm, batch, opt, epochs.loss_code(loss), ve
         )
         k_loss, k_correct = runner.epoch(perm, opt)
     np.testing.assert_allclose(k_correct, r_correct, rtol=1e-6)  # weighted counts with weights

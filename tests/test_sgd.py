@@ -9,7 +9,7 @@ from helpers import BACKENDS, random_problem
 import fastmlp
 from fastmlp import backends, schedules
 from fastmlp import reference as ref
-from fastmlp._kernels import epochs
+from fastmlp._kernels import _np, epochs
 
 
 def paths():
@@ -102,21 +102,8 @@ def test_momentum_decay_and_weights_match_the_reference(
         velocity=v,
     )
     for _ in range(2):
-        r_loss, r_correct = ref.train_epoch(
-            expected,
-            X,
-            y,
-            perm,
-            batch,
-            0.01,
-            "ce",
-            momentum=momentum,
-            nesterov=nesterov,
-            weight_decay=decay,
-            velocity=ve,
-            weights=w,
-            decay_by_weight_sum=by_weights,
-        )
+        ce = epochs.loss_code("ce")
+        r_loss, r_correct = _np.reference_epoch(epochs.Params(**expected), X, y, w, perm, batch, opt, ce, ve)
         with epochs.blas_limits(True):
             k_loss, k_correct = runner.epoch(perm, opt)
     tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
