@@ -184,5 +184,6 @@ def test_info_explain_times_both_paths_where_auto_chooses():
         assert auto == fastmlp._kernels.epochs.auto_path(bs, float(density))[0] or abs(float(density) - 0.5) < 0.01
         assert (blas == "-") == (bs == 1)
         times = {"sparse": float(sparse), "blas": float(blas) if blas != "-" else None}
-        assert fastest == min((t, p) for p, t in times.items() if t is not None)[1]
+        # the table prints three decimals, so two paths can print the same time
+        assert times[fastest] == min(t for t in times.values() if t is not None)
         assert float(ratio) >= 1.0
