@@ -336,6 +336,26 @@ def test_batches_are_taken_whole_where_a_gradient_buffer_would_outgrow_them():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_out", [1, 10, 17])
+def test_what_each_thread_writes_at_every_batch_lies_on_lines_of_its_own(dtype, n_out):
+    """Each slice's copy of by (and its velocity and gradient) and each row of dl/dz
+    start on a cache line and fill whole lines, so two threads never write to one
+    line; the kernel refuses a workspace laid out otherwise."""
+    net = epochs.sparse_net(30, 100, n_out, dtype, 2, momentum=True)
+    work = epochs.sparse_work(net, 8)
+    for a in (net.by, net.Vby, work.gby, work.dZ):
+        assert a.ctypes.data % epochs.CACHE_LINE == 0
+        assert a.strides[-2] % epochs.CACHE_LINE == 0 and a.shape[-1] >= n_out
+    kern = backends.kernels("cython")
+    X = np.ones((8, 30), dtype)
+    rows = epochs.Rows(*kern.dense_to_csr(X))
+    args = (np.zeros(8, np.intp), None, np.arange(8), 8, epochs.SGD(0.1), 0)
+    assert kern.sparse_epoch(net, rows, *args, work, 2)[1] >= 0
+    with pytest.raises(ValueError, match="padded to whole cache lines"):
+        kern.sparse_epoch(net, rows, *args, work._replace(dZ=np.zeros((2, 8, n_out), dtype)), 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_a_full_batch_in_chunks_does_not_depend_on_the_shuffle(monkeypatch, dtype):
     """A full batch is one gradient: in chunks it is summed in row order, so every
     permutation gives the same parameters, bitwise, and the reference's up to rounding."""

@@ -435,6 +435,9 @@ cdef _sparse_call(P, rows, labels, weights, order, Py_ssize_t batch, opt, int lo
     cdef Py_ssize_t work_rows = work.H.shape[1]
     if work.H.shape[0] != n_slices or (work_rows < min(batch, n) and work.G.size == 0):
         raise ValueError("the workspace does not fit the parameter block and the batch size")
+    cdef Py_ssize_t lanes = 64 // P.WhT.itemsize, out_pad = (nout + lanes - 1) // lanes * lanes
+    if P.by.shape[1] != out_pad or work.gby.shape[1] != out_pad or work.dZ.shape[2] != out_pad:
+        raise ValueError("by, gby and the rows of dZ must be n_out padded to whole cache lines")
     batch = min(batch, n)
     if P.WhT.dtype == np.float32:
         Nf = fm_net_f(<float*>_ptr(P.WhT), <float*>_ptr(P.bh), <float*>_ptr(P.Wy), <float*>_ptr(P.by),

@@ -43,9 +43,10 @@ typedef struct {
      * (group g: lines group_line[g] .. group_line[g + 1]); slice s holds the groups   \
      * slice_group[s] .. slice_group[s + 1] in arrays of its own, each row `stride`    \
      * elements apart: WhT (n_slices, n_in, stride) the transposed hidden weights, bh  \
-     * (n_slices, stride), Wy (n_slices, nout, stride); by (n_slices, nout) holds one  \
-     * copy of the output biases per slice. Every block starts on a cache line. VWhT,  \
-     * Vbh, VWy, Vby: their velocities, in the same layout (NULL without momentum). */ \
+     * (n_slices, stride), Wy (n_slices, nout, stride); by (n_slices, nout_pad) holds \
+     * one copy of the output biases per slice, nout_pad being nout rounded up to whole \
+     * cache lines. Every block starts on a cache line. VWhT, Vbh, VWy, Vby: their      \
+     * velocities, in the same layout (NULL without momentum). */                      \
     typedef struct {                                                                   \
         REAL *WhT, *bh, *Wy, *by;                                                      \
         REAL *VWhT, *Vbh, *VWy, *Vby;                                                  \
@@ -68,9 +69,9 @@ typedef struct {
     /* Workspace of the sparse epoch, for `rows` examples at a time (the batch, or    \
      * chunks of it: see G): H, dH (n_slices, rows, stride) the hidden activations and \
      * dl/dh~; P (2, rows, n_groups, nout) the partial logits, one half per parity;    \
-     * dZ (n_slices, rows, nout) dl/dz, one copy per thread (shared, the first, where  \
+     * dZ (n_slices, rows, nout_pad) dl/dz, one copy per thread (shared, the first, where \
      * the threads share its rows out); row_loss, row_correct (rows,); gWy (n_slices, \
-     * nout, stride), gbh (n_slices, stride), gby (n_slices, nout) the summed          \
+     * nout, stride), gbh (n_slices, stride), gby (n_slices, nout_pad) the summed      \
      * gradients of Wy, bh and by; sync the threads' barrier (32 int32, zero-filled,   \
      * cache aligned). G (n_slices, n_in, stride), zero-filled, or NULL: with G, a     \
      * batch of more than `rows` examples is taken `rows` at a time, its gradient of   \

@@ -461,7 +461,7 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group
     plain = mu == 0 and decay == 0
     loss_sum = 0.0
     correct = 0.0
-    dZt = dZ[t]
+    dZt = dZ[t, :, :nout]
     for b in range(B):
         for o in range(nout):
             z = by[t, o]

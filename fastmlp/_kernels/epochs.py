@@ -291,7 +291,7 @@ class SparseNet(NamedTuple):
     WhT: np.ndarray  # (n_slices, n_in, stride)
     bh: np.ndarray  # (n_slices, stride)
     Wy: np.ndarray  # (n_slices, n_out, stride)
-    by: np.ndarray  # (n_slices, n_out)
+    by: np.ndarray  # (n_slices, n_out padded to whole cache lines)
     VWhT: np.ndarray
     Vbh: np.ndarray
     VWy: np.ndarray
@@ -318,10 +318,10 @@ class SparseWork(NamedTuple):
     H: np.ndarray  # (n_slices, rows, stride) hidden activations
     dH: np.ndarray  # (n_slices, rows, stride) dl/dh~
     P: np.ndarray  # (2, rows, n_groups, n_out) partial logits, per parity
-    dZ: np.ndarray  # (n_slices, rows, n_out) dl/dz, one copy per thread
+    dZ: np.ndarray  # (n_slices, rows, n_out padded) dl/dz, one copy per thread
     gWy: np.ndarray  # (n_slices, n_out, stride) the batch's summed gradient of Wy
     gbh: np.ndarray  # (n_slices, stride) and of bh
-    gby: np.ndarray  # (n_slices, n_out) and of by
+    gby: np.ndarray  # (n_slices, n_out padded) and of by
     G: np.ndarray  # (n_slices, n_in, stride) and of WhT, for chunked batches; else empty
     row_loss: np.ndarray  # (rows,) float64
     row_correct: np.ndarray  # (rows,) float64
@@ -422,7 +422,8 @@ def sparse_net(n_in, n_hidden, n_out, dtype, n_threads, momentum=False):
     n_slices = max(1, min(n_threads, len(group_line) - 1))
     slice_group = slice_groups(group_line, n_slices)
     stride = int(np.diff(group_line[slice_group]).max()) * (CACHE_LINE // itemsize)
-    shapes = ((n_slices, n_in, stride), (n_slices, stride), (n_slices, n_out, stride), (n_slices, n_out))
+    out_pad = padded_width(n_out, itemsize)  # each slice's copy of by on lines of its own
+    shapes = ((n_slices, n_in, stride), (n_slices, stride), (n_slices, n_out, stride), (n_slices, out_pad))
     arrays = [aligned_zeros(shape, dtype) for shape in shapes]
     velocities = [aligned_zeros(shape if momentum else (0,) * len(shape), dtype) for shape in shapes]
     return SparseNet(*arrays, *velocities, slice_group, group_line)
@@ -450,16 +451,17 @@ def sparse_work(net, batch, chunk_rows=0):
     n_slices, n_in, stride = net.WhT.shape
     n_out, dtype = net.Wy.shape[1], net.WhT.dtype
     n_groups = len(net.group_line) - 1
+    out_pad = net.by.shape[1]  # the rows of dl/dz on lines of their own, as by
     chunked = 0 < chunk_rows < batch and n_in <= batch
     rows = chunk_rows if chunked else batch
     return SparseWork(
         aligned_zeros((n_slices, rows, stride), dtype),
         aligned_zeros((n_slices, rows, stride), dtype),
         np.zeros((2, rows, n_groups, n_out), dtype),
-        np.zeros((n_slices, rows, n_out), dtype),
+        aligned_zeros((n_slices, rows, out_pad), dtype),
         aligned_zeros((n_slices, n_out, stride), dtype),
         aligned_zeros((n_slices, stride), dtype),
-        np.zeros((n_slices, n_out), dtype),
+        aligned_zeros((n_slices, out_pad), dtype),
         aligned_zeros((n_slices, n_in, stride) if chunked else (0,), dtype),
         np.zeros(rows, np.float64),
         np.zeros(rows, np.float64),
@@ -642,7 +644,7 @@ class EpochRunner:
                 yield Wh[u0:u1].T, WhT[s, :, : u1 - u0]
                 yield bh[u0:u1], bhs[s, : u1 - u0]
                 yield Wy[:, u0:u1], Wys[s, :, : u1 - u0]
-                yield by, bys[s]
+                yield by, bys[s, : len(by)]
 
     def _load(self):
         if self.path == "sparse":

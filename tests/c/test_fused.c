@@ -167,10 +167,11 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
         int stride;                                                                             \
         const int n_slices = make_layout(lanes, threads, group_line, slice_group, &stride);    \
         const int n_groups = (((NH + lanes - 1) / lanes) + 3) / 4;                              \
+        const int opad = (NOUT + lanes - 1) / lanes * lanes; /* by, gby, dZ rows: whole lines */ \
         REAL *WhT = aligned_zeros(n_slices * N_IN * stride * sizeof(REAL));                     \
         REAL *bh = aligned_zeros(n_slices * stride * sizeof(REAL));                             \
         REAL *Wy = aligned_zeros(n_slices * NOUT * stride * sizeof(REAL));                      \
-        REAL *by = aligned_zeros(n_slices * NOUT * sizeof(REAL));                               \
+        REAL *by = aligned_zeros(n_slices * opad * sizeof(REAL));                               \
         for (int s = 0; s < n_slices; s++) {                                                    \
             const int u0 = group_line[slice_group[s]] * lanes;                                  \
             for (int j = u0; j < NH && j < u0 + stride; j++) {                                  \
@@ -178,7 +179,7 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
                 for (int i = 0; i < N_IN; i++) WhT[(s * N_IN + i) * stride + j - u0] = (REAL)Wh0[j][i]; \
                 for (int o = 0; o < NOUT; o++) Wy[(s * NOUT + o) * stride + j - u0] = (REAL)Wy0[o][j]; \
             }                                                                                   \
-            for (int o = 0; o < NOUT; o++) by[s * NOUT + o] = (REAL)by0[o];                     \
+            for (int o = 0; o < NOUT; o++) by[s * opad + o] = (REAL)by0[o];                     \
         }                                                                                       \
         REAL x[N][N_IN], vals[N * N_IN];                                                        \
         int32_t cols[N * N_IN], iota[N_IN];                                                     \
@@ -203,10 +204,10 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
         fm_swork_##S W = {aligned_zeros(n_slices * rows * stride * sizeof(REAL)),               \
                           aligned_zeros(n_slices * rows * stride * sizeof(REAL)),               \
                           aligned_zeros(2 * rows * n_groups * NOUT * sizeof(REAL)),             \
-                          aligned_zeros(n_slices * rows * NOUT * sizeof(REAL)),                 \
+                          aligned_zeros(n_slices * rows * opad * sizeof(REAL)),                 \
                           aligned_zeros(n_slices * NOUT * stride * sizeof(REAL)),               \
                           aligned_zeros(n_slices * stride * sizeof(REAL)),                      \
-                          aligned_zeros(n_slices * NOUT * sizeof(REAL)),                        \
+                          aligned_zeros(n_slices * opad * sizeof(REAL)),                        \
                           chunk > 0 ? aligned_zeros(n_slices * N_IN * stride * sizeof(REAL)) : NULL, \
                           aligned_zeros(rows * sizeof(double)), aligned_zeros(rows * sizeof(double)), \
                           aligned_zeros(128), rows, NULL, NULL, NULL};                          \
@@ -253,7 +254,7 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
                     worst = fmax(worst, fabs(Wy[(s * NOUT + o) * stride + j - u0] - W_y[o][j]) / (1 + fabs(W_y[o][j]))); \
             }                                                                                   \
             for (int o = 0; o < NOUT; o++)                                                      \
-                worst = fmax(worst, fabs(by[s * NOUT + o] - b_y[o]) / (1 + fabs(b_y[o])));      \
+                worst = fmax(worst, fabs(by[s * opad + o] - b_y[o]) / (1 + fabs(b_y[o])));      \
         }                                                                                       \
         worst = fmax(worst, fabs(tally.loss_sum - loss_sum) / (1 + fabs(loss_sum)));            \
         char what[200];                                                                         \
