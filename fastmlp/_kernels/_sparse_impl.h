@@ -411,6 +411,21 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
             /* one example, plain SGD: dh~ from each row of Wy, then that row's step, in one pass */
             const REAL *restrict h = H, *restrict dz = dZ;
             REAL *restrict dh = dH;
+#if FM_VECTORS
+            /* line by line, each line's dh~ in a register through the rows of Wy */
+            for (ptrdiff_t l = 0; l < width / LANES; l++) {
+                const VL hv = ((const VL *)h)[l];
+                VL dv = (VL){0};
+                for (ptrdiff_t o = 0; o < nout; o++) {
+                    VL *restrict wy = (VL *)(Wy + o * stride) + l;
+                    dv += dz[o] * *wy;
+                    *wy -= (lr * dz[o]) * hv;
+                }
+                dv *= R(1) - hv * hv;
+                ((VL *)dh)[l] = dv;
+                ((VL *)bh)[l] -= lr * dv;
+            }
+#else
             for (ptrdiff_t j = 0; j < width; j++) dh[j] = 0;
             for (ptrdiff_t o = 0; o < nout; o++) {
                 const REAL d = dz[o], lrd = lr * dz[o];
@@ -420,13 +435,14 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
                     dh[j] += d * wy[j];
                     wy[j] -= lrd * h[j];
                 }
-                bys[o] -= lr * d;
             }
 #pragma omp simd
             for (ptrdiff_t j = 0; j < width; j++) {
                 dh[j] *= R(1) - h[j] * h[j];
                 bh[j] -= lr * dh[j];
             }
+#endif
+            for (ptrdiff_t o = 0; o < nout; o++) bys[o] -= lr * dz[o];
         } else {
             FN(fm_sparse_output_grads)(P, W, s, width, B, dZ, 1);
             FN(fm_sparse_output_step)(P, opt, decay, W, s, width);
