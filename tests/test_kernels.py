@@ -65,6 +65,24 @@ def test_loss_grad_is_stable_and_breaks_ties_low(kern):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_gradient_is_accurate_down_to_underflow(kern, dtype):
+    """exp(z - max z) from 0 down to where it rounds to zero (float32 below about
+    -104): each probability within a few units in the last place of float64's,
+    times exp's condition number |z - max z|."""
+    gaps = np.array([0.0, -1e-6, -0.5, -1.0, -10.0, -30.0, -50.0, -70.0, -87.0, -95.0, -100.0, -104.0, -110.0, -800.0])
+    Z = np.stack([gaps, gaps[::-1] + 3.0]).astype(dtype)
+    y = np.array([3, 0], dtype=np.intp)
+    dZ, loss_sum, _ = kern.loss_grad(Z, y, epochs.loss_code("ce"))
+    Zd = Z.astype(np.float64)
+    p = np.exp(ref.log_softmax(Zd))
+    tiny = np.finfo(dtype).smallest_subnormal
+    eps = np.finfo(dtype).eps * np.maximum(1.0, np.abs(Zd - Zd.max(axis=1, keepdims=True)))
+    assert (np.abs(dZ * 2 + np.eye(Z.shape[1])[y] - p) <= 4 * eps * p + 4 * tiny).all()
+    expected = -ref.log_softmax(Zd)[np.arange(2), y].sum()
+    np.testing.assert_allclose(loss_sum, expected, rtol=4 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_backward_update(kern, dtype, shape):
     X, y, p = random_problem(*shape, dtype, seed=5)

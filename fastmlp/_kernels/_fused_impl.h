@@ -106,10 +106,19 @@ static FM_INLINE void FN(fm_row_loss_grad)(const REAL *z, intptr_t y, REAL *dz, 
     tally->correct += weight * (am == y);
     const REAL zy = z[y]; /* z and dz may be the same row */
     REAL s = 0;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        dz[i] = EXP(z[i] - m);
-        s += dz[i];
+    if (sizeof(REAL) == sizeof(float)) {
+        /* exp in double arithmetic that vectorises (expf is a call per element, paid
+         * by every thread at every example at batch 1), rounded once to float; below
+         * -104 the float result is 0 */
+#pragma omp simd
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const double x = (double)(z[i] - m);
+            dz[i] = (REAL)fm_exp_d(x < -104.0 ? -104.0 : x);
+        }
+    } else {
+        for (ptrdiff_t i = 0; i < n; i++) dz[i] = EXP(z[i] - m);
     }
+    for (ptrdiff_t i = 0; i < n; i++) s += dz[i];
     const REAL inv_s = R(1) / s;
     if (loss == FM_LOSS_CE) {
         /* l = log sum exp(z - m) - (z_y - m); dl/dz = softmax(z) - onehot(y) */
