@@ -176,6 +176,12 @@ def cmd_info(args):
         if chunk
         else "large batches on the sparse path: taken whole"
     )
+    group = getattr(kern, "SPARSE_GROUP_MIN", 0)
+    if group:
+        print(
+            f"batches of {group}+ examples on the sparse path: each touched row of Wh updated once with the "
+            f"batch's sum, where the batch's non-zeros are at least the inputs"
+        )
     print("epoch path of the compiled backends (auto), by batch size and input density:")
     for batch in (1, 4, 10, 32, 64, 256, 60000):
         for kind, density in (("dense", 1.0), ("40% non-zero", 0.4), ("19% non-zero (MNIST)", 0.19)):

@@ -60,6 +60,8 @@ def test_info_lists_backends_and_blas():
     assert "threadpool" in out.stdout and "kernel=" in out.stdout
     chunk = backends.kernels("auto").SPARSE_CHUNK_ROWS
     assert f"large batches on the sparse path: taken {chunk} examples at a time" in out.stdout
+    group = getattr(backends.kernels("auto"), "SPARSE_GROUP_MIN", 0)
+    assert (f"batches of {group}+ examples on the sparse path: each touched row" in out.stdout) == bool(group)
     # the path of every batch size, with the reason, as the driver decides it
     for batch in (1, 10, 64, 256, 60000):
         for kind in ("dense", "19% non-zero"):

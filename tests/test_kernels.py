@@ -276,6 +276,17 @@ def _chunking_kernels(monkeypatch, chunk):
     return kern
 
 
+def _grouping_kernels(monkeypatch, group_min):
+    """The Cython kernels grouping the updates of batches from ``group_min`` examples
+    up (small, so that small problems take the grouped update at many sizes)."""
+    if "cython" not in BACKENDS:
+        pytest.skip("the Cython backend is not built")
+    kern = backends.kernels("cython")
+    assert 0 < kern.SPARSE_GROUP_MIN <= kern.SPARSE_MASK_ROWS
+    monkeypatch.setattr(kern, "SPARSE_GROUP_MIN", group_min)
+    return kern
+
+
 @pytest.mark.parametrize("inputs", ["dense", "csr"])
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -323,21 +334,107 @@ def test_chunked_batches_match_the_reference(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch", [64, 200])  # 200: a full batch, its chunks grouped by input
-def test_chunked_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dtype, batch):
-    kern = _chunking_kernels(monkeypatch, 9)
+@pytest.mark.parametrize(
+    "update,batch",
+    # chunks of 9 (200: a full batch, its chunks grouped by input); updates grouped
+    # by the mask (100: two words of bits)
+    [("chunked", 64), ("chunked", 200), ("grouped", 40), ("grouped", 100)],
+)
+def test_large_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dtype, update, batch):
+    kern = _chunking_kernels(monkeypatch, 9) if update == "chunked" else _grouping_kernels(monkeypatch, 32)
     X, y, p0 = random_problem(200, 30, 150, 3, dtype, seed=8, sparse=True)  # 150 units: several groups
     results = []
     for n_threads in (1, 2, 3):
         p = {k: v.copy() for k, v in p0.items()}
         runner = epochs.EpochRunner(kern, p, X, y, batch_size=batch, path="sparse", n_threads=n_threads)
-        assert runner.work.G.size > 0
+        assert (runner.work.G if update == "chunked" else runner.work.mask).size > 0
         loss = runner.epoch(np.random.default_rng(0).permutation(200), 0.1)
         results.append((p, loss))
     for p, loss in results[1:]:
         assert loss == results[0][1]
         for k in ref.PARAM_NAMES:
             np.testing.assert_array_equal(p[k], results[0][0][k])
+
+
+@pytest.mark.parametrize("rows", ["csr", "dense"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "momentum,nesterov,decay,weighted", [(0.0, False, 0.0, False), (0.9, True, 1e-2, True), (0.5, False, 0.1, False)]
+)
+@pytest.mark.parametrize("batch", [2, 7, 64, 70, 150, 300])  # 70: two words of bits; 300: chunks of 128
+def test_grouped_updates_match_the_reference(
+    monkeypatch, rows, loss, dtype, momentum, nesterov, decay, weighted, batch
+):
+    """Each touched row of WhT (or G) updated once per batch with the sum over the
+    batch's examples: the reference's step, for every option, on CSR and dense rows."""
+    kern = _grouping_kernels(monkeypatch, 2)
+    X, y, p = random_problem(300, 13, 40, 4, dtype, seed=3, sparse=rows == "csr")
+    # weights in [0.5, 1.5): with decay / (the batch's weight sum), a batch of two
+    # near-zero weights would take a step that amplifies any rounding (either update)
+    w = 0.5 + np.random.default_rng(1).random(300).astype(dtype) if weighted else None
+    expected = {k: v.copy() for k, v in p.items()}
+    ve = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(a) for k, a in p.items()} if momentum else None
+    runner = epochs.EpochRunner(
+        kern, p, X, y, batch_size=batch, path="sparse", n_threads=2, loss=loss, weights=w, velocity=v
+    )
+    # batch 2 of CSR rows: 2 x 3.9 non-zeros are fewer than the 13 inputs, so no mask
+    assert (runner.work.mask.size > 0) == (batch > 2 or rows == "dense")
+    assert (runner.rows.indptr is None) == (rows == "dense")
+    opt = epochs.SGD(0.01, momentum, decay, nesterov, weighted)  # a stable walk at every batch size
+    perm = np.random.default_rng(2).permutation(300)
+    for _ in range(2):
+        r_loss, r_correct = _np.reference_epoch(
+            epochs.Params(**expected), X, y, w, perm, batch, opt, epochs.loss_code(loss), ve
+        )
+        k_loss, k_correct = runner.epoch(perm, opt)
+    assert not runner.work.mask.any()  # every bit cleared for the next batch
+    np.testing.assert_allclose(k_correct, r_correct, rtol=1e-6)
+    np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
+    for k in ref.PARAM_NAMES:
+        np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
+        if momentum:
+            np.testing.assert_allclose(v[k], ve[k], **tol(dtype))
+
+
+def test_updates_are_grouped_where_the_walk_over_the_inputs_pays():
+    """The mask costs a walk over every input per batch: set up from the backend's
+    SPARSE_GROUP_MIN examples up, where the batch's non-zeros are at least the inputs."""
+    kern = backends.kernels("cython") if "cython" in BACKENDS else pytest.skip("the Cython backend is not built")
+    group = (kern.SPARSE_GROUP_MIN, kern.SPARSE_MASK_ROWS)
+    net = epochs.sparse_net(784, 100, 10, np.float32, 2)
+    work = epochs.sparse_work(net, 64, 128, group, nnz_per_row=150.0)  # MNIST
+    assert work.mask.shape == (2, 784, 1) and work.group_min == kern.SPARSE_GROUP_MIN
+    assert epochs.sparse_work(net, 60000, 128, group, 150.0).mask.shape == (2, 784, 2)  # chunks of 128
+    assert epochs.sparse_work(net, 10, 128, group, 150.0).mask.size == 0  # too few examples
+    assert epochs.sparse_work(net, 64, 128, None, 150.0).mask.size == 0  # the backend does not group
+    wide = epochs.sparse_net(2**18, 100, 10, np.float32, 2)
+    assert epochs.sparse_work(wide, 64, 128, group, 131.0).mask.size == 0  # 8,384 non-zeros, 262,144 inputs
+
+
+def test_unsorted_and_duplicate_csr_indices_are_canonicalised_for_the_kernels(monkeypatch):
+    import scipy.sparse as sp
+
+    kern = _grouping_kernels(monkeypatch, 2)
+    X, y, p0 = random_problem(64, 20, 30, 3, np.float64, seed=4, sparse=True)
+    C = sp.csr_matrix(X)
+    # each row's entries reversed, and one entry split in two halves
+    data, indices, indptr = [], [], [0]
+    for r in range(64):
+        d, i = C.data[C.indptr[r] : C.indptr[r + 1]][::-1], C.indices[C.indptr[r] : C.indptr[r + 1]][::-1]
+        if len(d):
+            d, i = np.concatenate([d[:1] / 2, d[:1] / 2, d[1:]]), np.concatenate([i[:1], i])
+        data.extend(d), indices.extend(i), indptr.append(len(data))
+    messy = sp.csr_matrix((np.array(data), np.array(indices), np.array(indptr)), shape=C.shape)
+    assert not messy.has_canonical_format
+    results = []
+    for inputs in (C, messy):
+        p = {k: v.copy() for k, v in p0.items()}
+        epochs.EpochRunner(kern, p, inputs, y, batch_size=32, path="sparse").epoch(np.arange(64), 0.1)
+        results.append(p)
+    for k in ref.PARAM_NAMES:
+        np.testing.assert_allclose(results[1][k], results[0][k], rtol=1e-12, atol=1e-15)
 
 
 def test_batches_are_taken_whole_where_a_gradient_buffer_would_outgrow_them():

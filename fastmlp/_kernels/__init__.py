@@ -11,6 +11,9 @@ them all::
     THREADED_PATHS                          those of them that run on several threads
     SPARSE_CHUNK_ROWS                       examples per chunk of a large batch on the
                                             sparse path (0: batches are taken whole)
+    SPARSE_GROUP_MIN, SPARSE_MASK_ROWS      (optional) batches of at least this many
+                                            examples, up to SPARSE_MASK_ROWS, update each
+                                            touched row once (epochs.sparse_work)
 
     tanh(x) -> y                            the tanh the kernels use, 1-D
     forward_hidden(X, Wh, bh) -> H          H = tanh(X Wh^T + bh)

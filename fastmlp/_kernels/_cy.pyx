@@ -18,13 +18,13 @@ cnp.import_array()
 
 cimport numpy as cnp
 from cython cimport floating
-from libc.stdint cimport int32_t, int64_t, intptr_t, uint16_t
+from libc.stdint cimport int32_t, int64_t, intptr_t, uint16_t, uint64_t
 from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport sgemm, dgemm
 
 
 cdef extern from "_fused.h" nogil:
-    int FM_OK, FM_ERR_LOSS, FM_ERR_LAYOUT, FM_LOSS_CE, FM_LOSS_MSE
+    int FM_OK, FM_ERR_LOSS, FM_ERR_LAYOUT, FM_LOSS_CE, FM_LOSS_MSE, FM_MASK_ROWS
     ctypedef struct fm_tally:
         double loss_sum
         double correct
@@ -83,6 +83,8 @@ cdef extern from "_fused.h" nogil:
         const int64_t *cptr
         const uint16_t *crow
         const float *cval
+        uint64_t *mask
+        Py_ssize_t group_min
     ctypedef struct fm_batches_f:
         const float *X
         const intptr_t *labels
@@ -167,6 +169,8 @@ cdef extern from "_fused.h" nogil:
         const int64_t *cptr
         const uint16_t *crow
         const double *cval
+        uint64_t *mask
+        Py_ssize_t group_min
     ctypedef struct fm_batches_d:
         const double *X
         const intptr_t *labels
@@ -216,6 +220,11 @@ THREADED_PATHS = ("sparse", "blas")
 # A larger batch on the sparse path is taken this many examples at a time, its
 # gradient summed (epochs.sparse_work says when): its activations stay in cache.
 SPARSE_CHUNK_ROWS = 128
+# Batches (or chunks) of at least this many examples update each row of WhT they
+# touch once, with the sum over their examples, where the workspace has a mask of
+# their inputs (epochs.sparse_work says when); up to SPARSE_MASK_ROWS examples.
+SPARSE_GROUP_MIN = 32
+SPARSE_MASK_ROWS = FM_MASK_ROWS
 # The C enum of loss codes, for the test that checks it against epochs.LOSS_CODES.
 C_LOSS_CODES = {"ce": FM_LOSS_CE, "mse": FM_LOSS_MSE}
 
@@ -452,7 +461,7 @@ cdef _sparse_call(P, rows, labels, weights, order, Py_ssize_t batch, opt, int lo
                         <float*>_ptr(work.gWy), <float*>_ptr(work.gbh), <float*>_ptr(work.gby), <float*>_ptr(work.G),
                         <double*>_ptr(work.row_loss), <double*>_ptr(work.row_correct), <int32_t*>_ptr(work.sync),
                         work_rows, <const int64_t*>_ptr(work.cptr), <const uint16_t*>_ptr(work.crow),
-                        <const float*>_ptr(work.cval))
+                        <const float*>_ptr(work.cval), <uint64_t*>_ptr(work.mask), work.group_min)
         with nogil:
             if floor:
                 fm_row_passes_f(&Nf, &Rf, &Wf, n_threads)
@@ -472,7 +481,7 @@ cdef _sparse_call(P, rows, labels, weights, order, Py_ssize_t batch, opt, int lo
                         <double*>_ptr(work.gby), <double*>_ptr(work.G), <double*>_ptr(work.row_loss),
                         <double*>_ptr(work.row_correct), <int32_t*>_ptr(work.sync), work_rows,
                         <const int64_t*>_ptr(work.cptr), <const uint16_t*>_ptr(work.crow),
-                        <const double*>_ptr(work.cval))
+                        <const double*>_ptr(work.cval), <uint64_t*>_ptr(work.mask), work.group_min)
         with nogil:
             if floor:
                 fm_row_passes_d(&Nd, &Rd, &Wd, n_threads)

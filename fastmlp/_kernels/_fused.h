@@ -17,6 +17,8 @@ enum { FM_OK = 0, FM_ERR_LOSS = -1, FM_ERR_LAYOUT = -2 };
 
 /* Bytes of a cache line: the unit of the hidden-unit padding and of the slices. */
 #define FM_LINE 64
+/* The most examples a workspace with a mask (fm_swork) may hold at a time. */
+#define FM_MASK_ROWS 256
 /* The most threads an epoch runs on. */
 #define FM_MAX_THREADS 256
 
@@ -78,7 +80,12 @@ typedef struct {
      * WhT summed in G and the step taken after its last chunk (else rows >= batch).   \
      * cptr, crow, cval, or NULL: for an epoch of one batch (every example), CSR rows  \
      * and G, the non-zeros of each chunk grouped by input (fm_group_chunks), so that \
-     * each row of G takes one sum per chunk. */                                       \
+     * each row of G takes one sum per chunk. mask (n_slices, n_in, (rows + 63) / 64), \
+     * zero-filled, or NULL (NULL where rows > FM_MASK_ROWS): one bit per example of   \
+     * the batch (or chunk) for each input where it is non-zero, per thread; with it,  \
+     * batches and chunks of at least group_min examples update each row of WhT (or G) \
+     * they touch once, with the sum over their examples (the rows' indices must then \
+     * be sorted and unique). */                                                       \
     typedef struct {                                                                   \
         REAL *H, *dH, *P, *dZ, *gWy, *gbh, *gby, *G;                                   \
         double *row_loss, *row_correct;                                                \
@@ -87,6 +94,8 @@ typedef struct {
         const int64_t *cptr;                                                           \
         const uint16_t *crow;                                                          \
         const REAL *cval;                                                              \
+        uint64_t *mask;                                                                \
+        ptrdiff_t group_min;                                                           \
     } fm_swork_##S;                                                                    \
     /* The examples of a dense epoch: rows order[0 .. n) of X (n_rows, n_in), batch  \
      * at a time (the last batch may be smaller); weights as in fm_rows. */            \

@@ -330,6 +330,10 @@ class SparseWork(NamedTuple):
     cptr: np.ndarray = np.empty(0, np.int64)  # (n_chunks, n_in + 1)
     crow: np.ndarray = np.empty(0, np.uint16)  # the example's place in its chunk
     cval: np.ndarray = np.empty(0)  # its value
+    # the batch's examples that have each input non-zero, one bit each, per thread:
+    # batches (or chunks) of group_min examples or more update each touched row once
+    mask: np.ndarray = np.empty(0, np.uint64)  # (n_slices, n_in, words), or empty
+    group_min: int = 0
 
 
 class BlasNet(NamedTuple):
@@ -437,7 +441,7 @@ def slice_units(net, s, n_hidden):
     return min(first, n_hidden), min(last, n_hidden)
 
 
-def sparse_work(net, batch, chunk_rows=0):
+def sparse_work(net, batch, chunk_rows=0, group=None, nnz_per_row=0.0):
     """The workspace of ``net`` for batches of up to ``batch`` examples.
 
     With ``chunk_rows`` (a backend's SPARSE_CHUNK_ROWS), a batch of more examples
@@ -447,7 +451,16 @@ def sparse_work(net, batch, chunk_rows=0):
     of WhT is summed in a buffer the size of WhT (no larger than the activations
     of the whole batch it stands in for). The arithmetic is the batch's gradient
     either way, summed in example order. An epoch of one full batch also groups
-    each chunk's non-zeros by input, once per fit (``EpochRunner`` does it)."""
+    each chunk's non-zeros by input, once per fit (``EpochRunner`` does it).
+
+    With ``group`` (a backend's (SPARSE_GROUP_MIN, SPARSE_MASK_ROWS)), batches or
+    chunks of at least SPARSE_GROUP_MIN examples update each row of WhT (or G) they
+    touch once, with the sum over their examples, instead of once per non-zero: the
+    forward pass marks each example's inputs in a bit mask, and the update walks the
+    inputs in order. It needs up to SPARSE_MASK_ROWS examples at a time and pays a
+    walk over every input per batch, so it is set up where that walk costs no more
+    than the batch's non-zeros (``n_in <= rows * nnz_per_row``, the mean non-zeros
+    of a row)."""
     n_slices, n_in, stride = net.WhT.shape
     n_out, dtype = net.Wy.shape[1], net.WhT.dtype
     n_groups = len(net.group_line) - 1
@@ -466,7 +479,17 @@ def sparse_work(net, batch, chunk_rows=0):
         np.zeros(rows, np.float64),
         np.zeros(rows, np.float64),
         aligned_zeros(CACHE_LINE // 2, np.int32),
+        *_group_mask(n_slices, n_in, rows, group, nnz_per_row),
     )
+
+
+def _group_mask(n_slices, n_in, rows, group, nnz_per_row):
+    """The (cptr, crow, cval, mask, group_min) tail of a SparseWork: no grouped
+    chunks, and a zeroed mask where grouping pays (see sparse_work)."""
+    tail = (np.empty(0, np.int64), np.empty(0, np.uint16), np.empty(0))
+    if group is None or not group[0] <= rows <= group[1] or n_in > rows * nnz_per_row:
+        return (*tail, np.empty(0, np.uint64), 0)
+    return (*tail, aligned_zeros((n_slices, n_in, -(-rows // 64)), np.uint64), int(group[0]))
 
 
 BLAS_BLOCK_UNITS = 64  # about this many hidden units per block of the BLAS path
@@ -601,6 +624,9 @@ class EpochRunner:
     def _rows(self, layout):
         X = self.X
         if is_sparse(X):
+            if not X.has_canonical_format:  # the kernels read each row's inputs in order, once each
+                X = X.copy()
+                X.sum_duplicates()
             return Rows(X.data, X.indices.astype(np.int32, copy=False), X.indptr.astype(np.int64, copy=False))
         if layout == "csr":
             return Rows(*dense_to_csr(X, self.kernels))
@@ -629,7 +655,11 @@ class EpochRunner:
                 n_threads,
                 momentum=self.velocity is not None,
             )
-            self._layouts[n_threads] = (net, sparse_work(net, self.batch, self.kernels.SPARSE_CHUNK_ROWS))
+            group_min = getattr(self.kernels, "SPARSE_GROUP_MIN", 0)
+            group = (group_min, self.kernels.SPARSE_MASK_ROWS) if group_min else None
+            nnz_per_row = self.rows.indptr[-1] / max(1, self.n_rows) if self.rows.indptr is not None else n_in
+            work = sparse_work(net, self.batch, self.kernels.SPARSE_CHUNK_ROWS, group, nnz_per_row)
+            self._layouts[n_threads] = (net, work)
         return self._layouts[n_threads]
 
     def _slice_views(self):

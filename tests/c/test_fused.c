@@ -158,9 +158,10 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
  * hidden weights (n_in x NH, row-major) for comparisons between thread counts.
  * chunk > 0: a workspace of `chunk` rows with a gradient buffer, so that larger
  * batches are taken in chunks (a full batch of CSR rows with its non-zeros grouped
- * by input in each chunk). */
+ * by input in each chunk). group: a mask, so that batches (or chunks) of two
+ * examples or more update each touched row once. */
 #define TEST_SPARSE_EPOCH(REAL, S, TOL)                                                         \
-    static double *test_sparse_epoch_##S(int batch, int loss, int threads, int csr, int chunk) \
+    static double *test_sparse_epoch_##S(int batch, int loss, int threads, int csr, int chunk, int group) \
     {                                                                                           \
         const int lanes = LINE / sizeof(REAL);                                                  \
         int32_t group_line[16], slice_group[16];                                                \
@@ -210,7 +211,8 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
                           aligned_zeros(n_slices * opad * sizeof(REAL)),                        \
                           chunk > 0 ? aligned_zeros(n_slices * N_IN * stride * sizeof(REAL)) : NULL, \
                           aligned_zeros(rows * sizeof(double)), aligned_zeros(rows * sizeof(double)), \
-                          aligned_zeros(128), rows, NULL, NULL, NULL};                          \
+                          aligned_zeros(128), rows, NULL, NULL, NULL,                           \
+                          group ? aligned_zeros(n_slices * N_IN * ((rows + 63) / 64) * 8) : NULL, 2}; \
         int64_t cptr[(N + 1) * (N_IN + 1)], cursor[N_IN];                                       \
         uint16_t crow[N * N_IN];                                                                \
         REAL cval[N * N_IN];                                                                    \
@@ -258,15 +260,15 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
         }                                                                                       \
         worst = fmax(worst, fabs(tally.loss_sum - loss_sum) / (1 + fabs(loss_sum)));            \
         char what[200];                                                                         \
-        snprintf(what, sizeof what, #S " sparse epoch, %s rows, batch %d, chunk %d, loss %d, %d thread(s), "  \
-                 "%d slice(s): worst relative error %.3g", csr ? "CSR" : "dense", batch, chunk, loss, threads, \
-                 n_slices, worst);                                                              \
+        snprintf(what, sizeof what, #S " sparse epoch, %s rows, batch %d, chunk %d%s, loss %d, %d thread(s), " \
+                 "%d slice(s): worst relative error %.3g", csr ? "CSR" : "dense", batch, chunk,           \
+                 group ? ", grouped" : "", loss, threads, n_slices, worst);                     \
         check(worst <= (TOL), what);                                                            \
         check(tally.correct == (double)n_correct, #S " sparse epoch correct count");            \
         printf("ok   %s\n", what);                                                              \
         free(WhT); free(bh); free(Wy); free(by);                                                \
         free(W.H); free(W.dH); free(W.P); free(W.dZ); free(W.gWy); free(W.gbh); free(W.gby);   \
-        free(W.G); free(W.sync); free(W.row_loss); free(W.row_correct);                         \
+        free(W.G); free(W.sync); free(W.row_loss); free(W.row_correct); free(W.mask);            \
         return out;                                                                             \
     }
 
@@ -321,11 +323,12 @@ int main(void)
     for (int loss = FM_LOSS_CE; loss <= FM_LOSS_MSE; loss++)
         for (int batch = 1; batch <= N + 2; batch += 3)
             for (int csr = 0; csr <= 1; csr++)
-                for (int chunk = 0; chunk <= 2; chunk += 2) { /* whole batches; chunks of 2 */
-                    double *f1 = test_sparse_epoch_f(batch, loss, 1, csr, chunk);
-                    double *f2 = test_sparse_epoch_f(batch, loss, 2, csr, chunk);
-                    double *d1 = test_sparse_epoch_d(batch, loss, 1, csr, chunk);
-                    double *d2 = test_sparse_epoch_d(batch, loss, 2, csr, chunk);
+                for (int chunk = 0; chunk <= 2; chunk += 2) /* whole batches; chunks of 2 */
+                for (int group = 0; group <= 1; group++) {
+                    double *f1 = test_sparse_epoch_f(batch, loss, 1, csr, chunk, group);
+                    double *f2 = test_sparse_epoch_f(batch, loss, 2, csr, chunk, group);
+                    double *d1 = test_sparse_epoch_d(batch, loss, 1, csr, chunk, group);
+                    double *d2 = test_sparse_epoch_d(batch, loss, 2, csr, chunk, group);
                     check(memcmp(f1, f2, sizeof(double) * N_IN * NH) == 0, "float: bitwise equal with 1 and 2 threads");
                     check(memcmp(d1, d2, sizeof(double) * N_IN * NH) == 0, "double: bitwise equal with 1 and 2 threads");
                     free(f1); free(f2); free(d1); free(d2);
