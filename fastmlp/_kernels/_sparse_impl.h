@@ -363,6 +363,30 @@ static FM_INLINE void FN(fm_sparse_output_grads)(const FN(fm_net) *P, const FN(f
     const REAL *restrict Wy = P->Wy + s * nout * stride, *restrict H = W->H + s * rows * stride;
     REAL *restrict dH = W->dH + s * rows * stride, *restrict gWy = W->gWy + s * nout * stride;
     REAL *restrict gbh = W->gbh + s * stride, *restrict gby = W->gby + s * ostride;
+#if FM_VECTORS
+    /* line by line: each example's dh~ summed over the outputs, and each output's
+     * gradient summed over the examples, in registers (the same sums, in the same
+     * order, as the loops below) */
+    for (ptrdiff_t l = 0; l < width / LANES; l++) {
+        VL gb = first ? (VL){0} : ((const VL *)gbh)[l];
+        for (ptrdiff_t b = 0; b < C; b++) {
+            const REAL *restrict dz = dZ + b * ostride;
+            const VL hv = ((const VL *)(H + b * stride))[l];
+            VL dv = (VL){0};
+            for (ptrdiff_t o = 0; o < nout; o++) dv += dz[o] * ((const VL *)(Wy + o * stride))[l];
+            dv *= R(1) - hv * hv;
+            ((VL *)(dH + b * stride))[l] = dv;
+            gb += dv;
+        }
+        ((VL *)gbh)[l] = gb;
+        for (ptrdiff_t o = 0; o < nout; o++) {
+            VL *restrict gw = (VL *)(gWy + o * stride) + l;
+            VL g = first ? (VL){0} : *gw;
+            for (ptrdiff_t b = 0; b < C; b++) g += dZ[b * ostride + o] * ((const VL *)(H + b * stride))[l];
+            *gw = g;
+        }
+    }
+#else
     if (first) {
         for (ptrdiff_t j = 0; j < width; j++) gbh[j] = 0;
         for (ptrdiff_t o = 0; o < nout; o++)
@@ -388,6 +412,7 @@ static FM_INLINE void FN(fm_sparse_output_grads)(const FN(fm_net) *P, const FN(f
             gbh[j] += dh[j];
         }
     }
+#endif
     for (ptrdiff_t o = 0; o < nout; o++) {
         REAL dsum = 0;
         for (ptrdiff_t b = 0; b < C; b++) dsum += dZ[b * ostride + o];
