@@ -279,6 +279,9 @@ static FM_INLINE void FN(fm_grouped_rows)(REAL *restrict W, REAL *restrict V, pt
  * with a mask, from group_min examples up, and not where a full batch's chunks
  * come grouped already (cptr). */
 #define FM_GROUPED(W, C) ((W)->mask && !(W)->cptr && (C) >= (W)->group_min)
+/* Words of the mask per input, and thread t's block of it (see fm_swork). */
+#define MASK_WORDS(W) (((W)->rows + 63) / 64)
+#define THREAD_MASK(W, t, n_in) ((W)->mask + (t) * (n_in) * MASK_WORDS(W))
 
 /* fm_grouped_rows over the groups of slice s for thread t: Ws (and Vs) the slice's
  * rows of WhT or G (and VWhT), the C examples order[start ..], dl/dh~ in dH. The
@@ -287,7 +290,7 @@ static FM_INLINE void FN(fm_grouped_slice)(const FN(fm_net) *P, const FN(fm_rows
                                            int nt, int s, REAL *Ws, REAL *Vs, REAL c, ptrdiff_t start, ptrdiff_t C,
                                            const REAL *dH)
 {
-    const ptrdiff_t n_in = D->n_in, stride = P->stride, words = (W->rows + 63) / 64;
+    const ptrdiff_t n_in = D->n_in, stride = P->stride, words = MASK_WORDS(W);
     const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
     const REAL *vals[FM_MASK_ROWS];
     int32_t cur[FM_MASK_ROWS];
@@ -298,7 +301,7 @@ static FM_INLINE void FN(fm_grouped_slice)(const FN(fm_net) *P, const FN(fm_rows
     for (int g = g0; g < g1; g++) {
         for (ptrdiff_t b = 0; b < C; b++) cur[b] = 0;
         FN(fm_grouped_rows)(Ws + GROUP_OFF(g), Vs ? Vs + GROUP_OFF(g) : NULL, stride, GROUP_LINES(g), c,
-                            W->mask + t * n_in * words, words, g == g1 - 1 && s + nt >= P->n_slices, n_in, vals, cur,
+                            THREAD_MASK(W, t, n_in), words, g == g1 - 1 && s + nt >= P->n_slices, n_in, vals, cur,
                             dH + GROUP_OFF(g));
     }
 }
@@ -663,7 +666,7 @@ static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows
                                            int loss, const FN(fm_swork) *W, int t, int nt, fm_tally *tally)
 {
     const ptrdiff_t n_in = D->n_in, n = D->n, batch = D->batch, rows = W->rows, nout = P->nout, stride = P->stride;
-    const ptrdiff_t words = (rows + 63) / 64;
+    const ptrdiff_t words = MASK_WORDS(W);
     const int G = P->n_groups;
     REAL *restrict dZ = t < P->n_slices ? W->dZ + t * rows * OUT_STRIDE(nout) : NULL;
     fm_tally ignored = {0, 0};
@@ -691,10 +694,9 @@ static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows
 
             /* forward, example by example: each owned slice's hidden units (the
              * example's non-zero inputs' rows summed in registers) and its groups'
-             * partial logits */
-            /* with grouped updates, the forward pass also marks each example's inputs in the
-             * thread's mask, one word of bits per 64 examples */
-            uint64_t *mask = FM_GROUPED(W, C) && dZ ? W->mask + t * n_in * words : NULL;
+             * partial logits; with grouped updates, each example's inputs are also
+             * marked in the thread's mask (its bit in word b / 64 of each input) */
+            uint64_t *mask = FM_GROUPED(W, C) && dZ ? THREAD_MASK(W, t, n_in) : NULL;
             for (ptrdiff_t b = 0; b < C; b++) {
                 const REAL *vals;
                 const int32_t *idx;
@@ -900,6 +902,8 @@ FM_CLONES void FN(fm_csr_fill)(const REAL *restrict X, ptrdiff_t n_rows, ptrdiff
 #undef FM_GROUPED_SUM
 #undef FM_GROUPED_ROWS
 #undef FM_GROUPED
+#undef MASK_WORDS
+#undef THREAD_MASK
 #undef OUT_STRIDE
 #undef LANES
 #undef VL

@@ -479,17 +479,16 @@ def sparse_work(net, batch, chunk_rows=0, group=None, nnz_per_row=0.0):
         np.zeros(rows, np.float64),
         np.zeros(rows, np.float64),
         aligned_zeros(CACHE_LINE // 2, np.int32),
-        *_group_mask(n_slices, n_in, rows, group, nnz_per_row),
+        **_group_mask(n_slices, n_in, rows, group, nnz_per_row),
     )
 
 
 def _group_mask(n_slices, n_in, rows, group, nnz_per_row):
-    """The (cptr, crow, cval, mask, group_min) tail of a SparseWork: no grouped
-    chunks, and a zeroed mask where grouping pays (see sparse_work)."""
-    tail = (np.empty(0, np.int64), np.empty(0, np.uint16), np.empty(0))
+    """SparseWork's mask and group_min: a zeroed mask where grouping pays (see
+    sparse_work), else none."""
     if group is None or not group[0] <= rows <= group[1] or n_in > rows * nnz_per_row:
-        return (*tail, np.empty(0, np.uint64), 0)
-    return (*tail, aligned_zeros((n_slices, n_in, -(-rows // 64)), np.uint64), int(group[0]))
+        return {}
+    return dict(mask=aligned_zeros((n_slices, n_in, -(-rows // 64)), np.uint64), group_min=int(group[0]))
 
 
 BLAS_BLOCK_UNITS = 64  # about this many hidden units per block of the BLAS path
