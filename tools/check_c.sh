@@ -46,8 +46,12 @@ file "$work/test-aarch64" | grep -q aarch64
 QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 "$work/test-aarch64"
 
 echo "== the Python package built with CC=clang, its kernel tests"
+# built from a copy of the tracked files: pip builds in the tree it is given, and
+# in the developer's tree its clang build would replace the in-place extension
+mkdir "$work/src"
+git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$work/src"
 "$PY" -m venv "$work/venv"
-CC=clang "$work/venv/bin/pip" install -q "$root[test]"
+CC=clang "$work/venv/bin/pip" install -q "$work/src[test]"
 so=$(cd "$work" && "$work/venv/bin/python" -c "import fastmlp._kernels._cy as m; print(m.__file__)")
 readelf -p .comment "$so" | grep -q clang || { echo "$so was not compiled by clang" >&2; exit 1; }
 (cd "$work" && "$work/venv/bin/python" -m pytest "$root/tests/test_kernels.py" --import-mode=importlib \
