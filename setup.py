@@ -68,7 +68,12 @@ extensions = [
         sources=["fastmlp/_kernels/_cy.pyx", "fastmlp/_kernels/_fused.c"],
         include_dirs=["fastmlp/_kernels", numpy.get_include()],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-        depends=["fastmlp/_kernels/_fused.h", "fastmlp/_kernels/_fused_impl.h", "fastmlp/_kernels/_sparse_impl.h"],
+        depends=[
+            "fastmlp/_kernels/_fused.h",
+            "fastmlp/_kernels/_fused_impl.h",
+            "fastmlp/_kernels/_sparse_impl.h",
+            "fastmlp/_kernels/_blas_impl.h",
+        ],
         extra_compile_args=compile_args,
     )
 ]
