@@ -276,12 +276,15 @@ def _chunking_kernels(monkeypatch, chunk):
     return kern
 
 
-def _grouping_kernels(monkeypatch, group_min):
-    """The Cython kernels grouping the updates of batches from ``group_min`` examples
+GROUPING_BACKENDS = ["cython", "numba"]  # those with a grouped update
+
+
+def _grouping_kernels(monkeypatch, group_min, backend="cython"):
+    """A backend's kernels grouping the updates of batches from ``group_min`` examples
     up (small, so that small problems take the grouped update at many sizes)."""
-    if "cython" not in BACKENDS:
-        pytest.skip("the Cython backend is not built")
-    kern = backends.kernels("cython")
+    if backend not in BACKENDS:
+        pytest.skip(f"the {backend} backend is not available")
+    kern = backends.kernels(backend)
     assert 0 < kern.SPARSE_GROUP_MIN <= kern.SPARSE_MASK_ROWS
     monkeypatch.setattr(kern, "SPARSE_GROUP_MIN", group_min)
     return kern
@@ -338,10 +341,20 @@ def test_chunked_batches_match_the_reference(
     "update,batch",
     # chunks of 9 (200: a full batch, its chunks grouped by input); updates grouped
     # by the mask (100: two words of bits)
-    [("chunked", 64), ("chunked", 200), ("grouped", 40), ("grouped", 100)],
+    [
+        ("chunked", 64),
+        ("chunked", 200),
+        ("grouped", 40),
+        ("grouped", 100),
+        ("grouped-numba", 40),
+        ("grouped-numba", 100),
+    ],
 )
 def test_large_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dtype, update, batch):
-    kern = _chunking_kernels(monkeypatch, 9) if update == "chunked" else _grouping_kernels(monkeypatch, 32)
+    if update == "chunked":
+        kern = _chunking_kernels(monkeypatch, 9)
+    else:
+        kern = _grouping_kernels(monkeypatch, 32, "numba" if update == "grouped-numba" else "cython")
     X, y, p0 = random_problem(200, 30, 150, 3, dtype, seed=8, sparse=True)  # 150 units: several groups
     results = []
     for n_threads in (1, 2, 3):
@@ -363,12 +376,13 @@ def test_large_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dty
     "momentum,nesterov,decay,weighted", [(0.0, False, 0.0, False), (0.9, True, 1e-2, True), (0.5, False, 0.1, False)]
 )
 @pytest.mark.parametrize("batch", [2, 7, 64, 70, 150, 300])  # 70: two words of bits; 300: chunks of 128
+@pytest.mark.parametrize("backend", GROUPING_BACKENDS)
 def test_grouped_updates_match_the_reference(
-    monkeypatch, rows, loss, dtype, momentum, nesterov, decay, weighted, batch
+    monkeypatch, backend, rows, loss, dtype, momentum, nesterov, decay, weighted, batch
 ):
     """Each touched row of WhT (or G) updated once per batch with the sum over the
     batch's examples: the reference's step, for every option, on CSR and dense rows."""
-    kern = _grouping_kernels(monkeypatch, 2)
+    kern = _grouping_kernels(monkeypatch, 2, backend)
     X, y, p = random_problem(300, 13, 40, 4, dtype, seed=3, sparse=rows == "csr")
     # weights in [0.5, 1.5): with decay / (the batch's weight sum), a batch of two
     # near-zero weights would take a step that amplifies any rounding (either update)
@@ -379,8 +393,10 @@ def test_grouped_updates_match_the_reference(
     runner = epochs.EpochRunner(
         kern, p, X, y, batch_size=batch, path="sparse", n_threads=2, loss=loss, weights=w, velocity=v
     )
-    # batch 2 of CSR rows: 2 x 3.9 non-zeros are fewer than the 13 inputs, so no mask
-    assert (runner.work.mask.size > 0) == (batch > 2 or rows == "dense")
+    # batch 2 of CSR rows: 2 x 3.9 non-zeros are fewer than the 13 inputs, so no mask;
+    # a backend that takes batches whole has a mask up to SPARSE_MASK_ROWS examples
+    held = min(batch, kern.SPARSE_CHUNK_ROWS or batch)
+    assert (runner.work.mask.size > 0) == ((batch > 2 or rows == "dense") and held <= kern.SPARSE_MASK_ROWS)
     assert (runner.rows.indptr is None) == (rows == "dense")
     opt = epochs.SGD(0.01, momentum, decay, nesterov, weighted)  # a stable walk at every batch size
     perm = np.random.default_rng(2).permutation(300)
@@ -413,10 +429,11 @@ def test_updates_are_grouped_where_the_walk_over_the_inputs_pays():
     assert epochs.sparse_work(wide, 64, 128, group, 131.0).mask.size == 0  # 8,384 non-zeros, 262,144 inputs
 
 
-def test_unsorted_and_duplicate_csr_indices_are_canonicalised_for_the_kernels(monkeypatch):
+@pytest.mark.parametrize("backend", GROUPING_BACKENDS)
+def test_unsorted_and_duplicate_csr_indices_are_canonicalised_for_the_kernels(monkeypatch, backend):
     import scipy.sparse as sp
 
-    kern = _grouping_kernels(monkeypatch, 2)
+    kern = _grouping_kernels(monkeypatch, 2, backend)
     X, y, p0 = random_problem(64, 20, 30, 3, np.float64, seed=4, sparse=True)
     C = sp.csr_matrix(X)
     # each row's entries reversed, and one entry split in two halves
@@ -448,6 +465,30 @@ def test_batches_are_taken_whole_where_a_gradient_buffer_would_outgrow_them():
     assert work.H.shape[1] == 256 and work.G.shape == net.WhT.shape
     assert epochs.sparse_work(net, 256, 256).G.size == 0  # a batch that fits a chunk
     assert epochs.sparse_work(net, 60000, 0).H.shape[1] == 60000  # backends without chunks
+
+
+@pytest.mark.parametrize("backend", GROUPING_BACKENDS)
+def test_a_mask_that_does_not_fit_the_workspace_is_refused(backend):
+    """The kernels write one bit per example held, for each input and slice: a mask
+    of another shape (or a group_min below 1) is refused before any work."""
+    if backend not in BACKENDS:
+        pytest.skip(f"the {backend} backend is not available")
+    kern = backends.kernels(backend)
+    net = epochs.sparse_net(30, 100, 10, np.float64, 2)
+    work = epochs.sparse_work(net, 70, 0, (2, 256), nnz_per_row=30.0)
+    assert work.mask.shape == (2, 30, 2)
+    X = np.ones((70, 30))
+    rows = epochs.Rows(*kern.dense_to_csr(X))
+    args = (np.zeros(70, np.intp), None, np.arange(70), 70, epochs.SGD(0.1), 0)
+    WhT = net.WhT.copy()
+    for bad in (np.zeros((2, 30, 1), np.uint64), np.zeros((1, 30, 2), np.uint64), np.zeros((2, 29, 2), np.uint64)):
+        with pytest.raises(ValueError, match="one bit per example"):
+            kern.sparse_epoch(net, rows, *args, work._replace(mask=bad), 2)
+    with pytest.raises(ValueError, match="one bit per example"):
+        kern.sparse_epoch(net, rows, *args, work._replace(group_min=0), 2)
+    np.testing.assert_array_equal(net.WhT, WhT)  # nothing was done
+    assert kern.sparse_epoch(net, rows, *args, work, 2)[1] >= 0
+    assert not work.mask.any()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

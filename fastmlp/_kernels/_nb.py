@@ -26,6 +26,7 @@ import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.core.compiler_lock import global_compiler_lock
+from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import get_cython_function_address, intrinsic
 
 from .epochs import LOSS_CODES
@@ -33,6 +34,7 @@ from .epochs import LOSS_CODES
 PATHS = ("sparse", "blas")
 THREADED_PATHS = ("sparse",)  # its BLAS path runs on one thread
 SPARSE_CHUNK_ROWS = 0  # the sparse path takes each batch whole
+SPARSE_GROUP_MIN, SPARSE_MASK_ROWS = 32, 256  # batches of 32-256 examples update each touched row once
 _CE, _MSE = LOSS_CODES["ce"], LOSS_CODES["mse"]  # compile-time constants of the compiled code
 
 
@@ -444,14 +446,76 @@ def _batch_weight(weights, has_weights, order, start, B):
     return total
 
 
+@_jit
+def _mark_inputs(mask, t, b, indices, ai, k):
+    """Sets example b's bit in thread t's mask for each of its inputs (see
+    _grouped_rows)."""
+    q = b >> 6
+    bit = np.uint64(1) << np.uint64(b & 63)
+    for e in range(k):
+        mask[t, indices[ai + e], q] |= bit
+
+
+# fmt: off
+@_jit
+def _grouped_rows(WhT, VWhT, s, width, c, momentum, mask, t, clear, data, indptr, dense, n_in, order, start, B, dH,
+                  cur, acc):
+    # fmt: on
+    """Each row of WhT[s] that the batch touches, once (_sparse_impl.h
+    fm_grouped_rows): for every input i with bits in thread t's mask (cleared as
+    read where `clear`), acc = the sum over those examples b, in order, of x_bi
+    dH[s, b], two examples per sweep over acc; then WhT[s, i] -= c acc and, with
+    momentum, VWhT[s, i] += acc. x_bi is the next value of example b's row
+    (data[cur[b]]): the inputs go in order, and each row's indices are sorted and
+    unique."""
+    for b in range(B):
+        cur[b] = _row_of(indptr, dense, n_in, order[start + b])[0]
+    words = mask.shape[2]
+    zero = np.uint64(0)
+    for i in range(n_in):
+        touched = False
+        for q in range(words):
+            m = mask[t, i, q]
+            if m == zero:
+                continue
+            if clear:
+                mask[t, i, q] = zero
+            if not touched:
+                for j in range(width):
+                    acc[j] = 0
+                touched = True
+            while m != zero:
+                b0 = q * 64 + trailing_zeros(m)
+                m &= m - np.uint64(1)
+                x0 = data[cur[b0]]
+                cur[b0] += 1
+                if m == zero:
+                    for j in range(width):
+                        acc[j] += x0 * dH[s, b0, j]
+                    break
+                b1 = q * 64 + trailing_zeros(m)
+                m &= m - np.uint64(1)
+                x1 = data[cur[b1]]
+                cur[b1] += 1
+                for j in range(width):
+                    acc[j] += x0 * dH[s, b0, j] + x1 * dH[s, b1, j]
+        if touched:
+            for j in range(width):
+                WhT[s, i, j] -= c * acc[j]
+            if momentum:
+                for j in range(width):
+                    VWhT[s, i, j] += acc[j]
+
+
 # fmt: off
 @_jit
 def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
                  dense, labels, weights, has_weights, order, start, B, lr, mu, decay, nesterov, loss, H, dH, Pb, dZ,
-                 gWy, gbh):
+                 gWy, gbh, mask, grouped, cur, acc):
     # fmt: on
     """dl/dz of the batch (the same in every thread), then dh~ and the updates of
-    thread t's slices (_sparse_impl.h fm_sparse_dz and fm_sparse_step)."""
+    thread t's slices (_sparse_impl.h fm_sparse_dz and fm_sparse_step); where
+    `grouped`, each touched row of WhT once (_grouped_rows)."""
     n_slices, n_in, stride = WhT.shape
     nout = Wy.shape[1]
     G = group_line.size - 1
@@ -517,6 +581,12 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group
                         VWhT[s, i, j] = mu * VWhT[s, i, j] + decay * WhT[s, i, j]
                         WhT[s, i, j] -= lr * VWhT[s, i, j]
         c = lr * (one + mu) if nesterov and not plain else lr
+        if grouped:
+            # fmt: off
+            _grouped_rows(WhT, VWhT, s, width, c, mu != 0, mask, t, s + nt >= n_slices, data, indptr, dense, n_in,
+                          order, start, B, dH, cur, acc)
+            # fmt: on
+            continue
         for b in range(B):
             av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
             if plain:
@@ -551,10 +621,12 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group
 @_jit
 def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
                    dense, labels, weights, has_weights, order, batch, lr, mu, decay, nesterov, decay_by_weight_sum,
-                   loss, H, dH, P, dZ, gWy, gbh, row_loss, row_correct, sync):
+                   loss, H, dH, P, dZ, gWy, gbh, row_loss, row_correct, sync, mask, group_min):
     # fmt: on
     """Thread t's share of an epoch (_sparse_impl.h fm_sparse_thread; dl/dz is
-    computed by every thread, not shared out)."""
+    computed by every thread, not shared out). With a mask (up to its rows of
+    examples per batch), batches of group_min examples or more mark each example's
+    inputs in thread t's mask in the forward pass and update each touched row once."""
     n_slices, n_in, stride = WhT.shape
     nout = Wy.shape[1]
     lanes = 64 // WhT.itemsize
@@ -563,9 +635,12 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
     correct = 0.0
     parity = 0
     start = 0
+    cur = np.empty(max(batch, 1), np.int64)
+    acc = np.empty(stride, WhT.dtype)
     while start < n:
         B = min(batch, n - start)
         Pb = P[parity]
+        grouped = mask.size > 0 and B >= group_min and t < n_slices
         for b in range(B):
             av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
             if start + b + 1 < n:  # the examples come in random order: ask for the next one
@@ -577,6 +652,8 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
                 first = group_line[g0]
                 width = (group_line[g1] - first) * lanes
                 _gather(H, s, b, width, bh, WhT, data, av, indices, ai, k)
+                if grouped and s == t:
+                    _mark_inputs(mask, t, b, indices, ai, k)
                 _tanh_row(H, s, b, width)
                 for g in range(g0, g1):
                     off = (group_line[g] - first) * lanes
@@ -593,7 +670,7 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
             # fmt: off
             ls, nc = _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data,
                                   indices, indptr, dense, labels, weights, has_weights, order, start, B, lr, mu, d,
-                                  nesterov, loss, H, dH, Pb, dZ, gWy, gbh)
+                                  nesterov, loss, H, dH, Pb, dZ, gWy, gbh, mask, grouped, cur, acc)
             # fmt: on
             loss_sum += ls
             correct += nc
@@ -857,6 +934,9 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_thre
         raise ValueError("the parameter block has no velocities for a step with momentum")
     if work.G.size or work.H.shape[1] < min(batch, len(order)):
         raise ValueError("the workspace is chunked; this backend's sparse path takes each batch whole")
+    mask_shape = (P.WhT.shape[0], P.WhT.shape[1], -(-work.H.shape[1] // 64))  # a bit per example held
+    if work.mask.size and (work.mask.shape != mask_shape or work.group_min < 1):
+        raise ValueError("the workspace's mask must hold one bit per example of a batch, for each input and slice")
     dense = rows.indptr is None
     indptr = np.zeros(1, np.int64) if dense else rows.indptr
     n_threads = max(1, int(n_threads))
@@ -882,6 +962,8 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_thre
         work.row_loss,
         work.row_correct,
         work.sync,
+        work.mask if work.mask.size else np.zeros((0, 1, 1), np.uint64),  # 3-D either way, for the types
+        max(1, int(work.group_min)),
     )
     if n_threads == 1:
         return _call(_sparse_thread, 0, 1, *args)
