@@ -229,7 +229,7 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
  * input i with bits in mask[i * words .. + words) (cleared as read where `clear`),
  * s = the sum, over those examples b in order, of x_bi d[b * stride, 0 : nl lines],
  * then W[i, :] -= c s and, with V, V[i, :] += s. x_bi is the next entry of example
- * b's row, vals[b][cur[b]++]: the inputs go in order and each row's indices are
+ * b's row, *next[b]++: the inputs go in order and each row's indices are
  * sorted and unique. The sums are held in registers, the d rows read from L1, and
  * the mask was filled by the forward pass (fm_gather): no sorting. */
 #if FM_VECTORS
@@ -250,7 +250,7 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
             do {                                                                      \
                 const ptrdiff_t b = q * 64 + __builtin_ctzll(m);                      \
                 m &= m - 1;                                                           \
-                const REAL x = vals[b][cur[b]++];                                     \
+                const REAL x = *next[b]++;                                            \
                 const VL *restrict dv = (const VL *)(d + b * stride);                 \
                 for (int l = 0; l < NL; l++) a[l] += x * dv[l];                       \
             } while (m);                                                              \
@@ -268,7 +268,7 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
 
 static FM_INLINE void FN(fm_grouped_rows)(REAL *restrict W, REAL *restrict V, ptrdiff_t stride, int nl, REAL c,
                                           uint64_t *restrict mask, ptrdiff_t words, int clear, ptrdiff_t n_in,
-                                          const REAL *const *vals, int32_t *restrict cur, const REAL *restrict d)
+                                          const REAL **restrict next, const REAL *restrict d)
 {
 #if FM_VECTORS
     switch (nl) {
@@ -289,7 +289,7 @@ static FM_INLINE void FN(fm_grouped_rows)(REAL *restrict W, REAL *restrict V, pt
             if (!((*mq >> (b % 64)) & 1))
                 continue;
             any = 1;
-            const REAL x = vals[b][cur[b]++];
+            const REAL x = *next[b]++;
 #pragma omp simd
             for (ptrdiff_t j = 0; j < n; j++) a[j] += x * d[b * stride + j];
         }
@@ -326,16 +326,15 @@ static FM_INLINE void FN(fm_grouped_slice)(const FN(fm_net) *P, const FN(fm_rows
 {
     const ptrdiff_t n_in = D->n_in, stride = P->stride, words = MASK_WORDS(W);
     const int g0 = P->slice_group[s], g1 = P->slice_group[s + 1];
-    const REAL *vals[FM_MASK_ROWS];
-    int32_t cur[FM_MASK_ROWS];
+    const REAL *vals[FM_MASK_ROWS], *next[FM_MASK_ROWS];
     for (ptrdiff_t b = 0; b < C; b++) {
         const int32_t *idx;
         FN(fm_row)(D, D->order[start + b], &vals[b], &idx);
     }
     for (int g = g0; g < g1; g++) {
-        for (ptrdiff_t b = 0; b < C; b++) cur[b] = 0;
+        for (ptrdiff_t b = 0; b < C; b++) next[b] = vals[b];
         FN(fm_grouped_rows)(Ws + GROUP_OFF(g), Vs ? Vs + GROUP_OFF(g) : NULL, stride, GROUP_LINES(g), c,
-                            THREAD_MASK(W, t, n_in), words, g == g1 - 1 && s + nt >= P->n_slices, n_in, vals, cur,
+                            THREAD_MASK(W, t, n_in), words, g == g1 - 1 && s + nt >= P->n_slices, n_in, next,
                             dH + GROUP_OFF(g));
     }
 }
