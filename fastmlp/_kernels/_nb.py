@@ -507,6 +507,60 @@ def _grouped_rows(WhT, VWhT, s, width, c, momentum, mask, t, clear, data, indptr
                     VWhT[s, i, j] += acc[j]
 
 
+@_jit
+def _output_step_one(s, width, Wy, by, bh, H, dH, dZt, lr):
+    """dh~ of one example and the plain SGD step of Wy, bh and by, in one pass over
+    the rows of Wy (_sparse_impl.h fm_sparse_step at batch 1): no gradient buffers."""
+    one = H.dtype.type(1)
+    for j in range(width):
+        dH[s, 0, j] = 0
+    for o in range(Wy.shape[1]):
+        d = dZt[0, o]
+        lrd = lr * d
+        for j in range(width):
+            dH[s, 0, j] += d * Wy[s, o, j]
+            Wy[s, o, j] -= lrd * H[s, 0, j]
+        by[s, o] -= lrd
+    for j in range(width):
+        dH[s, 0, j] *= one - H[s, 0, j] * H[s, 0, j]
+        bh[s, j] -= lr * dH[s, 0, j]
+
+
+# fmt: off
+@_jit
+def _output_step(s, width, B, Wy, by, bh, VWy, Vby, Vbh, H, dH, dZt, gWy, gbh, lr, mu, decay, nesterov):
+    # fmt: on
+    """dh~ of the batch's B examples, then the step of Wy, bh and by from their
+    gradients summed over the batch (_sparse_impl.h fm_sparse_output_grads and
+    fm_sparse_output_step)."""
+    one = H.dtype.type(1)
+    nout = Wy.shape[1]
+    gbh[s, :width] = 0
+    gWy[s, :, :width] = 0
+    for b in range(B):
+        for j in range(width):
+            dH[s, b, j] = 0
+        for o in range(nout):
+            d = dZt[b, o]
+            for j in range(width):
+                dH[s, b, j] += d * Wy[s, o, j]
+                gWy[s, o, j] += d * H[s, b, j]
+        for j in range(width):
+            dH[s, b, j] *= one - H[s, b, j] * H[s, b, j]
+            gbh[s, j] += dH[s, b, j]
+    for o in range(nout):
+        dsum = H.dtype.type(0)
+        for b in range(B):
+            dsum += dZt[b, o]
+        if mu == 0:
+            by[s, o] -= lr * dsum
+        else:
+            Vby[s, o] = mu * Vby[s, o] + dsum
+            by[s, o] -= lr * (dsum + mu * Vby[s, o] if nesterov else Vby[s, o])
+        _sgd_row(Wy[s], VWy[s] if mu != 0 else Wy[s], o, 0, gWy[s], o, width, lr, mu, decay, nesterov)
+    _sgd_row(bh, Vbh if mu != 0 else bh, s, 0, gbh, s, width, lr, mu, H.dtype.type(0), nesterov)
+
+
 # fmt: off
 @_jit
 def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
@@ -541,30 +595,10 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group
     for s in range(t, n_slices, nt):
         first = group_line[slice_group[s]]
         width = (group_line[slice_group[s + 1]] - first) * lanes
-        gbh[s, :width] = 0
-        gWy[s, :, :width] = 0
-        for b in range(B):
-            for j in range(width):
-                dH[s, b, j] = 0
-            for o in range(nout):
-                d = dZt[b, o]
-                for j in range(width):
-                    dH[s, b, j] += d * Wy[s, o, j]
-                    gWy[s, o, j] += d * H[s, b, j]
-            for j in range(width):
-                dH[s, b, j] *= one - H[s, b, j] * H[s, b, j]
-                gbh[s, j] += dH[s, b, j]
-        for o in range(nout):
-            dsum = WhT.dtype.type(0)
-            for b in range(B):
-                dsum += dZt[b, o]
-            if mu == 0:
-                by[s, o] -= lr * dsum
-            else:
-                Vby[s, o] = mu * Vby[s, o] + dsum
-                by[s, o] -= lr * (dsum + mu * Vby[s, o] if nesterov else Vby[s, o])
-            _sgd_row(Wy[s], VWy[s] if mu != 0 else Wy[s], o, 0, gWy[s], o, width, lr, mu, decay, nesterov)
-        _sgd_row(bh, Vbh if mu != 0 else bh, s, 0, gbh, s, width, lr, mu, WhT.dtype.type(0), nesterov)
+        if B == 1 and plain:
+            _output_step_one(s, width, Wy, by, bh, H, dH, dZt, lr)
+        else:
+            _output_step(s, width, B, Wy, by, bh, VWy, Vby, Vbh, H, dH, dZt, gWy, gbh, lr, mu, decay, nesterov)
         if not plain:
             # every row steps (see fm_sparse_step): a pass over all rows, then the non-zeros
             for i in range(n_in):
