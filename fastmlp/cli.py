@@ -24,6 +24,19 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+_CLONES = {4: "x86-64-v4 (AVX-512)", 3: "x86-64-v3 (AVX2 + FMA)", 1: "the x86-64 baseline"}
+
+
+def _clone_description(level):
+    """What `fastmlp info` says about the C kernels' build (_cy.clone_level)."""
+    if level == 0:
+        return (
+            "built without target clones (a compiler other than gcc 11+, or not x86-64 Linux): "
+            "the instructions of the build's compiler flags run here"
+        )
+    return f"gcc target clones for x86-64-v4, v3 and the baseline; this CPU runs {_CLONES[level]}"
+
+
 def _number(kind, minimum, what, strict=False):
     """An argparse type: a finite number of ``kind`` at least ``minimum`` (above it
     if ``strict``)."""
@@ -195,6 +208,8 @@ def cmd_info(args):
         )
     model, simd = bench.cpu_description()
     print(f"CPU: {model} ({simd})")
+    if "cython" in backends.available_backends():
+        print(f"C kernels: {_clone_description(backends.kernels('cython').clone_level())}")
     if args.explain:
         if "blas" not in getattr(kern, "PATHS", ()):
             raise CLIError("--explain compares the compiled paths; no compiled backend is available")

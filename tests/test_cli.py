@@ -62,6 +62,10 @@ def test_info_lists_backends_and_blas():
     assert f"large batches on the sparse path: taken {chunk} examples at a time" in out.stdout
     group = getattr(backends.kernels("auto"), "SPARSE_GROUP_MIN", 0)
     assert (f"batches of {group}+ examples on the sparse path: each touched row" in out.stdout) == bool(group)
+    # which build of the C kernels runs (see test_kernels' clone tests)
+    level = backends.kernels("cython").clone_level()
+    clone = {0: "built without target clones", 4: "runs x86-64-v4", 3: "runs x86-64-v3", 1: "runs the x86-64 baseline"}
+    assert re.search(rf"^C kernels: .*{clone[level]}", out.stdout, re.M)
     # the path of every batch size, with the reason, as the driver decides it
     for batch in (1, 10, 64, 256, 60000):
         for kind in ("dense", "19% non-zero"):

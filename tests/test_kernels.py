@@ -1,5 +1,9 @@
 """Every backend's kernels against fastmlp.reference: one contract, one suite."""
 
+import os
+import platform
+import sys
+
 import numpy as np
 import pytest
 from helpers import BACKENDS, DTYPES, random_problem
@@ -561,3 +565,32 @@ def test_group_chunks_groups_each_chunks_nonzeros_by_input():
     assert cptr[-1, -1] == X.nnz
     with pytest.raises(ValueError, match="CSR rows and chunks of at most 65536"):
         kern.group_chunks(rows, order, 70000, 17)
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
+def test_the_c_kernels_say_which_clone_runs_and_release_builds_carry_them():
+    """clone_level(): 0 where the C kernels were compiled without target clones,
+    else the x86-64 level of the clone the loader picked, never one the CPU lacks.
+    Release builds (FASTMLP_REQUIRE_CLONES=1: tools/build_wheels.sh and cibuildwheel
+    set it) must carry the clones on x86-64 Linux: built without them (by gcc 10,
+    as in manylinux2014 images, or by clang), the kernels run the x86-64 baseline,
+    1.5-1.7x slower per epoch on MNIST."""
+    if "cython" not in BACKENDS:
+        pytest.skip("the Cython backend is not built")
+    level = backends.kernels("cython").clone_level()
+    assert level in (0, 1, 3, 4)
+    x86_linux = platform.machine() in ("x86_64", "AMD64") and sys.platform.startswith("linux")
+    if level:
+        assert x86_linux
+        flags = _cpu_flags()
+        assert level < 4 or "avx512f" in flags
+        assert level < 3 or {"avx2", "fma"} <= set(flags)
+    if os.environ.get("FASTMLP_REQUIRE_CLONES") == "1" and x86_linux:
+        assert level >= 1, "the C kernels were built without the x86-64-v3/v4 clones (gcc 11 or later builds them)"

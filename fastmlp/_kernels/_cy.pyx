@@ -43,6 +43,7 @@ cdef extern from "_fused.h" nogil:
     void fm_bias_update_f(float *b, const float *D, Py_ssize_t B, Py_ssize_t n, float lr)
     void fm_bias_update_d(double *b, const double *D, Py_ssize_t B, Py_ssize_t n, double lr)
     int fm_max_threads()
+    int fm_clone_level()
     ctypedef struct fm_sgd_f:
         float lr, momentum, decay
         int nesterov, decay_by_weight_sum
@@ -386,6 +387,13 @@ def max_threads():
     """The threads an OpenMP region would use in this thread now (threadpoolctl's
     limits and OMP_NUM_THREADS included); 1 where the kernels were built without OpenMP."""
     return fm_max_threads()
+
+
+def clone_level():
+    """Which build of the hot C kernels runs here: 0 where they were compiled without
+    target clones (the compiler's flags decide), else the x86-64 level of the clone
+    picked for this CPU: 4 (AVX-512), 3 (AVX2 + FMA) or 1 (the baseline)."""
+    return fm_clone_level()
 
 
 def dense_to_csr(const floating[:, ::1] X):

@@ -23,6 +23,7 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 11
 #define FM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define FM_HAS_CLONES 1
 #else
 #define FM_CLONES
 #endif
@@ -88,6 +89,20 @@ static FM_INLINE void fm_barrier(int32_t *sync, int n)
 #else
 #define FM_BARRIER(sync, n) do { (void)(sync); } while (0)
 #endif
+
+int fm_clone_level(void)
+{
+#ifdef FM_HAS_CLONES
+    /* the loader's choice among the clones: the first the CPU supports */
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return 4;
+    if (__builtin_cpu_supports("x86-64-v3"))
+        return 3;
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 int fm_max_threads(void)
 {

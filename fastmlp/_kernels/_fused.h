@@ -162,4 +162,11 @@ FM_DECLARE(double, d)
  * kernels were built without OpenMP). */
 int fm_max_threads(void);
 
+/* Which build of the hot kernels runs here: 0 where they were compiled without
+ * target clones (gcc before 11, clang, MSVC, or not x86-64 Linux: the compiler's
+ * flags decide, the x86-64 baseline for portable builds), else the x86-64 level
+ * of the clone the loader picked for this CPU: 4 (AVX-512), 3 (AVX2 + FMA) or 1
+ * (the baseline). */
+int fm_clone_level(void);
+
 #endif
