@@ -229,7 +229,7 @@ SPARSE_MASK_ROWS = FM_MASK_ROWS
 # The C enum of loss codes, for the test that checks it against epochs.LOSS_CODES.
 C_LOSS_CODES = {"ce": FM_LOSS_CE, "mse": FM_LOSS_MSE}
 
-from .epochs import SGD
+from .epochs import SGD, check_mask
 
 _PLAIN = SGD(0.0)
 
@@ -455,8 +455,7 @@ cdef _sparse_call(P, rows, labels, weights, order, Py_ssize_t batch, opt, int lo
     cdef Py_ssize_t lanes = 64 // P.WhT.itemsize, out_pad = (nout + lanes - 1) // lanes * lanes
     if P.by.shape[1] != out_pad or work.gby.shape[1] != out_pad or work.dZ.shape[2] != out_pad:
         raise ValueError("by, gby and the rows of dZ must be n_out padded to whole cache lines")
-    if work.mask.size and (work.mask.shape != (n_slices, n_in, (work_rows + 63) // 64) or work.group_min < 1):
-        raise ValueError("the workspace's mask must hold one bit per example of a batch, for each input and slice")
+    check_mask(P, work)
     batch = min(batch, n)
     if P.WhT.dtype == np.float32:
         Nf = fm_net_f(<float*>_ptr(P.WhT), <float*>_ptr(P.bh), <float*>_ptr(P.Wy), <float*>_ptr(P.by),

@@ -29,7 +29,7 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import get_cython_function_address, intrinsic
 
-from .epochs import LOSS_CODES
+from .epochs import LOSS_CODES, check_mask
 
 PATHS = ("sparse", "blas")
 THREADED_PATHS = ("sparse",)  # its BLAS path runs on one thread
@@ -968,9 +968,7 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_thre
         raise ValueError("the parameter block has no velocities for a step with momentum")
     if work.G.size or work.H.shape[1] < min(batch, len(order)):
         raise ValueError("the workspace is chunked; this backend's sparse path takes each batch whole")
-    mask_shape = (P.WhT.shape[0], P.WhT.shape[1], -(-work.H.shape[1] // 64))  # a bit per example held
-    if work.mask.size and (work.mask.shape != mask_shape or work.group_min < 1):
-        raise ValueError("the workspace's mask must hold one bit per example of a batch, for each input and slice")
+    check_mask(P, work)
     dense = rows.indptr is None
     indptr = np.zeros(1, np.int64) if dense else rows.indptr
     n_threads = max(1, int(n_threads))

@@ -483,12 +483,25 @@ def sparse_work(net, batch, chunk_rows=0, group=None, nnz_per_row=0.0):
     )
 
 
+def mask_shape(n_slices, n_in, rows):
+    """The shape of SparseWork's mask: a bit per example held (``rows``), in 64-bit
+    words, for each input and slice."""
+    return (n_slices, n_in, -(-rows // 64))
+
+
+def check_mask(net, work):
+    """Raises ValueError where ``work`` has a mask the sparse kernels would write
+    out of bounds (or a group_min below 1)."""
+    if work.mask.size and (work.mask.shape != mask_shape(*net.WhT.shape[:2], work.H.shape[1]) or work.group_min < 1):
+        raise ValueError("the workspace's mask must hold one bit per example of a batch, for each input and slice")
+
+
 def _group_mask(n_slices, n_in, rows, group, nnz_per_row):
     """SparseWork's mask and group_min: a zeroed mask where grouping pays (see
     sparse_work), else none."""
     if group is None or not group[0] <= rows <= group[1] or n_in > rows * nnz_per_row:
         return {}
-    return dict(mask=aligned_zeros((n_slices, n_in, -(-rows // 64)), np.uint64), group_min=int(group[0]))
+    return dict(mask=aligned_zeros(mask_shape(n_slices, n_in, rows), np.uint64), group_min=int(group[0]))
 
 
 BLAS_BLOCK_UNITS = 64  # about this many hidden units per block of the BLAS path
