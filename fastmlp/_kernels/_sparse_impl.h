@@ -47,12 +47,13 @@
  * cycles per non-zero, each thread sorting the whole batch), per-input buckets
  * filled in the forward pass, linked lists, the mask beside a dense copy of the
  * batch, and the mask filled in a pass of its own (it took the misses on the
- * rows' indices that the forward pass hides). Passing over the inputs instead of the examples in the
- * forward pass (each row read once per batch, the examples' h in L1): no faster,
- * bound by the stores to h. The row passes run at the L2 bandwidth of the core
- * (about 32 bytes per cycle), which is why two threads, each with its own L2 and
- * half the rows' width, take 1.6-1.9x less time. (The 4 + 3 cache-line split of 100 units between two
- * threads is not what limits them: 3 + 3 lines measured only 3-7% faster.)
+ * rows' indices that the forward pass hides). Passing over the inputs instead of
+ * the examples in the forward pass (each row read once per batch, the examples' h
+ * in L1): no faster, bound by the stores to h. Two threads, each with its own L2
+ * and half the rows' width, take 1.5-1.9x less time than one, although most of
+ * an epoch is paid per non-zero rather than per line of a row (the widths below).
+ * (The 4 + 3 cache-line split of 100 units between two threads is not what limits
+ * them: 3 + 3 lines measured only 3-7% faster.)
  * Prefetching the next rows two or three examples ahead instead of one: no faster.
  * A second level of bits (one per input touched) so that the grouped update visits
  * only the touched inputs: slower (a second OR per non-zero in the forward pass),
@@ -636,8 +637,36 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
             FN(fm_sparse_output_step)(P, opt, decay, W, s, width);
         }
 
-        if (plain && FM_GROUPED(W, B)) {
-            FN(fm_grouped_slice)(P, D, W, t, nt, s, WhT, NULL, lr, start, B, dH);
+        if (!plain) {
+            /* With momentum or decay every row of WhT steps. The gradient of row i is
+             * decay w_i (every row) + s_i (the batch's non-zeros in feature i), so the
+             * step splits exactly into a pass over every row with t = mu v + decay w:
+             *     w -= lr (nesterov ? decay w + mu t : t),  v = t,
+             * and a pass over the non-zeros: v += s_i, w -= lr (nesterov ? 1 + mu : 1) s_i. */
+            for (ptrdiff_t i = 0; i < n_in; i++) {
+                REAL *restrict w = WhT + i * stride, *restrict v = VWhT ? VWhT + i * stride : NULL;
+                if (!v) {
+#pragma omp simd
+                    for (ptrdiff_t j = 0; j < width; j++) w[j] -= lr * decay * w[j];
+                } else if (opt->nesterov) {
+#pragma omp simd
+                    for (ptrdiff_t j = 0; j < width; j++) {
+                        const REAL tj = mu * v[j] + decay * w[j];
+                        w[j] -= lr * (decay * w[j] + mu * tj);
+                        v[j] = tj;
+                    }
+                } else {
+#pragma omp simd
+                    for (ptrdiff_t j = 0; j < width; j++) {
+                        v[j] = mu * v[j] + decay * w[j];
+                        w[j] -= lr * v[j];
+                    }
+                }
+            }
+        }
+        const REAL c = opt->nesterov ? lr * (R(1) + mu) : lr; /* lr for plain SGD (mu = 0) */
+        if (FM_GROUPED(W, B)) {
+            FN(fm_grouped_slice)(P, D, W, t, nt, s, WhT, plain ? NULL : VWhT, c, start, B, dH);
             continue;
         }
         if (plain) {
@@ -650,36 +679,6 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
                     FN(fm_update)(WhT + GROUP_OFF(g), stride, GROUP_LINES(g), lr, vals, idx, k,
                                   dH + b * stride + GROUP_OFF(g));
             }
-            continue;
-        }
-        /* With momentum or decay every row of WhT steps. The gradient of row i is
-         * decay w_i (every row) + s_i (the batch's non-zeros in feature i), so the
-         * step splits exactly into a pass over every row with t = mu v + decay w:
-         *     w -= lr (nesterov ? decay w + mu t : t),  v = t,
-         * and a pass over the non-zeros: v += s_i, w -= lr (nesterov ? 1 + mu : 1) s_i. */
-        for (ptrdiff_t i = 0; i < n_in; i++) {
-            REAL *restrict w = WhT + i * stride, *restrict v = VWhT ? VWhT + i * stride : NULL;
-            if (!v) {
-#pragma omp simd
-                for (ptrdiff_t j = 0; j < width; j++) w[j] -= lr * decay * w[j];
-            } else if (opt->nesterov) {
-#pragma omp simd
-                for (ptrdiff_t j = 0; j < width; j++) {
-                    const REAL tj = mu * v[j] + decay * w[j];
-                    w[j] -= lr * (decay * w[j] + mu * tj);
-                    v[j] = tj;
-                }
-            } else {
-#pragma omp simd
-                for (ptrdiff_t j = 0; j < width; j++) {
-                    v[j] = mu * v[j] + decay * w[j];
-                    w[j] -= lr * v[j];
-                }
-            }
-        }
-        const REAL c = opt->nesterov ? lr * (R(1) + mu) : lr;
-        if (FM_GROUPED(W, B)) {
-            FN(fm_grouped_slice)(P, D, W, t, nt, s, WhT, VWhT, c, start, B, dH);
             continue;
         }
         for (ptrdiff_t b = 0; b < B; b++) {
