@@ -49,7 +49,12 @@
  * batch, and the mask filled in a pass of its own (it took the misses on the
  * rows' indices that the forward pass hides). Passing over the inputs instead of
  * the examples in the forward pass (each row read once per batch, the examples' h
- * in L1): no faster, bound by the stores to h. Two threads, each with its own L2
+ * in L1): no faster on Zen 4, bound by the stores to h; on an Intel Xeon with
+ * AVX-512 (one 512-bit store a cycle) 0.089-0.12 s against 0.064 s at batch 64, as
+ * the mask then needs a pass of its own over the indices, and the walk's loads of
+ * each example's next value, through up to 64 cursors at once, miss in L1 (a third
+ * of the samples of a profile). There, the per-example gather is about 70% of a
+ * batch-64 epoch: each non-zero's row comes from L2. Two threads, each with its own L2
  * and half the rows' width, take 1.5-1.9x less time than one, although most of
  * an epoch is paid per non-zero rather than per line of a row (the widths below).
  * (The 4 + 3 cache-line split of 100 units between two threads is not what limits
@@ -63,8 +68,9 @@
  * once (a quarter fewer row reads on MNIST): 15-25% slower, with or without
  * branches, as each step of the merge waits on the one before, so the row reads
  * can no longer be issued far ahead. Two sets of sums in the forward pass (even and
- * odd non-zeros), and the per-non-zero update taking the batch's examples last
- * first (the last example's rows are in L1): no faster. How the time of an epoch
+ * odd non-zeros) or in the grouped update (even and odd examples of an input), and
+ * the per-non-zero update taking the batch's examples last first (the last
+ * example's rows are in L1): no faster. How the time of an epoch
  * depends on the width (MNIST batch 64, 2 threads, Zen 4): 4 lines per thread
  * 0.070 s, 3 lines 0.062 s, 2 lines 0.055 s; most of it is paid per non-zero
  * whatever the width.
