@@ -43,9 +43,10 @@
  * unique indices), its dh~ row from L1 and the sums in registers. MNIST on 2 Zen 4
  * cores: batch 64 0.075 -> 0.066-0.069 s, batch 32 0.075 -> 0.069-0.072 s; from
  * batch 10 to 16 the walk over every input costs what it saves, so they keep the
- * update per non-zero. On 2 cores of an Intel Xeon (AVX-512) grouping costs
- * 10-13% at batch 32 and 64 and saves 6-11% from 96 up (on one core, a third at 64
- * and 128); no threshold measured holds on both CPUs, so the Zen 4's stays. Tried before and slower: a counting sort per batch (6-7
+ * update per non-zero. On 2 cores of an Intel Xeon (AVX-512), once the narrower
+ * thread asks for whole input rows (fm_prefetch_row), grouping saves 9-14% from
+ * batch 64 up and costs about 5% at 32 (on one core it saves 26-33% from 32 up);
+ * the threshold stays at 32. Tried before and slower: a counting sort per batch (6-7
  * cycles per non-zero, each thread sorting the whole batch), per-input buckets
  * filled in the forward pass, linked lists, the mask beside a dense copy of the
  * batch, and the mask filled in a pass of its own (it took the misses on the
