@@ -162,7 +162,8 @@ static FM_INLINE void FN(fm_prefetch_row)(const FN(fm_rows) *D, intptr_t r, intp
         __builtin_prefetch(D->indptr + r2, 0, 3);
         if (whole) {
             for (ptrdiff_t e = LANES; e < k; e += LANES) __builtin_prefetch(vals + e, 0, 2);
-            for (ptrdiff_t e = FM_LINE / 4; e < k; e += FM_LINE / 4) __builtin_prefetch(idx + e, 0, 2);
+            const ptrdiff_t idx_lanes = FM_LINE / (ptrdiff_t)sizeof(int32_t);
+            for (ptrdiff_t e = idx_lanes; e < k; e += idx_lanes) __builtin_prefetch(idx + e, 0, 2);
         }
     }
 #else
