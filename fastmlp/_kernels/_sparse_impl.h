@@ -262,37 +262,47 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
  * then W[i, :] -= c s and, with V, V[i, :] += s. x_bi is the next entry of example
  * b's row, *next[b]++: the inputs go in order and each row's indices are
  * sorted and unique. The sums are held in registers, the d rows read from L1, and
- * the mask was filled by the forward pass (fm_gather): no sorting. */
+ * the mask was filled by the forward pass (fm_gather): no sorting. The inputs are
+ * taken 64 at a time: first one word of which of them any example touched (a
+ * loop without branches), then only those, in order. (Against testing each input
+ * in turn, MNIST float32 on 2 threads of an Intel Xeon, 3 interleaved runs: batch
+ * 64 3-6% faster, 128 2-3%, 256 3-7%, 32 the same; on one thread batch 64 7-9%.) */
 #if FM_VECTORS
 #define FM_GROUPED_ROWS(NL)                                                           \
-    for (ptrdiff_t i = 0; i < n_in; i++) {                                            \
-        uint64_t *restrict mi = mask + i * words;                                     \
-        VL a[NL];                                                                     \
-        int any = 0;                                                                  \
-        for (ptrdiff_t q = 0; q < words; q++) {                                       \
-            uint64_t m = mi[q];                                                       \
-            if (!m)                                                                   \
-                continue;                                                             \
-            if (clear)                                                                \
-                mi[q] = 0;                                                            \
-            if (!any)                                                                 \
-                for (int l = 0; l < NL; l++) a[l] = (VL){0};                          \
-            any = 1;                                                                  \
-            do {                                                                      \
-                const ptrdiff_t b = q * 64 + __builtin_ctzll(m);                      \
-                m &= m - 1;                                                           \
-                const REAL x = *next[b]++;                                            \
-                const VL *restrict dv = (const VL *)(d + b * stride);                 \
-                for (int l = 0; l < NL; l++) a[l] += x * dv[l];                       \
-            } while (m);                                                              \
+    for (ptrdiff_t i0 = 0; i0 < n_in; i0 += 64) {                                     \
+        const ptrdiff_t ni = n_in - i0 < 64 ? n_in - i0 : 64;                         \
+        uint64_t live = 0;                                                            \
+        for (ptrdiff_t j = 0; j < ni; j++) {                                          \
+            uint64_t m = 0;                                                           \
+            for (ptrdiff_t q = 0; q < words; q++) m |= mask[(i0 + j) * words + q];    \
+            live |= (uint64_t)(m != 0) << j;                                          \
         }                                                                             \
-        if (!any)                                                                     \
-            continue;                                                                 \
-        VL *restrict w = (VL *)(W + i * stride);                                      \
-        for (int l = 0; l < NL; l++) w[l] -= c * a[l];                                \
-        if (V) {                                                                      \
-            VL *restrict v = (VL *)(V + i * stride);                                  \
-            for (int l = 0; l < NL; l++) v[l] += a[l];                                \
+        while (live) {                                                                \
+            const ptrdiff_t i = i0 + __builtin_ctzll(live);                           \
+            live &= live - 1;                                                         \
+            uint64_t *restrict mi = mask + i * words;                                 \
+            VL a[NL];                                                                 \
+            for (int l = 0; l < NL; l++) a[l] = (VL){0};                              \
+            for (ptrdiff_t q = 0; q < words; q++) {                                   \
+                uint64_t m = mi[q];                                                   \
+                if (!m)                                                               \
+                    continue;                                                         \
+                if (clear)                                                            \
+                    mi[q] = 0;                                                        \
+                do {                                                                  \
+                    const ptrdiff_t b = q * 64 + __builtin_ctzll(m);                  \
+                    m &= m - 1;                                                       \
+                    const REAL x = *next[b]++;                                        \
+                    const VL *restrict dv = (const VL *)(d + b * stride);             \
+                    for (int l = 0; l < NL; l++) a[l] += x * dv[l];                   \
+                } while (m);                                                          \
+            }                                                                         \
+            VL *restrict w = (VL *)(W + i * stride);                                  \
+            for (int l = 0; l < NL; l++) w[l] -= c * a[l];                            \
+            if (V) {                                                                  \
+                VL *restrict v = (VL *)(V + i * stride);                              \
+                for (int l = 0; l < NL; l++) v[l] += a[l];                            \
+            }                                                                         \
         }                                                                             \
     }
 #endif
