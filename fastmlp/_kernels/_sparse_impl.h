@@ -56,8 +56,22 @@
  * AVX-512 (one 512-bit store a cycle) 0.089-0.12 s against 0.064 s at batch 64, as
  * the mask then needs a pass of its own over the indices, and the walk's loads of
  * each example's next value, through up to 64 cursors at once, miss in L1 (a third
- * of the samples of a profile). There, the per-example gather is about 70% of a
- * batch-64 epoch: each non-zero's row comes from L2. Two threads, each with its own L2
+ * of the samples of a profile). Where a batch-64 epoch's time goes there (2
+ * threads, cycles counted per phase): the forward gather about 45%, the update
+ * about 40% (a sixth of it the output layer's gradients), the rest tanh, logits,
+ * dl/dz and the waits at the meetings. The gather is not paced by where the rows
+ * of WhT come from (forced into L1: no faster at batch 64, 14% at batch 10) but by
+ * the examples' own values and indices, read from memory: with the rows of only
+ * 1024 examples (in L2), epochs took 10-15% less. Asking for them sooner did not
+ * buy that back; the wait moved into the requests: the widest thread asking for
+ * whole rows, asking two examples ahead, asking a line every eight non-zeros, or
+ * asking for the next batch's rows during the update (batch 32 up to 7% faster,
+ * 128-256 up to 13% slower). Also no faster: the inputs taken in blocks of 64 in
+ * the forward pass, so that a block's rows of WhT stay in L1 while the batch's
+ * examples pass over it; the threads taking the examples in opposite orders; one
+ * mask for both threads, set by the narrower. Grouping at batch 10 and 16 with the
+ * walk as it is now: 0.077 -> 0.10 s and 0.072 -> 0.087 s (the OR per non-zero
+ * makes that gather 45% slower). Two threads, each with its own L2
  * and half the rows' width, take 1.5-1.9x less time than one, although most of
  * an epoch is paid per non-zero rather than per line of a row (the widths below).
  * (The 4 + 3 cache-line split of 100 units between two threads is not what limits
