@@ -49,9 +49,10 @@
  * 2 cores), which matters when the threads meet once per example. (The first 256
  * checks without a pause: slower at batch 1 on an Intel Xeon, 0.090 against
  * 0.082 s per MNIST epoch. At batch 1 each thread of two waits here about a fifth
- * of an epoch, both alike, so it is the meeting's latency, not an imbalance; each
- * thread writing its partial logits and a sequence number into a line of its own,
- * the other spinning on that line instead of on the barrier, saved only 1-3%.) */
+ * of an epoch, both alike. Each thread writing its partial logits and a sequence
+ * number into a line of its own, the other spinning on that line instead of on
+ * the barrier, saved only 1-3%: most of the wait is which thread's example took
+ * longer, which goes both ways, not the meeting itself.) */
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32) && defined(_OPENMP)
 #include <sched.h>
 #define FM_SPIN_BARRIER 1
