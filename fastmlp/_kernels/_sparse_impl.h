@@ -72,11 +72,12 @@
  * mask for both threads, set by the narrower. The full batch's forward pass taken
  * input by input over its chunks' lists (fm_group_chunks: no mask, no cursors, the
  * row in registers, each example's h~ added to in L1, the same sums in the same
- * order): 0.046 against 0.043 s, with or without padding H's rows apart. Grouping at batch 10 and 16 with the
- * walk as it is now: 0.077 -> 0.10 s and 0.072 -> 0.087 s (the OR per non-zero
- * makes that gather 45% slower). Two threads, each with its own L2
- * and half the rows' width, take 1.5-1.9x less time than one, although most of
- * an epoch is paid per non-zero rather than per line of a row (the widths below).
+ * order): 0.046 against 0.043 s, with or without padding H's rows apart. Grouping
+ * at batch 10 and 16 with the walk as it is now: 0.077 -> 0.10 s and 0.072 ->
+ * 0.087 s (the OR per non-zero makes that gather 45% slower). Two threads, each
+ * with its own L2 and half the rows' width, take 1.5-1.9x less time than one,
+ * although most of an epoch is paid per non-zero rather than per line of a row
+ * (the widths below).
  * (The 4 + 3 cache-line split of 100 units between two threads is not what limits
  * them: 3 + 3 lines measured only 3-7% faster.)
  * Prefetching the next rows two or three examples ahead instead of one: no faster.
