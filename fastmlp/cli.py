@@ -185,7 +185,8 @@ def cmd_info(args):
     chunk = getattr(kern, "SPARSE_CHUNK_ROWS", 0)
     print(
         f"large batches on the sparse path: taken {chunk} examples at a time (gradient summed, one step) where "
-        f"the inputs are no more than the batch's examples"
+        f"the inputs are no more than the batch's examples, or where the batch is too large for the grouped "
+        f"update and its chunks are not"
         if chunk
         else "large batches on the sparse path: taken whole"
     )

@@ -352,11 +352,14 @@ def test_chunked_batches_match_the_reference(
         ("grouped", 100),
         ("grouped-numba", 40),
         ("grouped-numba", 100),
+        ("grouped-chunks", 40),
     ],
 )
 def test_large_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dtype, update, batch):
     if update == "chunked":
         kern = _chunking_kernels(monkeypatch, 9)
+    elif update == "grouped-chunks":  # a batch too large for the mask, in chunks of 8 that it holds
+        kern = _small_mask_kernels(monkeypatch)
     else:
         kern = _grouping_kernels(monkeypatch, 32, "numba" if update == "grouped-numba" else "cython")
     X, y, p0 = random_problem(200, 30, 150, 3, dtype, seed=8, sparse=True)  # 150 units: several groups
@@ -365,6 +368,7 @@ def test_large_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dty
         p = {k: v.copy() for k, v in p0.items()}
         runner = epochs.EpochRunner(kern, p, X, y, batch_size=batch, path="sparse", n_threads=n_threads)
         assert (runner.work.G if update == "chunked" else runner.work.mask).size > 0
+        assert (runner.work.G.size > 0) == (update in ("chunked", "grouped-chunks"))
         loss = runner.epoch(np.random.default_rng(0).permutation(200), 0.1)
         results.append((p, loss))
     for p, loss in results[1:]:
@@ -431,6 +435,67 @@ def test_updates_are_grouped_where_the_walk_over_the_inputs_pays():
     assert epochs.sparse_work(net, 64, 128, None, 150.0).mask.size == 0  # the backend does not group
     wide = epochs.sparse_net(2**18, 100, 10, np.float32, 2)
     assert epochs.sparse_work(wide, 64, 128, group, 131.0).mask.size == 0  # 8,384 non-zeros, 262,144 inputs
+
+
+def test_batches_too_large_for_the_mask_are_grouped_in_chunks():
+    """A batch the mask cannot hold whole is taken in chunks that it can hold, where
+    their non-zeros pay for the walk over the inputs; otherwise it stays whole (an
+    update per non-zero)."""
+    kern = backends.kernels("cython") if "cython" in BACKENDS else pytest.skip("the Cython backend is not built")
+    group = (kern.SPARSE_GROUP_MIN, kern.SPARSE_MASK_ROWS)
+    net = epochs.sparse_net(784, 100, 10, np.float32, 2)
+    for batch in (384, 512, 768):  # MNIST: more inputs than examples, 150 non-zeros a row
+        work = epochs.sparse_work(net, batch, 128, group, 150.0)
+        assert work.H.shape[1] == 128 and work.G.shape == net.WhT.shape and work.mask.shape == (2, 784, 2)
+    whole = epochs.sparse_work(net, 256, 128, group, 150.0)  # the mask holds it whole
+    assert whole.H.shape[1] == 256 and whole.G.size == 0 and whole.mask.shape == (2, 784, 4)
+    assert epochs.sparse_work(net, 512, 128, None, 150.0).G.size == 0  # the backend does not group
+    wide = epochs.sparse_net(2**18, 100, 10, np.float32, 2)
+    work = epochs.sparse_work(wide, 512, 128, group, 131.0)  # chunks' 16,768 non-zeros < 262,144 inputs
+    assert work.H.shape[1] == 512 and work.G.size == 0 and work.mask.size == 0
+
+
+def _small_mask_kernels(monkeypatch):
+    """The Cython kernels with a mask of 16 examples and chunks of 8, grouping from 2
+    examples up: a batch of 40 is too large for the mask, its chunks are not."""
+    kern = _grouping_kernels(monkeypatch, 2)
+    monkeypatch.setattr(kern, "SPARSE_MASK_ROWS", 16)
+    monkeypatch.setattr(kern, "SPARSE_CHUNK_ROWS", 8)
+    return kern
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "momentum,nesterov,decay,weighted", [(0.0, False, 0.0, False), (0.9, True, 1e-2, True), (0.5, False, 0.1, False)]
+)
+def test_grouped_chunks_of_a_batch_too_large_for_the_mask_match_the_reference(
+    monkeypatch, loss, dtype, momentum, nesterov, decay, weighted
+):
+    kern = _small_mask_kernels(monkeypatch)
+    X, y, p = random_problem(300, 60, 40, 4, dtype, seed=5, sparse=True)  # 60 inputs > 40 examples
+    w = 0.5 + np.random.default_rng(1).random(300).astype(dtype) if weighted else None
+    expected = {k: v.copy() for k, v in p.items()}
+    ve = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(a) for k, a in p.items()} if momentum else None
+    runner = epochs.EpochRunner(
+        kern, p, X, y, batch_size=40, path="sparse", n_threads=2, loss=loss, weights=w, velocity=v
+    )
+    assert runner.work.H.shape[1] == 8 and runner.work.G.size > 0 and runner.work.mask.size > 0
+    opt = epochs.SGD(0.01, momentum, decay, nesterov, weighted)
+    perm = np.random.default_rng(2).permutation(300)
+    for _ in range(2):
+        r_loss, r_correct = _np.reference_epoch(
+            epochs.Params(**expected), X, y, w, perm, 40, opt, epochs.loss_code(loss), ve
+        )
+        k_loss, k_correct = runner.epoch(perm, opt)
+    assert not runner.work.mask.any()
+    np.testing.assert_allclose(k_correct, r_correct, rtol=1e-6)
+    np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
+    for k in ref.PARAM_NAMES:
+        np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
+        if momentum:
+            np.testing.assert_allclose(v[k], ve[k], **tol(dtype))
 
 
 @pytest.mark.parametrize("backend", GROUPING_BACKENDS)
