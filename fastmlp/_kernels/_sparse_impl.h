@@ -66,7 +66,12 @@
  * buy that back; the wait moved into the requests: the widest thread asking for
  * whole rows, asking two examples ahead, asking a line every eight non-zeros, or
  * asking for the next batch's rows during the update (batch 32 up to 7% faster,
- * 128-256 up to 13% slower). Also no faster: the inputs taken in blocks of 64 in
+ * 128-256 up to 13% slower). Nor would reading them in order: the same epochs over
+ * rows stored in the shuffled order (read one after the other) took 6-13% less at
+ * batch 1-1024 (20% at 32), about what copying the rows into that order costs each
+ * epoch (8-10 ms on 2 threads). Indices of 16 bits (a quarter fewer bytes per
+ * non-zero): batch 32 5-7% faster, 64 3-6%, 10, 256 and the full batch the same.
+ * Also no faster: the inputs taken in blocks of 64 in
  * the forward pass, so that a block's rows of WhT stay in L1 while the batch's
  * examples pass over it; the threads taking the examples in opposite orders; one
  * mask for both threads, set by the narrower. The full batch's forward pass taken
