@@ -294,6 +294,24 @@ def _grouping_kernels(monkeypatch, group_min, backend="cython"):
     return kern
 
 
+def _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, batch, opt, loss, dtype):
+    """Two epochs of ``runner`` (on ``p`` and velocities ``v``) and of the reference
+    (on ``expected`` and ``ve``) over the same shuffle: the same loss, accuracy,
+    parameters and velocities."""
+    perm = np.random.default_rng(2).permutation(len(y))
+    for _ in range(2):
+        r_loss, r_correct = _np.reference_epoch(
+            epochs.Params(**expected), X, y, w, perm, batch, opt, epochs.loss_code(loss), ve
+        )
+        k_loss, k_correct = runner.epoch(perm, opt)
+    np.testing.assert_allclose(k_correct, r_correct, rtol=1e-6)  # weighted counts with weights
+    np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
+    for k in ref.PARAM_NAMES:
+        np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
+        if v is not None:
+            np.testing.assert_allclose(v[k], ve[k], **tol(dtype))
+
+
 @pytest.mark.parametrize("inputs", ["dense", "csr"])
 @pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -326,18 +344,7 @@ def test_chunked_batches_match_the_reference(
     )
     assert runner.work.G.size > 0 and runner.work.H.shape[1] == min(chunk, batch)
     opt = epochs.SGD(0.05, momentum, decay, nesterov, weighted)
-    perm = np.random.default_rng(2).permutation(100)
-    for _ in range(2):
-        r_loss, r_correct = _np.reference_epoch(
-            epochs.Params(**expected), X, y, w, perm, batch, opt, epochs.loss_code(loss), ve
-        )
-        k_loss, k_correct = runner.epoch(perm, opt)
-    np.testing.assert_allclose(k_correct, r_correct, rtol=1e-6)  # weighted counts with weights
-    np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
-    for k in ref.PARAM_NAMES:
-        np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
-        if momentum:
-            np.testing.assert_allclose(v[k], ve[k], **tol(dtype))
+    _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, batch, opt, loss, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -407,19 +414,8 @@ def test_grouped_updates_match_the_reference(
     assert (runner.work.mask.size > 0) == ((batch > 2 or rows == "dense") and held <= kern.SPARSE_MASK_ROWS)
     assert (runner.rows.indptr is None) == (rows == "dense")
     opt = epochs.SGD(0.01, momentum, decay, nesterov, weighted)  # a stable walk at every batch size
-    perm = np.random.default_rng(2).permutation(300)
-    for _ in range(2):
-        r_loss, r_correct = _np.reference_epoch(
-            epochs.Params(**expected), X, y, w, perm, batch, opt, epochs.loss_code(loss), ve
-        )
-        k_loss, k_correct = runner.epoch(perm, opt)
+    _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, batch, opt, loss, dtype)
     assert not runner.work.mask.any()  # every bit cleared for the next batch
-    np.testing.assert_allclose(k_correct, r_correct, rtol=1e-6)
-    np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
-    for k in ref.PARAM_NAMES:
-        np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
-        if momentum:
-            np.testing.assert_allclose(v[k], ve[k], **tol(dtype))
 
 
 def test_updates_are_grouped_where_the_walk_over_the_inputs_pays():
@@ -483,19 +479,8 @@ def test_grouped_chunks_of_a_batch_too_large_for_the_mask_match_the_reference(
     )
     assert runner.work.H.shape[1] == 8 and runner.work.G.size > 0 and runner.work.mask.size > 0
     opt = epochs.SGD(0.01, momentum, decay, nesterov, weighted)
-    perm = np.random.default_rng(2).permutation(300)
-    for _ in range(2):
-        r_loss, r_correct = _np.reference_epoch(
-            epochs.Params(**expected), X, y, w, perm, 40, opt, epochs.loss_code(loss), ve
-        )
-        k_loss, k_correct = runner.epoch(perm, opt)
-    assert not runner.work.mask.any()
-    np.testing.assert_allclose(k_correct, r_correct, rtol=1e-6)
-    np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
-    for k in ref.PARAM_NAMES:
-        np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
-        if momentum:
-            np.testing.assert_allclose(v[k], ve[k], **tol(dtype))
+    _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, 40, opt, loss, dtype)
+    assert not runner.work.mask.any()  # every bit cleared for the next batch
 
 
 @pytest.mark.parametrize("backend", GROUPING_BACKENDS)
