@@ -453,10 +453,10 @@ def sparse_work(net, batch, chunk_rows=0, group=None, nnz_per_row=0.0):
     - it is too large for the mask (below) while its chunks are not: each chunk then
       updates the rows of the buffer it touches once. The buffer costs one pass
       over every input per batch, no more than the chunk's walk over the inputs.
-      MNIST on 2 threads, batches of 384, 512 and 768: 0.061-0.067 s per epoch
-      taken whole (an update per non-zero), 0.052-0.054 s in chunks; batches
-      that the mask holds whole gain nothing from chunks (160-256: the same or up
-      to 7% slower).
+      MNIST on 2 threads of an Intel Xeon (AVX-512), batches of 384-768: 0.061-0.067
+      s per epoch taken whole (an update per non-zero), 0.052-0.054 s in chunks;
+      batches that the mask holds whole gain nothing from chunks (160-256: the same
+      or up to 7% slower).
     The arithmetic is the batch's gradient either way, summed in example order. An
     epoch of one full batch also groups each chunk's non-zeros by input, once per
     fit (``EpochRunner`` does it).
