@@ -71,10 +71,10 @@
  * batch 1-1024 (20% at 32), about what copying the rows into that order costs each
  * epoch (8-10 ms on 2 threads). Indices of 16 bits (a quarter fewer bytes per
  * non-zero): batch 32 5-7% faster, 64 3-6%, 10, 256 and the full batch the same.
- * Also no faster: the inputs taken in blocks of 64 in
- * the forward pass, so that a block's rows of WhT stay in L1 while the batch's
- * examples pass over it; the threads taking the examples in opposite orders; one
- * mask for both threads, set by the narrower. The full batch's forward pass taken
+ * Also no faster: the inputs taken in blocks of 64 in the forward pass, so that a
+ * block's rows of WhT stay in L1 while the batch's examples pass over it; the
+ * threads taking the examples in opposite orders; one mask for both threads, set
+ * by the narrower. The full batch's forward pass taken
  * input by input over its chunks' lists (fm_group_chunks: no mask, no cursors, the
  * row in registers, each example's h~ added to in L1, the same sums in the same
  * order): 0.046 against 0.043 s, with or without padding H's rows apart. Grouping
