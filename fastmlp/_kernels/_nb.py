@@ -24,7 +24,8 @@ import llvmlite.binding as llvm_binding
 import numba as nb
 import numpy as np
 from llvmlite import ir
-from numba.core import cgutils, types
+from numba import carray, literally
+from numba.core import cgutils, errors, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import get_cython_function_address, intrinsic
@@ -35,6 +36,7 @@ PATHS = ("sparse", "blas")
 THREADED_PATHS = ("sparse",)  # its BLAS path runs on one thread
 SPARSE_CHUNK_ROWS = 0  # the sparse path takes each batch whole
 SPARSE_GROUP_MIN, SPARSE_MASK_ROWS = 32, 256  # batches of 32-256 examples update each touched row once
+_LINE = 64  # bytes in a cache line: the hidden units go in groups of up to four lines
 _CE, _MSE = LOSS_CODES["ce"], LOSS_CODES["mse"]  # compile-time constants of the compiled code
 
 
@@ -64,10 +66,12 @@ def _codegen():
     """
     with global_compiler_lock:
         llvm_binding.set_option("fastmlp", "-force-vector-interleave=1")
+        llvm_binding.set_option("fastmlp", "-unroll-full-max-count=1")
         try:
             yield
         finally:
             llvm_binding.set_option("fastmlp", "-force-vector-interleave=0")
+            llvm_binding.set_option("fastmlp", "-unroll-full-max-count=4294967295")
 
 
 def _arg_key(a):
@@ -372,31 +376,76 @@ def _row_of(indptr, dense, n_in, r):
     return indptr[r], indptr[r], indptr[r + 1] - indptr[r]
 
 
+@intrinsic
+def _line_elems(typingctx, nl, like):
+    """The elements of like's dtype in nl cache lines (nl a literal), as a constant
+    of the compiled code: loops that run this many times are unrolled into
+    whole-vector operations, and their buffers (_line_buffer) kept in registers."""
+    if not isinstance(nl, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(nl)
+    n = nl.literal_value * _LINE // (like.dtype.bitwidth // 8)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, n)
+
+    return types.intp(nl, like), codegen
+
+
+@intrinsic
+def _line_buffer(typingctx, nl, like):
+    """A pointer to nl cache lines of like's dtype on the stack (nl a literal). The
+    compiler knows that no array argument points into it, so the sums of a loop
+    over rows of WhT stay in registers (in an array they would be loaded and
+    stored at every row: Numba cannot say that arrays do not overlap)."""
+    if not isinstance(nl, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(nl)
+    dtype = like.dtype
+    n = nl.literal_value * _LINE // (dtype.bitwidth // 8)
+
+    def codegen(context, builder, signature, args):
+        elem = context.get_data_type(dtype)
+        buf = cgutils.alloca_once(builder, ir.ArrayType(elem, n))
+        buf.align = _LINE
+        return builder.bitcast(buf, elem.as_pointer())
+
+    return types.CPointer(dtype)(nl, like), codegen
+
+
 @_jit
-def _gather(H, s, b, width, bh, W, vals, av, idx, ai, k):
-    """H[s, b, :width] = bh[s, :width] + sum_t vals[av + t] W[s, idx[ai + t], :width],
-    eight rows per sweep over h (so h is loaded and stored an eighth as often).
-    Indexed in 3-D from 0 (a view per call would cost reference counting; an
-    index that Numba cannot prove non-negative stops the loop from vectorising)."""
-    for j in range(width):
-        H[s, b, j] = bh[s, j]
-    t = 0
-    while t + 8 <= k:
-        i0, i1, i2, i3 = idx[ai + t], idx[ai + t + 1], idx[ai + t + 2], idx[ai + t + 3]
-        i4, i5, i6, i7 = idx[ai + t + 4], idx[ai + t + 5], idx[ai + t + 6], idx[ai + t + 7]
-        x0, x1, x2, x3 = vals[av + t], vals[av + t + 1], vals[av + t + 2], vals[av + t + 3]
-        x4, x5, x6, x7 = vals[av + t + 4], vals[av + t + 5], vals[av + t + 6], vals[av + t + 7]
-        for j in range(width):
-            H[s, b, j] += ((x0 * W[s, i0, j] + x1 * W[s, i1, j]) + (x2 * W[s, i2, j] + x3 * W[s, i3, j])) + (
-                (x4 * W[s, i4, j] + x5 * W[s, i5, j]) + (x6 * W[s, i6, j] + x7 * W[s, i7, j])
-            )
-        t += 8
-    while t < k:
-        i0 = idx[ai + t]
-        x0 = vals[av + t]
-        for j in range(width):
-            H[s, b, j] += x0 * W[s, i0, j]
-        t += 1
+def _gather_lines(H, s, b, off, nl, bh, W, vals, av, idx, ai, k):
+    """H[s, b, off : + nl lines] = bh[s, off : ...] + sum_t vals[av + t] W[s, idx[ai + t], off : ...],
+    the sums held in registers through the loop over the non-zeros (_sparse_impl.h
+    FM_GATHER). nl is a literal: one compiled loop per width."""
+    literally(nl)
+    n = _line_elems(nl, W)
+    a = carray(_line_buffer(nl, W), n)
+    u = np.uint64(off)  # unsigned: no negative-index check per element
+    for j in range(n):
+        a[j] = bh[s, u + np.uint64(j)]
+    for t in range(k):
+        i = idx[ai + t]
+        x = vals[av + t]
+        for j in range(n):
+            a[j] += x * W[s, i, u + np.uint64(j)]
+    for j in range(n):
+        H[s, b, u + np.uint64(j)] = a[j]
+
+
+@_jit
+def _gather(H, s, b, first, g0, g1, group_line, bh, W, vals, av, idx, ai, k):
+    """_gather_lines over the groups g0..g1 of slice s (at most four lines each)."""
+    lanes = _LINE // W.itemsize
+    for g in range(g0, g1):
+        off = (group_line[g] - first) * lanes
+        nl = group_line[g + 1] - group_line[g]
+        if nl == 4:
+            _gather_lines(H, s, b, off, 4, bh, W, vals, av, idx, ai, k)
+        elif nl == 3:
+            _gather_lines(H, s, b, off, 3, bh, W, vals, av, idx, ai, k)
+        elif nl == 2:
+            _gather_lines(H, s, b, off, 2, bh, W, vals, av, idx, ai, k)
+        else:
+            _gather_lines(H, s, b, off, 1, bh, W, vals, av, idx, ai, k)
 
 
 @_jit_fast_reduce
@@ -458,16 +507,20 @@ def _mark_inputs(mask, t, b, indices, ai, k):
 
 # fmt: off
 @_jit
-def _grouped_rows(WhT, VWhT, s, width, c, momentum, mask, t, clear, data, indptr, dense, n_in, order, start, B, dH,
-                  cur, acc):
+def _grouped_lines(WhT, VWhT, s, off, nl, c, momentum, mask, t, clear, data, indptr, dense, n_in, order, start, B,
+                   dH, cur):
     # fmt: on
-    """Each row of WhT[s] that the batch touches, once (_sparse_impl.h
-    fm_grouped_rows): for every input i with bits in thread t's mask (cleared as
-    read where `clear`), acc = the sum over those examples b, in order, of x_bi
-    dH[s, b], two examples per sweep over acc; then WhT[s, i] -= c acc and, with
-    momentum, VWhT[s, i] += acc. x_bi is the next value of example b's row
-    (data[cur[b]]): the inputs go in order, and each row's indices are sorted and
-    unique."""
+    """Each row of WhT[s, :, off : + nl lines] that the batch touches, once
+    (_sparse_impl.h fm_grouped_rows): for every input i with bits in thread t's
+    mask (cleared as read where `clear`), a = the sum over those examples b, in
+    order, of x_bi dH[s, b, off : ...], held in registers; then WhT[s, i] -= c a
+    and, with momentum, VWhT[s, i] += a. x_bi is the next value of example b's
+    row (data[cur[b]]): the inputs go in order, and each row's indices are sorted
+    and unique. nl is a literal: one compiled loop per width."""
+    literally(nl)
+    n = _line_elems(nl, WhT)
+    a = carray(_line_buffer(nl, WhT), n)
+    u = np.uint64(off)
     for b in range(B):
         cur[b] = _row_of(indptr, dense, n_in, order[start + b])[0]
     words = mask.shape[2]
@@ -481,30 +534,84 @@ def _grouped_rows(WhT, VWhT, s, width, c, momentum, mask, t, clear, data, indptr
             if clear:
                 mask[t, i, q] = zero
             if not touched:
-                for j in range(width):
-                    acc[j] = 0
+                for j in range(n):
+                    a[j] = 0
                 touched = True
             while m != zero:
-                b0 = q * 64 + trailing_zeros(m)
+                e = q * 64 + trailing_zeros(m)
                 m &= m - np.uint64(1)
-                x0 = data[cur[b0]]
-                cur[b0] += 1
-                if m == zero:
-                    for j in range(width):
-                        acc[j] += x0 * dH[s, b0, j]
-                    break
-                b1 = q * 64 + trailing_zeros(m)
-                m &= m - np.uint64(1)
-                x1 = data[cur[b1]]
-                cur[b1] += 1
-                for j in range(width):
-                    acc[j] += x0 * dH[s, b0, j] + x1 * dH[s, b1, j]
+                x = data[cur[e]]
+                cur[e] += 1
+                for j in range(n):
+                    a[j] += x * dH[s, e, u + np.uint64(j)]
         if touched:
-            for j in range(width):
-                WhT[s, i, j] -= c * acc[j]
+            for j in range(n):
+                WhT[s, i, u + np.uint64(j)] -= c * a[j]
             if momentum:
-                for j in range(width):
-                    VWhT[s, i, j] += acc[j]
+                for j in range(n):
+                    VWhT[s, i, u + np.uint64(j)] += a[j]
+
+
+# fmt: off
+@_jit
+def _grouped_rows(WhT, VWhT, s, first, g0, g1, group_line, c, momentum, mask, t, clear, data, indptr, dense, n_in,
+                  order, start, B, dH, cur):
+    # fmt: on
+    """_grouped_lines over the groups g0..g1 of slice s; the mask is cleared on
+    the last group where `clear`."""
+    lanes = _LINE // WhT.itemsize
+    for g in range(g0, g1):
+        off = (group_line[g] - first) * lanes
+        nl = group_line[g + 1] - group_line[g]
+        cl = clear and g == g1 - 1
+        if nl == 4:
+            _grouped_lines(WhT, VWhT, s, off, 4, c, momentum, mask, t, cl, data, indptr, dense, n_in, order,
+                           start, B, dH, cur)
+        elif nl == 3:
+            _grouped_lines(WhT, VWhT, s, off, 3, c, momentum, mask, t, cl, data, indptr, dense, n_in, order,
+                           start, B, dH, cur)
+        elif nl == 2:
+            _grouped_lines(WhT, VWhT, s, off, 2, c, momentum, mask, t, cl, data, indptr, dense, n_in, order,
+                           start, B, dH, cur)
+        else:
+            _grouped_lines(WhT, VWhT, s, off, 1, c, momentum, mask, t, cl, data, indptr, dense, n_in, order,
+                           start, B, dH, cur)
+
+
+@_jit
+def _update_lines(WhT, s, off, nl, lr, data, av, indices, ai, k, dH, b):
+    """WhT[s, indices[ai + e], off : + nl lines] -= (lr data[av + e]) dH[s, b, off : ...]
+    for the entries e of example b's row, last first (the forward pass has just
+    read them: the last are in L1), dH's lines held in registers (_sparse_impl.h
+    FM_UPDATE)."""
+    literally(nl)
+    n = _line_elems(nl, WhT)
+    d = carray(_line_buffer(nl, WhT), n)
+    u = np.uint64(off)
+    for j in range(n):
+        d[j] = dH[s, b, u + np.uint64(j)]
+    for e in range(k - 1, -1, -1):
+        i = indices[ai + e]
+        x = lr * data[av + e]
+        for j in range(n):
+            WhT[s, i, u + np.uint64(j)] -= x * d[j]
+
+
+@_jit
+def _update_rows(WhT, s, first, g0, g1, group_line, lr, data, av, indices, ai, k, dH, b):
+    """_update_lines over the groups g0..g1 of slice s."""
+    lanes = _LINE // WhT.itemsize
+    for g in range(g0, g1):
+        off = (group_line[g] - first) * lanes
+        nl = group_line[g + 1] - group_line[g]
+        if nl == 4:
+            _update_lines(WhT, s, off, 4, lr, data, av, indices, ai, k, dH, b)
+        elif nl == 3:
+            _update_lines(WhT, s, off, 3, lr, data, av, indices, ai, k, dH, b)
+        elif nl == 2:
+            _update_lines(WhT, s, off, 2, lr, data, av, indices, ai, k, dH, b)
+        else:
+            _update_lines(WhT, s, off, 1, lr, data, av, indices, ai, k, dH, b)
 
 
 @_jit
@@ -565,7 +672,7 @@ def _output_step(s, width, B, Wy, by, bh, VWy, Vby, Vbh, H, dH, dZt, gWy, gbh, l
 @_jit
 def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
                  dense, labels, weights, has_weights, order, start, B, lr, mu, decay, nesterov, loss, H, dH, Pb, dZ,
-                 gWy, gbh, mask, grouped, cur, acc):
+                 gWy, gbh, mask, grouped, cur):
     # fmt: on
     """dl/dz of the batch (the same in every thread), then dh~ and the updates of
     thread t's slices (_sparse_impl.h fm_sparse_dz and fm_sparse_step); where
@@ -617,27 +724,15 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group
         c = lr * (one + mu) if nesterov and not plain else lr
         if grouped:
             # fmt: off
-            _grouped_rows(WhT, VWhT, s, width, c, mu != 0, mask, t, s + nt >= n_slices, data, indptr, dense, n_in,
-                          order, start, B, dH, cur, acc)
+            _grouped_rows(WhT, VWhT, s, first, slice_group[s], slice_group[s + 1], group_line, c, mu != 0, mask, t,
+                          s + nt >= n_slices, data, indptr, dense, n_in, order, start, B, dH, cur)
             # fmt: on
             continue
         for b in range(B):
             av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
             if plain:
-                e = k - 1
-                while e >= 1:  # two rows per sweep (dh loaded once for both), last first
-                    i0, i1 = indices[ai + e], indices[ai + e - 1]
-                    x0, x1 = lr * data[av + e], lr * data[av + e - 1]
-                    for j in range(width):
-                        d = dH[s, b, j]
-                        WhT[s, i0, j] -= x0 * d
-                        WhT[s, i1, j] -= x1 * d
-                    e -= 2
-                if e == 0:
-                    i0 = indices[ai]
-                    x0 = lr * data[av]
-                    for j in range(width):
-                        WhT[s, i0, j] -= x0 * dH[s, b, j]
+                _update_rows(WhT, s, first, slice_group[s], slice_group[s + 1], group_line, lr, data, av, indices, ai,
+                             k, dH, b)
                 continue
             for e in range(k - 1, -1, -1):
                 i0 = indices[ai + e]
@@ -670,7 +765,6 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
     parity = 0
     start = 0
     cur = np.empty(max(batch, 1), np.int64)
-    acc = np.empty(stride, WhT.dtype)
     while start < n:
         B = min(batch, n - start)
         Pb = P[parity]
@@ -685,7 +779,7 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
                 g0, g1 = slice_group[s], slice_group[s + 1]
                 first = group_line[g0]
                 width = (group_line[g1] - first) * lanes
-                _gather(H, s, b, width, bh, WhT, data, av, indices, ai, k)
+                _gather(H, s, b, first, g0, g1, group_line, bh, WhT, data, av, indices, ai, k)
                 if grouped and s == t:
                     _mark_inputs(mask, t, b, indices, ai, k)
                 _tanh_row(H, s, b, width)
@@ -704,7 +798,7 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
             # fmt: off
             ls, nc = _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data,
                                   indices, indptr, dense, labels, weights, has_weights, order, start, B, lr, mu, d,
-                                  nesterov, loss, H, dH, Pb, dZ, gWy, gbh, mask, grouped, cur, acc)
+                                  nesterov, loss, H, dH, Pb, dZ, gWy, gbh, mask, grouped, cur)
             # fmt: on
             loss_sum += ls
             correct += nc
