@@ -386,14 +386,19 @@ def _row_of(indptr, dense, n_in, r):
     return indptr[r], indptr[r], indptr[r + 1] - indptr[r]
 
 
+def _elems_in_lines(nl, dtype):
+    """At typing: the elements of dtype in nl cache lines, nl a literal type."""
+    if not isinstance(nl, types.IntegerLiteral):
+        raise errors.RequireLiteralValue(nl)
+    return nl.literal_value * _LINE // (dtype.bitwidth // 8)
+
+
 @intrinsic
 def _line_elems(typingctx, nl, like):
     """The elements of like's dtype in nl cache lines (nl a literal), as a constant
     of the compiled code: loops that run this many times are unrolled into
     whole-vector operations, and their buffers (_line_buffer) kept in registers."""
-    if not isinstance(nl, types.IntegerLiteral):
-        raise errors.RequireLiteralValue(nl)
-    n = nl.literal_value * _LINE // (like.dtype.bitwidth // 8)
+    n = _elems_in_lines(nl, like.dtype)
 
     def codegen(context, builder, signature, args):
         return context.get_constant(types.intp, n)
@@ -407,10 +412,8 @@ def _line_buffer(typingctx, nl, like):
     compiler knows that no array argument points into it, so the sums of a loop
     over rows of WhT stay in registers (in an array they would be loaded and
     stored at every row: Numba cannot say that arrays do not overlap)."""
-    if not isinstance(nl, types.IntegerLiteral):
-        raise errors.RequireLiteralValue(nl)
     dtype = like.dtype
-    n = nl.literal_value * _LINE // (dtype.bitwidth // 8)
+    n = _elems_in_lines(nl, dtype)
 
     def codegen(context, builder, signature, args):
         elem = context.get_data_type(dtype)
@@ -687,7 +690,7 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group
     """dl/dz of the batch (the same in every thread), then dh~ and the updates of
     thread t's slices (_sparse_impl.h fm_sparse_dz and fm_sparse_step); where
     `grouped`, each touched row of WhT once (_grouped_rows)."""
-    n_slices, n_in, stride = WhT.shape
+    n_slices, n_in = WhT.shape[:2]
     nout = Wy.shape[1]
     G = group_line.size - 1
     lanes = 64 // WhT.itemsize
@@ -766,7 +769,7 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
     computed by every thread, not shared out). With a mask (up to its rows of
     examples per batch), batches of group_min examples or more mark each example's
     inputs in thread t's mask in the forward pass and update each touched row once."""
-    n_slices, n_in, stride = WhT.shape
+    n_slices, n_in = WhT.shape[:2]
     nout = Wy.shape[1]
     lanes = 64 // WhT.itemsize
     n = order.size
