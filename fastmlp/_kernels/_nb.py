@@ -12,13 +12,19 @@ epilogue loop; every kernel here is compiled with one vector per iteration
 instead (see ``_codegen``), which measured ~10% faster epochs at batch 1.
 
 Numba cannot say that two arrays do not overlap, so a sum kept in an array is
-loaded and stored again at every row of WhT that a loop adds to it. The loops
-over rows keep their sums in a buffer of one to four cache lines on the stack
-(``_line_buffer``) instead, whose length is a constant of the compiled code: LLVM
-then holds it in registers, as the C kernels hold their vector types (MNIST
-float32 on 2 threads, 1.25-1.45x faster epochs). Full unrolling is switched off
-while fastmlp compiles, so that these short fixed-length loops are vectorised
-instead of unrolled into scalar code.
+loaded and stored again at every row of WhT that a loop adds to it; LLVM did not
+keep even a buffer on the stack in registers. The loops over rows of WhT (the
+forward gather, the updates) and the output step at batch 1 hold their sums in
+values of ``_Lines`` instead: one to four cache lines as LLVM vectors, with +, -
+and *, which LLVM keeps in registers as gcc keeps the C kernels' vector types,
+at the full width of the CPU's vectors. Full unrolling is switched off while
+fastmlp compiles (epochs measured 2-4% faster so).
+
+Each thread's loop takes its arrays borrowed (``_borrowed``: no reference
+counts). Every call from one compiled function into another otherwise
+increments and decrements the count of each array it passes, atomically, and two
+threads passing the same arrays made those counts' cache lines go back and forth
+between the cores.
 
 Compiled code is cached on disk (``cache=True``). Where no cache directory is
 writable (a read-only site-packages and a read-only home), Numba refuses to
@@ -27,17 +33,18 @@ cache; the kernels are then compiled in memory on first use instead.
 
 import contextlib
 import math
+import operator
 import threading
 
 import llvmlite.binding as llvm_binding
 import numba as nb
 import numpy as np
 from llvmlite import ir
-from numba import carray, literally
+from numba import literally
 from numba.core import cgutils, errors, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.cpython.unsafe.numbers import trailing_zeros
-from numba.extending import get_cython_function_address, intrinsic
+from numba.extending import get_cython_function_address, intrinsic, models, overload, register_model
 
 from .epochs import LOSS_CODES, check_mask
 
@@ -67,7 +74,8 @@ def _jit(func):
 @contextlib.contextmanager
 def _codegen():
     """LLVM's loop vectoriser set to one vector per iteration, and full unrolling
-    off, for this process's compilations while the block runs.
+    off, for this process's compilations while the block runs (see the module's
+    docstring).
 
     Numba has no per-function or per-loop setting for this; the option is global
     to LLVM, so it is set under Numba's compiler lock (no other code compiles
@@ -140,6 +148,28 @@ def _ptr(typingctx, arr, i):
         return builder.bitcast(item, cgutils.voidptr_t)
 
     return types.voidptr(arr, i), codegen
+
+
+@intrinsic
+def _borrowed(typingctx, arrays):
+    """The tuple of arrays without reference counts (null meminfos), for arrays
+    that the caller keeps alive. Passing an array to another compiled function
+    increments and decrements its count, atomically; with two threads passing the
+    same arrays at every batch, the counts' cache lines went back and forth
+    between the cores (MNIST batch 1: a sixth of an epoch)."""
+    if not isinstance(arrays, types.BaseTuple) or not all(isinstance(a, types.Array) for a in arrays):
+        raise errors.TypingError("_borrowed takes a tuple of arrays")
+
+    def codegen(context, builder, signature, args):
+        out = []
+        for i, ty in enumerate(signature.args[0]):
+            ary = context.make_array(ty)(context, builder, value=builder.extract_value(args[0], i))
+            ary.meminfo = cgutils.get_null_value(ary.meminfo.type)
+            ary.parent = cgutils.get_null_value(ary.parent.type)
+            out.append(ary._getvalue())
+        return context.make_tuple(builder, signature.return_type, out)
+
+    return arrays(arrays), codegen
 
 
 @intrinsic
@@ -386,42 +416,138 @@ def _row_of(indptr, dense, n_in, r):
     return indptr[r], indptr[r], indptr[r + 1] - indptr[r]
 
 
-def _elems_in_lines(nl, dtype):
-    """At typing: the elements of dtype in nl cache lines, nl a literal type."""
+class _Lines(types.Type):
+    """A value of nl cache lines of a float dtype (nl from 1 to 4): nl LLVM vectors
+    of one line each, as the C kernels' vector types. It lives in registers, so a
+    sum kept in it is not loaded and stored again at every row of WhT, as a sum in
+    an array would be (Numba cannot say that two arrays do not overlap). Made by
+    _lines_load and _lines_zero, stored by _lines_store; +, - and * work line by
+    line, with a scalar on either side, and a + x * v compiles to FMAs."""
+
+    def __init__(self, dtype, nl):
+        self.dtype, self.nl, self.lanes = dtype, nl, _LINE // (dtype.bitwidth // 8)
+        super().__init__(name=f"Lines({dtype}, {nl})")
+
+
+@register_model(_Lines)
+class _LinesModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        line = ir.VectorType(dmm.lookup(fe_type.dtype).get_value_type(), fe_type.lanes)
+        super().__init__(dmm, fe_type, ir.ArrayType(line, fe_type.nl))
+
+
+def _lines_type(nl, dtype):
+    """At typing: the _Lines of nl (a literal type) lines of dtype."""
     if not isinstance(nl, types.IntegerLiteral):
         raise errors.RequireLiteralValue(nl)
-    return nl.literal_value * _LINE // (dtype.bitwidth // 8)
+    if not 1 <= nl.literal_value <= 4:
+        raise errors.TypingError(f"_Lines hold 1 to 4 cache lines, not {nl.literal_value}")
+    return _Lines(dtype, nl.literal_value)
+
+
+def _check_c_array(arr, lines=None):
+    if not isinstance(arr, types.Array) or arr.layout != "C" or not isinstance(arr.dtype, types.Float):
+        raise errors.TypingError(f"needs a C-contiguous float array, got {arr}")
+    if lines is not None and (not isinstance(lines, _Lines) or lines.dtype != arr.dtype):
+        raise errors.TypingError(f"needs _Lines of {arr.dtype}, got {lines}")
+
+
+def _line_pointers(context, builder, aryty, ary, i, lt):
+    """Pointers to the lt.nl lines that start at ary.flat[i]."""
+    data = context.make_array(aryty)(context, builder, value=ary).data
+    line = ir.VectorType(context.get_value_type(lt.dtype), lt.lanes).as_pointer()
+    first = builder.gep(data, [i])
+    return [
+        builder.bitcast(builder.gep(first, [context.get_constant(types.intp, l * lt.lanes)]), line)
+        for l in range(lt.nl)
+    ]
 
 
 @intrinsic
-def _line_elems(typingctx, nl, like):
-    """The elements of like's dtype in nl cache lines (nl a literal), as a constant
-    of the compiled code: loops that run this many times are unrolled into
-    whole-vector operations, and their buffers (_line_buffer) kept in registers."""
-    n = _elems_in_lines(nl, like.dtype)
+def _lines_load(typingctx, arr, i, nl):
+    """arr.flat[i : i + nl lines] as _Lines (nl a literal; arr C-contiguous)."""
+    _check_c_array(arr)
+    lt = _lines_type(nl, arr.dtype)
 
     def codegen(context, builder, signature, args):
-        return context.get_constant(types.intp, n)
+        v = ir.Constant(context.get_value_type(lt), ir.Undefined)
+        for l, p in enumerate(_line_pointers(context, builder, signature.args[0], args[0], args[1], lt)):
+            v = builder.insert_value(v, builder.load(p, align=lt.dtype.bitwidth // 8), l)
+        return v
 
-    return types.intp(nl, like), codegen
+    return lt(arr, i, nl), codegen
 
 
 @intrinsic
-def _line_buffer(typingctx, nl, like):
-    """A pointer to nl cache lines of like's dtype on the stack (nl a literal). The
-    compiler knows that no array argument points into it, so the sums of a loop
-    over rows of WhT stay in registers (in an array they would be loaded and
-    stored at every row: Numba cannot say that arrays do not overlap)."""
-    dtype = like.dtype
-    n = _elems_in_lines(nl, dtype)
+def _lines_store(typingctx, arr, i, v):
+    """arr.flat[i : i + v's lines] = v."""
+    _check_c_array(arr, v)
 
     def codegen(context, builder, signature, args):
-        elem = context.get_data_type(dtype)
-        buf = cgutils.alloca_once(builder, ir.ArrayType(elem, n))
-        buf.align = _LINE
-        return builder.bitcast(buf, elem.as_pointer())
+        for l, p in enumerate(_line_pointers(context, builder, signature.args[0], args[0], args[1], v)):
+            builder.store(builder.extract_value(args[2], l), p, align=v.dtype.bitwidth // 8)
+        return context.get_dummy_value()
 
-    return types.CPointer(dtype)(nl, like), codegen
+    return types.none(arr, i, v), codegen
+
+
+@intrinsic
+def _lines_zero(typingctx, nl, like):
+    """nl lines of zeros of like's dtype (nl a literal)."""
+    lt = _lines_type(nl, like.dtype)
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(context.get_value_type(lt), None)
+
+    return lt(nl, like), codegen
+
+
+def _lines_operands(context, builder, lt, tys, vals):
+    """Both operands as lists of lt.nl line vectors (a scalar broadcast to each)."""
+    out = []
+    for ty, val in zip(tys, vals, strict=True):
+        if isinstance(ty, _Lines):
+            out.append([builder.extract_value(val, l) for l in range(lt.nl)])
+            continue
+        line = ir.VectorType(context.get_value_type(lt.dtype), lt.lanes)
+        x = context.cast(builder, val, ty, lt.dtype)
+        one = builder.insert_element(ir.Constant(line, ir.Undefined), x, context.get_constant(types.int32, 0))
+        zeros = ir.Constant(ir.VectorType(ir.IntType(32), lt.lanes), [0] * lt.lanes)
+        out.append([builder.shuffle_vector(one, ir.Constant(line, ir.Undefined), zeros)] * lt.nl)
+    return out
+
+
+def _lines_operator(op, name):
+    """op (+, - or *) for _Lines with _Lines of the same type or a real scalar on
+    either side, line by line; "contract" lets LLVM fuse a * b + c into FMAs, as
+    everywhere in these kernels."""
+
+    @intrinsic
+    def apply(typingctx, a, b):
+        lt = a if isinstance(a, _Lines) else b
+        for ty in (a, b):
+            if not (ty == lt or isinstance(ty, (types.Float, types.Integer))):
+                raise errors.TypingError(f"cannot {name} {a} and {b}")
+
+        def codegen(context, builder, signature, args):
+            xs, ys = _lines_operands(context, builder, lt, signature.args, args)
+            v = ir.Constant(context.get_value_type(lt), ir.Undefined)
+            for l in range(lt.nl):
+                v = builder.insert_value(v, getattr(builder, name)(xs[l], ys[l], flags=("contract",)), l)
+            return v
+
+        return lt(a, b), codegen
+
+    @overload(op)
+    def overloaded(a, b):
+        if isinstance(a, _Lines) or isinstance(b, _Lines):
+            return lambda a, b: apply(a, b)
+
+    return apply
+
+
+for _op, _name in ((operator.add, "fadd"), (operator.sub, "fsub"), (operator.mul, "fmul")):
+    _lines_operator(_op, _name)
 
 
 @_jit
@@ -430,18 +556,12 @@ def _gather_lines(H, s, b, off, nl, bh, W, vals, av, idx, ai, k):
     the sums held in registers through the loop over the non-zeros (_sparse_impl.h
     FM_GATHER). nl is a literal: one compiled loop per width."""
     literally(nl)
-    n = _line_elems(nl, W)
-    a = carray(_line_buffer(nl, W), n)
-    u = np.uint64(off)  # unsigned: no negative-index check per element
-    for j in range(n):
-        a[j] = bh[s, u + np.uint64(j)]
+    stride = W.shape[2]
+    rows = s * W.shape[1] * stride + off
+    a = _lines_load(bh, s * bh.shape[1] + off, nl)
     for t in range(k):
-        i = idx[ai + t]
-        x = vals[av + t]
-        for j in range(n):
-            a[j] += x * W[s, i, u + np.uint64(j)]
-    for j in range(n):
-        H[s, b, u + np.uint64(j)] = a[j]
+        a = a + vals[av + t] * _lines_load(W, rows + idx[ai + t] * stride, nl)
+    _lines_store(H, (s * H.shape[1] + b) * H.shape[2] + off, a)
 
 
 @_jit
@@ -531,38 +651,34 @@ def _grouped_lines(WhT, VWhT, s, off, nl, c, momentum, mask, t, clear, data, ind
     row (data[cur[b]]): the inputs go in order, and each row's indices are sorted
     and unique. nl is a literal: one compiled loop per width."""
     literally(nl)
-    n = _line_elems(nl, WhT)
-    a = carray(_line_buffer(nl, WhT), n)
-    u = np.uint64(off)
+    stride = WhT.shape[2]
+    rows = s * WhT.shape[1] * stride + off
+    dh = s * dH.shape[1] * dH.shape[2] + off
     for b in range(B):
         cur[b] = _row_of(indptr, dense, n_in, order[start + b])[0]
     words = mask.shape[2]
     zero = np.uint64(0)
     for i in range(n_in):
         touched = False
+        a = _lines_zero(nl, WhT)
         for q in range(words):
             m = mask[t, i, q]
             if m == zero:
                 continue
             if clear:
                 mask[t, i, q] = zero
-            if not touched:
-                for j in range(n):
-                    a[j] = 0
-                touched = True
+            touched = True
             while m != zero:
                 e = q * 64 + trailing_zeros(m)
                 m &= m - np.uint64(1)
                 x = data[cur[e]]
                 cur[e] += 1
-                for j in range(n):
-                    a[j] += x * dH[s, e, u + np.uint64(j)]
+                a = a + x * _lines_load(dH, dh + e * dH.shape[2], nl)
         if touched:
-            for j in range(n):
-                WhT[s, i, u + np.uint64(j)] -= c * a[j]
+            r = rows + i * stride
+            _lines_store(WhT, r, _lines_load(WhT, r, nl) - c * a)
             if momentum:
-                for j in range(n):
-                    VWhT[s, i, u + np.uint64(j)] += a[j]
+                _lines_store(VWhT, r, _lines_load(VWhT, r, nl) + a)
 
 
 # fmt: off
@@ -592,58 +708,63 @@ def _grouped_rows(WhT, VWhT, s, first, g0, g1, group_line, c, momentum, mask, t,
 
 
 @_jit
-def _update_lines(WhT, s, off, nl, lr, data, av, indices, ai, k, dH, b):
-    """WhT[s, indices[ai + e], off : + nl lines] -= (lr data[av + e]) dH[s, b, off : ...]
-    for the entries e of example b's row, last first (the forward pass has just
-    read them: the last are in L1), dH's lines held in registers (_sparse_impl.h
-    FM_UPDATE)."""
+def _update_lines(WhT, VWhT, momentum, s, off, nl, c, data, av, indices, ai, k, dH, b):
+    """WhT[s, i, off : + nl lines] -= (c x) dH[s, b, off : ...] and, with momentum,
+    VWhT[s, i, off : ...] += x dH[s, b, off : ...] for the entries (i, x) of example
+    b's row, last first (the forward pass has just read them: the last are in L1),
+    dH's lines held in registers (_sparse_impl.h FM_UPDATE)."""
     literally(nl)
-    n = _line_elems(nl, WhT)
-    d = carray(_line_buffer(nl, WhT), n)
-    u = np.uint64(off)
-    for j in range(n):
-        d[j] = dH[s, b, u + np.uint64(j)]
+    stride = WhT.shape[2]
+    rows = s * WhT.shape[1] * stride + off
+    d = _lines_load(dH, (s * dH.shape[1] + b) * dH.shape[2] + off, nl)
     for e in range(k - 1, -1, -1):
-        i = indices[ai + e]
-        x = lr * data[av + e]
-        for j in range(n):
-            WhT[s, i, u + np.uint64(j)] -= x * d[j]
+        r = rows + indices[ai + e] * stride
+        x = data[av + e]
+        _lines_store(WhT, r, _lines_load(WhT, r, nl) - (c * x) * d)
+        if momentum:
+            _lines_store(VWhT, r, _lines_load(VWhT, r, nl) + x * d)
 
 
 @_jit
-def _update_rows(WhT, s, first, g0, g1, group_line, lr, data, av, indices, ai, k, dH, b):
+def _update_rows(WhT, VWhT, momentum, s, first, g0, g1, group_line, c, data, av, indices, ai, k, dH, b):
     """_update_lines over the groups g0..g1 of slice s."""
     lanes = _LINE // WhT.itemsize
     for g in range(g0, g1):
         off = (group_line[g] - first) * lanes
         nl = group_line[g + 1] - group_line[g]
         if nl == 4:
-            _update_lines(WhT, s, off, 4, lr, data, av, indices, ai, k, dH, b)
+            _update_lines(WhT, VWhT, momentum, s, off, 4, c, data, av, indices, ai, k, dH, b)
         elif nl == 3:
-            _update_lines(WhT, s, off, 3, lr, data, av, indices, ai, k, dH, b)
+            _update_lines(WhT, VWhT, momentum, s, off, 3, c, data, av, indices, ai, k, dH, b)
         elif nl == 2:
-            _update_lines(WhT, s, off, 2, lr, data, av, indices, ai, k, dH, b)
+            _update_lines(WhT, VWhT, momentum, s, off, 2, c, data, av, indices, ai, k, dH, b)
         else:
-            _update_lines(WhT, s, off, 1, lr, data, av, indices, ai, k, dH, b)
+            _update_lines(WhT, VWhT, momentum, s, off, 1, c, data, av, indices, ai, k, dH, b)
 
 
 @_jit
 def _output_step_one(s, width, Wy, by, bh, H, dH, dZt, lr):
     """dh~ of one example and the plain SGD step of Wy, bh and by, in one pass over
-    the rows of Wy (_sparse_impl.h fm_sparse_step at batch 1): no gradient buffers."""
+    the rows of Wy (_sparse_impl.h fm_sparse_step at batch 1): no gradient buffers.
+    Line by line, the line's h and dh~ held in registers through the rows of Wy
+    (as arrays, each row's sum would be stored and loaded again)."""
     one = H.dtype.type(1)
-    for j in range(width):
-        dH[s, 0, j] = 0
+    lanes = _LINE // H.itemsize
+    h0 = s * H.shape[1] * H.shape[2]
+    for u in range(0, width, lanes):
+        hv = _lines_load(H, h0 + u, 1)
+        dv = _lines_zero(1, H)
+        for o in range(Wy.shape[1]):
+            d = dZt[0, o]
+            r = (s * Wy.shape[1] + o) * Wy.shape[2] + u
+            wy = _lines_load(Wy, r, 1)
+            dv = dv + d * wy
+            _lines_store(Wy, r, wy - (lr * d) * hv)
+        dv = dv * (one - hv * hv)
+        _lines_store(dH, s * dH.shape[1] * dH.shape[2] + u, dv)
+        _lines_store(bh, s * bh.shape[1] + u, _lines_load(bh, s * bh.shape[1] + u, 1) - lr * dv)
     for o in range(Wy.shape[1]):
-        d = dZt[0, o]
-        lrd = lr * d
-        for j in range(width):
-            dH[s, 0, j] += d * Wy[s, o, j]
-            Wy[s, o, j] -= lrd * H[s, 0, j]
-        by[s, o] -= lrd
-    for j in range(width):
-        dH[s, 0, j] *= one - H[s, 0, j] * H[s, 0, j]
-        bh[s, j] -= lr * dH[s, 0, j]
+        by[s, o] -= lr * dZt[0, o]
 
 
 # fmt: off
@@ -743,19 +864,10 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group
             continue
         for b in range(B):
             av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
-            if plain:
-                _update_rows(WhT, s, first, slice_group[s], slice_group[s + 1], group_line, lr, data, av, indices, ai,
-                             k, dH, b)
-                continue
-            for e in range(k - 1, -1, -1):
-                i0 = indices[ai + e]
-                x = data[av + e]
-                a = c * x
-                for j in range(width):
-                    WhT[s, i0, j] -= a * dH[s, b, j]
-                if mu != 0:
-                    for j in range(width):
-                        VWhT[s, i0, j] += x * dH[s, b, j]
+            # fmt: off
+            _update_rows(WhT, VWhT, mu != 0, s, first, slice_group[s], slice_group[s + 1], group_line, c, data, av,
+                         indices, ai, k, dH, b)
+            # fmt: on
     return loss_sum, correct
 
 
@@ -769,6 +881,11 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
     computed by every thread, not shared out). With a mask (up to its rows of
     examples per batch), batches of group_min examples or more mark each example's
     inputs in thread t's mask in the forward pass and update each touched row once."""
+    # every array borrowed: the calls below count no references (_borrowed)
+    WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby = _borrowed((WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby))
+    slice_group, group_line, data, indices, indptr = _borrowed((slice_group, group_line, data, indices, indptr))
+    labels, weights, order, H, dH, P, dZ, gWy, gbh = _borrowed((labels, weights, order, H, dH, P, dZ, gWy, gbh))
+    row_loss, row_correct, sync, mask = _borrowed((row_loss, row_correct, sync, mask))
     n_slices, n_in = WhT.shape[:2]
     nout = Wy.shape[1]
     lanes = 64 // WhT.itemsize
@@ -776,6 +893,17 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
     loss_sum = 0.0
     correct = 0.0
     parity = 0
+    # a thread narrower than the widest asks for each next row whole (_sparse_impl.h fm_prefetch_row)
+    widest = 0
+    mine = 0
+    for u in range(nt):
+        lines = 0
+        for s in range(u, n_slices, nt):
+            lines += group_line[slice_group[s + 1]] - group_line[slice_group[s]]
+        widest = max(widest, lines)
+        if u == t:
+            mine = lines
+    narrow = mine < widest
     start = 0
     cur = np.empty(max(batch, 1), np.int64)
     while start < n:
@@ -785,9 +913,16 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
         for b in range(B):
             av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
             if start + b + 1 < n:  # the examples come in random order: ask for the next one
-                av1, ai1, _ = _row_of(indptr, dense, n_in, order[start + b + 1])
+                av1, ai1, k1 = _row_of(indptr, dense, n_in, order[start + b + 1])
                 _prefetch(data, av1)
                 _prefetch(indices, ai1)
+                if not dense:
+                    _prefetch(indptr, order[start + b + 2 if start + b + 2 < n else n - 1])
+                    if narrow:
+                        for e in range(lanes, k1, lanes):
+                            _prefetch(data, av1 + e)
+                        for e in range(_LINE // 4, k1, _LINE // 4):
+                            _prefetch(indices, ai1 + e)
             for s in range(t, n_slices, nt):
                 g0, g1 = slice_group[s], slice_group[s + 1]
                 first = group_line[g0]
