@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 import fastmlp
@@ -77,3 +78,76 @@ def test_users_numba_code_is_compiled_as_without_fastmlp(tmp_path):
     after = instructions(textwrap.dedent(use_fastmlp) + textwrap.dedent(user_code))
     assert "vfmadd" in alone or "mul" in alone, alone[:2000]
     assert after == alone
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nl", [1, 2, 3, 4])
+def test_lines_values_compute_line_by_line(dtype, nl):
+    """The kernels' register values (_nb._Lines): a load, +, - and * with a _Lines
+    or a scalar on either side, and a store, give NumPy's values at every offset;
+    nothing outside the stored lines changes."""
+    import numba
+
+    from fastmlp._kernels import _nb
+
+    n = nl * 64 // np.dtype(dtype).itemsize
+
+    @numba.njit
+    def combine(a, b, out, i, j, x, nl):
+        numba.literally(nl)
+        u = _nb._lines_load(a, i, nl)
+        v = _nb._lines_load(b, j, nl)
+        w = _nb._lines_zero(nl, a) + x * u - v * u
+        _nb._lines_store(out, i, (w - x) * (2 - v) + u * x)
+
+    rng = np.random.default_rng(nl)
+    a = rng.standard_normal(3 * n).astype(dtype)
+    b = rng.standard_normal(3 * n).astype(dtype)
+    x = dtype(0.75)
+    for i, j in ((0, n), (n + 3, 5), (2 * n, 0)):
+        out = np.full(3 * n, 7, dtype)
+        combine(a, b, out, i, j, x, nl)
+        u, v = a[i : i + n], b[j : j + n]
+        expected = ((x * u - v * u) - x) * (2 - v) + u * x
+        tol = 1e-6 if dtype == np.float32 else 1e-14
+        np.testing.assert_allclose(out[i : i + n], expected, rtol=tol, atol=tol)
+        outside = np.delete(out, np.arange(i, i + n))
+        assert np.all(outside == 7)
+
+
+def test_lines_reject_what_they_cannot_hold():
+    import numba
+
+    from fastmlp._kernels import _nb
+
+    @numba.njit
+    def five_lines(a):
+        return _nb._lines_load(a, 0, 5)
+
+    @numba.njit
+    def strided(a):
+        return _nb._lines_load(a[::2], 0, 1)
+
+    with pytest.raises(numba.core.errors.TypingError, match="1 to 4 cache lines"):
+        five_lines(np.zeros(100, np.float32))
+    with pytest.raises(numba.core.errors.TypingError, match="C-contiguous float array"):
+        strided(np.zeros(100, np.float32))
+
+
+def test_borrowed_arrays_are_the_same_arrays():
+    """_nb._borrowed drops only the reference counts: the arrays it returns read and
+    write the caller's memory, with the same shapes."""
+    import numba
+
+    from fastmlp._kernels import _nb
+
+    @numba.njit
+    def fill(a, b):
+        a, b = _nb._borrowed((a, b))
+        a[1, 2] = 5.0
+        b[3] = a.shape[0] * 10 + a.shape[1]
+
+    a, b = np.zeros((3, 4)), np.zeros(5, np.int64)
+    fill(a, b)
+    assert a[1, 2] == 5.0 and a.sum() == 5.0
+    assert b.tolist() == [0, 0, 0, 34, 0]
