@@ -2,6 +2,7 @@
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -291,7 +292,10 @@ def test_resume_refuses_other_settings_and_other_models(tmp_path):
 # ---- Ctrl-C ----
 
 INTERRUPT_SCRIPT = """
-import sys, time, numpy as np, fastmlp
+import signal, sys, time, numpy as np, fastmlp
+# Python raises KeyboardInterrupt on SIGINT only where it starts with SIGINT's default
+# action; a shell's background job starts with SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from fastmlp import backends
 from fastmlp._kernels import epochs
 backend = sys.argv[1]
@@ -327,11 +331,18 @@ def test_ctrl_c_returns_promptly_with_a_consistent_model(tmp_path, backend):
     script = tmp_path / "interrupt.py"
     script.write_text(INTERRUPT_SCRIPT)
     proc = subprocess.Popen([sys.executable, str(script), backend], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+
+    def next_line(within):  # a line of the script's output, or fail instead of waiting forever
+        if not select.select([proc.stdout], [], [], within)[0]:
+            proc.kill()
+            pytest.fail(f"no output from the training script within {within} s")
+        return proc.stdout.readline().strip()
+
+    assert next_line(300) == "ready"
     time.sleep(1.5)
     t0 = time.perf_counter()
     proc.send_signal(signal.SIGINT)
-    assert proc.stdout.readline().strip() == "interrupted"
+    assert next_line(60) == "interrupted"
     latency = time.perf_counter() - t0
     rest = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0
