@@ -269,18 +269,18 @@ def test_an_unknown_loss_code_raises_in_every_primitive(backend, path):
 # ---- large batches on the sparse path, taken in chunks with their gradient summed ----
 
 
-def _chunking_kernels(monkeypatch, chunk):
-    """The Cython kernels with chunks of ``chunk`` examples (small, so that small
+CHUNKING_BACKENDS = GROUPING_BACKENDS = ["cython", "numba"]  # those with chunks and a grouped update
+
+
+def _chunking_kernels(monkeypatch, chunk, backend="cython"):
+    """A backend's kernels with chunks of ``chunk`` examples (small, so that small
     problems exercise every chunk boundary)."""
-    if "cython" not in BACKENDS:
-        pytest.skip("the Cython backend is not built")
-    kern = backends.kernels("cython")
+    if backend not in BACKENDS:
+        pytest.skip(f"the {backend} backend is not available")
+    kern = backends.kernels(backend)
     assert kern.SPARSE_CHUNK_ROWS > 0
     monkeypatch.setattr(kern, "SPARSE_CHUNK_ROWS", chunk)
     return kern
-
-
-GROUPING_BACKENDS = ["cython", "numba"]  # those with a grouped update
 
 
 def _grouping_kernels(monkeypatch, group_min, backend="cython"):
@@ -319,12 +319,13 @@ def _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w,
     "momentum,nesterov,decay,weighted", [(0.0, False, 0.0, False), (0.9, True, 1e-2, True), (0.5, False, 0.1, False)]
 )
 @pytest.mark.parametrize("chunk,batch", [(1, 40), (7, 40), (7, 100), (64, 100)])
+@pytest.mark.parametrize("backend", CHUNKING_BACKENDS)
 def test_chunked_batches_match_the_reference(
-    monkeypatch, inputs, loss, dtype, momentum, nesterov, decay, weighted, chunk, batch
+    monkeypatch, backend, inputs, loss, dtype, momentum, nesterov, decay, weighted, chunk, batch
 ):
     import scipy.sparse as sp
 
-    kern = _chunking_kernels(monkeypatch, chunk)
+    kern = _chunking_kernels(monkeypatch, chunk, backend)
     X, y, p = random_problem(100, 13, 40, 4, dtype, seed=3, sparse=True)
     w = np.random.default_rng(1).random(100).astype(dtype) * 2 if weighted else None
     expected = {k: v.copy() for k, v in p.items()}
@@ -355,20 +356,25 @@ def test_chunked_batches_match_the_reference(
     [
         ("chunked", 64),
         ("chunked", 200),
+        ("chunked-numba", 64),
+        ("chunked-numba", 200),
         ("grouped", 40),
         ("grouped", 100),
         ("grouped-numba", 40),
         ("grouped-numba", 100),
         ("grouped-chunks", 40),
+        ("grouped-chunks-numba", 40),
     ],
 )
 def test_large_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dtype, update, batch):
+    backend = "numba" if update.endswith("-numba") else "cython"
+    update = update.removesuffix("-numba")
     if update == "chunked":
-        kern = _chunking_kernels(monkeypatch, 9)
+        kern = _chunking_kernels(monkeypatch, 9, backend)
     elif update == "grouped-chunks":  # a batch too large for the mask, in chunks of 8 that it holds
-        kern = _small_mask_kernels(monkeypatch)
+        kern = _small_mask_kernels(monkeypatch, backend)
     else:
-        kern = _grouping_kernels(monkeypatch, 32, "numba" if update == "grouped-numba" else "cython")
+        kern = _grouping_kernels(monkeypatch, 32, backend)
     X, y, p0 = random_problem(200, 30, 150, 3, dtype, seed=8, sparse=True)  # 150 units: several groups
     results = []
     for n_threads in (1, 2, 3):
@@ -451,10 +457,10 @@ def test_batches_too_large_for_the_mask_are_grouped_in_chunks():
     assert work.H.shape[1] == 512 and work.G.size == 0 and work.mask.size == 0
 
 
-def _small_mask_kernels(monkeypatch):
-    """The Cython kernels with a mask of 16 examples and chunks of 8, grouping from 2
+def _small_mask_kernels(monkeypatch, backend="cython"):
+    """A backend's kernels with a mask of 16 examples and chunks of 8, grouping from 2
     examples up: a batch of 40 is too large for the mask, its chunks are not."""
-    kern = _grouping_kernels(monkeypatch, 2)
+    kern = _grouping_kernels(monkeypatch, 2, backend)
     monkeypatch.setattr(kern, "SPARSE_MASK_ROWS", 16)
     monkeypatch.setattr(kern, "SPARSE_CHUNK_ROWS", 8)
     return kern
@@ -465,10 +471,11 @@ def _small_mask_kernels(monkeypatch):
 @pytest.mark.parametrize(
     "momentum,nesterov,decay,weighted", [(0.0, False, 0.0, False), (0.9, True, 1e-2, True), (0.5, False, 0.1, False)]
 )
+@pytest.mark.parametrize("backend", CHUNKING_BACKENDS)
 def test_grouped_chunks_of_a_batch_too_large_for_the_mask_match_the_reference(
-    monkeypatch, loss, dtype, momentum, nesterov, decay, weighted
+    monkeypatch, backend, loss, dtype, momentum, nesterov, decay, weighted
 ):
-    kern = _small_mask_kernels(monkeypatch)
+    kern = _small_mask_kernels(monkeypatch, backend)
     X, y, p = random_problem(300, 60, 40, 4, dtype, seed=5, sparse=True)  # 60 inputs > 40 examples
     w = 0.5 + np.random.default_rng(1).random(300).astype(dtype) if weighted else None
     expected = {k: v.copy() for k, v in p.items()}
@@ -566,12 +573,13 @@ def test_what_each_thread_writes_at_every_batch_lies_on_lines_of_its_own(dtype, 
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_a_full_batch_in_chunks_does_not_depend_on_the_shuffle(monkeypatch, dtype):
+@pytest.mark.parametrize("backend", CHUNKING_BACKENDS)
+def test_a_full_batch_in_chunks_does_not_depend_on_the_shuffle(monkeypatch, backend, dtype):
     """A full batch is one gradient: in chunks it is summed in row order, so every
     permutation gives the same parameters, bitwise, and the reference's up to rounding."""
     import scipy.sparse as sp
 
-    kern = _chunking_kernels(monkeypatch, 16)
+    kern = _chunking_kernels(monkeypatch, 16, backend)
     X, y, p0 = random_problem(150, 20, 40, 3, dtype, seed=9, sparse=True)
     results = []
     for seed in range(3):
@@ -592,13 +600,14 @@ def test_a_full_batch_in_chunks_does_not_depend_on_the_shuffle(monkeypatch, dtyp
             np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
 
 
-def test_group_chunks_groups_each_chunks_nonzeros_by_input():
+@pytest.mark.parametrize("backend", CHUNKING_BACKENDS)
+def test_group_chunks_groups_each_chunks_nonzeros_by_input(backend):
     """The grouping of a full batch's non-zeros equals scipy's CSC of each chunk."""
     import scipy.sparse as sp
 
-    if "cython" not in BACKENDS:
-        pytest.skip("the Cython backend is not built")
-    kern = backends.kernels("cython")
+    if backend not in BACKENDS:
+        pytest.skip(f"the {backend} backend is not available")
+    kern = backends.kernels(backend)
     rng = np.random.default_rng(4)
     dense = sp.random(53, 17, density=0.3, random_state=5, dtype=np.float64).toarray()
     dense[7] = 0  # an empty row
@@ -644,3 +653,38 @@ def test_the_c_kernels_say_which_clone_runs_and_release_builds_carry_them():
         assert level < 3 or {"avx2", "fma"} <= set(flags)
     if os.environ.get("FASTMLP_REQUIRE_CLONES") == "1" and x86_linux:
         assert level >= 1, "the C kernels were built without the x86-64-v3/v4 clones (gcc 11 or later builds them)"
+
+
+@pytest.mark.parametrize("backend", CHUNKING_BACKENDS)
+def test_a_workspace_that_cannot_hold_the_batches_is_refused(backend):
+    """A batch larger than the workspace's rows needs its gradient buffer G, and grouped
+    chunks (cptr) belong to one full batch of CSR rows: anything else is refused
+    before any work."""
+    if backend not in BACKENDS:
+        pytest.skip(f"the {backend} backend is not available")
+    kern = backends.kernels(backend)
+    net = epochs.sparse_net(30, 100, 10, np.float64, 2)
+    X = (np.random.default_rng(0).random((40, 30)) > 0.5).astype(np.float64)
+    rows = epochs.Rows(*kern.dense_to_csr(X))
+    chunked = epochs.sparse_work(net, 40, 8)
+    assert chunked.H.shape[1] == 8 and chunked.G.size
+    cptr, crow, cval = kern.group_chunks(rows, np.arange(40), 8, 30)
+    grouped = chunked._replace(cptr=cptr, crow=crow, cval=cval)
+    labels, order = np.zeros(40, np.intp), np.arange(40)
+
+    def epoch(work, batch, rows=rows):
+        return kern.sparse_epoch(net, rows, labels, None, order, batch, epochs.SGD(0.1), 0, work, 2)
+
+    WhT = net.WhT.copy()
+    bad = [
+        (chunked._replace(G=np.zeros(0)), 40),  # no gradient buffer for a batch of 40 in chunks of 8
+        (grouped, 20),  # grouped chunks, but batches of 20 of 40 examples
+        (grouped._replace(G=np.zeros(0)), 40),
+    ]
+    for work, batch in bad:
+        with pytest.raises(ValueError):
+            epoch(work, batch)
+    with pytest.raises(ValueError):
+        epoch(grouped, 40, epochs.Rows(X, None, None))  # dense rows
+    np.testing.assert_array_equal(net.WhT, WhT)  # nothing was done
+    assert epoch(grouped, 40)[1] >= 0 and epoch(chunked, 40)[1] >= 0

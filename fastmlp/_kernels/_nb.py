@@ -50,7 +50,7 @@ from .epochs import LOSS_CODES, check_mask
 
 PATHS = ("sparse", "blas")
 THREADED_PATHS = ("sparse",)  # its BLAS path runs on one thread
-SPARSE_CHUNK_ROWS = 0  # the sparse path takes each batch whole
+SPARSE_CHUNK_ROWS = 128  # larger batches are taken in chunks where epochs.sparse_work says so
 SPARSE_GROUP_MIN, SPARSE_MASK_ROWS = 32, 256  # batches of 32-256 examples update each touched row once
 _LINE = 64  # bytes in a cache line: the hidden units go in groups of up to four lines
 _CE, _MSE = LOSS_CODES["ce"], LOSS_CODES["mse"]  # compile-time constants of the compiled code
@@ -767,18 +767,18 @@ def _output_step_one(s, width, Wy, by, bh, H, dH, dZt, lr):
         by[s, o] -= lr * dZt[0, o]
 
 
-# fmt: off
 @_jit
-def _output_step(s, width, B, Wy, by, bh, VWy, Vby, Vbh, H, dH, dZt, gWy, gbh, lr, mu, decay, nesterov):
-    # fmt: on
-    """dh~ of the batch's B examples, then the step of Wy, bh and by from their
-    gradients summed over the batch (_sparse_impl.h fm_sparse_output_grads and
-    fm_sparse_output_step)."""
+def _output_grads(s, width, C, Wy, H, dH, dZt, gWy, gbh, gby, fresh):
+    """dh~ of C examples, and the gradients of Wy, bh and by summed over them into
+    gWy, gbh and gby: afresh where `fresh`, else added to the sums of the batch's
+    earlier chunks (_sparse_impl.h fm_sparse_output_grads)."""
     one = H.dtype.type(1)
     nout = Wy.shape[1]
-    gbh[s, :width] = 0
-    gWy[s, :, :width] = 0
-    for b in range(B):
+    if fresh:
+        gbh[s, :width] = 0
+        gWy[s, :, :width] = 0
+        gby[s, :nout] = 0
+    for b in range(C):
         for j in range(width):
             dH[s, b, j] = 0
         for o in range(nout):
@@ -791,37 +791,73 @@ def _output_step(s, width, B, Wy, by, bh, VWy, Vby, Vbh, H, dH, dZt, gWy, gbh, l
             gbh[s, j] += dH[s, b, j]
     for o in range(nout):
         dsum = H.dtype.type(0)
-        for b in range(B):
+        for b in range(C):
             dsum += dZt[b, o]
-        if mu == 0:
-            by[s, o] -= lr * dsum
-        else:
-            Vby[s, o] = mu * Vby[s, o] + dsum
-            by[s, o] -= lr * (dsum + mu * Vby[s, o] if nesterov else Vby[s, o])
-        _sgd_row(Wy[s], VWy[s] if mu != 0 else Wy[s], o, 0, gWy[s], o, width, lr, mu, decay, nesterov)
-    _sgd_row(bh, Vbh if mu != 0 else bh, s, 0, gbh, s, width, lr, mu, H.dtype.type(0), nesterov)
+        gby[s, o] += dsum
 
 
 # fmt: off
 @_jit
-def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
-                 dense, labels, weights, has_weights, order, start, B, lr, mu, decay, nesterov, loss, H, dH, Pb, dZ,
-                 gWy, gbh, mask, grouped, cur):
+def _output_apply(s, width, Wy, by, bh, VWy, Vby, Vbh, gWy, gbh, gby, lr, mu, decay, nesterov):
     # fmt: on
-    """dl/dz of the batch (the same in every thread), then dh~ and the updates of
-    thread t's slices (_sparse_impl.h fm_sparse_dz and fm_sparse_step); where
-    `grouped`, each touched row of WhT once (_grouped_rows)."""
-    n_slices, n_in = WhT.shape[:2]
-    nout = Wy.shape[1]
-    G = group_line.size - 1
-    lanes = 64 // WhT.itemsize
-    one = WhT.dtype.type(1)
-    weight_sum = _batch_weight(weights, has_weights, order, start, B)
-    plain = mu == 0 and decay == 0
+    """The steps of slice s's Wy (with decay), by and bh from the sums in gWy, gby and
+    gbh (_sparse_impl.h fm_sparse_output_step)."""
+    zero = Wy.dtype.type(0)
+    _sgd_row(by, Vby if mu != 0 else by, s, 0, gby, s, Wy.shape[1], lr, mu, zero, nesterov)
+    for o in range(Wy.shape[1]):
+        _sgd_row(Wy[s], VWy[s] if mu != 0 else Wy[s], o, 0, gWy[s], o, width, lr, mu, decay, nesterov)
+    _sgd_row(bh, Vbh if mu != 0 else bh, s, 0, gbh, s, width, lr, mu, zero, nesterov)
+
+
+@_jit
+def _chunk_sum_lines(G, s, off, nl, cptr, cbase, n_in, crow, cval, dH):
+    """G[s, i, off : + nl lines] += the sum over the chunk's entries e of input i
+    (cptr[cbase + i] .. cptr[cbase + i + 1]) of cval[e] dH[s, crow[e], off : ...]:
+    one chunk's non-zeros grouped by input (group_chunks), the sums held in
+    registers, each row of G touched once (_sparse_impl.h FM_GROUPED_SUM)."""
+    literally(nl)
+    stride = G.shape[2]
+    rows = s * G.shape[1] * stride + off
+    dh = s * dH.shape[1] * dH.shape[2] + off
+    for i in range(n_in):
+        e0, e1 = cptr[cbase + i], cptr[cbase + i + 1]
+        if e0 == e1:
+            continue
+        a = _lines_zero(nl, G)
+        for e in range(e0, e1):
+            a = a + cval[e] * _lines_load(dH, dh + crow[e] * dH.shape[2], nl)
+        r = rows + i * stride
+        _lines_store(G, r, _lines_load(G, r, nl) + a)
+
+
+@_jit
+def _chunk_sums(G, s, first, g0, g1, group_line, cptr, cbase, n_in, crow, cval, dH):
+    """_chunk_sum_lines over the groups g0..g1 of slice s."""
+    lanes = _LINE // G.itemsize
+    for g in range(g0, g1):
+        off = (group_line[g] - first) * lanes
+        nl = group_line[g + 1] - group_line[g]
+        if nl == 4:
+            _chunk_sum_lines(G, s, off, 4, cptr, cbase, n_in, crow, cval, dH)
+        elif nl == 3:
+            _chunk_sum_lines(G, s, off, 3, cptr, cbase, n_in, crow, cval, dH)
+        elif nl == 2:
+            _chunk_sum_lines(G, s, off, 2, cptr, cbase, n_in, crow, cval, dH)
+        else:
+            _chunk_sum_lines(G, s, off, 1, cptr, cbase, n_in, crow, cval, dH)
+
+
+@_jit
+def _sparse_dz(t, by, Pb, dZt, labels, weights, has_weights, order, start, C, weight_sum, loss):
+    """dl/dz of examples order[start : start + C] into dZt (the same in every
+    thread): the groups' partial logits added to thread t's copy of by in group
+    order, then the row's loss, scaled by the row's share of its batch's weight_sum
+    (_sparse_impl.h fm_sparse_dz). Returns their weighted (loss, correct)."""
+    nout = dZt.shape[1]
+    G = Pb.shape[1]
     loss_sum = 0.0
     correct = 0.0
-    dZt = dZ[t, :, :nout]
-    for b in range(B):
+    for b in range(C):
         for o in range(nout):
             z = by[t, o]
             for g in range(G):
@@ -829,17 +865,38 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group
             dZt[b, o] = z
         r = order[start + b]
         w = weights[r] if has_weights else 1.0
-        scale = WhT.dtype.type(w / weight_sum) if weight_sum > 0 else WhT.dtype.type(0)
+        scale = dZt.dtype.type(w / weight_sum) if weight_sum > 0 else dZt.dtype.type(0)
         rl, rc = _row_loss_grad(dZt, b, labels[r], dZt, loss, scale)
         loss_sum += w * rl
         correct += w * rc
+    return loss_sum, correct
+
+
+# fmt: off
+@_jit
+def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
+                 dense, labels, weights, has_weights, order, start, B, lr, mu, decay, nesterov, loss, H, dH, Pb, dZ,
+                 gWy, gbh, gby, mask, grouped, cur):
+    # fmt: on
+    """dl/dz of the batch (the same in every thread), then dh~ and the updates of
+    thread t's slices (_sparse_impl.h fm_sparse_dz and fm_sparse_step); where
+    `grouped`, each touched row of WhT once (_grouped_rows)."""
+    n_slices, n_in = WhT.shape[:2]
+    nout = Wy.shape[1]
+    lanes = 64 // WhT.itemsize
+    one = WhT.dtype.type(1)
+    weight_sum = _batch_weight(weights, has_weights, order, start, B)
+    plain = mu == 0 and decay == 0
+    dZt = dZ[t, :, :nout]
+    loss_sum, correct = _sparse_dz(t, by, Pb, dZt, labels, weights, has_weights, order, start, B, weight_sum, loss)
     for s in range(t, n_slices, nt):
         first = group_line[slice_group[s]]
         width = (group_line[slice_group[s + 1]] - first) * lanes
         if B == 1 and plain:
             _output_step_one(s, width, Wy, by, bh, H, dH, dZt, lr)
         else:
-            _output_step(s, width, B, Wy, by, bh, VWy, Vby, Vbh, H, dH, dZt, gWy, gbh, lr, mu, decay, nesterov)
+            _output_grads(s, width, B, Wy, H, dH, dZt, gWy, gbh, gby, True)
+            _output_apply(s, width, Wy, by, bh, VWy, Vby, Vbh, gWy, gbh, gby, lr, mu, decay, nesterov)
         if not plain:
             # every row steps (see fm_sparse_step): a pass over all rows, then the non-zeros
             for i in range(n_in):
@@ -873,19 +930,78 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group
 
 # fmt: off
 @_jit
+def _sparse_accumulate(t, nt, Wy, VWhT, slice_group, group_line, data, indices, indptr, dense, order, start, C,
+                       H, dH, dZt, gWy, gbh, gby, G, fresh, cptr, cbase, crow, cval, mask, grouped, cur):
+    # fmt: on
+    """One chunk of a batch taken in chunks, for thread t: dh~ of its C examples
+    (order[start ..]) and their gradients added to gWy, gbh, gby and G, afresh at
+    the batch's first chunk (`fresh`); nothing steps (_sparse_impl.h
+    fm_sparse_accumulate). G's rows take the chunk's sums grouped by input where
+    the full batch's chunks come grouped (cptr), or from the mask where `grouped`,
+    else an update per non-zero."""
+    n_slices, n_in = G.shape[:2]
+    lanes = 64 // G.itemsize
+    minus_one = G.dtype.type(-1)
+    for s in range(t, n_slices, nt):
+        g0, g1 = slice_group[s], slice_group[s + 1]
+        first = group_line[g0]
+        width = (group_line[g1] - first) * lanes
+        _output_grads(s, width, C, Wy, H, dH, dZt, gWy, gbh, gby, fresh)
+        if cptr.size:
+            _chunk_sums(G, s, first, g0, g1, group_line, cptr, cbase, n_in, crow, cval, dH)
+        elif grouped:
+            # fmt: off
+            _grouped_rows(G, VWhT, s, first, g0, g1, group_line, minus_one, False, mask, t, s + nt >= n_slices, data,
+                          indptr, dense, n_in, order, start, C, dH, cur)
+            # fmt: on
+        else:
+            for b in range(C):
+                av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
+                _update_rows(G, VWhT, False, s, first, g0, g1, group_line, minus_one, data, av, indices, ai, k, dH, b)
+
+
+# fmt: off
+@_jit
+def _sparse_apply(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, gWy, gbh, gby, G, lr, mu,
+                  decay, nesterov):
+    # fmt: on
+    """The step of a batch taken in chunks, for thread t, from the gradients that
+    _sparse_accumulate summed: every row of WhT steps with its row of G (zeroed for
+    the next batch), then Wy, by and bh (_sparse_impl.h fm_sparse_apply)."""
+    n_slices, n_in = WhT.shape[:2]
+    lanes = 64 // WhT.itemsize
+    for s in range(t, n_slices, nt):
+        width = (group_line[slice_group[s + 1]] - group_line[slice_group[s]]) * lanes
+        Ws, Gs = WhT[s], G[s]
+        Vs = VWhT[s] if mu != 0 else Ws
+        for i in range(n_in):
+            _sgd_row(Ws, Vs, i, 0, Gs, i, width, lr, mu, decay, nesterov)
+            for j in range(width):
+                Gs[i, j] = 0
+        _output_apply(s, width, Wy, by, bh, VWy, Vby, Vbh, gWy, gbh, gby, lr, mu, decay, nesterov)
+
+
+# fmt: off
+@_jit
 def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
                    dense, labels, weights, has_weights, order, batch, lr, mu, decay, nesterov, decay_by_weight_sum,
-                   loss, H, dH, P, dZ, gWy, gbh, row_loss, row_correct, sync, mask, group_min):
+                   loss, H, dH, P, dZ, gWy, gbh, gby, G, row_loss, row_correct, sync, cptr, crow, cval, mask,
+                   group_min):
     # fmt: on
     """Thread t's share of an epoch (_sparse_impl.h fm_sparse_thread; dl/dz is
-    computed by every thread, not shared out). With a mask (up to its rows of
-    examples per batch), batches of group_min examples or more mark each example's
-    inputs in thread t's mask in the forward pass and update each touched row once."""
+    computed by every thread, not shared out). A batch larger than the workspace's
+    rows is taken that many examples at a time, its gradient summed in G and the
+    step taken after its last chunk; the chunks of one full batch may come with
+    their non-zeros grouped by input (cptr, crow, cval: group_chunks, flat). With a
+    mask (up to its rows of examples at a time), batches or chunks of group_min
+    examples or more mark each example's inputs in thread t's mask in the forward
+    pass and update each touched row once."""
     # every array borrowed: the calls below count no references (_borrowed)
     WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby = _borrowed((WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby))
     slice_group, group_line, data, indices, indptr = _borrowed((slice_group, group_line, data, indices, indptr))
     labels, weights, order, H, dH, P, dZ, gWy, gbh = _borrowed((labels, weights, order, H, dH, P, dZ, gWy, gbh))
-    row_loss, row_correct, sync, mask = _borrowed((row_loss, row_correct, sync, mask))
+    gby, G, row_loss, row_correct, sync = _borrowed((gby, G, row_loss, row_correct, sync))
+    cptr, crow, cval, mask = _borrowed((cptr, crow, cval, mask))
     n_slices, n_in = WhT.shape[:2]
     nout = Wy.shape[1]
     lanes = 64 // WhT.itemsize
@@ -906,51 +1022,73 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
     narrow = mine < widest
     start = 0
     cur = np.empty(max(batch, 1), np.int64)
+    rows = H.shape[1]
     while start < n:
         B = min(batch, n - start)
-        Pb = P[parity]
-        grouped = mask.size > 0 and B >= group_min and t < n_slices
-        for b in range(B):
-            av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
-            if start + b + 1 < n:  # the examples come in random order: ask for the next one
-                av1, ai1, k1 = _row_of(indptr, dense, n_in, order[start + b + 1])
-                _prefetch(data, av1)
-                _prefetch(indices, ai1)
-                if not dense:
-                    _prefetch(indptr, order[start + b + 2 if start + b + 2 < n else n - 1])
-                    if narrow:
-                        for e in range(lanes, k1, lanes):
-                            _prefetch(data, av1 + e)
-                        for e in range(_LINE // 4, k1, _LINE // 4):
-                            _prefetch(indices, ai1 + e)
-            for s in range(t, n_slices, nt):
-                g0, g1 = slice_group[s], slice_group[s + 1]
-                first = group_line[g0]
-                width = (group_line[g1] - first) * lanes
-                _gather(H, s, b, first, g0, g1, group_line, bh, WhT, data, av, indices, ai, k)
-                if grouped and s == t:
-                    _mark_inputs(mask, t, b, indices, ai, k)
-                _tanh_row(H, s, b, width)
-                for g in range(g0, g1):
-                    off = (group_line[g] - first) * lanes
-                    len_ = (group_line[g + 1] - group_line[g]) * lanes
-                    for o in range(nout):
-                        Pb[b, g, o] = _dot_rows(H, Wy, s, b, o, off, len_)
-        if nt > 1:
-            _barrier(sync, nt)
-        if t < n_slices:
-            d = decay
-            if decay_by_weight_sum:
-                ws = _batch_weight(weights, has_weights, order, start, B)
-                d = WhT.dtype.type(decay / ws) if ws > 0 else WhT.dtype.type(0)
-            # fmt: off
-            ls, nc = _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data,
-                                  indices, indptr, dense, labels, weights, has_weights, order, start, B, lr, mu, d,
-                                  nesterov, loss, H, dH, Pb, dZ, gWy, gbh, mask, grouped, cur)
-            # fmt: on
-            loss_sum += ls
-            correct += nc
-        parity ^= 1
+        d = decay
+        if decay_by_weight_sum:
+            ws = _batch_weight(weights, has_weights, order, start, B)
+            d = WhT.dtype.type(decay / ws) if ws > 0 else WhT.dtype.type(0)
+        chunked = B > rows
+        weight_sum = _batch_weight(weights, has_weights, order, start, B) if chunked else 0.0
+        c0 = 0
+        while c0 < B:
+            C = min(rows, B - c0)
+            c_start = start + c0
+            Pb = P[parity]
+            grouped = mask.size > 0 and C >= group_min and cptr.size == 0 and t < n_slices
+            for b in range(C):
+                av, ai, k = _row_of(indptr, dense, n_in, order[c_start + b])
+                if c_start + b + 1 < n:  # the examples come in random order: ask for the next one
+                    av1, ai1, k1 = _row_of(indptr, dense, n_in, order[c_start + b + 1])
+                    _prefetch(data, av1)
+                    _prefetch(indices, ai1)
+                    if not dense:
+                        _prefetch(indptr, order[c_start + b + 2 if c_start + b + 2 < n else n - 1])
+                        if narrow:
+                            for e in range(lanes, k1, lanes):
+                                _prefetch(data, av1 + e)
+                            for e in range(_LINE // 4, k1, _LINE // 4):
+                                _prefetch(indices, ai1 + e)
+                for s in range(t, n_slices, nt):
+                    g0, g1 = slice_group[s], slice_group[s + 1]
+                    first = group_line[g0]
+                    width = (group_line[g1] - first) * lanes
+                    _gather(H, s, b, first, g0, g1, group_line, bh, WhT, data, av, indices, ai, k)
+                    if grouped and s == t:
+                        _mark_inputs(mask, t, b, indices, ai, k)
+                    _tanh_row(H, s, b, width)
+                    for g in range(g0, g1):
+                        off = (group_line[g] - first) * lanes
+                        len_ = (group_line[g + 1] - group_line[g]) * lanes
+                        for o in range(nout):
+                            Pb[b, g, o] = _dot_rows(H, Wy, s, b, o, off, len_)
+            if nt > 1:
+                _barrier(sync, nt)
+            if t < n_slices and not chunked:
+                # fmt: off
+                ls, nc = _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data,
+                                      indices, indptr, dense, labels, weights, has_weights, order, start, B, lr, mu,
+                                      d, nesterov, loss, H, dH, Pb, dZ, gWy, gbh, gby, mask, grouped, cur)
+                # fmt: on
+                loss_sum += ls
+                correct += nc
+            elif t < n_slices:
+                dZt = dZ[t, :, :nout]
+                # fmt: off
+                ls, nc = _sparse_dz(t, by, Pb, dZt, labels, weights, has_weights, order, c_start, C, weight_sum,
+                                    loss)
+                _sparse_accumulate(t, nt, Wy, VWhT, slice_group, group_line, data, indices, indptr, dense, order,
+                                   c_start, C, H, dH, dZt, gWy, gbh, gby, G, c0 == 0, cptr, (c_start // rows) *
+                                   (n_in + 1), crow, cval, mask, grouped, cur)
+                if c0 + C == B:
+                    _sparse_apply(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, gWy, gbh,
+                                  gby, G, lr, mu, d, nesterov)
+                # fmt: on
+                loss_sum += ls
+                correct += nc
+            parity ^= 1
+            c0 += C
         start += B
     return loss_sum, correct
 
@@ -1201,17 +1339,22 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_thre
     the block P (epochs.SparseNet), with the step ``opt`` and the sample ``weights``,
     on ``n_threads`` threads: this thread and n_threads - 1 others, each running the
     compiled loop on its slices without the GIL and meeting the others once per
-    batch at an atomic spin barrier. Returns (loss_sum, correct)."""
+    batch (or chunk of one) at an atomic spin barrier. Returns (loss_sum, correct)."""
     if len(order) == 0:
         return 0.0, 0.0
     _call(_check_loss, loss)
     dtype = P.WhT.dtype
     if opt.momentum and P.VWhT.size == 0:
         raise ValueError("the parameter block has no velocities for a step with momentum")
-    if work.G.size or work.H.shape[1] < min(batch, len(order)):
-        raise ValueError("the workspace is chunked; this backend's sparse path takes each batch whole")
+    if work.H.shape[1] < min(batch, len(order)) and not work.G.size:
+        raise ValueError("a batch larger than the workspace's rows needs the workspace's G")
     check_mask(P, work)
     dense = rows.indptr is None
+    n_chunks = -(-len(order) // work.H.shape[1])
+    if work.cptr.size and (
+        dense or not work.G.size or batch < len(order) or work.cptr.shape != (n_chunks, P.WhT.shape[1] + 1)
+    ):
+        raise ValueError("grouped chunks (cptr) need CSR rows, one full batch in chunks, and a row per chunk")
     indptr = np.zeros(1, np.int64) if dense else rows.indptr
     n_threads = max(1, int(n_threads))
     # the blocks go in flat: Numba's dispatcher types arrays in C, tuples in Python (~10 us each)
@@ -1233,10 +1376,15 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_thre
         work.dZ,
         work.gWy,
         work.gbh,
+        work.gby,
+        work.G if work.G.size else np.zeros((0, 1, 1), dtype),  # 3-D either way, for the types
         work.row_loss,
         work.row_correct,
         work.sync,
-        work.mask if work.mask.size else np.zeros((0, 1, 1), np.uint64),  # 3-D either way, for the types
+        work.cptr.reshape(-1),
+        work.crow,
+        work.cval if work.cval.size else np.zeros(0, dtype),
+        work.mask if work.mask.size else np.zeros((0, 1, 1), np.uint64),
         max(1, int(work.group_min)),
     )
     if n_threads == 1:
@@ -1259,6 +1407,54 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_thre
         if isinstance(r, BaseException):
             raise r
     return results[0]
+
+
+@_jit
+def _group_chunks(data, indices, indptr, order, rows, cptr, crow, cval, cursor):
+    """The non-zeros of the CSR rows order[...], `rows` examples at a time, grouped
+    by input within each chunk (_sparse_impl.h fm_group_chunks): chunk c's entries
+    of input i are cptr[c, i] .. cptr[c, i + 1] of crow (the example's place in its
+    chunk) and cval (its value), in example order. cursor: n_in scratch."""
+    n_in = cptr.shape[1] - 1
+    base = 0
+    for c in range(cptr.shape[0]):
+        c0 = c * rows
+        C = min(rows, order.size - c0)
+        for i in range(n_in + 1):
+            cptr[c, i] = 0
+        for b in range(C):
+            r = order[c0 + b]
+            for e in range(indptr[r], indptr[r + 1]):
+                cptr[c, indices[e] + 1] += 1
+        cptr[c, 0] = base
+        for i in range(n_in):
+            cptr[c, i + 1] += cptr[c, i]
+            cursor[i] = cptr[c, i]
+        for b in range(C):
+            r = order[c0 + b]
+            for e in range(indptr[r], indptr[r + 1]):
+                p = cursor[indices[e]]
+                cursor[indices[e]] += 1
+                crow[p] = b
+                cval[p] = data[e]
+        base = cptr[c, n_in]
+
+
+def group_chunks(rows, order, chunk_rows, n_in):
+    """The non-zeros of the CSR ``rows`` (epochs.Rows) of examples ``order``,
+    ``chunk_rows`` at a time, grouped by input within each chunk (_group_chunks):
+    (cptr int64 (n_chunks, n_in + 1), crow uint16, cval)."""
+    if rows.indptr is None or not 0 < chunk_rows <= 65536:
+        raise ValueError("grouping needs CSR rows and chunks of at most 65536 examples")
+    order = np.ascontiguousarray(order, dtype=np.intp)
+    n_chunks = -(-len(order) // chunk_rows)
+    nnz = int((rows.indptr[order + 1] - rows.indptr[order]).sum())
+    cptr = np.empty((n_chunks, n_in + 1), np.int64)
+    crow = np.empty(nnz, np.uint16)
+    cval = np.empty(nnz, rows.data.dtype)
+    _call(_group_chunks, rows.data, rows.indices, rows.indptr, order, int(chunk_rows), cptr, crow, cval,
+          np.empty(n_in, np.int64))
+    return cptr, crow, cval
 
 
 @_jit
