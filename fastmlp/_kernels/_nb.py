@@ -875,20 +875,15 @@ def _sparse_dz(t, by, Pb, dZt, labels, weights, has_weights, order, start, C, we
 # fmt: off
 @_jit
 def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
-                 dense, labels, weights, has_weights, order, start, B, lr, mu, decay, nesterov, loss, H, dH, Pb, dZ,
-                 gWy, gbh, gby, mask, grouped, cur):
+                 dense, order, start, B, lr, mu, decay, nesterov, H, dH, dZt, gWy, gbh, gby, mask, grouped, cur):
     # fmt: on
-    """dl/dz of the batch (the same in every thread), then dh~ and the updates of
-    thread t's slices (_sparse_impl.h fm_sparse_dz and fm_sparse_step); where
-    `grouped`, each touched row of WhT once (_grouped_rows)."""
+    """Given dl/dz of the batch in dZt: dh~ and the updates of thread t's slices
+    (_sparse_impl.h fm_sparse_step); where `grouped`, each touched row of WhT once
+    (_grouped_rows)."""
     n_slices, n_in = WhT.shape[:2]
-    nout = Wy.shape[1]
     lanes = 64 // WhT.itemsize
     one = WhT.dtype.type(1)
-    weight_sum = _batch_weight(weights, has_weights, order, start, B)
     plain = mu == 0 and decay == 0
-    dZt = dZ[t, :, :nout]
-    loss_sum, correct = _sparse_dz(t, by, Pb, dZt, labels, weights, has_weights, order, start, B, weight_sum, loss)
     for s in range(t, n_slices, nt):
         first = group_line[slice_group[s]]
         width = (group_line[slice_group[s + 1]] - first) * lanes
@@ -925,7 +920,6 @@ def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group
             _update_rows(WhT, VWhT, mu != 0, s, first, slice_group[s], slice_group[s + 1], group_line, c, data, av,
                          indices, ai, k, dH, b)
             # fmt: on
-    return loss_sum, correct
 
 
 # fmt: off
@@ -1025,12 +1019,11 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
     rows = H.shape[1]
     while start < n:
         B = min(batch, n - start)
+        weight_sum = _batch_weight(weights, has_weights, order, start, B)
         d = decay
         if decay_by_weight_sum:
-            ws = _batch_weight(weights, has_weights, order, start, B)
-            d = WhT.dtype.type(decay / ws) if ws > 0 else WhT.dtype.type(0)
+            d = WhT.dtype.type(decay / weight_sum) if weight_sum > 0 else WhT.dtype.type(0)
         chunked = B > rows
-        weight_sum = _batch_weight(weights, has_weights, order, start, B) if chunked else 0.0
         c0 = 0
         while c0 < B:
             C = min(rows, B - c0)
@@ -1065,28 +1058,24 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
                             Pb[b, g, o] = _dot_rows(H, Wy, s, b, o, off, len_)
             if nt > 1:
                 _barrier(sync, nt)
-            if t < n_slices and not chunked:
-                # fmt: off
-                ls, nc = _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data,
-                                      indices, indptr, dense, labels, weights, has_weights, order, start, B, lr, mu,
-                                      d, nesterov, loss, H, dH, Pb, dZ, gWy, gbh, gby, mask, grouped, cur)
-                # fmt: on
-                loss_sum += ls
-                correct += nc
-            elif t < n_slices:
+            if t < n_slices:
                 dZt = dZ[t, :, :nout]
-                # fmt: off
-                ls, nc = _sparse_dz(t, by, Pb, dZt, labels, weights, has_weights, order, c_start, C, weight_sum,
-                                    loss)
-                _sparse_accumulate(t, nt, Wy, VWhT, slice_group, group_line, data, indices, indptr, dense, order,
-                                   c_start, C, H, dH, dZt, gWy, gbh, gby, G, c0 == 0, cptr, (c_start // rows) *
-                                   (n_in + 1), crow, cval, mask, grouped, cur)
-                if c0 + C == B:
-                    _sparse_apply(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, gWy, gbh,
-                                  gby, G, lr, mu, d, nesterov)
-                # fmt: on
+                ls, nc = _sparse_dz(t, by, Pb, dZt, labels, weights, has_weights, order, c_start, C, weight_sum, loss)
                 loss_sum += ls
                 correct += nc
+                # fmt: off
+                if not chunked:
+                    _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices,
+                                 indptr, dense, order, start, B, lr, mu, d, nesterov, H, dH, dZt, gWy, gbh, gby, mask,
+                                 grouped, cur)
+                else:
+                    _sparse_accumulate(t, nt, Wy, VWhT, slice_group, group_line, data, indices, indptr, dense, order,
+                                       c_start, C, H, dH, dZt, gWy, gbh, gby, G, c0 == 0, cptr, (c_start // rows) *
+                                       (n_in + 1), crow, cval, mask, grouped, cur)
+                    if c0 + C == B:
+                        _sparse_apply(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, gWy, gbh,
+                                      gby, G, lr, mu, d, nesterov)
+                # fmt: on
             parity ^= 1
             c0 += C
         start += B
