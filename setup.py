@@ -1,8 +1,8 @@
 """Build of fastmlp's compiled kernels (metadata lives in pyproject.toml).
 
 Portable flags only: wheels must run on any x86-64, so no -march=native. The
-hand-written C in _fused.c reaches AVX-512 through gcc's target_clones, picked
-at load time; the GEMMs reach it through scipy's runtime-dispatched OpenBLAS.
+hand-written C in _fused.c reaches AVX2 and AVX-512 through builds of its own for
+each (gcc 11 or later), picked at run time; the GEMMs reach it through scipy's runtime-dispatched OpenBLAS.
 The kernels run on several threads through OpenMP where the compiler supports it
 (gcc; clang with libomp); elsewhere they are built for one thread.
 """
@@ -70,6 +70,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=[
             "fastmlp/_kernels/_fused.h",
+            "fastmlp/_kernels/_fused_level.h",
             "fastmlp/_kernels/_fused_impl.h",
             "fastmlp/_kernels/_sparse_impl.h",
             "fastmlp/_kernels/_blas_impl.h",

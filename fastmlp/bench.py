@@ -118,6 +118,16 @@ def cpu_description():
     return model, platform.machine()
 
 
+def kernel_build():
+    """Which build of the C kernels runs here: "x86-64-v4", "x86-64-v3", "x86-64
+    baseline", "compiled once" (no builds per level), or None without the Cython
+    backend."""
+    if "cython" not in backends.available_backends():
+        return None
+    level = backends.kernels("cython").clone_level()
+    return {0: "compiled once", 1: "x86-64 baseline"}.get(level, f"x86-64-v{level}")
+
+
 def environment(dtype=np.float32):
     """What a measurement depends on: versions, CPU, cores, BLAS, threads."""
     import scipy
@@ -133,6 +143,7 @@ def environment(dtype=np.float32):
         "scipy": scipy.__version__,
         "cpu": model,
         "simd": simd,
+        "c_kernels": kernel_build(),
         "cores": epochs.available_cpus(),
         "threads": epochs.wanted_threads(None, backends.kernels("auto")),
         "blas": blas_description(),
@@ -539,7 +550,7 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
         file=out,
     )
     model, simd = cpu_description()
-    print(f"CPU: {model} ({simd}), {epochs.available_cpus()} cores", file=out)
+    print(f"CPU: {model} ({simd}), {epochs.available_cpus()} cores; C kernels: {kernel_build()} build", file=out)
     print(f"BLAS: {blas_description()}; fastmlp's threads: {all_threads}", file=out)
     print(
         f"measured float32 GEMM peak: {peak:.0f} GFLOP/s" + (f"; torch threads: {threads}" if threads else ""), file=out

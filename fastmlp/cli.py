@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -31,10 +32,12 @@ def _clone_description(level):
     """What `fastmlp info` says about the C kernels' build (_cy.clone_level)."""
     if level == 0:
         return (
-            "built without target clones (a compiler other than gcc 11+, or not x86-64 Linux): "
+            "built once (a compiler other than gcc 11+, or not x86-64 Linux): "
             "the instructions of the build's compiler flags run here"
         )
-    return f"gcc target clones for x86-64-v4, v3 and the baseline; this CPU runs {_CLONES[level]}"
+    asked = os.environ.get("FASTMLP_KERNEL_LEVEL")
+    why = f" (FASTMLP_KERNEL_LEVEL={asked})" if asked else ", the best this CPU has"
+    return f"built for x86-64-v4, v3 and the baseline, each with its own vector width; this runs {_CLONES[level]}{why}"
 
 
 def _number(kind, minimum, what, strict=False):

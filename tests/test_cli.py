@@ -64,7 +64,7 @@ def test_info_lists_backends_and_blas():
     assert (f"batches of {group}+ examples on the sparse path: each touched row" in out.stdout) == bool(group)
     # which build of the C kernels runs (see test_kernels' clone tests)
     level = backends.kernels("cython").clone_level()
-    clone = {0: "built without target clones", 4: "runs x86-64-v4", 3: "runs x86-64-v3", 1: "runs the x86-64 baseline"}
+    clone = {0: "built once", 4: "runs x86-64-v4", 3: "runs x86-64-v3", 1: "runs the x86-64 baseline"}
     assert re.search(rf"^C kernels: .*{clone[level]}", out.stdout, re.M)
     # the path of every batch size, with the reason, as the driver decides it
     for batch in (1, 10, 64, 256, 60000):
@@ -160,6 +160,10 @@ def test_bench_json_holds_the_printed_rows_and_the_machine(tmp_path):
     env = data["environment"]
     assert env["fastmlp"] == fastmlp.__version__ and env["dtype"] == "float32" and env["cores"] >= 1
     assert env["simd"] and env["blas"] and env["threads"] >= 1
+    # the build of the C kernels that ran, as clone_level says
+    level = backends.kernels("cython").clone_level()
+    assert env["c_kernels"] == {0: "compiled once", 1: "x86-64 baseline"}.get(level, f"x86-64-v{level}")
+    assert f"C kernels: {env['c_kernels']} build" in out.stdout
     rows = {(r["batch"], r["backend"]): r for r in data["rows"]}
     assert set(rows) == {(1, "numpy"), (1, "cython"), (64, "numpy"), (64, "cython")}
     for (batch, backend), r in rows.items():

@@ -635,12 +635,12 @@ def _cpu_flags():
 
 
 def test_the_c_kernels_say_which_clone_runs_and_release_builds_carry_them():
-    """clone_level(): 0 where the C kernels were compiled without target clones,
-    else the x86-64 level of the clone the loader picked, never one the CPU lacks.
-    Release builds (FASTMLP_REQUIRE_CLONES=1: tools/build_wheels.sh and cibuildwheel
-    set it) must carry the clones on x86-64 Linux: built without them (by gcc 10,
-    as in manylinux2014 images, or by clang), the kernels run the x86-64 baseline,
-    1.5-1.7x slower per epoch on MNIST."""
+    """clone_level(): 0 where the C kernels were compiled once, else the x86-64
+    level of the build that runs, never one the CPU lacks. Release builds
+    (FASTMLP_REQUIRE_CLONES=1: tools/build_wheels.sh and cibuildwheel set it) must
+    carry the AVX2 and AVX-512 builds on x86-64 Linux: compiled once (by gcc 10, as
+    in manylinux2014 images, or by clang), the kernels run the x86-64 baseline,
+    2-3x slower per epoch on MNIST than the AVX-512 build."""
     if "cython" not in BACKENDS:
         pytest.skip("the Cython backend is not built")
     level = backends.kernels("cython").clone_level()
@@ -688,3 +688,60 @@ def test_a_workspace_that_cannot_hold_the_batches_is_refused(backend):
         epoch(grouped, 40, epochs.Rows(X, None, None))  # dense rows
     np.testing.assert_array_equal(net.WhT, WhT)  # nothing was done
     assert epoch(grouped, 40)[1] >= 0 and epoch(chunked, 40)[1] >= 0
+
+
+def _kernel_levels():
+    """The builds of the C kernels this CPU runs (4, 3, 1; [0] where they are built once)."""
+    if "cython" not in BACKENDS:
+        return []
+    cy = backends.kernels("cython")
+    before = cy.clone_level()
+    try:
+        return sorted({cy.set_clone_level(level) for level in (4, 3, 1)}, reverse=True)
+    finally:
+        cy.set_clone_level(before)
+
+
+@pytest.mark.parametrize("level", _kernel_levels())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_build_of_the_c_kernels_trains_as_the_reference(level, dtype):
+    """Each build (AVX-512, AVX2, baseline: each with vectors of its own width)
+    takes the same steps as the reference on both paths, at batch sizes that reach
+    each way of updating (per example, per non-zero, grouped by input, in chunks, a
+    full batch's grouped chunks), with momentum, and gives the same bits on one
+    thread and two."""
+    import scipy.sparse as sp
+
+    cy = backends.kernels("cython")
+    before = cy.clone_level()
+    try:
+        assert cy.set_clone_level(level or 4) == level
+        X, y, p0 = random_problem(300, 40, 100, 7, dtype, seed=5, sparse=True)
+        perm = np.random.default_rng(1).permutation(len(X))
+        for path, inputs in (("sparse", sp.csr_matrix(X)), ("sparse", X), ("blas", X)):
+            for batch, opt in (
+                (1, epochs.SGD(0.05)),
+                (10, epochs.SGD(0.05)),
+                (70, epochs.SGD(0.05, 0.9, 1e-3, True)),
+                (300, epochs.SGD(0.2)),
+                (150, epochs.SGD(0.1, 0.5)),
+            ):
+                loss = "mse" if batch == 10 else "ce"
+                expected = {k: v.copy() for k, v in p0.items()}
+                v_ref = {k: np.zeros_like(v) for k, v in p0.items()}
+                ref.train_epoch(
+                    expected, X, y, perm, batch, opt.lr, loss, opt.momentum, opt.nesterov, opt.decay, velocity=v_ref
+                )
+                runs = []
+                for threads in (1, 2):
+                    p = {k: v.copy() for k, v in p0.items()}
+                    velocity = {k: np.zeros_like(v) for k, v in p0.items()}
+                    epochs.train_epoch(
+                        cy, inputs, y, perm, p, opt, batch, loss, path, n_threads=threads, velocity=velocity
+                    )
+                    runs.append(p)
+                for k in ref.PARAM_NAMES:
+                    np.testing.assert_allclose(runs[0][k], expected[k], **tol(dtype), err_msg=f"{path} {batch} {k}")
+                    np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=f"{path} {batch} {k}")
+    finally:
+        cy.set_clone_level(before)

@@ -1,5 +1,5 @@
-/* Template body of the BLAS epoch, included by _fused.c once per REAL after
- * _fused_impl.h (whose fused steps it uses).
+/* Template body of the BLAS epoch, included by _fused.c once per REAL and kernel
+ * level after _fused_impl.h (whose fused steps it uses).
  *
  * Mini-batch SGD over dense rows with GEMMs, the model's own layout: Wh (nh, n_in),
  * bh, Wy (nout, nh), by. Threads split the hidden units into blocks fixed by nh
@@ -19,7 +19,7 @@
 /* Row-major C (M, N) = alpha op(A) op(B) + beta C; lda/ldb/ldc are row strides.
  * Column-major BLAS sees a row-major matrix as its transpose, so this is the
  * column-major C^T = alpha op(B)^T op(A)^T + beta C^T. */
-static FM_INLINE void FN(fm_gemm)(FN(fm_gemm_ptr) gemm, int ta, int tb, int M, int N, int K, REAL alpha,
+static FM_INLINE void FN(fm_gemm)(FT(fm_gemm_ptr) gemm, int ta, int tb, int M, int N, int K, REAL alpha,
                                   const REAL *A, int lda, const REAL *B, int ldb, REAL beta, REAL *C, int ldc)
 {
     if (M == 0 || N == 0)
@@ -28,8 +28,8 @@ static FM_INLINE void FN(fm_gemm)(FN(fm_gemm_ptr) gemm, int ta, int tb, int M, i
     gemm(&cb, &ca, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
 }
 
-static FM_INLINE void FN(fm_blas_thread)(const FN(fm_dense) *P, const FN(fm_batches) *D, const FN(fm_sgd) *opt,
-                                         int loss, const FN(fm_bwork) *W, FN(fm_gemm_ptr) gemm, int t, int nt,
+static FM_INLINE void FN(fm_blas_thread)(const FT(fm_dense) *P, const FT(fm_batches) *D, const FT(fm_sgd) *opt,
+                                         int loss, const FT(fm_bwork) *W, FT(fm_gemm_ptr) gemm, int t, int nt,
                                          fm_tally *tally)
 {
     const REAL lr = opt->lr;
@@ -128,8 +128,8 @@ static FM_INLINE void FN(fm_blas_thread)(const FN(fm_dense) *P, const FN(fm_batc
     }
 }
 
-FM_CLONES int FN(fm_blas_epoch)(const FN(fm_dense) *P, const FN(fm_batches) *D, const FN(fm_sgd) *opt, int loss,
-                                const FN(fm_bwork) *W, FN(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally)
+FM_LEVEL_FN int FN(fm_blas_epoch)(const FT(fm_dense) *P, const FT(fm_batches) *D, const FT(fm_sgd) *opt, int loss,
+                                const FT(fm_bwork) *W, FT(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally)
 {
     if (!FN(fm_valid_loss)(loss))
         return FM_ERR_LOSS;

@@ -44,6 +44,7 @@ cdef extern from "_fused.h" nogil:
     void fm_bias_update_d(double *b, const double *D, Py_ssize_t B, Py_ssize_t n, double lr)
     int fm_max_threads()
     int fm_clone_level()
+    int fm_set_clone_level(int level)
     ctypedef struct fm_sgd_f:
         float lr, momentum, decay
         int nesterov, decay_by_weight_sum
@@ -390,10 +391,20 @@ def max_threads():
 
 
 def clone_level():
-    """Which build of the hot C kernels runs here: 0 where they were compiled without
-    target clones (the compiler's flags decide), else the x86-64 level of the clone
-    picked for this CPU: 4 (AVX-512), 3 (AVX2 + FMA) or 1 (the baseline)."""
+    """Which build of the hot C kernels runs here: 0 where they were compiled once
+    (the compiler's flags decide), else the x86-64 level of the build that runs: 4
+    (AVX-512), 3 (AVX2 + FMA) or 1 (the baseline). The best the CPU supports, unless
+    the environment variable FASTMLP_KERNEL_LEVEL (read once) or set_clone_level
+    asked for a lower one."""
     return fm_clone_level()
+
+
+def set_clone_level(int level):
+    """Run the highest build of the C kernels that the CPU supports and that is no
+    higher than ``level`` (4, 3 or 1) from now on, in every thread; returns the level
+    that runs (0 where the kernels were compiled once). For tests and measurements
+    of the lower builds on a machine that has the higher ones."""
+    return fm_set_clone_level(level)
 
 
 def dense_to_csr(const floating[:, ::1] X):

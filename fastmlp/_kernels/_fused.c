@@ -1,15 +1,20 @@
 /* Instantiates the hand-written kernels for float and double:
- * _fused_impl.h (the fused steps around the GEMMs) and _sparse_impl.h (the
- * sparse epoch).
+ * _fused_impl.h (the fused steps around the GEMMs), _sparse_impl.h (the sparse
+ * epoch) and _blas_impl.h (the BLAS epoch).
  *
  * Wheels must run on any x86-64, so nothing here is compiled for the build
- * machine's CPU. Where gcc supports it, each hot function is cloned for
- * x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and the baseline, and the
- * dynamic loader picks the best clone for the CPU it runs on. Threads come from
- * OpenMP where the compiler has it (setup.py finds out), else the kernels run on
- * one thread.
+ * machine's CPU. Where gcc supports it (11 or later, x86-64 Linux), the kernels
+ * are compiled three times, for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and
+ * the baseline, each with vector types of its own registers' width, and each
+ * exported function calls the build for the CPU it runs on (fm_clone_level).
+ * Elsewhere they are compiled once, for the compiler's target: with gcc in
+ * 16-byte vectors, with clang in vectors of a cache line (which it splits into
+ * the target's registers well: 2-8% faster than 16 bytes on MNIST).
+ * Threads come from OpenMP where the compiler has it (setup.py finds out), else
+ * the kernels run on one thread.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include "_fused.h"
 
@@ -22,11 +27,10 @@
 #endif
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 11
-#define FM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define FM_HAS_CLONES 1
-#else
-#define FM_CLONES
+#define FM_HAS_LEVELS 1
 #endif
+/* the exported kernels of one level, called by the dispatchers at the end */
+#define FM_LEVEL_FN static
 
 /* gcc and clang's vector types: a cache line of values in registers */
 #if defined(__GNUC__) || defined(__clang__)
@@ -96,18 +100,50 @@ static FM_INLINE void fm_barrier(int32_t *sync, int n)
 #define FM_BARRIER(sync, n) do { (void)(sync); } while (0)
 #endif
 
+/* The level whose build runs here: the best the CPU supports, or a lower one
+ * asked for by FASTMLP_KERNEL_LEVEL (read at the first call) or by
+ * fm_set_clone_level. */
+static int fm_level_found = -1;
+
+#ifdef FM_HAS_LEVELS
+static int fm_best_level(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("x86-64-v4") ? 4 : __builtin_cpu_supports("x86-64-v3") ? 3 : 1;
+}
+
+/* The highest level the CPU supports that is no higher than `asked` (1, 3 or 4). */
+static int fm_supported_level(int asked)
+{
+    const int best = fm_best_level();
+    return asked >= 4 ? best : asked >= 3 ? (best >= 3 ? 3 : 1) : 1;
+}
+#endif
+
 int fm_clone_level(void)
 {
-#ifdef FM_HAS_CLONES
-    /* the loader's choice among the clones: the first the CPU supports */
-    if (__builtin_cpu_supports("x86-64-v4"))
-        return 4;
-    if (__builtin_cpu_supports("x86-64-v3"))
-        return 3;
-    return 1;
+#ifdef FM_HAS_LEVELS
+    int level = __atomic_load_n(&fm_level_found, __ATOMIC_RELAXED);
+    if (level < 0) {
+        const char *asked = getenv("FASTMLP_KERNEL_LEVEL");
+        level = fm_supported_level(asked && asked[0] ? atoi(asked) : 4);
+        __atomic_store_n(&fm_level_found, level, __ATOMIC_RELAXED);
+    }
+    return level;
 #else
+    (void)fm_level_found;
     return 0;
 #endif
+}
+
+int fm_set_clone_level(int level)
+{
+#ifdef FM_HAS_LEVELS
+    __atomic_store_n(&fm_level_found, fm_supported_level(level), __ATOMIC_RELAXED);
+#else
+    (void)level;
+#endif
+    return fm_clone_level();
 }
 
 int fm_max_threads(void)
@@ -121,25 +157,108 @@ int fm_max_threads(void)
 
 #define FM_CAT_(a, b) a##_##b
 #define FM_CAT(a, b) FM_CAT_(a, b)
-#define FN(name) FM_CAT(name, S)
+#define FT(name) FM_CAT(name, S)                  /* a type of this REAL (_fused.h) */
+#define FN(name) FM_CAT(FM_CAT(name, S), FM_LEVEL) /* a function of this REAL and level */
 #define R(x) ((REAL)(x))
 
-#define REAL float
-#define S f
-#define EXP expf
-#define LOG logf
-#include "_fused_impl.h"
-#include "_sparse_impl.h"
-#include "_blas_impl.h"
-#undef REAL
-#undef S
-#undef EXP
-#undef LOG
+/* The levels' kernels: FM_LEVEL names them, FM_VBYTES is their vectors' width. */
+#ifdef FM_HAS_LEVELS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+#define FM_LEVEL v4
+#define FM_VBYTES 64
+#include "_fused_level.h"
+#undef FM_LEVEL
+#undef FM_VBYTES
+#pragma GCC pop_options
 
-#define REAL double
-#define S d
-#define EXP exp
-#define LOG log
-#include "_fused_impl.h"
-#include "_sparse_impl.h"
-#include "_blas_impl.h"
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#define FM_LEVEL v3
+#define FM_VBYTES 32
+#include "_fused_level.h"
+#undef FM_LEVEL
+#undef FM_VBYTES
+#pragma GCC pop_options
+#endif
+
+#define FM_LEVEL v1
+#ifdef __clang__
+#define FM_VBYTES FM_LINE /* clang splits a vector of a whole line into the target's registers itself */
+#else
+#define FM_VBYTES 16 /* the baseline's registers (SSE2, NEON) */
+#endif
+#include "_fused_level.h"
+#undef FM_LEVEL
+#undef FM_VBYTES
+
+/* The exported kernels (_fused.h): each calls its build for fm_clone_level(). */
+#ifdef FM_HAS_LEVELS
+#define FM_CALL(name, args)                                                                        \
+    switch (fm_clone_level()) {                                                                    \
+    case 4: return name##_v4 args;                                                                 \
+    case 3: return name##_v3 args;                                                                 \
+    default: return name##_v1 args;                                                                \
+    }
+#define FM_CALL_VOID(name, args)                                                                   \
+    switch (fm_clone_level()) {                                                                    \
+    case 4: name##_v4 args; return;                                                                \
+    case 3: name##_v3 args; return;                                                                \
+    default: name##_v1 args; return;                                                               \
+    }
+#else
+#define FM_CALL(name, args) return name##_v1 args;
+#define FM_CALL_VOID(name, args) name##_v1 args;
+#endif
+
+#define FM_EXPORT(REAL, S)                                                                         \
+    int fm_blas_epoch_##S(const fm_dense_##S *P, const fm_batches_##S *D, const fm_sgd_##S *opt, int loss, \
+                          const fm_bwork_##S *W, fm_gemm_ptr_##S gemm, int n_threads, fm_tally *tally) \
+    {                                                                                              \
+        FM_CALL(fm_blas_epoch_##S, (P, D, opt, loss, W, gemm, n_threads, tally))                   \
+    }                                                                                              \
+    void fm_tanh_##S(REAL *x, ptrdiff_t n) { FM_CALL_VOID(fm_tanh_##S, (x, n)) }                   \
+    void fm_bias_tanh_##S(REAL *H, const REAL *b, ptrdiff_t B, ptrdiff_t n)                        \
+    {                                                                                              \
+        FM_CALL_VOID(fm_bias_tanh_##S, (H, b, B, n))                                               \
+    }                                                                                              \
+    void fm_bias_add_##S(REAL *Z, const REAL *b, ptrdiff_t B, ptrdiff_t n)                         \
+    {                                                                                              \
+        FM_CALL_VOID(fm_bias_add_##S, (Z, b, B, n))                                                \
+    }                                                                                              \
+    int fm_loss_grad_##S(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B, ptrdiff_t n, int loss, \
+                         REAL scale, fm_tally *tally)                                              \
+    {                                                                                              \
+        FM_CALL(fm_loss_grad_##S, (Z, labels, dZ, B, n, loss, scale, tally))                       \
+    }                                                                                              \
+    void fm_dtanh_##S(REAL *dH, const REAL *H, ptrdiff_t len) { FM_CALL_VOID(fm_dtanh_##S, (dH, H, len)) } \
+    void fm_bias_update_##S(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr)             \
+    {                                                                                              \
+        FM_CALL_VOID(fm_bias_update_##S, (b, D, B, n, lr))                                         \
+    }                                                                                              \
+    int fm_sparse_epoch_##S(const fm_net_##S *P, const fm_rows_##S *D, const fm_sgd_##S *opt, int loss, \
+                            const fm_swork_##S *W, int n_threads, fm_tally *tally)                 \
+    {                                                                                              \
+        FM_CALL(fm_sparse_epoch_##S, (P, D, opt, loss, W, n_threads, tally))                       \
+    }                                                                                              \
+    void fm_row_passes_##S(const fm_net_##S *P, const fm_rows_##S *D, const fm_swork_##S *W, int n_threads) \
+    {                                                                                              \
+        FM_CALL_VOID(fm_row_passes_##S, (P, D, W, n_threads))                                      \
+    }                                                                                              \
+    void fm_group_chunks_##S(const fm_rows_##S *D, ptrdiff_t rows, int64_t *cptr, uint16_t *crow, REAL *cval, \
+                             int64_t *cursor)                                                      \
+    {                                                                                              \
+        FM_CALL_VOID(fm_group_chunks_##S, (D, rows, cptr, crow, cval, cursor))                     \
+    }                                                                                              \
+    void fm_csr_counts_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *counts)       \
+    {                                                                                              \
+        FM_CALL_VOID(fm_csr_counts_##S, (X, n_rows, n_in, counts))                                 \
+    }                                                                                              \
+    void fm_csr_fill_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *indptr, int32_t *indices, \
+                         REAL *data)                                                               \
+    {                                                                                              \
+        FM_CALL_VOID(fm_csr_fill_##S, (X, n_rows, n_in, indptr, indices, data))                    \
+    }
+
+FM_EXPORT(float, f)
+FM_EXPORT(double, d)

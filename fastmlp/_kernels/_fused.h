@@ -162,11 +162,16 @@ FM_DECLARE(double, d)
  * kernels were built without OpenMP). */
 int fm_max_threads(void);
 
-/* Which build of the hot kernels runs here: 0 where they were compiled without
- * target clones (gcc before 11, clang, MSVC, or not x86-64 Linux: the compiler's
- * flags decide, the x86-64 baseline for portable builds), else the x86-64 level
- * of the clone the loader picked for this CPU: 4 (AVX-512), 3 (AVX2 + FMA) or 1
- * (the baseline). */
+/* Which build of the hot kernels runs here: 0 where they were compiled once
+ * (gcc before 11, clang, MSVC, or not x86-64 Linux: the compiler's flags decide,
+ * the x86-64 baseline for portable builds), else the x86-64 level of the build
+ * that runs: 4 (AVX-512), 3 (AVX2 + FMA) or 1 (the baseline); the best the CPU
+ * supports unless FASTMLP_KERNEL_LEVEL (read at the first call) or
+ * fm_set_clone_level asked for a lower one. */
 int fm_clone_level(void);
+
+/* Runs the highest build the CPU supports that is no higher than `level` from
+ * now on (where there are builds), and returns the level that runs. */
+int fm_set_clone_level(int level);
 
 #endif

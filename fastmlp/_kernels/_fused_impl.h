@@ -1,14 +1,10 @@
-/* Template body of _fused.c, included once per REAL (float, double) with
- * S the name suffix, EXP/LOG the libm functions of that type.
+/* Template body of _fused.c, included once per REAL (float, double) and kernel
+ * level (see _fused.c): FN names a function of this instantiation, FT a type of
+ * this REAL, EXP/LOG are the libm functions of that type.
  *
  * Notation (fastmlp/reference.py): H = tanh(X Wh^T + bh), Z = H Wy^T + by,
  * dZ = dl/dZ / B, dH = (dZ Wy) * (1 - H*H). All arrays row-major.
  */
-
-#define FM_CAT_(a, b) a##_##b
-#define FM_CAT(a, b) FM_CAT_(a, b)
-#define FN(name) FM_CAT(name, S)
-#define R(x) ((REAL)(x))
 
 /* tanh in plain arithmetic that vectorises (libm's tanh and tanhf do not: a
  * scalar call per element cost more than a small network's whole epoch).
@@ -19,9 +15,7 @@
  * else 1 - 2 / (exp(2|x|) + 1) with exp by range reduction and a Pade form,
  * clamped at |x| = 22 where tanh rounds to 1 (max abs error 2e-16, tested).
  * NaN propagates in both. */
-#ifndef FM_EXP_D
-#define FM_EXP_D /* the same for both instantiations */
-static FM_INLINE double fm_exp_d(double x)
+static FM_INLINE double FN(fm_exp_d)(double x)
 {
     /* exp(x) = 2^k exp(r), r = x - k ln 2 in [-ln2 / 2, ln2 / 2], for |x| <= 44 */
     const double k = floor(1.4426950408889634073599 * x + 0.5);
@@ -38,7 +32,6 @@ static FM_INLINE double fm_exp_d(double x)
     memcpy(&scale, &bits, sizeof scale);
     return e * scale;
 }
-#endif
 
 static FM_INLINE REAL FN(fm_tanh1)(REAL x)
 {
@@ -59,12 +52,12 @@ static FM_INLINE REAL FN(fm_tanh1)(REAL x)
                                       - 1.61468768441708447952e3)
                                  / (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
                                     + 4.84406305325125486048e3);
-    const double large = 1.0 - 2.0 / (fm_exp_d(2.0 * (a < 22.0 ? a : 22.0)) + 1.0);
+    const double large = 1.0 - 2.0 / (FN(fm_exp_d)(2.0 * (a < 22.0 ? a : 22.0)) + 1.0);
     const double t = a < 0.625 ? small : large;
     return (REAL)(d != d ? d : copysign(t, d)); /* tanh is odd: the sign of x, -0.0 included */
 }
 
-FM_CLONES void FN(fm_tanh)(REAL *restrict x, ptrdiff_t n)
+FM_LEVEL_FN void FN(fm_tanh)(REAL *restrict x, ptrdiff_t n)
 {
     for (ptrdiff_t i = 0; i < n; i++)
         x[i] = FN(fm_tanh1)(x[i]);
@@ -72,7 +65,7 @@ FM_CLONES void FN(fm_tanh)(REAL *restrict x, ptrdiff_t n)
 
 /* H = tanh(H + b), b broadcast over the B rows: runs right after the GEMM that
  * wrote H, while it is in cache. */
-FM_CLONES void FN(fm_bias_tanh)(REAL *restrict H, const REAL *restrict b, ptrdiff_t B, ptrdiff_t n)
+FM_LEVEL_FN void FN(fm_bias_tanh)(REAL *restrict H, const REAL *restrict b, ptrdiff_t B, ptrdiff_t n)
 {
     for (ptrdiff_t r = 0; r < B; r++) {
         REAL *restrict h = H + r * n;
@@ -81,7 +74,7 @@ FM_CLONES void FN(fm_bias_tanh)(REAL *restrict H, const REAL *restrict b, ptrdif
     }
 }
 
-FM_CLONES void FN(fm_bias_add)(REAL *restrict Z, const REAL *restrict b, ptrdiff_t B, ptrdiff_t n)
+FM_LEVEL_FN void FN(fm_bias_add)(REAL *restrict Z, const REAL *restrict b, ptrdiff_t B, ptrdiff_t n)
 {
     for (ptrdiff_t r = 0; r < B; r++)
         for (ptrdiff_t j = 0; j < n; j++)
@@ -113,7 +106,7 @@ static FM_INLINE void FN(fm_row_loss_grad)(const REAL *z, intptr_t y, REAL *dz, 
 #pragma omp simd
         for (ptrdiff_t i = 0; i < n; i++) {
             const double x = (double)(z[i] - m);
-            dz[i] = (REAL)fm_exp_d(x < -104.0 ? -104.0 : x);
+            dz[i] = (REAL)FN(fm_exp_d)(x < -104.0 ? -104.0 : x);
         }
     } else {
         for (ptrdiff_t i = 0; i < n; i++) dz[i] = EXP(z[i] - m);
@@ -140,7 +133,7 @@ static FM_INLINE void FN(fm_row_loss_grad)(const REAL *z, intptr_t y, REAL *dz, 
     }
 }
 
-FM_CLONES int FN(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B,
+FM_LEVEL_FN int FN(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B,
                                ptrdiff_t n, int loss, REAL scale, fm_tally *tally)
 {
     if (!FN(fm_valid_loss)(loss))
@@ -151,14 +144,14 @@ FM_CLONES int FN(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, 
 }
 
 /* dH *= 1 - H*H: the tanh derivative, from the activations already stored. */
-FM_CLONES void FN(fm_dtanh)(REAL *restrict dH, const REAL *restrict H, ptrdiff_t len)
+FM_LEVEL_FN void FN(fm_dtanh)(REAL *restrict dH, const REAL *restrict H, ptrdiff_t len)
 {
     for (ptrdiff_t i = 0; i < len; i++)
         dH[i] *= R(1) - H[i] * H[i];
 }
 
 /* b -= lr * (sum of the rows of D): the bias step, straight into b. */
-FM_CLONES void FN(fm_bias_update)(REAL *restrict b, const REAL *restrict D, ptrdiff_t B, ptrdiff_t n, REAL lr)
+FM_LEVEL_FN void FN(fm_bias_update)(REAL *restrict b, const REAL *restrict D, ptrdiff_t B, ptrdiff_t n, REAL lr)
 {
     for (ptrdiff_t r = 0; r < B; r++)
         for (ptrdiff_t j = 0; j < n; j++)
@@ -180,7 +173,7 @@ static FM_INLINE double FN(fm_batch_weight)(const REAL *weights, const intptr_t 
 
 /* The decay a batch's weights take: opt->decay, or decay / (the batch's weight
  * sum) for scikit-learn's alpha. */
-static FM_INLINE REAL FN(fm_batch_decay)(const FN(fm_sgd) *opt, double weight_sum)
+static FM_INLINE REAL FN(fm_batch_decay)(const FT(fm_sgd) *opt, double weight_sum)
 {
     if (!opt->decay_by_weight_sum)
         return opt->decay;
@@ -191,7 +184,7 @@ static FM_INLINE REAL FN(fm_batch_decay)(const FN(fm_sgd) *opt, double weight_su
  * yet added): g' = g + decay * p; with momentum v = mu v + g' and step v, or
  * g' + mu v with nesterov; without, step g'. */
 static FM_INLINE void FN(fm_sgd_dense)(REAL *restrict p, REAL *restrict v, const REAL *restrict g, ptrdiff_t n,
-                                       const FN(fm_sgd) *opt, REAL decay)
+                                       const FT(fm_sgd) *opt, REAL decay)
 {
     const REAL lr = opt->lr, mu = opt->momentum;
     if (mu == 0) {
@@ -213,7 +206,7 @@ static FM_INLINE void FN(fm_sgd_dense)(REAL *restrict p, REAL *restrict v, const
     }
 }
 
-static FM_INLINE int FN(fm_plain_sgd)(const FN(fm_sgd) *opt)
+static FM_INLINE int FN(fm_plain_sgd)(const FT(fm_sgd) *opt)
 {
     return opt->momentum == 0 && opt->decay == 0;
 }

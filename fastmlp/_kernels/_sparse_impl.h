@@ -1,5 +1,5 @@
-/* Template body of the sparse epoch, included by _fused.c once per REAL after
- * _fused_impl.h (whose FN, R, tanh and row loss it uses).
+/* Template body of the sparse epoch, included by _fused.c once per REAL and
+ * kernel level after _fused_impl.h (whose tanh and row loss it uses).
  *
  * Mini-batch SGD organised around the non-zero inputs. The hidden weights are
  * held transposed, WhT (n_in, hidden), so that the forward pass
@@ -19,7 +19,7 @@
  * identical for every thread count.
  *
  * In a group, the forward pass keeps the group's lines in registers while it
- * runs over the example's non-zero inputs (a vector type of one cache line), and
+ * runs over the example's non-zero inputs (each line in vector registers, VL), and
  * the update keeps the example's dh~ lines in registers while it runs over the
  * same rows, last first (the forward pass has just left them in L1).
  *
@@ -109,7 +109,15 @@
  */
 
 #define LANES ((ptrdiff_t)(FM_LINE / sizeof(REAL)))
-#define VL FN(fm_vline)
+/* A vector register of the level (FM_VBYTES bytes: 64 for AVX-512, 32 for AVX2,
+ * 16 for the baseline), VPL of them to a cache line, VLANES values in each. The
+ * loops hold a line as VPL registers: gcc keeps vector types of the register's
+ * width in registers, where a vector type twice as wide goes through the stack
+ * at every operation (a whole line as one type made the AVX2 and baseline
+ * builds 15-25x slower than the AVX-512 one). */
+#define VL FN(fm_vreg)
+#define VPL (FM_LINE / FM_VBYTES)
+#define VLANES ((ptrdiff_t)(FM_VBYTES / sizeof(REAL)))
 /* The row length of by, gby, Vby (one row per slice) and dZ: nout padded to whole
  * cache lines, so that no two threads write to one line. Each thread steps its own
  * copy of by and writes its own dl/dz; had they shared lines, the line would move
@@ -117,28 +125,46 @@
 #define OUT_STRIDE(nout) (((nout) + LANES - 1) / LANES * LANES)
 
 #if FM_VECTORS
-typedef REAL VL __attribute__((vector_size(FM_LINE), may_alias));
-typedef REAL FN(fm_vhalf) __attribute__((vector_size(FM_LINE / 2), may_alias));
-typedef REAL FN(fm_vquarter) __attribute__((vector_size(FM_LINE / 4), may_alias));
+typedef REAL VL __attribute__((vector_size(FM_VBYTES), may_alias));
+typedef REAL FN(fm_v32) __attribute__((vector_size(32), may_alias));
+typedef REAL FN(fm_v16) __attribute__((vector_size(16), may_alias));
 
-/* The sum of a line's lanes: halves added to halves, in registers, in a fixed
- * order. (The vectorised `omp simd reduction` it replaces ended in one dependent
+/* The sum of a line's lanes (its VPL registers v[0 ..]): halves added to halves,
+ * lane by lane, in registers, down to the last lane; the same order at every
+ * level. (The vectorised `omp simd reduction` it replaces ended in one dependent
  * scalar add per lane, 16 in float32, for each of an example's logits.) */
 static FM_INLINE REAL FN(fm_line_sum)(const VL *v)
 {
+    VL u[VPL];
+    for (int p = 0; p < VPL; p++) u[p] = v[p];
+    for (int w = VPL / 2; w > 0; w /= 2)
+        for (int p = 0; p < w; p++) u[p] += u[p + w];
+#if FM_VBYTES == 64
     union {
-        VL line;
-        FN(fm_vhalf) half[2];
-    } a = {*v};
+        VL v;
+        FN(fm_v32) half[2];
+    } a = {u[0]};
     union {
-        FN(fm_vhalf) half;
-        FN(fm_vquarter) quarter[2];
+        FN(fm_v32) v;
+        FN(fm_v16) half[2];
     } b = {a.half[0] + a.half[1]};
+#elif FM_VBYTES == 32
     union {
-        FN(fm_vquarter) quarter;
-        REAL lane[FM_LINE / 4 / sizeof(REAL)];
-    } c = {b.quarter[0] + b.quarter[1]};
-    const int n = FM_LINE / 4 / sizeof(REAL); /* 4 in float, 2 in double */
+        FN(fm_v32) v;
+        FN(fm_v16) half[2];
+    } b = {u[0]};
+#endif
+    union {
+        FN(fm_v16) v;
+        REAL lane[16 / sizeof(REAL)];
+    } c = {
+#if FM_VBYTES >= 32
+        b.half[0] + b.half[1]
+#else
+        u[0]
+#endif
+    };
+    const int n = 16 / sizeof(REAL); /* 4 in float, 2 in double */
     for (int w = n / 2; w > 0; w /= 2)
         for (int j = 0; j < w; j++) c.lane[j] += c.lane[j + w];
     return c.lane[0];
@@ -146,7 +172,7 @@ static FM_INLINE REAL FN(fm_line_sum)(const VL *v)
 #endif
 
 /* Row r of the data: its values, their input features, and their number. */
-static FM_INLINE ptrdiff_t FN(fm_row)(const FN(fm_rows) *D, intptr_t r, const REAL **vals, const int32_t **idx)
+static FM_INLINE ptrdiff_t FN(fm_row)(const FT(fm_rows) *D, intptr_t r, const REAL **vals, const int32_t **idx)
 {
     if (D->indptr) {
         const int64_t a = D->indptr[r];
@@ -177,7 +203,7 @@ static FM_INLINE ptrdiff_t FN(fm_row)(const FN(fm_rows) *D, intptr_t r, const RE
  * 0.062-0.075 -> 0.052 s, the other batch sizes the same or up to 5% faster.
  * Every thread asking for whole rows cost 3-10% from batch 128 up, and on one
  * thread: the requests compete with the row reads for the line fill buffers.) */
-static FM_INLINE void FN(fm_prefetch_row)(const FN(fm_rows) *D, intptr_t r, intptr_t r2, int whole)
+static FM_INLINE void FN(fm_prefetch_row)(const FT(fm_rows) *D, intptr_t r, intptr_t r2, int whole)
 {
 #if defined(__GNUC__) || defined(__clang__)
     const REAL *vals;
@@ -208,16 +234,16 @@ static FM_INLINE void FN(fm_prefetch_row)(const FN(fm_rows) *D, intptr_t r, intp
 #if FM_VECTORS
 #define FM_GATHER(NL)                                                                \
     {                                                                                \
-        VL a[NL];                                                                    \
-        for (int l = 0; l < NL; l++) a[l] = ((const VL *)b)[l];                      \
+        VL a[NL * VPL];                                                              \
+        for (int l = 0; l < NL * VPL; l++) a[l] = ((const VL *)b)[l];                \
         for (ptrdiff_t t = 0; t < k; t++) {                                          \
             const REAL x = vals[t];                                                  \
             const VL *restrict w = (const VL *)(W + (ptrdiff_t)idx[t] * stride);     \
             if (mask)                                                                \
                 mask[(ptrdiff_t)idx[t] * words] |= bit;                              \
-            for (int l = 0; l < NL; l++) a[l] += x * w[l];                           \
+            for (int l = 0; l < NL * VPL; l++) a[l] += x * w[l];                     \
         }                                                                            \
-        for (int l = 0; l < NL; l++) ((VL *)h)[l] = a[l];                            \
+        for (int l = 0; l < NL * VPL; l++) ((VL *)h)[l] = a[l];                      \
     }
 #endif
 
@@ -252,12 +278,12 @@ static FM_INLINE void FN(fm_gather)(REAL *restrict h, const REAL *restrict b, in
 #if FM_VECTORS
 #define FM_UPDATE(NL)                                                                \
     {                                                                                \
-        VL dv[NL];                                                                   \
-        for (int l = 0; l < NL; l++) dv[l] = ((const VL *)d)[l];                     \
+        VL dv[NL * VPL];                                                             \
+        for (int l = 0; l < NL * VPL; l++) dv[l] = ((const VL *)d)[l];               \
         for (ptrdiff_t e = k - 1; e >= 0; e--) {                                     \
             const REAL a = lr * vals[e];                                             \
             VL *restrict w = (VL *)(W + (ptrdiff_t)idx[e] * stride);                 \
-            for (int l = 0; l < NL; l++) w[l] -= a * dv[l];                          \
+            for (int l = 0; l < NL * VPL; l++) w[l] -= a * dv[l];                    \
         }                                                                            \
     }
 #endif
@@ -308,8 +334,8 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
             const ptrdiff_t i = i0 + __builtin_ctzll(live);                           \
             live &= live - 1;                                                         \
             uint64_t *restrict mi = mask + i * words;                                 \
-            VL a[NL];                                                                 \
-            for (int l = 0; l < NL; l++) a[l] = (VL){0};                              \
+            VL a[NL * VPL];                                                           \
+            for (int l = 0; l < NL * VPL; l++) a[l] = (VL){0};                        \
             for (ptrdiff_t q = 0; q < words; q++) {                                   \
                 uint64_t m = mi[q];                                                   \
                 if (!m)                                                               \
@@ -321,14 +347,14 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
                     m &= m - 1;                                                       \
                     const REAL x = *next[b]++;                                        \
                     const VL *restrict dv = (const VL *)(d + b * stride);             \
-                    for (int l = 0; l < NL; l++) a[l] += x * dv[l];                   \
+                    for (int l = 0; l < NL * VPL; l++) a[l] += x * dv[l];             \
                 } while (m);                                                          \
             }                                                                         \
             VL *restrict w = (VL *)(W + i * stride);                                  \
-            for (int l = 0; l < NL; l++) w[l] -= c * a[l];                            \
+            for (int l = 0; l < NL * VPL; l++) w[l] -= c * a[l];                      \
             if (V) {                                                                  \
                 VL *restrict v = (VL *)(V + i * stride);                              \
-                for (int l = 0; l < NL; l++) v[l] += a[l];                            \
+                for (int l = 0; l < NL * VPL; l++) v[l] += a[l];                      \
             }                                                                         \
         }                                                                             \
     }
@@ -388,7 +414,7 @@ static FM_INLINE void FN(fm_grouped_rows)(REAL *restrict W, REAL *restrict V, pt
 /* fm_grouped_rows over the groups of slice s for thread t: Ws (and Vs) the slice's
  * rows of WhT or G (and VWhT), the C examples order[start ..], dl/dh~ in dH. The
  * thread's mask is cleared on its last slice's last group. */
-static FM_INLINE void FN(fm_grouped_slice)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_swork) *W, int t,
+static FM_INLINE void FN(fm_grouped_slice)(const FT(fm_net) *P, const FT(fm_rows) *D, const FT(fm_swork) *W, int t,
                                            int nt, int s, REAL *Ws, REAL *Vs, REAL c, ptrdiff_t start, ptrdiff_t C,
                                            const REAL *dH)
 {
@@ -412,7 +438,7 @@ static FM_INLINE void FN(fm_grouped_slice)(const FN(fm_net) *P, const FN(fm_rows
  * group order, then the row loss, scaled by the row's share of the batch mean.
  * Each row's weighted loss and correctness go to row_loss/row_correct where
  * given, else into *tally. */
-static FM_INLINE void FN(fm_sparse_dz)(const FN(fm_net) *P, const FN(fm_rows) *D, int loss, const REAL *by,
+static FM_INLINE void FN(fm_sparse_dz)(const FT(fm_net) *P, const FT(fm_rows) *D, int loss, const REAL *by,
                                        ptrdiff_t start, double weight_sum, ptrdiff_t b0, ptrdiff_t b1,
                                        const REAL *restrict Pb, REAL *restrict dZ, double *row_loss,
                                        double *row_correct, fm_tally *tally)
@@ -464,7 +490,7 @@ static FM_INLINE void FN(fm_update_momentum)(REAL *restrict W, REAL *restrict V,
  * * (1 - h*h) with Wy before the step, and the gradients of Wy, bh and by summed
  * into gWy, gbh and gby: afresh where `first`, else added to the sums of the
  * batch's earlier chunks. */
-static FM_INLINE void FN(fm_sparse_output_grads)(const FN(fm_net) *P, const FN(fm_swork) *W, int s, ptrdiff_t width,
+static FM_INLINE void FN(fm_sparse_output_grads)(const FT(fm_net) *P, const FT(fm_swork) *W, int s, ptrdiff_t width,
                                                  ptrdiff_t C, const REAL *restrict dZ, int first)
 {
     const ptrdiff_t nout = P->nout, ostride = OUT_STRIDE(nout), stride = P->stride, rows = W->rows;
@@ -472,10 +498,10 @@ static FM_INLINE void FN(fm_sparse_output_grads)(const FN(fm_net) *P, const FN(f
     REAL *restrict dH = W->dH + s * rows * stride, *restrict gWy = W->gWy + s * nout * stride;
     REAL *restrict gbh = W->gbh + s * stride, *restrict gby = W->gby + s * ostride;
 #if FM_VECTORS
-    /* line by line: each example's dh~ summed over the outputs, and each output's
-     * gradient summed over the examples, in registers (the same sums, in the same
-     * order, as the loops below) */
-    for (ptrdiff_t l = 0; l < width / LANES; l++) {
+    /* register by register: each example's dh~ summed over the outputs, and each
+     * output's gradient summed over the examples, in registers (the same sums, in
+     * the same order, as the loops below) */
+    for (ptrdiff_t l = 0; l < width / VLANES; l++) {
         VL gb = first ? (VL){0} : ((const VL *)gbh)[l];
         for (ptrdiff_t b = 0; b < C; b++) {
             const REAL *restrict dz = dZ + b * ostride;
@@ -529,8 +555,8 @@ static FM_INLINE void FN(fm_sparse_output_grads)(const FN(fm_net) *P, const FN(f
 }
 
 /* The steps of slice s's Wy (with decay), by and bh from the sums in gWy, gby, gbh. */
-static FM_INLINE void FN(fm_sparse_output_step)(const FN(fm_net) *P, const FN(fm_sgd) *opt, REAL decay,
-                                                const FN(fm_swork) *W, int s, ptrdiff_t width)
+static FM_INLINE void FN(fm_sparse_output_step)(const FT(fm_net) *P, const FT(fm_sgd) *opt, REAL decay,
+                                                const FT(fm_swork) *W, int s, ptrdiff_t width)
 {
     const ptrdiff_t nout = P->nout, ostride = OUT_STRIDE(nout), stride = P->stride;
     for (ptrdiff_t o = 0; o < nout; o++) {
@@ -551,15 +577,15 @@ static FM_INLINE void FN(fm_sparse_output_step)(const FN(fm_net) *P, const FN(fm
         const int64_t e0 = cp[i], e1 = cp[i + 1];                                     \
         if (e0 == e1)                                                                 \
             continue;                                                                 \
-        VL a[NL];                                                                     \
-        for (int l = 0; l < NL; l++) a[l] = (VL){0};                                  \
+        VL a[NL * VPL];                                                               \
+        for (int l = 0; l < NL * VPL; l++) a[l] = (VL){0};                            \
         for (int64_t e = e0; e < e1; e++) {                                           \
             const REAL x = val[e];                                                    \
             const VL *restrict dv = (const VL *)(d + (ptrdiff_t)row[e] * stride);     \
-            for (int l = 0; l < NL; l++) a[l] += x * dv[l];                           \
+            for (int l = 0; l < NL * VPL; l++) a[l] += x * dv[l];                     \
         }                                                                             \
         VL *restrict w = (VL *)(W + i * stride);                                      \
-        for (int l = 0; l < NL; l++) w[l] += a[l];                                    \
+        for (int l = 0; l < NL * VPL; l++) w[l] += a[l];                              \
     }
 #endif
 
@@ -590,7 +616,7 @@ static FM_INLINE void FN(fm_grouped_sum)(REAL *restrict W, ptrdiff_t stride, int
  * the chunk's C examples (order[start ..]) and their gradients added to gWy, gbh,
  * gby and, over each example's non-zero inputs, to G; the sums start from zero at
  * the batch's first chunk. Nothing steps until fm_sparse_apply. */
-static FM_INLINE void FN(fm_sparse_accumulate)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_swork) *W,
+static FM_INLINE void FN(fm_sparse_accumulate)(const FT(fm_net) *P, const FT(fm_rows) *D, const FT(fm_swork) *W,
                                                int t, int nt, ptrdiff_t start, ptrdiff_t C,
                                                const REAL *restrict dZ, int first)
 {
@@ -628,8 +654,8 @@ static FM_INLINE void FN(fm_sparse_accumulate)(const FN(fm_net) *P, const FN(fm_
 /* The step of a batch taken in chunks, for thread t, from the gradients summed
  * by fm_sparse_accumulate: every row of WhT steps with its row of G (which is
  * zeroed for the next batch), then Wy, by and bh. */
-static FM_INLINE void FN(fm_sparse_apply)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_sgd) *opt,
-                                          REAL decay, const FN(fm_swork) *W, int t, int nt)
+static FM_INLINE void FN(fm_sparse_apply)(const FT(fm_net) *P, const FT(fm_rows) *D, const FT(fm_sgd) *opt,
+                                          REAL decay, const FT(fm_swork) *W, int t, int nt)
 {
     const ptrdiff_t n_in = D->n_in, stride = P->stride;
     for (int s = t; s < P->n_slices; s += nt) {
@@ -647,8 +673,8 @@ static FM_INLINE void FN(fm_sparse_apply)(const FN(fm_net) *P, const FN(fm_rows)
 
 /* The rest of a batch's step for thread t once dl/dz of every example is in dZ:
  * dh~ and the updates of the thread's slices, with the batch's decay. */
-static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_sgd) *opt,
-                                         REAL decay, const FN(fm_swork) *W, int t, int nt, ptrdiff_t start,
+static FM_INLINE void FN(fm_sparse_step)(const FT(fm_net) *P, const FT(fm_rows) *D, const FT(fm_sgd) *opt,
+                                         REAL decay, const FT(fm_swork) *W, int t, int nt, ptrdiff_t start,
                                          ptrdiff_t B, const REAL *restrict dZ)
 {
     const ptrdiff_t n_in = D->n_in, rows = W->rows, nout = P->nout, stride = P->stride;
@@ -668,8 +694,8 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
             const REAL *restrict h = H, *restrict dz = dZ;
             REAL *restrict dh = dH;
 #if FM_VECTORS
-            /* line by line, each line's dh~ in a register through the rows of Wy */
-            for (ptrdiff_t l = 0; l < width / LANES; l++) {
+            /* register by register, each one's dh~ held through the rows of Wy */
+            for (ptrdiff_t l = 0; l < width / VLANES; l++) {
                 const VL hv = ((const VL *)h)[l];
                 VL dv = (VL){0};
                 for (ptrdiff_t o = 0; o < nout; o++) {
@@ -759,10 +785,9 @@ static FM_INLINE void FN(fm_sparse_step)(const FN(fm_net) *P, const FN(fm_rows) 
 
 /* One thread's share of an epoch (see the top of this file): thread t of nt owns
  * the slices t, t + nt, ... Every thread runs the same sequence of barriers.
- * Inlined into the parallel region, so that it is compiled for each of the
- * region's target clones. */
-static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_sgd) *opt,
-                                           int loss, const FN(fm_swork) *W, int t, int nt, fm_tally *tally)
+ * Inlined into the parallel region. */
+static FM_INLINE void FN(fm_sparse_thread)(const FT(fm_net) *P, const FT(fm_rows) *D, const FT(fm_sgd) *opt,
+                                           int loss, const FT(fm_swork) *W, int t, int nt, fm_tally *tally)
 {
     const ptrdiff_t n_in = D->n_in, n = D->n, batch = D->batch, rows = W->rows, nout = P->nout, stride = P->stride;
     const ptrdiff_t words = MASK_WORDS(W);
@@ -825,9 +850,11 @@ static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows
                         for (ptrdiff_t o = 0; o < nout; o++) {
 #if FM_VECTORS
                             const VL *restrict hv = (const VL *)(h + off), *restrict wy = (const VL *)(Wy + o * stride + off);
-                            VL v = hv[0] * wy[0];
-                            for (int l = 1; l < nl; l++) v += hv[l] * wy[l];
-                            Pb[(b * G + g) * nout + o] = FN(fm_line_sum)(&v);
+                            VL v[VPL];
+                            for (int p = 0; p < VPL; p++) v[p] = hv[p] * wy[p];
+                            for (int l = 1; l < nl; l++)
+                                for (int p = 0; p < VPL; p++) v[p] += hv[l * VPL + p] * wy[l * VPL + p];
+                            Pb[(b * G + g) * nout + o] = FN(fm_line_sum)(v);
 #else
                             const REAL *restrict wy = Wy + o * stride + off;
                             REAL sum = 0;
@@ -872,8 +899,8 @@ static FM_INLINE void FN(fm_sparse_thread)(const FN(fm_net) *P, const FN(fm_rows
     }
 }
 
-FM_CLONES int FN(fm_sparse_epoch)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_sgd) *opt, int loss,
-                                  const FN(fm_swork) *W, int n_threads, fm_tally *tally)
+FM_LEVEL_FN int FN(fm_sparse_epoch)(const FT(fm_net) *P, const FT(fm_rows) *D, const FT(fm_sgd) *opt, int loss,
+                                  const FT(fm_swork) *W, int n_threads, fm_tally *tally)
 {
     if (!FN(fm_valid_loss)(loss))
         return FM_ERR_LOSS;
@@ -900,7 +927,7 @@ FM_CLONES int FN(fm_sparse_epoch)(const FN(fm_net) *P, const FN(fm_rows) *D, con
  * update, with a fixed dh~), on the same slices and threads, the threads meeting
  * every `batch` examples; nothing else (no tanh, logits, loss). The epoch's
  * time over this one's says what the rest of the step costs. Changes WhT. */
-FM_CLONES void FN(fm_row_passes)(const FN(fm_net) *P, const FN(fm_rows) *D, const FN(fm_swork) *W, int n_threads)
+FM_LEVEL_FN void FN(fm_row_passes)(const FT(fm_net) *P, const FT(fm_rows) *D, const FT(fm_swork) *W, int n_threads)
 {
     n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);
 #ifdef _OPENMP
@@ -942,7 +969,7 @@ FM_CLONES void FN(fm_row_passes)(const FN(fm_net) *P, const FN(fm_rows) *D, cons
  * by input within each chunk: chunk c's entries of input i are cptr[c * (n_in + 1)
  * + i] .. [+ i + 1] of crow (the example's place in its chunk) and cval (its
  * value), in example order. cursor: n_in scratch. */
-FM_CLONES void FN(fm_group_chunks)(const FN(fm_rows) *D, ptrdiff_t rows, int64_t *restrict cptr,
+FM_LEVEL_FN void FN(fm_group_chunks)(const FT(fm_rows) *D, ptrdiff_t rows, int64_t *restrict cptr,
                                    uint16_t *restrict crow, REAL *restrict cval, int64_t *restrict cursor)
 {
     const ptrdiff_t n_in = D->n_in;
@@ -975,7 +1002,7 @@ FM_CLONES void FN(fm_group_chunks)(const FN(fm_rows) *D, ptrdiff_t rows, int64_t
 /* Dense rows -> CSR, in two passes: fm_csr_counts writes each row's number of
  * non-zeros (NaN counts as non-zero), fm_csr_fill the indices and values of the
  * rows, given indptr (the running sum of the counts). */
-FM_CLONES void FN(fm_csr_counts)(const REAL *restrict X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *restrict counts)
+FM_LEVEL_FN void FN(fm_csr_counts)(const REAL *restrict X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *restrict counts)
 {
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)
@@ -988,7 +1015,7 @@ FM_CLONES void FN(fm_csr_counts)(const REAL *restrict X, ptrdiff_t n_rows, ptrdi
     }
 }
 
-FM_CLONES void FN(fm_csr_fill)(const REAL *restrict X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *restrict indptr,
+FM_LEVEL_FN void FN(fm_csr_fill)(const REAL *restrict X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *restrict indptr,
                                int32_t *restrict indices, REAL *restrict data)
 {
 #ifdef _OPENMP
@@ -1017,3 +1044,5 @@ FM_CLONES void FN(fm_csr_fill)(const REAL *restrict X, ptrdiff_t n_rows, ptrdiff
 #undef OUT_STRIDE
 #undef LANES
 #undef VL
+#undef VPL
+#undef VLANES

@@ -320,22 +320,37 @@ static void test_tanh_float(void)
 int main(void)
 {
     make_problem();
-    for (int loss = FM_LOSS_CE; loss <= FM_LOSS_MSE; loss++)
-        for (int batch = 1; batch <= N + 2; batch += 3)
-            for (int csr = 0; csr <= 1; csr++)
-                for (int chunk = 0; chunk <= 2; chunk += 2) /* whole batches; chunks of 2 */
-                for (int group = 0; group <= 1; group++) {
-                    double *f1 = test_sparse_epoch_f(batch, loss, 1, csr, chunk, group);
-                    double *f2 = test_sparse_epoch_f(batch, loss, 2, csr, chunk, group);
-                    double *d1 = test_sparse_epoch_d(batch, loss, 1, csr, chunk, group);
-                    double *d2 = test_sparse_epoch_d(batch, loss, 2, csr, chunk, group);
-                    check(memcmp(f1, f2, sizeof(double) * N_IN * NH) == 0, "float: bitwise equal with 1 and 2 threads");
-                    check(memcmp(d1, d2, sizeof(double) * N_IN * NH) == 0, "double: bitwise equal with 1 and 2 threads");
-                    free(f1); free(f2); free(d1); free(d2);
-                }
-    test_unknown_loss_is_refused();
-    test_tanh_float();
-    test_tanh_double();
+    /* every build of the kernels this CPU can run (one where they are built once) */
+    const int levels[] = {4, 3, 1};
+    for (int li = 0; li < 3; li++) {
+        const int level = fm_set_clone_level(levels[li]);
+        if (level != levels[li] && !(level == 0 && li == 0))
+            continue;
+        printf("kernel level %d\n", level);
+        for (int loss = FM_LOSS_CE; loss <= FM_LOSS_MSE; loss++)
+            for (int batch = 1; batch <= N + 2; batch += 3)
+                for (int csr = 0; csr <= 1; csr++)
+                    for (int chunk = 0; chunk <= 2; chunk += 2) /* whole batches; chunks of 2 */
+                        for (int group = 0; group <= 1; group++) {
+                            double *f1 = test_sparse_epoch_f(batch, loss, 1, csr, chunk, group);
+                            double *f2 = test_sparse_epoch_f(batch, loss, 2, csr, chunk, group);
+                            double *d1 = test_sparse_epoch_d(batch, loss, 1, csr, chunk, group);
+                            double *d2 = test_sparse_epoch_d(batch, loss, 2, csr, chunk, group);
+                            check(memcmp(f1, f2, sizeof(double) * N_IN * NH) == 0,
+                                  "float: bitwise equal with 1 and 2 threads");
+                            check(memcmp(d1, d2, sizeof(double) * N_IN * NH) == 0,
+                                  "double: bitwise equal with 1 and 2 threads");
+                            free(f1);
+                            free(f2);
+                            free(d1);
+                            free(d2);
+                        }
+        test_unknown_loss_is_refused();
+        test_tanh_float();
+        test_tanh_double();
+        if (level == 0)
+            break;
+    }
     if (failures) {
         printf("%d check(s) failed\n", failures);
         return 1;
