@@ -72,7 +72,7 @@ echo "== add the test extra (Numba among it)"
 "$work/venv/bin/pip" install -q "$wheel[test]"
 "$work/venv/bin/python" -c "import fastmlp; b = fastmlp.available_backends(); print(b); assert 'numba' in b"
 
-echo "== the test suite against the installed wheel (on x86-64 Linux it must carry the AVX clones)"
+echo "== the test suite against the installed wheel (on x86-64 Linux it must carry the AVX2 and AVX-512 builds)"
 FASTMLP_REQUIRE_CLONES=1 "$work/venv/bin/python" -m pytest "$root/tests" --import-mode=importlib -p no:cacheprovider -q
 
 echo "== Numba with a read-only site-packages and no writable home"
