@@ -181,9 +181,14 @@ def cmd_info(args):
         f"BLAS threads: 1 on the compiled paths; the NumPy reference: 1 below batch "
         f"{epochs.BLAS_THREADS_MIN_BATCH}, else the pool's default"
     )
+    middle = (
+        "at every batch size (OpenBLAS runs kernels without AVX-512 here)"
+        if not epochs.blas_has_avx512_kernels()
+        else f"at batches up to {epochs.SMALL_BATCH_MAX} and from {epochs.LARGE_BATCH_MIN}"
+    )
     print(
         f"sparse inputs: scipy.sparse always, dense inputs with at most {epochs.SPARSE_DENSITY_MAX:.0%} "
-        f"non-zero entries (converted to CSR once per fit)"
+        f"non-zero entries, or {epochs.MIDDLE_DENSITY_MAX:.0%} {middle} (converted to CSR once per fit)"
     )
     chunk = getattr(kern, "SPARSE_CHUNK_ROWS", 0)
     print(

@@ -9,6 +9,7 @@ from helpers import MNIST_DIR
 
 import fastmlp
 from fastmlp import backends
+from fastmlp._kernels import epochs
 
 
 def run(*args):
@@ -62,6 +63,9 @@ def test_info_lists_backends_and_blas():
     assert f"large batches on the sparse path: taken {chunk} examples at a time" in out.stdout
     group = getattr(backends.kernels("auto"), "SPARSE_GROUP_MIN", 0)
     assert (f"batches of {group}+ examples on the sparse path: each touched row" in out.stdout) == bool(group)
+    # the densities that go to CSR, as auto_path takes them on this machine's BLAS
+    middle = "at every batch size" if not epochs.blas_has_avx512_kernels() else "at batches up to 4 and from 32"
+    assert f"dense inputs with at most 35% non-zero entries, or 50% {middle}" in out.stdout
     # which build of the C kernels runs (see test_kernels' clone tests)
     level = backends.kernels("cython").clone_level()
     clone = {0: "built once", 4: "runs x86-64-v4", 3: "runs x86-64-v3", 1: "runs the x86-64 baseline"}

@@ -203,8 +203,10 @@ def test_sparse_path_buffers_are_zeroed_and_cache_line_aligned(dtype, shape):
 
 def test_auto_path_choice():
     """The driver's rule: sparse inputs, and dense ones with few non-zeros, take the
-    sparse path (as CSR) at every batch size; denser inputs take it row by row for
-    small batches and the BLAS path above; explicit paths are obeyed."""
+    sparse path (as CSR) at every batch size; inputs up to half non-zero take it at
+    small and large batches (and at all where OpenBLAS lacks AVX-512 kernels); denser
+    inputs take it row by row for small batches and the BLAS path above; explicit
+    paths are obeyed."""
     import scipy.sparse as sp
 
     rng = np.random.default_rng(0)
@@ -220,7 +222,14 @@ def test_auto_path_choice():
     assert epochs.choose_path(kern, "auto", epochs.DENSE_ROWS_BATCH_MAX + 1, dense) == ("blas", None)
     middling = dense * (rng.random(dense.shape) < 0.45)
     assert epochs.choose_path(kern, "auto", epochs.SMALL_BATCH_MAX, middling) == ("sparse", "csr")
-    assert epochs.choose_path(kern, "auto", epochs.SMALL_BATCH_MAX + 1, middling) == ("blas", None)
+    assert epochs.choose_path(kern, "auto", epochs.LARGE_BATCH_MIN, middling) == ("sparse", "csr")
+    # between them, GEMMs where OpenBLAS has AVX-512 kernels; the sparse path where it has not
+    between = ("blas", None) if epochs.blas_has_avx512_kernels() else ("sparse", "csr")
+    for batch in (epochs.SMALL_BATCH_MAX + 1, epochs.LARGE_BATCH_MIN - 1):
+        assert epochs.choose_path(kern, "auto", batch, middling) == between
+    denser = dense * (rng.random(dense.shape) < 0.7)
+    for batch in (epochs.DENSE_ROWS_BATCH_MAX + 1, epochs.LARGE_BATCH_MIN, 1000):
+        assert epochs.choose_path(kern, "auto", batch, denser) == ("blas", None)
     with pytest.raises(ValueError, match="needs dense inputs"):
         epochs.choose_path(kern, "blas", 10, sp.csr_matrix(dense))
     assert epochs.choose_path(backends.kernels("numpy"), "auto", 10, dense) == ("reference", None)

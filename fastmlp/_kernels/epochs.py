@@ -56,16 +56,22 @@ PATHS = ("auto", "sparse", "blas", "reference")
 # Which path "auto" takes for dense inputs. The sparse path costs in proportion
 # to the non-zero inputs; the BLAS path in proportion to all of them, at the GEMM
 # rate of the batch size, plus a GEMM call per batch that dwarfs a row at batches
-# of one or two. So: CSR up to 35% non-zeros, and up to 50% for batches of at
-# most 4; denser inputs row by row on the sparse path at batches of 1 and 2, GEMMs
-# above. The thresholds were set where the two paths cross on MNIST-sized
-# networks with both AVX-512 and AVX2 OpenBLAS kernels (AVX2's slower GEMMs move
-# the crossing to denser inputs, so the thresholds leave some speed to the BLAS
-# path there). `fastmlp info --explain` times both paths on the machine it runs
-# on and shows how far auto's choice is from the fastest at each point.
+# of one or two. So: CSR up to 35% non-zeros at every batch size; up to 50% for
+# batches of at most 4 or at least 32, and at every batch size where OpenBLAS runs
+# kernels without AVX-512; denser inputs row by row on the sparse path at batches
+# of 1 and 2, GEMMs above. Measured where the paths cross (`fastmlp info
+# --explain`, MNIST-sized synthetic inputs, float32 and float64, 1 and 2 threads)
+# on an Intel Xeon with its AVX-512 kernels and with the C kernels' AVX2 build
+# beside OpenBLAS's Haswell kernels: at 42-50% non-zeros the sparse path took
+# 1.05-2.1x less time than the GEMMs from batch 32 up with either, and 1.4-2.4x
+# less at batches of 4-10 with the AVX2 ones, where with AVX-512 GEMMs it took
+# 1.0-1.3x more at batch 10 (so those keep the GEMMs); at 60% and more the GEMMs
+# won from batch 10 up. `fastmlp info --explain` times both paths on the machine
+# it runs on and shows how far auto's choice is from the fastest at each point.
 SPARSE_DENSITY_MAX = 0.35  # dense inputs with at most this fraction of non-zeros go to CSR
-SMALL_BATCH_MAX = 4  # ... and up to SMALL_BATCH_DENSITY_MAX for batches up to this size
-SMALL_BATCH_DENSITY_MAX = 0.5
+MIDDLE_DENSITY_MAX = 0.5  # ... and up to this fraction where the GEMMs do not win:
+SMALL_BATCH_MAX = 4  # batches up to this size,
+LARGE_BATCH_MIN = 32  # batches from this size up, or any batch with OpenBLAS kernels without AVX-512
 DENSE_ROWS_BATCH_MAX = 2  # denser inputs take the sparse path, row by row, up to this batch
 _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 
@@ -104,15 +110,15 @@ def auto_path(batch, density, sparse_input=False):
         return "sparse", "csr", "sparse input: never densified"
     if density <= SPARSE_DENSITY_MAX:
         return "sparse", "csr", f"at most {SPARSE_DENSITY_MAX:.0%} of the inputs are non-zero: converted to CSR once"
-    if batch <= SMALL_BATCH_MAX and density <= SMALL_BATCH_DENSITY_MAX:
-        return (
-            "sparse",
-            "csr",
-            (
-                f"batch <= {SMALL_BATCH_MAX} and at most {SMALL_BATCH_DENSITY_MAX:.0%} of the inputs "
-                f"are non-zero: converted to CSR once"
-            ),
-        )
+    if density <= MIDDLE_DENSITY_MAX:
+        at_most = f"at most {MIDDLE_DENSITY_MAX:.0%} of the inputs are non-zero"
+        if batch <= SMALL_BATCH_MAX:
+            return "sparse", "csr", f"batch <= {SMALL_BATCH_MAX} and {at_most}: converted to CSR once"
+        if batch >= LARGE_BATCH_MIN:
+            return "sparse", "csr", f"batch >= {LARGE_BATCH_MIN} and {at_most}: converted to CSR once"
+        if not blas_has_avx512_kernels():
+            return "sparse", "csr", f"{at_most} and OpenBLAS runs kernels without AVX-512: converted to CSR once"
+        return "blas", None, f"{at_most}, batch {SMALL_BATCH_MAX + 1}-{LARGE_BATCH_MIN - 1}, AVX-512 GEMMs: GEMMs"
     if batch <= DENSE_ROWS_BATCH_MAX:
         return "sparse", "dense", f"dense inputs, batch <= {DENSE_ROWS_BATCH_MAX}: a GEMM call costs more than a row"
     return "blas", None, f"dense inputs, batch > {DENSE_ROWS_BATCH_MAX}: GEMMs"
@@ -134,7 +140,7 @@ def choose_path(kernels, path, batch, X):
     if path == "blas" and sparse_input:
         raise ValueError("path 'blas' needs dense inputs; sparse inputs take the 'sparse' path")
     if path == "sparse":
-        return path, "csr" if sparse_input or input_density(X) <= SMALL_BATCH_DENSITY_MAX else "dense"
+        return path, "csr" if sparse_input or input_density(X) <= MIDDLE_DENSITY_MAX else "dense"
     return path, None
 
 
