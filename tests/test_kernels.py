@@ -223,6 +223,7 @@ def test_auto_path_choice():
     middling = dense * (rng.random(dense.shape) < 0.45)
     assert epochs.choose_path(kern, "auto", epochs.SMALL_BATCH_MAX, middling) == ("sparse", "csr")
     assert epochs.choose_path(kern, "auto", epochs.LARGE_BATCH_MIN, middling) == ("sparse", "csr")
+    assert epochs.LARGE_BATCH_MIN == kern.SPARSE_GROUP_MIN  # the rule was measured where grouping starts
     # between them, GEMMs where OpenBLAS has AVX-512 kernels; the sparse path where it has not
     between = ("blas", None) if epochs.blas_has_avx512_kernels() else ("sparse", "csr")
     for batch in (epochs.SMALL_BATCH_MAX + 1, epochs.LARGE_BATCH_MIN - 1):

@@ -65,13 +65,15 @@ PATHS = ("auto", "sparse", "blas", "reference")
 # beside OpenBLAS's Haswell kernels: at 42-50% non-zeros the sparse path took
 # 1.05-2.1x less time than the GEMMs from batch 32 up with either, and 1.4-2.4x
 # less at batches of 4-10 with the AVX2 ones, where with AVX-512 GEMMs it took
-# 1.0-1.3x more at batch 10 (so those keep the GEMMs); at 60% and more the GEMMs
-# won from batch 10 up. `fastmlp info --explain` times both paths on the machine
+# 1.0-1.5x more at batches 10-31 (so those keep the GEMMs; from 32 on the sparse
+# path updates each touched row once per batch); at 60% and more the GEMMs won
+# from batch 10 up. `fastmlp info --explain` times both paths on the machine
 # it runs on and shows how far auto's choice is from the fastest at each point.
 SPARSE_DENSITY_MAX = 0.35  # dense inputs with at most this fraction of non-zeros go to CSR
 MIDDLE_DENSITY_MAX = 0.5  # ... and up to this fraction where the GEMMs do not win:
 SMALL_BATCH_MAX = 4  # batches up to this size,
-LARGE_BATCH_MIN = 32  # batches from this size up, or any batch with OpenBLAS kernels without AVX-512
+LARGE_BATCH_MIN = 32  # batches from this size up (the sparse path's SPARSE_GROUP_MIN), or any batch with
+# OpenBLAS kernels without AVX-512
 DENSE_ROWS_BATCH_MAX = 2  # denser inputs take the sparse path, row by row, up to this batch
 _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 
