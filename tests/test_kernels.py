@@ -218,8 +218,11 @@ def test_auto_path_choice():
         assert epochs.choose_path(kern, "auto", batch, sp.csr_matrix(dense)) == ("sparse", "csr")
         assert epochs.choose_path(kern, "sparse", batch, dense) == ("sparse", "dense")
         assert epochs.choose_path(kern, "blas", batch, sparse) == ("blas", None)
-    assert epochs.choose_path(kern, "auto", epochs.DENSE_ROWS_BATCH_MAX, dense) == ("sparse", "dense")
-    assert epochs.choose_path(kern, "auto", epochs.DENSE_ROWS_BATCH_MAX + 1, dense) == ("blas", None)
+    rows_max = (
+        epochs.DENSE_ROWS_BATCH_MAX if epochs.blas_has_avx512_kernels() else epochs.DENSE_ROWS_BATCH_MAX_NO_AVX512
+    )
+    assert epochs.choose_path(kern, "auto", rows_max, dense) == ("sparse", "dense")
+    assert epochs.choose_path(kern, "auto", rows_max + 1, dense) == ("blas", None)
     middling = dense * (rng.random(dense.shape) < 0.45)
     assert epochs.choose_path(kern, "auto", epochs.SMALL_BATCH_MAX, middling) == ("sparse", "csr")
     assert epochs.choose_path(kern, "auto", epochs.LARGE_BATCH_MIN, middling) == ("sparse", "csr")
@@ -229,7 +232,7 @@ def test_auto_path_choice():
     for batch in (epochs.SMALL_BATCH_MAX + 1, epochs.LARGE_BATCH_MIN - 1):
         assert epochs.choose_path(kern, "auto", batch, middling) == between
     denser = dense * (rng.random(dense.shape) < 0.7)
-    for batch in (epochs.DENSE_ROWS_BATCH_MAX + 1, epochs.LARGE_BATCH_MIN, 1000):
+    for batch in (rows_max + 1, epochs.LARGE_BATCH_MIN, 1000):
         assert epochs.choose_path(kern, "auto", batch, denser) == ("blas", None)
     with pytest.raises(ValueError, match="needs dense inputs"):
         epochs.choose_path(kern, "blas", 10, sp.csr_matrix(dense))

@@ -59,7 +59,7 @@ PATHS = ("auto", "sparse", "blas", "reference")
 # of one or two. So: CSR up to 35% non-zeros at every batch size; up to 50% for
 # batches of at most 4 or at least 32, and at every batch size where OpenBLAS runs
 # kernels without AVX-512; denser inputs row by row on the sparse path at batches
-# of 1 and 2, GEMMs above. Measured where the paths cross (`fastmlp info
+# of 1 and 2 (up to 5 without AVX-512 GEMMs), GEMMs above. Measured where the paths cross (`fastmlp info
 # --explain`, MNIST-sized synthetic inputs, float32 and float64, 1 and 2 threads)
 # on an Intel Xeon with its AVX-512 kernels and with the C kernels' AVX2 build
 # beside OpenBLAS's Haswell kernels: at 42-50% non-zeros the sparse path took
@@ -74,7 +74,10 @@ MIDDLE_DENSITY_MAX = 0.5  # ... and up to this fraction where the GEMMs do not w
 SMALL_BATCH_MAX = 4  # batches up to this size,
 LARGE_BATCH_MIN = 32  # batches from this size up (the sparse path's SPARSE_GROUP_MIN), or any batch with
 # OpenBLAS kernels without AVX-512
-DENSE_ROWS_BATCH_MAX = 2  # denser inputs take the sparse path, row by row, up to this batch
+DENSE_ROWS_BATCH_MAX = 2  # denser inputs take the sparse path, row by row, up to this batch,
+DENSE_ROWS_BATCH_MAX_NO_AVX512 = 5  # or this one with OpenBLAS kernels without AVX-512 (at 70-100%
+# non-zeros, 2 threads, its Haswell kernels took 1.2-2.4x the time of the rows up to batch 5, 0.8-0.9x
+# at 8; the AVX-512 ones 0.70-0.88x from batch 3)
 _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 
 
@@ -121,9 +124,10 @@ def auto_path(batch, density, sparse_input=False):
         if not blas_has_avx512_kernels():
             return "sparse", "csr", f"{at_most} and OpenBLAS runs kernels without AVX-512: converted to CSR once"
         return "blas", None, f"{at_most}, batch {SMALL_BATCH_MAX + 1}-{LARGE_BATCH_MIN - 1}, AVX-512 GEMMs: GEMMs"
-    if batch <= DENSE_ROWS_BATCH_MAX:
-        return "sparse", "dense", f"dense inputs, batch <= {DENSE_ROWS_BATCH_MAX}: a GEMM call costs more than a row"
-    return "blas", None, f"dense inputs, batch > {DENSE_ROWS_BATCH_MAX}: GEMMs"
+    rows_max = DENSE_ROWS_BATCH_MAX if blas_has_avx512_kernels() else DENSE_ROWS_BATCH_MAX_NO_AVX512
+    if batch <= rows_max:
+        return "sparse", "dense", f"dense inputs, batch <= {rows_max}: a GEMM call costs more than a row"
+    return "blas", None, f"dense inputs, batch > {rows_max}: GEMMs"
 
 
 def choose_path(kernels, path, batch, X):
