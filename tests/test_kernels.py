@@ -1,5 +1,6 @@
 """Every backend's kernels against fastmlp.reference: one contract, one suite."""
 
+import contextlib
 import os
 import platform
 import sys
@@ -703,21 +704,35 @@ def test_a_workspace_that_cannot_hold_the_batches_is_refused(backend):
     assert epoch(grouped, 40)[1] >= 0 and epoch(chunked, 40)[1] >= 0
 
 
-def _kernel_levels():
-    """The builds of the C kernels this CPU runs (4, 3, 1; [0] where they are built once)."""
-    if "cython" not in BACKENDS:
-        return []
-    cy = backends.kernels("cython")
+@contextlib.contextmanager
+def _level_kept(cy):
+    """The Cython kernels ``cy``, the build of its C kernels that ran before
+    (clone_level) running again afterwards."""
     before = cy.clone_level()
     try:
-        return sorted({cy.set_clone_level(level) for level in (4, 3, 1)}, reverse=True)
+        yield cy
     finally:
         cy.set_clone_level(before)
 
 
+def _kernel_levels():
+    """The builds of the C kernels this CPU runs (4, 3, 1; [0] where they are built once)."""
+    if "cython" not in BACKENDS:
+        return []
+    with _level_kept(backends.kernels("cython")) as cy:
+        return sorted({cy.set_clone_level(level) for level in (4, 3, 1)}, reverse=True)
+
+
+@pytest.fixture
+def cy_levels():
+    """The Cython kernels, whose tests may run lower builds (set_clone_level)."""
+    with _level_kept(backends.kernels("cython")) as cy:
+        yield cy
+
+
 @pytest.mark.parametrize("level", _kernel_levels())
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_every_build_of_the_c_kernels_trains_as_the_reference(level, dtype):
+def test_every_build_of_the_c_kernels_trains_as_the_reference(cy_levels, level, dtype):
     """Each build (AVX-512, AVX2, baseline: each with vectors of its own width)
     takes the same steps as the reference on both paths, at batch sizes that reach
     each way of updating (per example, per non-zero, grouped by input, in chunks, a
@@ -725,62 +740,52 @@ def test_every_build_of_the_c_kernels_trains_as_the_reference(level, dtype):
     thread and two."""
     import scipy.sparse as sp
 
-    cy = backends.kernels("cython")
-    before = cy.clone_level()
-    try:
-        assert cy.set_clone_level(level or 4) == level
-        X, y, p0 = random_problem(300, 40, 100, 7, dtype, seed=5, sparse=True)
-        perm = np.random.default_rng(1).permutation(len(X))
-        for path, inputs in (("sparse", sp.csr_matrix(X)), ("sparse", X), ("blas", X)):
-            for batch, opt in (
-                (1, epochs.SGD(0.05)),
-                (10, epochs.SGD(0.05)),
-                (70, epochs.SGD(0.05, 0.9, 1e-3, True)),
-                (300, epochs.SGD(0.2)),
-                (150, epochs.SGD(0.1, 0.5)),
-            ):
-                loss = "mse" if batch == 10 else "ce"
-                expected = {k: v.copy() for k, v in p0.items()}
-                v_ref = {k: np.zeros_like(v) for k, v in p0.items()}
-                ref.train_epoch(
-                    expected, X, y, perm, batch, opt.lr, loss, opt.momentum, opt.nesterov, opt.decay, velocity=v_ref
-                )
-                runs = []
-                for threads in (1, 2):
-                    p = {k: v.copy() for k, v in p0.items()}
-                    velocity = {k: np.zeros_like(v) for k, v in p0.items()}
-                    epochs.train_epoch(
-                        cy, inputs, y, perm, p, opt, batch, loss, path, n_threads=threads, velocity=velocity
-                    )
-                    runs.append(p)
-                for k in ref.PARAM_NAMES:
-                    np.testing.assert_allclose(runs[0][k], expected[k], **tol(dtype), err_msg=f"{path} {batch} {k}")
-                    np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=f"{path} {batch} {k}")
-    finally:
-        cy.set_clone_level(before)
+    cy = cy_levels
+    assert cy.set_clone_level(level or 4) == level
+    X, y, p0 = random_problem(300, 40, 100, 7, dtype, seed=5, sparse=True)
+    perm = np.random.default_rng(1).permutation(len(X))
+    for path, inputs in (("sparse", sp.csr_matrix(X)), ("sparse", X), ("blas", X)):
+        for batch, opt in (
+            (1, epochs.SGD(0.05)),
+            (10, epochs.SGD(0.05)),
+            (70, epochs.SGD(0.05, 0.9, 1e-3, True)),
+            (300, epochs.SGD(0.2)),
+            (150, epochs.SGD(0.1, 0.5)),
+        ):
+            loss = "mse" if batch == 10 else "ce"
+            expected = {k: v.copy() for k, v in p0.items()}
+            v_ref = {k: np.zeros_like(v) for k, v in p0.items()}
+            ref.train_epoch(
+                expected, X, y, perm, batch, opt.lr, loss, opt.momentum, opt.nesterov, opt.decay, velocity=v_ref
+            )
+            runs = []
+            for threads in (1, 2):
+                p = {k: v.copy() for k, v in p0.items()}
+                velocity = {k: np.zeros_like(v) for k, v in p0.items()}
+                epochs.train_epoch(cy, inputs, y, perm, p, opt, batch, loss, path, n_threads=threads, velocity=velocity)
+                runs.append(p)
+            for k in ref.PARAM_NAMES:
+                np.testing.assert_allclose(runs[0][k], expected[k], **tol(dtype), err_msg=f"{path} {batch} {k}")
+                np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=f"{path} {batch} {k}")
 
 
 @pytest.mark.skipif(not {4, 3} <= set(_kernel_levels()), reason="needs a CPU with AVX-512")
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_the_avx512_and_avx2_builds_give_the_same_bits_on_the_sparse_path(dtype):
+def test_the_avx512_and_avx2_builds_give_the_same_bits_on_the_sparse_path(cy_levels, dtype):
     """The same sums in the same order, with fused multiply-adds in both: what
     docs/user_guide/reproducibility.md promises across those machines."""
     import scipy.sparse as sp
 
-    cy = backends.kernels("cython")
-    before = cy.clone_level()
+    cy = cy_levels
     X, y, p0 = random_problem(300, 40, 100, 7, dtype, seed=9, sparse=True)
     perm = np.random.default_rng(2).permutation(len(X))
-    try:
-        results = {}
-        for level in (4, 3):
-            cy.set_clone_level(level)
-            for batch in (1, 10, 64, 300):
-                p = {k: v.copy() for k, v in p0.items()}
-                epochs.train_epoch(cy, sp.csr_matrix(X), y, perm, p, 0.1, batch, "ce", "sparse", n_threads=2)
-                results[level, batch] = p
+    results = {}
+    for level in (4, 3):
+        cy.set_clone_level(level)
         for batch in (1, 10, 64, 300):
-            for k in ref.PARAM_NAMES:
-                np.testing.assert_array_equal(results[4, batch][k], results[3, batch][k], err_msg=f"{batch} {k}")
-    finally:
-        cy.set_clone_level(before)
+            p = {k: v.copy() for k, v in p0.items()}
+            epochs.train_epoch(cy, sp.csr_matrix(X), y, perm, p, 0.1, batch, "ce", "sparse", n_threads=2)
+            results[level, batch] = p
+    for batch in (1, 10, 64, 300):
+        for k in ref.PARAM_NAMES:
+            np.testing.assert_array_equal(results[4, batch][k], results[3, batch][k], err_msg=f"{batch} {k}")

@@ -59,8 +59,9 @@ PATHS = ("auto", "sparse", "blas", "reference")
 # of one or two. So: CSR up to 35% non-zeros at every batch size; up to 50% for
 # batches of at most 4 or at least 32, and at every batch size where OpenBLAS runs
 # kernels without AVX-512; denser inputs row by row on the sparse path at batches
-# of 1 and 2 (up to 5 without AVX-512 GEMMs), GEMMs above. Measured where the paths cross (`fastmlp info
-# --explain`, MNIST-sized synthetic inputs, float32 and float64, 1 and 2 threads)
+# of 1 and 2 (up to 5 without AVX-512 GEMMs), GEMMs above. Measured where the
+# paths cross (`fastmlp info --explain`, MNIST-sized synthetic inputs, float32 and
+# float64, 1 and 2 threads)
 # on an Intel Xeon with its AVX-512 kernels and with the C kernels' AVX2 build
 # beside OpenBLAS's Haswell kernels: at 42-50% non-zeros the sparse path took
 # 1.05-2.1x less time than the GEMMs from batch 32 up with either, and 1.4-2.4x
