@@ -7,7 +7,9 @@ The peers are the NumPy reference loop, PyTorch (nn + autograd + optim.SGD, and
 hand-written tensor ops) and scikit-learn's MLPClassifier(solver="sgd"), where
 installed. Each sparse-path epoch is also put against its row-pass floor: the
 bare two passes over rows of the hidden weights per non-zero input that any
-sparse epoch makes, on the same data and threads.
+sparse epoch makes, on the same data and threads. The compiled backends are also
+timed on one thread against all of them, in turns, and each backend's epochs from
+batch 10 up are put side by side (the slowest over the fastest).
 Slow runs (the NumPy and PyTorch loops at small batch sizes) are timed on a
 prefix of the epoch and scaled to the full epoch; the table marks them with "~".
 
@@ -37,6 +39,8 @@ __all__ = [
     "run",
     "networks",
     "time_epoch",
+    "thread_speedup",
+    "batch_spread",
     "row_pass_floor",
     "explain_paths",
     "print_explanation",
@@ -334,6 +338,20 @@ def row_pass_floor(X, labels, shape, batch_size, n_threads, repeats=3):
     return min(_timed(run) for _ in range(repeats))
 
 
+def _warm_up(run, perm, batch_size, budget):
+    """Runs ``run`` on a short prefix of ``perm`` (compile, fault in pages, spin up
+    BLAS threads) and returns (what ran, how many examples of ``perm`` to time):
+    all of them, or a prefix sized to ``budget`` seconds where a whole epoch would
+    take much longer."""
+    n = len(perm)
+    warm = perm[: min(n, max(10 * batch_size, 2000))]
+    ran = run(warm)
+    estimate = _timed(lambda: run(warm)) * n / len(warm)
+    if estimate > 2 * budget:
+        return ran, max(batch_size, int(n * budget / estimate) // batch_size * batch_size)
+    return ran, n
+
+
 def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, perm=None):
     """(seconds per epoch, extrapolated?, (path, threads) or None) for backend ``name``.
 
@@ -345,14 +363,48 @@ def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, p
     if perm is None:
         perm = np.random.default_rng(0).permutation(n)
     run, one_blas_thread = _runner(name, params, X, labels, batch_size, lr)
-    warm = perm[: max(batch_size, min(n, 10 * batch_size, 2000))]
     with epochs.blas_limits(one_blas_thread):
-        ran = run(warm)  # compile, fault in pages, spin up BLAS threads
-        estimate = _timed(lambda: run(warm)) * n / len(warm)
-        if estimate > 2 * budget:
-            m = max(batch_size, int(n * budget / estimate) // batch_size * batch_size)
+        ran, m = _warm_up(run, perm, batch_size, budget)
+        if m < n:
             return _timed(lambda: run(perm[:m])) * n / m, True, ran
         return statistics.median(_timed(lambda: run(perm)) for _ in range(repeats)), False, ran
+
+
+def thread_speedup(name, params, X, labels, batch_size, lr, n_threads, budget=1.0, repeats=5, perm=None):
+    """(seconds per epoch on one thread, on ``n_threads``, (path, threads) of the
+    latter) for the compiled backend ``name``: the two epochs timed in turns,
+    ``repeats`` times each, so that the machine's noise falls on both alike;
+    medians. Epochs that would take much longer than ``budget`` seconds are timed
+    on a prefix and scaled."""
+    n = len(X)
+    if perm is None:
+        perm = np.random.default_rng(0).permutation(n)
+    one, one_blas_thread = _runner(name, params, X, labels, batch_size, lr, n_threads=1)
+    many, _ = _runner(name, params, X, labels, batch_size, lr, n_threads=n_threads)
+    with epochs.blas_limits(one_blas_thread):
+        _, m = _warm_up(one, perm, batch_size, budget)
+        ran, _ = _warm_up(many, perm, batch_size, budget)
+        times = {one: [], many: []}
+        for _ in range(repeats):
+            for run, seconds in times.items():
+                seconds.append(_timed(functools.partial(run, perm[:m])) * n / m)
+    return statistics.median(times[one]), statistics.median(times[many]), ran
+
+
+def batch_spread(rows, smallest=10):
+    """{(network, backend): (slowest / fastest epoch, slowest batch, fastest batch)}
+    over the rows' batch sizes from ``smallest`` up ("full" included), where a
+    backend ran at two or more of them."""
+    by = {}
+    for r in rows:
+        if r["batch"] == "full" or int(r["batch"]) >= smallest:
+            by.setdefault((r["network"], r["backend"]), []).append((r["seconds"], r["batch"]))
+    spread = {}
+    for key, runs in by.items():
+        if len(runs) > 1:
+            (fast, fast_batch), (slow, slow_batch) = min(runs), max(runs)
+            spread[key] = (slow / fast, slow_batch, fast_batch)
+    return spread
 
 
 def synthetic_inputs(n, n_in, density, seed=0, dtype=np.float32):
@@ -534,7 +586,10 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
     """Time every backend and peer on every network and batch size; print and return
     the table rows. A row's "x peer" is the speed-up over the fastest peer (the NumPy
     loop, PyTorch two ways, scikit-learn) in the same run; "% floor" the row-pass
-    floor of the same data on the same threads over the epoch (sparse path)."""
+    floor of the same data on the same threads over the epoch (sparse path); "x 1
+    thr" a compiled backend's epoch on one thread over its epoch on all of them,
+    the two timed in turns (``thread_speedup``). After each network, the slowest
+    epoch from batch 10 up over the fastest, per backend (``batch_spread``)."""
     if names is None:
         names = (
             backends.available_backends()
@@ -544,6 +599,7 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
     peak = gemm_peak_gflops()
     threads = _torch_threads() if any(n.startswith("torch") for n in names) else None
     all_threads = epochs.wanted_threads(None, backends.kernels("auto"))
+    compiled = [n for n in backends.available_backends() if n != "numpy"]
     print(
         f"fastmlp bench: {time.strftime('%Y-%m-%d')}, {np.dtype(dtype).name}, "
         f"seconds per epoch (median; ~ = timed on part of the epoch and scaled)",
@@ -573,7 +629,7 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
         )
         header = (
             f"{'batch':>6} {'backend':>15} {'s/epoch':>9} {'x numpy':>8} {'x peer':>7} {'GFLOP/s':>8} "
-            f"{'% peak':>7} {'floor':>7} {'% floor':>8}  path, threads"
+            f"{'% peak':>7} {'floor':>7} {'% floor':>8} {'x 1 thr':>7}  path, threads"
         )
         print(header, file=out)
         for b in batch_sizes:
@@ -581,6 +637,13 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
             lr = 0.01 if bs == 1 else 0.1
             floor = row_pass_floor(X, labels, shape, bs, all_threads)
             times = {name: time_epoch(name, params, X, labels, bs, lr, budget) for name in names}
+            scaling = {
+                name: thread_speedup(name, params, X, labels, bs, lr, all_threads, budget)
+                for name in names
+                if name in compiled and all_threads > 1
+            }
+            # where the backend takes one thread anyway (a small network), there is no ratio
+            scaling = {name: v for name, v in scaling.items() if v[2][1] > 1}
             peers = {n: t for n, (t, _, _) in times.items() if n in PEERS}
             best_peer = min(peers.values(), default=None)
             for name, (t, scaled, ran) in times.items():
@@ -599,6 +662,9 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
                     path=ran[0] if ran else None,
                     threads=ran[1] if ran else None,
                     floor=floor if ran and ran[0] == "sparse" else None,
+                    one_thread_seconds=scaling[name][0] if name in scaling else None,
+                    all_threads_seconds=scaling[name][1] if name in scaling else None,
+                    threads_speedup=scaling[name][0] / scaling[name][1] if name in scaling else None,
                 )
                 rows.append(row)
                 on_floor = row["floor"] is not None
@@ -606,10 +672,18 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
                     f"{str(b):>6} {name:>15} {('~' if scaled else '') + f'{t:.4g}':>9} "
                     f"{_fmt(row['speedup_numpy'])} {_fmt(row['speedup_peer'], 7)} {gflops:8.1f} "
                     f"{100 * gflops / peak:6.1f}% {f'{floor:.4g}' if on_floor else '-':>7} "
-                    f"{f'{100 * floor / t:.0f}%' if on_floor else '-':>8}" + (f"  {ran[0]}, {ran[1]}" if ran else ""),
+                    f"{f'{100 * floor / t:.0f}%' if on_floor else '-':>8} {_fmt(row['threads_speedup'], 7)}"
+                    + (f"  {ran[0]}, {ran[1]}" if ran else ""),
                     file=out,
                     flush=True,
                 )
+        spread = {b: v for (n, b), v in batch_spread(rows).items() if n == net}
+        if spread:
+            print(
+                "slowest / fastest epoch from batch 10 up: "
+                + ", ".join(f"{b} {r:.2f}x (batch {slow} / {fast})" for b, (r, slow, fast) in spread.items()),
+                file=out,
+            )
     return rows
 
 

@@ -172,6 +172,8 @@ def test_bench_json_holds_the_printed_rows_and_the_machine(tmp_path):
     assert set(rows) == {(1, "numpy"), (1, "cython"), (64, "numpy"), (64, "cython")}
     for (batch, backend), r in rows.items():
         assert r["network"] == "circles" and r["seconds"] > 0
+        # circles runs on one thread: no ratio of one thread to all of them
+        assert r["threads_speedup"] is None and r["one_thread_seconds"] is None
         printed = re.search(rf"^\s+{batch}\s+{backend}\s+~?([0-9.e+-]+)\s", out.stdout, re.M)
         assert float(printed.group(1)) == float(f"{r['seconds']:.4g}")
     assert rows[(64, "cython")]["speedup_numpy"] == rows[(64, "numpy")]["seconds"] / rows[(64, "cython")]["seconds"]

@@ -1,0 +1,73 @@
+"""fastmlp.bench's measurements: what each figure of ``fastmlp bench`` is made of."""
+
+import io
+import re
+
+import numpy as np
+import pytest
+
+from fastmlp import backends, bench
+from fastmlp import reference as ref
+from fastmlp._kernels import epochs
+
+TWO_CORES = pytest.mark.skipif(epochs.available_cpus() < 2, reason="needs two cores")
+
+
+def sparse_net(n=1024, seed=0):
+    """784-100-10 on inputs 20% non-zero: the sparse path, on two threads where there are two cores."""
+    X = bench.synthetic_inputs(n, 784, 0.2, seed=seed)
+    labels = np.random.default_rng(seed).integers(0, 10, n).astype(np.intp)
+    return X, labels, (784, 100, 10)
+
+
+def test_batch_spread_is_the_slowest_over_the_fastest_epoch_from_batch_10_up():
+    rows = [
+        dict(network="a", backend="cython", batch=1, seconds=9.0),  # below batch 10: left out
+        dict(network="a", backend="cython", batch=10, seconds=3.0),
+        dict(network="a", backend="cython", batch=64, seconds=2.0),
+        dict(network="a", backend="cython", batch="full", seconds=1.5),
+        dict(network="a", backend="numba", batch=10, seconds=4.0),  # one batch size: no spread
+        dict(network="b", backend="cython", batch=256, seconds=1.0),
+        dict(network="b", backend="cython", batch=32, seconds=1.2),
+    ]
+    assert bench.batch_spread(rows) == {("a", "cython"): (2.0, 10, "full"), ("b", "cython"): (1.2, 32, 256)}
+    assert bench.batch_spread(rows, smallest=1)[("a", "cython")] == (6.0, 1, "full")
+
+
+@TWO_CORES
+def test_thread_speedup_times_one_thread_against_two_on_the_same_epoch():
+    X, labels, shape = sparse_net()
+    params = ref.init_params(*shape, dtype=np.float32, seed=0)
+    one, two, ran = bench.thread_speedup("cython", params, X, labels, 64, 0.1, 2, repeats=3)
+    assert one > 0 and two > 0
+    assert ran == ("sparse", 2)
+    for k in ref.PARAM_NAMES:  # the caller's parameters are not trained
+        np.testing.assert_array_equal(params[k], ref.init_params(*shape, dtype=np.float32, seed=0)[k])
+
+
+@TWO_CORES
+@pytest.mark.parametrize("backend", [b for b in backends.available_backends() if b != "numpy"])
+def test_bench_prints_the_thread_speedup_and_the_batch_spread_it_returns(backend, monkeypatch):
+    # (the Numba compile time, measured in a process of its own, is not what this checks)
+    monkeypatch.setattr(bench, "numba_first_call_seconds", lambda: (0.0, 0.0))
+    X, labels, shape = sparse_net()
+    out = io.StringIO()
+    rows = bench.run({"synthetic": (X, labels, shape)}, (10, 64), names=["numpy", backend], out=out)
+    text = out.getvalue()
+    assert "x 1 thr" in text
+    for r in rows:
+        printed = re.search(rf"^\s+{r['batch']}\s+{r['backend']}\s.*\s(\S+)\s+(\S+), (\d+)$", text, re.M)
+        if r["backend"] == "numpy":  # the reference is not timed on threads
+            assert r["threads_speedup"] is None and r["one_thread_seconds"] is None
+            assert printed is None or printed.group(1) == "-"
+            continue
+        assert r["threads"] == 2
+        assert r["threads_speedup"] == r["one_thread_seconds"] / r["all_threads_seconds"] > 0
+        assert printed.group(1) == f"{r['threads_speedup']:.1f}", text
+    spread = bench.batch_spread(rows)
+    for b in ("numpy", backend):
+        ratio, slow, fast = spread[("synthetic", b)]
+        seconds = {r["batch"]: r["seconds"] for r in rows if r["backend"] == b}
+        assert ratio == max(seconds.values()) / min(seconds.values()) >= 1
+        assert seconds[slow] == max(seconds.values()) and seconds[fast] == min(seconds.values())
+        assert f"{b} {ratio:.2f}x (batch {slow} / {fast})" in text
