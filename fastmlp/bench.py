@@ -672,7 +672,7 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
                     f"{str(b):>6} {name:>15} {('~' if scaled else '') + f'{t:.4g}':>9} "
                     f"{_fmt(row['speedup_numpy'])} {_fmt(row['speedup_peer'], 7)} {gflops:8.1f} "
                     f"{100 * gflops / peak:6.1f}% {f'{floor:.4g}' if on_floor else '-':>7} "
-                    f"{f'{100 * floor / t:.0f}%' if on_floor else '-':>8} {_fmt(row['threads_speedup'], 7)}"
+                    f"{f'{100 * floor / t:.0f}%' if on_floor else '-':>8} {_fmt(row['threads_speedup'], 7, 2)}"
                     + (f"  {ran[0]}, {ran[1]}" if ran else ""),
                     file=out,
                     flush=True,
@@ -687,8 +687,8 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
     return rows
 
 
-def _fmt(x, width=8):
-    return f"{x:{width}.1f}" if x is not None else f"{'-':>{width}}"
+def _fmt(x, width=8, digits=1):
+    return f"{x:{width}.{digits}f}" if x is not None else f"{'-':>{width}}"
 
 
 def _torch_threads():

@@ -63,7 +63,7 @@ def test_bench_prints_the_thread_speedup_and_the_batch_spread_it_returns(backend
             continue
         assert r["threads"] == 2
         assert r["threads_speedup"] == r["one_thread_seconds"] / r["all_threads_seconds"] > 0
-        assert printed.group(1) == f"{r['threads_speedup']:.1f}", text
+        assert printed.group(1) == f"{r['threads_speedup']:.2f}", text
     spread = bench.batch_spread(rows)
     for b in ("numpy", backend):
         ratio, slow, fast = spread[("synthetic", b)]
