@@ -2,7 +2,8 @@
 
 Portable flags only: wheels must run on any x86-64, so no -march=native. The
 hand-written C in _fused.c reaches AVX2 and AVX-512 through builds of its own for
-each (gcc 11 or later), picked at run time; the GEMMs reach it through scipy's runtime-dispatched OpenBLAS.
+each (gcc 11 or later), picked at run time; the GEMMs reach them through scipy's
+runtime-dispatched OpenBLAS.
 The kernels run on several threads through OpenMP where the compiler supports it
 (gcc; clang with libomp); elsewhere they are built for one thread.
 """

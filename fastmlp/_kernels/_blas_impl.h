@@ -129,7 +129,7 @@ static FM_INLINE void FN(fm_blas_thread)(const FT(fm_dense) *P, const FT(fm_batc
 }
 
 FM_LEVEL_FN int FN(fm_blas_epoch)(const FT(fm_dense) *P, const FT(fm_batches) *D, const FT(fm_sgd) *opt, int loss,
-                                const FT(fm_bwork) *W, FT(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally)
+                                  const FT(fm_bwork) *W, FT(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally)
 {
     if (!FN(fm_valid_loss)(loss))
         return FM_ERR_LOSS;

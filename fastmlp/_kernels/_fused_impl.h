@@ -134,7 +134,7 @@ static FM_INLINE void FN(fm_row_loss_grad)(const REAL *z, intptr_t y, REAL *dz, 
 }
 
 FM_LEVEL_FN int FN(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B,
-                               ptrdiff_t n, int loss, REAL scale, fm_tally *tally)
+                                 ptrdiff_t n, int loss, REAL scale, fm_tally *tally)
 {
     if (!FN(fm_valid_loss)(loss))
         return FM_ERR_LOSS;

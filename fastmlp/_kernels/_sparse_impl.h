@@ -900,7 +900,7 @@ static FM_INLINE void FN(fm_sparse_thread)(const FT(fm_net) *P, const FT(fm_rows
 }
 
 FM_LEVEL_FN int FN(fm_sparse_epoch)(const FT(fm_net) *P, const FT(fm_rows) *D, const FT(fm_sgd) *opt, int loss,
-                                  const FT(fm_swork) *W, int n_threads, fm_tally *tally)
+                                    const FT(fm_swork) *W, int n_threads, fm_tally *tally)
 {
     if (!FN(fm_valid_loss)(loss))
         return FM_ERR_LOSS;
@@ -970,7 +970,7 @@ FM_LEVEL_FN void FN(fm_row_passes)(const FT(fm_net) *P, const FT(fm_rows) *D, co
  * + i] .. [+ i + 1] of crow (the example's place in its chunk) and cval (its
  * value), in example order. cursor: n_in scratch. */
 FM_LEVEL_FN void FN(fm_group_chunks)(const FT(fm_rows) *D, ptrdiff_t rows, int64_t *restrict cptr,
-                                   uint16_t *restrict crow, REAL *restrict cval, int64_t *restrict cursor)
+                                     uint16_t *restrict crow, REAL *restrict cval, int64_t *restrict cursor)
 {
     const ptrdiff_t n_in = D->n_in;
     int64_t base = 0;
@@ -1016,7 +1016,7 @@ FM_LEVEL_FN void FN(fm_csr_counts)(const REAL *restrict X, ptrdiff_t n_rows, ptr
 }
 
 FM_LEVEL_FN void FN(fm_csr_fill)(const REAL *restrict X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *restrict indptr,
-                               int32_t *restrict indices, REAL *restrict data)
+                                 int32_t *restrict indices, REAL *restrict data)
 {
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static)

@@ -61,15 +61,15 @@ PATHS = ("auto", "sparse", "blas", "reference")
 # kernels without AVX-512; denser inputs row by row on the sparse path at batches
 # of 1 and 2 (up to 5 without AVX-512 GEMMs), GEMMs above. Measured where the
 # paths cross (`fastmlp info --explain`, MNIST-sized synthetic inputs, float32 and
-# float64, 1 and 2 threads)
-# on an Intel Xeon with its AVX-512 kernels and with the C kernels' AVX2 build
-# beside OpenBLAS's Haswell kernels: at 42-50% non-zeros the sparse path took
-# 1.05-2.1x less time than the GEMMs from batch 32 up with either, and 1.4-2.4x
-# less at batches of 4-10 with the AVX2 ones, where with AVX-512 GEMMs it took
-# 1.0-1.5x more at batches 10-31 (so those keep the GEMMs; from 32 on the sparse
-# path updates each touched row once per batch); at 60% and more the GEMMs won
-# from batch 10 up. `fastmlp info --explain` times both paths on the machine
-# it runs on and shows how far auto's choice is from the fastest at each point.
+# float64, 1 and 2 threads) on an Intel Xeon with its AVX-512 kernels and with the
+# C kernels' AVX2 build beside OpenBLAS's Haswell kernels: at 42-50% non-zeros the
+# sparse path took 1.05-2.1x less time than the GEMMs from batch 32 up with
+# either, and 1.4-2.4x less at batches of 4-10 with the AVX2 ones, where with
+# AVX-512 GEMMs it took 1.0-1.5x more at batches 10-31 (so those keep the GEMMs;
+# from 32 on the sparse path updates each touched row once per batch); at 60% and
+# more the GEMMs won from batch 10 up. `fastmlp info --explain` times both paths
+# on the machine it runs on and shows how far auto's choice is from the fastest
+# at each point.
 SPARSE_DENSITY_MAX = 0.35  # dense inputs with at most this fraction of non-zeros go to CSR
 MIDDLE_DENSITY_MAX = 0.5  # ... and up to this fraction where the GEMMs do not win:
 SMALL_BATCH_MAX = 4  # batches up to this size,
