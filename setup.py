@@ -13,6 +13,7 @@ import sys
 import tempfile
 
 import numpy
+from Cython import Tempita
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -63,6 +64,20 @@ class BuildWithOpenMP(build_ext):
         return True
 
 
+def render_templates(paths):
+    """Write each Tempita template ``X.pyx.tp`` to ``X.pyx`` where that changes it
+    (the kernels' Cython declares every C function for float and double once)."""
+    for template in paths:
+        with open(template, encoding="utf-8") as f:
+            text = Tempita.sub(f.read())
+        target = template[: -len(".tp")]
+        if not os.path.exists(target) or open(target, encoding="utf-8").read() != text:
+            with open(target, "w", encoding="utf-8") as f:
+                f.write(text)
+
+
+render_templates(["fastmlp/_kernels/_cy.pyx.tp"])
+
 extensions = [
     Extension(
         "fastmlp._kernels._cy",
@@ -72,6 +87,7 @@ extensions = [
         depends=[
             "fastmlp/_kernels/_fused.h",
             "fastmlp/_kernels/_fused_level.h",
+            "fastmlp/_kernels/_ops.h",
             "fastmlp/_kernels/_fused_impl.h",
             "fastmlp/_kernels/_sparse_impl.h",
             "fastmlp/_kernels/_blas_impl.h",

@@ -537,10 +537,11 @@ X, y = rng.random((256, 784), dtype=np.float32), np.arange(256) % 10
 for batch, path in ((1, "sparse"), (64, "sparse"), (64, "blas")):
     p = fastmlp.reference.init_params(784, 100, 10)
     epochs.train_epoch(k, X, y, np.arange(256), p, 0.1, batch, "ce", path)
-H = k.forward_hidden(X, p["Wh"], p["bh"])
+tanh = fastmlp.tables.activation("tanh").code
+H = k.forward_hidden(X, p["Wh"], p["bh"], tanh)
 dZ = k.loss_grad(k.forward_logits(H, p["Wy"], p["by"]), y, epochs.loss_code("ce"))[0]
-k.backward_update(X, H, dZ, epochs.Params(**p), 0.1)
-k.tanh(X[0])
+k.backward_update(X, H, dZ, epochs.Params(**p), 0.1, tanh)
+k.activation(X[0], tanh)
 print(time.perf_counter() - t0)
 """
 

@@ -2,11 +2,14 @@
 
 Model file format (``.npz``, written by ``MLP.save``, read by ``MLP.load``, no pickle):
 
-    Wh, bh, Wy, by      the parameters, in the model's dtype
-    format_version      int, currently 1
-    fastmlp_version     str, the version that wrote the file
+    W1, b1, W2, b2      each layer's weights (n_k, n_{k-1}) and biases, in the model's dtype
+    sizes               int64 (n_in, n_hidden, n_out)
+    activation          str, the hidden activation
     loss                str, the loss the model was last trained with ("ce" or "mse")
+    format_version      int, currently 2
+    fastmlp_version     str, the version that wrote the file
 
+Version 1 (fastmlp 0.2) held Wh, bh, Wy, by and a tanh hidden layer; it still loads.
 Writes are atomic: a temporary file in the same directory, flushed and fsynced,
 then renamed over the target, so a failed or interrupted save leaves the
 previous file intact.
@@ -25,9 +28,11 @@ import numpy as np
 import numpy.typing as npt
 
 from . import reference as ref
+from . import tables
 from ._typing import Inputs, PathLike
-from ._validation import check_choice, check_dtype, check_nonnegative_int, check_positive_int, check_X
+from ._validation import check_choice, check_nonnegative_int, check_X
 from ._version import __version__
+from .network import Network
 
 if TYPE_CHECKING:
     import torch
@@ -37,19 +42,22 @@ __all__ = [
     "FORMAT_VERSION",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # Rows per forward chunk in predict: bounds memory for large inputs.
 _PREDICT_CHUNK = 8192
 
 
 class MLP:
-    """One-hidden-layer network: ``H = tanh(X Wh^T + bh)``, ``y^ = softmax(H Wy^T + by)``.
+    """One-hidden-layer network: ``H = f(X Wh^T + bh)``, ``y^ = softmax(H Wy^T + by)``.
 
     Parameters
     ----------
     n_in, n_hidden, n_out : int
         Input features, hidden units, classes (n_out >= 2).
+    activation : str
+        The hidden activation f (``fastmlp.tables.ACTIVATIONS``); "tanh", the
+        practical's, by default.
     dtype : float32 or float64
         The dtype of the parameters and of the arithmetic of every backend.
     init : {"xavier", "normal"}
@@ -58,9 +66,11 @@ class MLP:
     seed : int
         Seed of the initialisation.
 
-    The parameters ``Wh`` (n_hidden, n_in), ``bh`` (n_hidden,), ``Wy`` (n_out, n_hidden)
-    and ``by`` (n_out,) are plain NumPy arrays. Assigning one copies the value into a
-    C-contiguous array of the model's dtype after checking its shape.
+    The parameters live in one cache-line-aligned block (``fastmlp.network``);
+    ``coefs`` and ``intercepts`` are its per-layer views, in scikit-learn's order
+    (but out by in, as ``torch.nn.Linear``), and ``Wh`` (n_hidden, n_in), ``bh``
+    (n_hidden,), ``Wy`` (n_out, n_hidden) and ``by`` (n_out,) name the same views.
+    Assigning one copies the value into the block after checking its shape.
 
     Examples
     --------
@@ -69,8 +79,12 @@ class MLP:
     MLP(n_in=2, n_hidden=10, n_out=2, dtype=float32)
     >>> model.Wh.shape, model.Wy.shape
     ((10, 2), (2, 10))
+    >>> model.coefs[0] is model.Wh
+    True
     >>> model.predict_proba([[0.0, 0.5]]).sum()
     np.float32(1.0)
+    >>> fastmlp.MLP(2, 10, 2, activation="relu")
+    MLP(n_in=2, n_hidden=10, n_out=2, activation='relu', dtype=float32)
     >>> model.Wh = np.zeros((3, 2))
     Traceback (most recent call last):
     ...
@@ -85,41 +99,58 @@ class MLP:
         dtype: npt.DTypeLike = np.float32,
         init: str = "xavier",
         seed: int = 0,
+        activation: str = "tanh",
     ) -> None:
-        self._n_in = check_positive_int(n_in, "n_in")
-        self._n_hidden = check_positive_int(n_hidden, "n_hidden")
-        self._n_out = check_positive_int(n_out, "n_out")
-        if self._n_out < 2:
-            raise ValueError(f"n_out must be at least 2 (classes), got {n_out!r}")
-        self._dtype = check_dtype(dtype)
+        network = Network((n_in, n_hidden, n_out), activation=activation, dtype=dtype)
         check_choice(init, "init", ref.INITS)
         seed = check_nonnegative_int(seed, "seed")
-        self.loss = "ce"
+        self._use(network)
+        for name, value in ref.init_params(n_in, n_hidden, n_out, init, network.dtype, seed).items():
+            self._params[name][...] = value
+
+    def _use(self, network, block=None):
+        """Take ``network`` and its parameter block (a new zeroed one by default)."""
+        self._network = network
+        self._block = network.block() if block is None else block
+        self._params = network.named(self._block)
         self._training = threading.Lock()
-        self._params = ref.init_params(self._n_in, self._n_hidden, self._n_out, init, self._dtype, seed)
 
     # ---- shape and parameters ----
 
-    n_in = property(lambda self: self._n_in, doc="Number of input features.")
-    n_hidden = property(lambda self: self._n_hidden, doc="Number of hidden units.")
-    n_out = property(lambda self: self._n_out, doc="Number of classes.")
-    dtype = property(lambda self: self._dtype, doc="The parameters' dtype.")
+    network = property(lambda self: self._network, doc="The network's description (``fastmlp.network.Network``).")
+    n_in = property(lambda self: self._network.n_in, doc="Number of input features.")
+    n_hidden = property(lambda self: self._network.hidden[0], doc="Number of hidden units.")
+    n_out = property(lambda self: self._network.n_out, doc="Number of classes.")
+    dtype = property(lambda self: self._network.dtype, doc="The parameters' dtype.")
+    activation = property(lambda self: self._network.activation, doc="The hidden activation.")
 
-    def _shape_of(self, name):
-        return {
-            "Wh": (self._n_hidden, self._n_in),
-            "bh": (self._n_hidden,),
-            "Wy": (self._n_out, self._n_hidden),
-            "by": (self._n_out,),
-        }[name]
+    @property
+    def loss(self) -> str:
+        """The loss the model was last trained with ("ce" unless trained otherwise)."""
+        return self._network.loss
+
+    @loss.setter
+    def loss(self, name):
+        self._network = self._network.replace(loss=name)
+
+    @property
+    def coefs(self) -> list[np.ndarray]:
+        """Each layer's weights (n_k, n_{k-1}): views into the parameter block."""
+        return list(self._block.coefs)
+
+    @property
+    def intercepts(self) -> list[np.ndarray]:
+        """Each layer's biases (n_k,): views into the parameter block."""
+        return list(self._block.intercepts)
 
     def _set(self, name, value):
         arr = np.asarray(value)
+        target = self._params[name]
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-        if arr.shape != self._shape_of(name):
-            raise ValueError(f"{name} must have shape {self._shape_of(name)}, got {arr.shape}")
-        self._params[name] = np.array(arr, dtype=self._dtype, order="C", copy=True)
+        if arr.shape != target.shape:
+            raise ValueError(f"{name} must have shape {target.shape}, got {arr.shape}")
+        target[...] = arr
 
     Wh = property(
         lambda self: self._params["Wh"], lambda self, v: self._set("Wh", v), doc="Hidden weights, (n_hidden, n_in)."
@@ -134,7 +165,7 @@ class MLP:
 
     @property
     def params(self) -> dict[str, np.ndarray]:
-        """The live parameter arrays, ``{"Wh", "bh", "Wy", "by"}``."""
+        """The live parameter arrays by name, ``{"Wh", "bh", "Wy", "by"}``."""
         return dict(self._params)
 
     def copy(self) -> MLP:
@@ -144,30 +175,33 @@ class MLP:
         return other
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        del state["_training"]
-        state["_params"] = {k: v.copy() for k, v in self._params.items()}
-        return state
+        return {"network": self._network, "params": {k: v.copy() for k, v in self._params.items()}}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._training = threading.Lock()
+        if "network" not in state:  # pickled by fastmlp 0.2: a tanh network
+            wh, wy = state["_params"]["Wh"], state["_params"]["Wy"]
+            net = Network((wh.shape[1], wh.shape[0], wy.shape[0]), "tanh", state.get("loss", "ce"), wh.dtype)
+            state = {"network": net, "params": state["_params"]}
+        self._use(state["network"])
+        for name, value in state["params"].items():
+            self._params[name][...] = value
 
     def __repr__(self):
-        return f"MLP(n_in={self._n_in}, n_hidden={self._n_hidden}, n_out={self._n_out}, dtype={self._dtype.name})"
+        act = "" if self.activation == "tanh" else f", activation={self.activation!r}"
+        return f"MLP(n_in={self.n_in}, n_hidden={self.n_hidden}, n_out={self.n_out}{act}, dtype={self.dtype.name})"
 
     # ---- prediction ----
 
     def logits(self, X: Inputs) -> np.ndarray:
-        """The logits ``Z = tanh(X Wh^T + bh) Wy^T + by``, (n_samples, n_out)."""
-        return self._logits(check_X(X, "X", self._n_in, self._dtype))
+        """The logits ``Z = f(X Wh^T + bh) Wy^T + by``, (n_samples, n_out)."""
+        return self._logits(check_X(X, "X", self.n_in, self.dtype))
 
     def _logits(self, X):
         # X already checked: C-contiguous, the model's dtype, n_in columns
-        out = np.empty((X.shape[0], self._n_out), dtype=self._dtype)
+        out = np.empty((X.shape[0], self.n_out), dtype=self.dtype)
         for start in range(0, X.shape[0], _PREDICT_CHUNK):
             rows = slice(start, start + _PREDICT_CHUNK)
-            out[rows] = ref.forward(self._params, X[rows]).Z
+            out[rows] = ref.forward(self._params, X[rows], self.activation).Z
         return out
 
     def predict_proba(self, X: Inputs) -> np.ndarray:
@@ -181,45 +215,56 @@ class MLP:
     # ---- PyTorch (optional: pip install fastmlp[bench] or any torch) ----
 
     def to_torch(self) -> torch.nn.Sequential:
-        """``torch.nn.Sequential(Linear(n_in, n_hidden), Tanh(), Linear(n_hidden, n_out))``
-        holding copies of these weights, in the model's dtype."""
+        """``torch.nn.Sequential(Linear(n_in, n_hidden), f, Linear(n_hidden, n_out))``
+        holding copies of these weights, in the model's dtype; f is the activation's
+        module (``Tanh``, ``ReLU``, ``Sigmoid`` or ``Identity``)."""
         import torch
 
-        dtype = torch.float32 if self._dtype == np.float32 else torch.float64
+        dtype = torch.float32 if self.dtype == np.float32 else torch.float64
+        act = getattr(torch.nn, tables.activation(self.activation).torch)
         seq = torch.nn.Sequential(
-            torch.nn.Linear(self._n_in, self._n_hidden, dtype=dtype),
-            torch.nn.Tanh(),
-            torch.nn.Linear(self._n_hidden, self._n_out, dtype=dtype),
+            torch.nn.Linear(self.n_in, self.n_hidden, dtype=dtype),
+            act(),
+            torch.nn.Linear(self.n_hidden, self.n_out, dtype=dtype),
         )
         with torch.no_grad():
-            for param, name in zip(seq.parameters(), ref.PARAM_NAMES, strict=True):
+            for param, name in zip(seq.parameters(), self._network.param_names(), strict=True):
                 param.copy_(torch.from_numpy(self._params[name]))
         return seq
 
     @classmethod
     def from_torch(cls, seq: torch.nn.Sequential) -> MLP:
-        """A model with the weights of ``Sequential(Linear, Tanh, Linear)`` (copied)."""
+        """A model with the weights of ``Sequential(Linear, f, Linear)`` (copied), f one
+        of the activations' modules (``Tanh``, ``ReLU``, ``Sigmoid``, ``Identity``)."""
         import torch
 
+        by_module = {getattr(torch.nn, a.torch): a.name for a in tables.ACTIVATIONS.values()}
         layers = list(seq) if isinstance(seq, torch.nn.Sequential) else None
         if (
             layers is None
             or len(layers) != 3
             or not isinstance(layers[0], torch.nn.Linear)
-            or not isinstance(layers[1], torch.nn.Tanh)
+            or type(layers[1]) not in by_module
             or not isinstance(layers[2], torch.nn.Linear)
             or layers[0].bias is None
             or layers[2].bias is None
             or layers[0].out_features != layers[2].in_features
         ):
+            modules = ", ".join(f"{m.__name__}()" for m in by_module)
             raise ValueError(
-                "seq must be torch.nn.Sequential(Linear(n_in, n_hidden), Tanh(), "
-                f"Linear(n_hidden, n_out)) with biases, got {seq!r}"
+                "seq must be torch.nn.Sequential(Linear(n_in, n_hidden), f, Linear(n_hidden, n_out)) with biases, "
+                f"f one of {modules}; got {seq!r}"
             )
         weights = [p.detach().cpu().numpy() for p in seq.parameters()]
         dtype = weights[0].dtype if weights[0].dtype in (np.float32, np.float64) else np.float32
-        model = cls(layers[0].in_features, layers[0].out_features, layers[2].out_features, dtype=dtype)
-        for name, value in zip(ref.PARAM_NAMES, weights, strict=True):
+        model = cls(
+            layers[0].in_features,
+            layers[0].out_features,
+            layers[2].out_features,
+            dtype=dtype,
+            activation=by_module[type(layers[1])],
+        )
+        for name, value in zip(model._network.param_names(), weights, strict=True):
             model._set(name, value)
         return model
 
@@ -230,29 +275,42 @@ class MLP:
         _atomic_savez(path, **self._file_arrays())
 
     def _file_arrays(self):
+        net = self._network
+        layers = dict(zip(net.numbered_names(), self._params.values(), strict=True))
         return dict(
             format_version=np.int64(FORMAT_VERSION),
             fastmlp_version=np.str_(__version__),
-            loss=np.str_(self.loss),
-            **self._params,
+            sizes=np.asarray(net.sizes, dtype=np.int64),
+            activation=np.str_(net.activation),
+            loss=np.str_(net.loss),
+            **layers,
         )
 
     @classmethod
     def load(cls, path: PathLike) -> MLP:
-        """Read a model written by ``save``; rejects truncated, corrupt or foreign files."""
+        """Read a model written by ``save`` (by this fastmlp or by 0.2); rejects
+        truncated, corrupt or foreign files."""
         return cls._from_arrays(_read_npz(path, "model"), os.fspath(path))
 
     @classmethod
     def _from_arrays(cls, data, path):
-        missing = {"format_version", "Wh", "bh", "Wy", "by"} - set(data)
+        if "format_version" not in data:
+            raise ValueError(f"{path!r} is not a fastmlp model file: missing ['format_version']")
+        version = int(data["format_version"])
+        if version == 1:
+            names, sizes_of = ("Wh", "bh", "Wy", "by"), None
+            activation = "tanh"
+        elif version == FORMAT_VERSION:
+            names, sizes_of = Network((1, 1, 2)).numbered_names(), "sizes"
+            activation = str(data["activation"]) if "activation" in data else None
+        else:
+            raise ValueError(
+                f"{path!r} has model format version {version}; this fastmlp reads versions 1 and {FORMAT_VERSION}"
+            )
+        missing = set(names + ((sizes_of, "activation") if sizes_of else ())) - set(data)
         if missing:
             raise ValueError(f"{path!r} is not a fastmlp model file: missing {sorted(missing)}")
-        version = int(data["format_version"])
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"{path!r} has model format version {version}; this fastmlp reads version {FORMAT_VERSION}"
-            )
-        Wh, bh, Wy, by = (data[k] for k in ref.PARAM_NAMES)
+        Wh, bh, Wy, by = (data[k] for k in names)
         if (
             Wh.ndim != 2
             or Wy.ndim != 2
@@ -261,19 +319,27 @@ class MLP:
             or by.shape != Wy.shape[:1]
         ):
             raise ValueError(
-                f"{path!r} has inconsistent parameter shapes: Wh {Wh.shape}, bh {bh.shape}, "
-                f"Wy {Wy.shape}, by {by.shape}"
+                f"{path!r} has inconsistent parameter shapes: {names[0]} {Wh.shape}, {names[1]} {bh.shape}, "
+                f"{names[2]} {Wy.shape}, {names[3]} {by.shape}"
             )
+        sizes = (Wh.shape[1], Wh.shape[0], Wy.shape[0])
+        if sizes_of and tuple(np.asarray(data[sizes_of]).tolist()) != sizes:
+            raise ValueError(f"{path!r} records sizes {data[sizes_of].tolist()} but holds weights of sizes {sizes}")
         dtypes = {a.dtype for a in (Wh, bh, Wy, by)}
         if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64):
             raise ValueError(f"{path!r} parameters must all be float32 or all float64")
-        model = cls(Wh.shape[1], Wh.shape[0], Wy.shape[0], dtype=Wh.dtype)
-        for name, value in zip(ref.PARAM_NAMES, (Wh, bh, Wy, by), strict=True):
+        if activation not in tables.ACTIVATIONS:
+            raise ValueError(
+                f"{path!r} names an unknown activation {activation!r}; expected one of {tuple(tables.ACTIVATIONS)}"
+            )
+        model = cls(*sizes, dtype=Wh.dtype, activation=activation)
+        for name, value in zip(model._network.param_names(), (Wh, bh, Wy, by), strict=True):
             model._set(name, value)
         if "loss" in data:
-            model.loss = str(data["loss"])
-            if model.loss not in ref.LOSSES:
-                raise ValueError(f"{path!r} names an unknown loss {model.loss!r}; expected one of {ref.LOSSES}")
+            loss = str(data["loss"])
+            if loss not in tables.LOSSES:
+                raise ValueError(f"{path!r} names an unknown loss {loss!r}; expected one of {tuple(tables.LOSSES)}")
+            model.loss = loss
         return model
 
 

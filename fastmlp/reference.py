@@ -3,15 +3,16 @@
 Readable first, fast never. Per example (column vectors), with a mini-batch
 averaging over its rows::
 
-    h~ = Wh x + bh          h  = tanh(h~)
+    h~ = Wh x + bh          h  = f(h~)        f: the hidden activation
     y~ = Wy h + by          y^ = softmax(y~)
     ce : l = -sum_i y_i log y^_i = log sum_j exp(y~_j) - y~_label
     mse: l = 0.5 * sum_i (y^_i - y_i)^2
 
-Arrays hold one example per row, so in batch form ``H = tanh(X Wh^T + bh)`` and
+Arrays hold one example per row, so in batch form ``H = f(X Wh^T + bh)`` and
 ``Z = H Wy^T + by``. Shapes follow the out-by-in convention of
 ``torch.nn.Linear``: Wh (n_hidden, n_in), bh (n_hidden,), Wy (n_out, n_hidden),
-by (n_out,).
+by (n_out,). The activations, losses and the SGD step are the rows of
+``fastmlp.tables``; the activation is "tanh" unless said otherwise.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from . import tables
 from ._typing import Params
 
 __all__ = [
+    "ACTIVATIONS",
     "LOSSES",
     "INITS",
     "PARAM_NAMES",
@@ -47,7 +50,8 @@ __all__ = [
     "row_losses",
 ]
 
-LOSSES = ("ce", "mse")
+ACTIVATIONS = tuple(tables.ACTIVATIONS)
+LOSSES = tuple(tables.LOSSES)
 INITS = ("xavier", "normal")
 PARAM_NAMES = ("Wh", "bh", "Wy", "by")
 WEIGHT_NAMES = ("Wh", "Wy")  # the parameters weight decay applies to (not the biases)
@@ -57,7 +61,7 @@ class Outputs(NamedTuple):
     """Everything the forward pass computes that the backward pass needs."""
 
     X: np.ndarray  # (B, n_in) inputs
-    H: np.ndarray  # (B, n_hidden) hidden activations tanh(h~)
+    H: np.ndarray  # (B, n_hidden) hidden activations f(h~)
     Z: np.ndarray  # (B, n_out) logits y~
     Y_hat: np.ndarray  # (B, n_out) softmax(y~)
 
@@ -99,21 +103,17 @@ def init_params(
 
 def log_softmax(Z: np.ndarray) -> np.ndarray:
     """log softmax(Z) per row, stable: Z - max - log sum exp(Z - max)."""
-    Zs = Z - Z.max(axis=1, keepdims=True)
-    return Zs - np.log(np.exp(Zs).sum(axis=1, keepdims=True))
+    return tables._log_softmax(Z)
 
 
 def softmax(Z: np.ndarray) -> np.ndarray:
     """softmax(Z)_i = exp(Z_i - max Z) / sum_j exp(Z_j - max Z), per row."""
-    E = np.exp(Z - Z.max(axis=1, keepdims=True))
-    return E / E.sum(axis=1, keepdims=True)
+    return tables._softmax(Z)
 
 
 def one_hot(labels: npt.ArrayLike, n_out: int, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
     """(B,) integer labels -> (B, n_out) rows with a single 1."""
-    Y = np.zeros((len(labels), n_out), dtype=dtype)
-    Y[np.arange(len(labels)), labels] = 1
-    return Y
+    return tables._one_hot(labels, n_out, dtype)
 
 
 def as_labels(y: npt.ArrayLike) -> np.ndarray:
@@ -122,9 +122,9 @@ def as_labels(y: npt.ArrayLike) -> np.ndarray:
     return y.argmax(axis=1) if y.ndim == 2 else y.astype(np.intp, copy=False)
 
 
-def hidden_layer(X: np.ndarray, Wh: np.ndarray, bh: np.ndarray) -> np.ndarray:
-    """``H = tanh(X Wh^T + bh)``."""
-    return np.tanh(X @ Wh.T + bh)
+def hidden_layer(X: np.ndarray, Wh: np.ndarray, bh: np.ndarray, activation: str = "tanh") -> np.ndarray:
+    """``H = f(X Wh^T + bh)``, f the ``activation``."""
+    return tables.activation(activation).f(X @ Wh.T + bh)
 
 
 def output_layer(H: np.ndarray, Wy: np.ndarray, by: np.ndarray) -> np.ndarray:
@@ -132,8 +132,8 @@ def output_layer(H: np.ndarray, Wy: np.ndarray, by: np.ndarray) -> np.ndarray:
     return H @ Wy.T + by
 
 
-def forward(params: Params, X: np.ndarray) -> Outputs:
-    """Forward pass: ``H = tanh(X Wh^T + bh)``, ``Z = H Wy^T + by``, ``Y_hat = softmax(Z)``.
+def forward(params: Params, X: np.ndarray, activation: str = "tanh") -> Outputs:
+    """Forward pass: ``H = f(X Wh^T + bh)``, ``Z = H Wy^T + by``, ``Y_hat = softmax(Z)``.
 
     Returns
     -------
@@ -151,7 +151,7 @@ def forward(params: Params, X: np.ndarray) -> Outputs:
     >>> sorted(grads), grads["Wh"].shape
     (['Wh', 'Wy', 'bh', 'by'], (3, 2))
     """
-    H = hidden_layer(X, params["Wh"], params["bh"])
+    H = hidden_layer(X, params["Wh"], params["bh"], activation)
     Z = output_layer(H, params["Wy"], params["by"])
     return Outputs(X, H, Z, softmax(Z))
 
@@ -172,19 +172,16 @@ def loss_accuracy(
     the lowest class index, as ``np.argmax`` does.
     """
     labels = as_labels(y)
-    rows = np.arange(len(labels))
+    row = tables.loss(loss)
     scores = y_hat if logits is None else logits
     accuracy = float(np.mean(scores.argmax(axis=1) == labels))
-    if loss == "ce":
-        if logits is not None:
-            nll = -log_softmax(logits)[rows, labels]
-        else:
-            nll = -np.log(np.maximum(y_hat[rows, labels], np.finfo(y_hat.dtype).tiny))
+    if logits is None and loss == "ce":
+        nll = -np.log(np.maximum(y_hat[np.arange(len(labels)), labels], np.finfo(y_hat.dtype).tiny))
         return float(np.mean(nll)), accuracy
-    if loss == "mse":
+    if logits is None:
         diff = y_hat - one_hot(labels, y_hat.shape[1], y_hat.dtype)
         return float(np.mean(0.5 * np.sum(diff * diff, axis=1))), accuracy
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return float(np.mean(row.rows(logits, labels))), accuracy
 
 
 def output_delta(y_hat: np.ndarray, y: np.ndarray, loss: str = "ce") -> np.ndarray:
@@ -196,42 +193,43 @@ def output_delta(y_hat: np.ndarray, y: np.ndarray, loss: str = "ce") -> np.ndarr
         ``J^T (y^ - y)`` with the softmax Jacobian ``J = diag(y^) - y^ y^T``, which
         is symmetric, so ``y^ * (g - sum(y^ * g))`` with ``g = y^ - y``.
     """
-    labels = as_labels(y)
-    g = y_hat - one_hot(labels, y_hat.shape[1], y_hat.dtype)
-    if loss == "ce":
-        return g
-    if loss == "mse":
-        return y_hat * (g - np.sum(y_hat * g, axis=1, keepdims=True))
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return tables.loss(loss).delta(y_hat, as_labels(y))
 
 
 def backward(
-    params: Params, outputs: Outputs, y: np.ndarray, loss: str = "ce", weights: np.ndarray | None = None
+    params: Params,
+    outputs: Outputs,
+    y: np.ndarray,
+    loss: str = "ce",
+    weights: np.ndarray | None = None,
+    activation: str = "tanh",
 ) -> dict[str, np.ndarray]:
     """Gradients of the batch-mean loss, by hand.
 
     ``dZ = dl/dy~ / B``; ``dWy = dZ^T H``, ``dby = sum_rows dZ``;
-    ``dH~ = (dZ Wy) * (1 - H*H)``; ``dWh = dH~^T X``, ``dbh = sum_rows dH~``.
+    ``dH~ = (dZ Wy) * f'(H)``; ``dWh = dH~^T X``, ``dbh = sum_rows dH~``, with
+    f' the derivative of the ``activation`` written from its output (tanh: 1 - H*H).
     With sample ``weights`` the batch mean is weighted: row b's dl/dy~ is scaled
     by ``w_b / sum(w)`` instead of ``1 / B`` (no update where the weights sum to 0).
     """
     X, H, _, Y_hat = outputs
-    return param_grads(X, H, *_deltas(params, H, output_delta(Y_hat, y, loss), weights))
+    return param_grads(X, H, *_deltas(params, H, output_delta(Y_hat, y, loss), weights, activation))
 
 
-def _deltas(params, H, delta, weights):
+def _deltas(params, H, delta, weights, activation):
     """(dZ, dH~) from the output deltas: the (weighted) batch mean's share of each row."""
     if weights is None:
         dZ = delta / H.shape[0]
     else:
         total = weights.sum()
         dZ = delta * (weights / total if total > 0 else np.zeros_like(weights))[:, None].astype(delta.dtype)
-    return dZ, hidden_delta(params["Wy"], H, dZ)
+    return dZ, hidden_delta(params["Wy"], H, dZ, activation)
 
 
-def hidden_delta(Wy: np.ndarray, H: np.ndarray, dZ: np.ndarray) -> np.ndarray:
-    """``dH~ = (dZ Wy) * (1 - H*H)``: the error at the hidden pre-activations."""
-    return (dZ @ Wy) * (1 - H * H)
+def hidden_delta(Wy: np.ndarray, H: np.ndarray, dZ: np.ndarray, activation: str = "tanh") -> np.ndarray:
+    """``dH~ = (dZ Wy) * f'(H)``: the error at the hidden pre-activations, from the
+    stored activations H (tanh: ``1 - H*H``)."""
+    return (dZ @ Wy) * tables.activation(activation).df(H)
 
 
 def param_grads(X: np.ndarray, H: np.ndarray, dZ: np.ndarray, dH: np.ndarray) -> dict[str, np.ndarray]:
@@ -260,15 +258,11 @@ def sgd_step(
     (``velocity``, a dict of arrays like ``params``, starts at zero) and
     ``p <- p - lr * v``, or ``p <- p - lr * (g + momentum * v)`` with ``nesterov``.
     """
+    step = tables.optimizer("sgd").step
     for name in PARAM_NAMES:
-        p = params[name]
-        g = grads[name] + weight_decay * p if name in WEIGHT_NAMES and weight_decay else grads[name]
-        if momentum:
-            v = velocity[name]
-            v *= momentum
-            v += g
-            g = g + momentum * v if nesterov else v
-        p -= (lr * g).astype(p.dtype, copy=False)
+        decay = weight_decay if name in WEIGHT_NAMES else 0.0
+        v = velocity[name] if momentum else None
+        step(params[name], grads[name], v, lr, momentum=momentum, nesterov=nesterov, decay=decay)
     return params
 
 
@@ -286,6 +280,7 @@ def train_epoch(
     velocity: dict[str, np.ndarray] | None = None,
     weights: np.ndarray | None = None,
     decay_by_weight_sum: bool = False,
+    activation: str = "tanh",
 ) -> tuple[float, float]:
     """One epoch of mini-batch SGD over ``X[perm]``, in place.
 
@@ -297,14 +292,14 @@ def train_epoch(
     ``velocity`` as in ``sgd_step``; with ``decay_by_weight_sum`` the decay of a
     batch is ``weight_decay / (sum of its weights)`` (scikit-learn's ``alpha``).
     X may be a scipy.sparse CSR matrix: the same arithmetic, through scipy's
-    products.
+    products. ``activation`` is the hidden activation (a name of ``ACTIVATIONS``).
     """
     loss_sum, correct = 0.0, 0
     for start in range(0, len(perm), batch_size):
         idx = perm[start : start + batch_size]
         Xb, yb = X[idx], labels[idx]
         wb = None if weights is None else weights[idx]
-        out = forward(params, Xb)
+        out = forward(params, Xb, activation)
         if wb is None:
             batch_loss, batch_acc = loss_accuracy(out.Y_hat, yb, loss, logits=out.Z)
             loss_sum += batch_loss * len(idx)
@@ -317,18 +312,13 @@ def train_epoch(
         if decay_by_weight_sum and weight_decay:
             total = len(idx) if wb is None else float(wb.sum())
             decay = weight_decay / total if total > 0 else 0.0
-        sgd_step(params, backward(params, out, yb, loss, wb), lr, momentum, nesterov, decay, velocity)
+        grads = backward(params, out, yb, loss, wb, activation)
+        sgd_step(params, grads, lr, momentum, nesterov, decay, velocity)
     return loss_sum, correct
 
 
 def row_losses(outputs: Outputs, y: np.ndarray, loss: str = "ce") -> tuple[np.ndarray, np.ndarray]:
     """(loss of each row, 1.0 where its argmax is the label else 0.0)."""
     labels = as_labels(y)
-    rows = np.arange(len(labels))
     correct = (outputs.Z.argmax(axis=1) == labels).astype(np.float64)
-    if loss == "ce":
-        return -log_softmax(outputs.Z)[rows, labels].astype(np.float64), correct
-    if loss == "mse":
-        diff = outputs.Y_hat - one_hot(labels, outputs.Y_hat.shape[1], outputs.Y_hat.dtype)
-        return (0.5 * np.sum(diff * diff, axis=1)).astype(np.float64), correct
-    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    return tables.loss(loss).rows(outputs.Z, labels).astype(np.float64), correct

@@ -128,7 +128,7 @@ class DivergenceError(FloatingPointError):
         )
 
 
-CHECKPOINT_VERSION = 2  # 2: with the momentum buffers and the optimizer settings
+CHECKPOINT_VERSION = 3  # 2: with the momentum buffers and the optimizer settings; 3: model format 2
 # The per-epoch lists of a History, as a checkpoint stores them.
 _HISTORY_SERIES = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
@@ -402,7 +402,8 @@ class _Training:
         self.rng = np.random.default_rng(seed)
         self.epoch = 0
         self.history = History(backend=self.backend)
-        self.velocity = {k: np.zeros_like(v) for k, v in model.params.items()} if momentum else None
+        # the momentum buffers: a block of the parameters' layout
+        self.velocity = model.network.named(model.network.block()) if momentum else None
         self.runner = None
 
     def restore(self, state):
@@ -411,7 +412,7 @@ class _Training:
         self.rng.bit_generator.state = state["rng"]
         for key, values in state["history"].items():
             getattr(self.history, key).extend(values)
-        for k in ref.PARAM_NAMES:
+        for k in self.model.network.param_names():
             self.model.params[k][...] = state["params"][k]
             if self.velocity is not None:
                 self.velocity[k][...] = state["velocity"][k]
@@ -435,6 +436,7 @@ class _Training:
                 self.labels,
                 batch_size=self.batch_size,
                 loss=self.loss,
+                activation=self.model.activation,
                 n_threads=self.n_threads,
                 weights=self.weights,
                 velocity=self.velocity,
@@ -496,9 +498,26 @@ def _write_checkpoint(path, training, settings):
         rng_state=np.str_(json.dumps(training.rng.bit_generator.state)),
         settings=np.str_(json.dumps(settings)),
         **{f"history_{k}": np.asarray(getattr(training.history, k), dtype=np.float64) for k in _HISTORY_SERIES},
-        **({f"velocity_{k}": v for k, v in training.velocity.items()} if training.velocity is not None else {}),
+        **_velocity_arrays(training),
     )
     _atomic_savez(path, **arrays)
+
+
+def _velocity_arrays(training):
+    """The momentum buffers as a checkpoint stores them: velocity_W1, velocity_b1, ...,
+    named as the model file names the parameters."""
+    if training.velocity is None:
+        return {}
+    names = training.model.network.numbered_names()
+    return {f"velocity_{k}": v for k, v in zip(names, training.velocity.values(), strict=True)}
+
+
+def _read_velocity(data, version, model):
+    """The momentum buffers of a checkpoint by parameter name (version 2 named them
+    as the parameters, Wh, bh, Wy, by)."""
+    names = model.network.param_names()
+    stored = names if version == 2 else model.network.numbered_names()
+    return {k: data[f"velocity_{s}"] for k, s in zip(names, stored, strict=True) if f"velocity_{s}" in data}
 
 
 def _read_checkpoint(path, model, settings):
@@ -507,13 +526,13 @@ def _read_checkpoint(path, model, settings):
     data = _read_npz(path, "checkpoint")
     if "checkpoint_version" not in data:
         raise ValueError(f"resume: {path!r} is not a fastmlp checkpoint (a model file has no training state)")
-    if int(data["checkpoint_version"]) != CHECKPOINT_VERSION:
+    version = int(data["checkpoint_version"])
+    if version not in (2, CHECKPOINT_VERSION):
         raise ValueError(
-            f"resume: {path!r} has checkpoint version {int(data['checkpoint_version'])}, "
-            f"this fastmlp reads version {CHECKPOINT_VERSION}"
+            f"resume: {path!r} has checkpoint version {version}, this fastmlp reads versions 2 and {CHECKPOINT_VERSION}"
         )
     saved = MLP._from_arrays(data, path)
-    if (saved.n_in, saved.n_hidden, saved.n_out, saved.dtype) != (model.n_in, model.n_hidden, model.n_out, model.dtype):
+    if saved.network.replace(loss="ce") != model.network.replace(loss="ce"):
         raise ValueError(f"resume: {path!r} holds a {saved!r}, the model is a {model!r}")
     old = json.loads(str(data["settings"]))
     differ = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
@@ -526,7 +545,7 @@ def _read_checkpoint(path, model, settings):
         epoch=int(data["epochs_done"]),
         rng=json.loads(str(data["rng_state"])),
         params=saved.params,
-        velocity={k: data[f"velocity_{k}"] for k in ref.PARAM_NAMES if f"velocity_{k}" in data},
+        velocity=_read_velocity(data, version, model),
         history={k: data[f"history_{k}"].tolist() for k in _HISTORY_SERIES},
     )
 

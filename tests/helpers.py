@@ -4,6 +4,8 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
+from allpairspy import AllPairs
 
 import fastmlp
 
@@ -15,6 +17,26 @@ MNIST_DIR = Path(os.environ.get("FASTMLP_MNIST_DIR", ROOT.parent / "shared" / "d
 BACKENDS = fastmlp.available_backends()
 COMPILED = [b for b in BACKENDS if b != "numpy"]
 DTYPES = [np.float32, np.float64]
+ACTIVATIONS = list(fastmlp.tables.ACTIVATIONS)
+LOSSES = list(fastmlp.tables.LOSSES)
+
+
+def pairwise(**dims):
+    """``pytest.mark.parametrize`` over rows that hold every pair of values of any
+    two of the dimensions (allpairspy), instead of every product: the matrix of
+    activations x paths x backends x dtypes x losses grows by a sum, not a product.
+    Each row's id names its values."""
+    names = list(dims)
+    rows = [tuple(row) for row in AllPairs([list(v) for v in dims.values()])]
+    return pytest.mark.parametrize(",".join(names), rows, ids=["-".join(map(_id, row)) for row in rows])
+
+
+def _id(value):
+    if isinstance(value, tuple):
+        return "/".join(map(_id, value))
+    if isinstance(value, type):
+        return value.__name__
+    return str(value)
 
 
 def random_problem(n, n_in, n_hidden, n_out, dtype, seed=0, sparse=False):

@@ -1,8 +1,10 @@
 """The public API: semantics users rely on, on every backend."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from helpers import BACKENDS, DTYPES, random_problem
+from helpers import ACTIVATIONS, BACKENDS, DTYPES, random_problem
 
 import fastmlp
 from fastmlp import reference as ref
@@ -165,19 +167,32 @@ def test_auto_backend_is_a_compiled_one_when_available():
     assert hist.backend in fastmlp.available_backends() and hist.backend != "numpy"
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_save_load_round_trip(tmp_path, dtype):
-    m = fastmlp.MLP(6, 5, 4, dtype=dtype, seed=3)
+def test_save_load_round_trip(tmp_path, dtype, activation):
+    m = fastmlp.MLP(6, 5, 4, dtype=dtype, seed=3, activation=activation)
     X, y, _ = random_problem(20, 6, 5, 4, np.float64)
     fastmlp.train(m, X, y, epochs=1, loss="mse", backend="numpy")
     path = tmp_path / "model.npz"
     m.save(path)
     m2 = fastmlp.MLP.load(path)
     assert (m2.n_in, m2.n_hidden, m2.n_out, m2.dtype, m2.loss) == (6, 5, 4, np.dtype(dtype), "mse")
+    assert m2.activation == activation
     for k in ref.PARAM_NAMES:
         np.testing.assert_array_equal(m2.params[k], m.params[k])
     np.testing.assert_array_equal(m2.predict_proba(X), m.predict_proba(X))
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temporary left behind
+
+
+def test_model_files_written_by_fastmlp_0_2_0_load_and_predict_the_same():
+    """tests/data/model-0.2.0.npz: a 2-7-2 tanh network trained by fastmlp 0.2.0
+    (model format 1) with the squared error, float64; beside it the class
+    probabilities 0.2.0 predicted for datasets.circles(20, noise=0.1, seed=5)."""
+    data = Path(__file__).parent / "data"
+    m = fastmlp.MLP.load(data / "model-0.2.0.npz")
+    assert (m.n_in, m.n_hidden, m.n_out, m.dtype, m.activation, m.loss) == (2, 7, 2, np.float64, "tanh", "mse")
+    X, _ = fastmlp.datasets.circles(20, noise=0.1, seed=5)
+    np.testing.assert_array_equal(m.predict_proba(X), np.load(data / "model-0.2.0-proba.npy"))
 
 
 def test_load_rejects_garbage_and_truncated_files(tmp_path):

@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import BACKENDS, DTYPES, random_problem
+from helpers import ACTIVATIONS, BACKENDS, DTYPES, pairwise, random_problem
 
-from fastmlp import backends
+from fastmlp import backends, tables
 from fastmlp import reference as ref
 from fastmlp._kernels import _np, epochs
 
@@ -32,13 +32,18 @@ def kern(request):
     return backends.kernels(request.param)
 
 
+def act(name):
+    return tables.activation(name).code
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_forward_hidden_and_logits(kern, dtype, shape):
+def test_forward_hidden_and_logits(kern, dtype, shape, activation):
     X, _, p = random_problem(*shape, dtype)
-    H = kern.forward_hidden(X, p["Wh"], p["bh"])
+    H = kern.forward_hidden(X, p["Wh"], p["bh"], act(activation))
     Z = kern.forward_logits(H, p["Wy"], p["by"])
-    out = ref.forward(p, X)
+    out = ref.forward(p, X, activation)
     assert H.dtype == dtype and Z.dtype == dtype
     np.testing.assert_allclose(H, out.H, **tol(dtype))
     np.testing.assert_allclose(Z, ref.output_layer(H, p["Wy"], p["by"]), **tol(dtype))
@@ -87,17 +92,18 @@ def test_softmax_gradient_is_accurate_down_to_underflow(kern, dtype):
     np.testing.assert_allclose(loss_sum, expected, rtol=4 * np.finfo(dtype).eps)
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_backward_update(kern, dtype, shape):
+def test_backward_update(kern, dtype, shape, activation):
     X, y, p = random_problem(*shape, dtype, seed=5)
-    out = ref.forward(p, X)
+    out = ref.forward(p, X, activation)
     dZ = (ref.output_delta(out.Y_hat, y) / len(X)).astype(dtype)
     dZ_before = dZ.copy()
     expected = {k: v.copy() for k, v in p.items()}
-    dH_expected = ref.hidden_delta(p["Wy"], out.H, dZ)  # from Wy before the step
+    dH_expected = ref.hidden_delta(p["Wy"], out.H, dZ, activation)  # from Wy before the step
     ref.sgd_step(expected, ref.param_grads(X, out.H, dZ, dH_expected), 0.3)
-    dH = kern.backward_update(X, out.H, dZ, epochs.Params(**p), 0.3)
+    dH = kern.backward_update(X, out.H, dZ, epochs.Params(**p), 0.3, act(activation))
     np.testing.assert_allclose(dH, dH_expected, **tol(dtype))
     np.testing.assert_array_equal(dZ, dZ_before)
     for k in ref.PARAM_NAMES:
@@ -112,12 +118,11 @@ def kernel_inputs():
     ]
 
 
-@pytest.mark.parametrize("backend,path,inputs", kernel_inputs())
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    "shape,batch",
-    [
+@pairwise(
+    kernel=kernel_inputs(),
+    loss=LOSSES,
+    dtype=DTYPES,
+    shape_batch=[
         ((1, 1, 1, 2), 1),
         ((7, 3, 4, 2), 3),
         ((7, 3, 4, 2), 50),
@@ -126,17 +131,21 @@ def kernel_inputs():
         ((64, 784, 100, 10), 16),
         ((30, 9, 150, 3), 4),
     ],
+    activation=ACTIVATIONS,
 )
-def test_train_epoch_matches_reference(backend, path, inputs, loss, dtype, shape, batch):
+def test_train_epoch_matches_reference(kernel, loss, dtype, shape_batch, activation):
+    """Every backend, path and kind of input against the reference, with every pair of
+    them, the losses, dtypes, shapes and batch sizes, and the activations."""
     import scipy.sparse as sp
 
+    (backend, path, inputs), (shape, batch) = kernel, shape_batch
     kern = backends.kernels(backend)
     X, y, p = random_problem(*shape, dtype, seed=7, sparse=inputs != "dense")
     expected = {k: v.copy() for k, v in p.items()}
     perm = np.random.default_rng(0).permutation(len(X))
-    r_loss, r_correct = ref.train_epoch(expected, X, y, perm, batch, 0.05, loss)
+    r_loss, r_correct = ref.train_epoch(expected, X, y, perm, batch, 0.05, loss, activation=activation)
     k_loss, k_correct = epochs.train_epoch(
-        kern, sp.csr_matrix(X) if inputs == "csr" else X, y, perm, p, 0.05, batch, loss, path
+        kern, sp.csr_matrix(X) if inputs == "csr" else X, y, perm, p, 0.05, batch, loss, path, activation=activation
     )
     assert k_correct == r_correct
     np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
@@ -144,17 +153,17 @@ def test_train_epoch_matches_reference(backend, path, inputs, loss, dtype, shape
         np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
 
 
-@pytest.mark.parametrize("backend,path", kernel_paths())
-@pytest.mark.parametrize("loss", LOSSES)
-def test_200_steps_match_reference_float64(backend, path, loss):
+@pairwise(kernel=kernel_paths(), loss=LOSSES, activation=ACTIVATIONS)
+def test_200_steps_match_reference_float64(kernel, loss, activation):
     """200 steps in order (shuffle=False): errors must not accumulate."""
+    backend, path = kernel
     X, y, p = random_problem(400, 20, 16, 4, np.float64, seed=11)
     expected = {k: v.copy() for k, v in p.items()}
     perm = np.arange(len(X), dtype=np.intp)
     kern = backends.kernels(backend)
     for _ in range(2):  # 2 epochs x 100 batches of 4
-        ref.train_epoch(expected, X, y, perm, 4, 0.2, loss)
-        epochs.train_epoch(kern, X, y, perm, p, 0.2, 4, loss, path)
+        ref.train_epoch(expected, X, y, perm, 4, 0.2, loss, activation=activation)
+        epochs.train_epoch(kern, X, y, perm, p, 0.2, 4, loss, path, activation=activation)
     for k in ref.PARAM_NAMES:
         np.testing.assert_allclose(p[k], expected[k], rtol=1e-8, atol=1e-12)
 
@@ -173,19 +182,43 @@ def test_tanh_float32_error_over_the_whole_float_range(kern):
             np.float32([0.0, -0.0, np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45]),
         ]
     )
-    t = kern.tanh(x)
+    t = kern.activation(x, act("tanh"))
     assert t.dtype == np.float32
     err = np.abs(t.astype(np.float64) - np.tanh(x.astype(np.float64)))
     assert err.max() <= 1e-6, x[err.argmax()]
-    assert np.isnan(kern.tanh(np.float32([np.nan]))).all()
+    assert np.isnan(kern.activation(np.float32([np.nan]), act("tanh"))).all()
 
 
 def test_tanh_float64_error(kern):
     x = np.concatenate([np.linspace(-40, 40, 1_000_001), np.logspace(-300, 2, 10_000)])
     x = np.concatenate([x, -x, [np.inf, -np.inf, 0.0]])
-    t = kern.tanh(x)
+    t = kern.activation(x, act("tanh"))
     assert t.dtype == np.float64
     assert np.abs(t - np.tanh(x)).max() <= 1e-12
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_logistic_error_over_the_whole_range(kern, dtype):
+    """The kernels' logistic (exp in float64 arithmetic, rounded once) within a few
+    units in the last place of float64's expit, from where it underflows (within the
+    smallest normal number there) to where it rounds to 1, and NaN stays NaN."""
+    from scipy.special import expit
+
+    x = np.concatenate([np.linspace(-800, 800, 400_001), np.logspace(-30, 2.9, 10_000)])
+    x = np.concatenate([x, -x, [np.inf, -np.inf, 0.0]]).astype(dtype)
+    y = kern.activation(x, act("logistic"))
+    assert y.dtype == dtype
+    exact = expit(x.astype(np.float64))
+    bad = np.abs(y - exact) > 4 * np.finfo(dtype).eps * exact + np.finfo(dtype).tiny
+    assert not bad.any(), x[bad][:5]
+    assert np.isnan(kern.activation(np.array([np.nan], dtype), act("logistic"))).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_relu_is_exact_and_keeps_nan(kern, dtype):
+    x = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.25, np.inf, np.nan], dtype)
+    y = kern.activation(x, act("relu"))
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -254,30 +287,49 @@ def test_blas_kernel_detection_follows_openblas():
     assert epochs.blas_has_avx512_kernels() is bool(kernels & {"skylakex", "cooperlake", "sapphirerapids"})
 
 
-def test_the_loss_table_is_the_reference_losses_and_the_c_codes():
-    assert tuple(epochs.LOSS_CODES) == ref.LOSSES
+def test_the_compiled_tables_are_the_python_tables():
+    """Each compiled backend has an op for exactly the rows of fastmlp.tables, under
+    their codes: the C tables name them (_fused.h), Numba's are dicts of ops."""
+    acts = {row.code: name for name, row in tables.ACTIVATIONS.items()}
+    losses = {row.code: name for name, row in tables.LOSSES.items()}
+    assert tuple(acts.values()) == ref.ACTIVATIONS and tuple(losses.values()) == ref.LOSSES
     if "cython" in BACKENDS:
-        assert backends.kernels("cython").C_LOSS_CODES == epochs.LOSS_CODES
+        assert backends.kernels("cython").c_codes() == (acts, losses)
+    if "numba" in BACKENDS:
+        nb = backends.kernels("numba")
+        assert set(nb.ACTIVATION_OPS) == set(acts) and set(nb.LOSS_OPS) == set(losses)
 
 
-UNKNOWN_LOSS = max(epochs.LOSS_CODES.values()) + 1
+UNKNOWN_LOSS = max(row.code for row in tables.LOSSES.values()) + 1
+UNKNOWN_ACT = max(row.code for row in tables.ACTIVATIONS.values()) + 1
 
 
 @pytest.mark.parametrize("backend,path", kernel_paths())
-def test_an_unknown_loss_code_raises_in_every_primitive(backend, path):
+def test_an_unknown_code_raises_in_every_primitive(backend, path):
     kern = backends.kernels(backend)
     X, y, p = random_problem(12, 5, 4, 3, np.float64, seed=3, sparse=True)
     before = {k: v.copy() for k, v in p.items()}
     with pytest.raises(ValueError, match="loss code"):
         kern.loss_grad(ref.forward(p, X).Z, y, UNKNOWN_LOSS)
+    for call in (
+        lambda: kern.activation(X[0], UNKNOWN_ACT),
+        lambda: kern.forward_hidden(X, p["Wh"], p["bh"], UNKNOWN_ACT),
+        lambda: kern.backward_update(X, ref.forward(p, X).H, np.zeros((12, 3)), epochs.Params(**p), 0.1, UNKNOWN_ACT),
+    ):
+        with pytest.raises(ValueError, match="activation code"):
+            call()
     runner = epochs.EpochRunner(kern, p, X, y, batch_size=4, path=path)
-    runner.loss = UNKNOWN_LOSS  # past the driver's own check, straight to the primitive
-    with pytest.raises(ValueError, match="loss code"):
-        runner.run(np.arange(12), 0.1)
+    unknown = ((epochs.Codes(0, UNKNOWN_LOSS), "loss code"), (epochs.Codes(UNKNOWN_ACT, 0), "activation code"))
+    for codes, what in unknown:
+        runner.codes = codes  # past the driver's own check, straight to the primitive
+        with pytest.raises(ValueError, match=what):
+            runner.run(np.arange(12), 0.1)
     for k in ref.PARAM_NAMES:  # rejected before any step
         np.testing.assert_array_equal(p[k], before[k])
     with pytest.raises(ValueError, match="loss must be one of"):
         epochs.loss_code("hinge")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        epochs.codes("softplus")
 
 
 # ---- large batches on the sparse path, taken in chunks with their gradient summed ----
@@ -313,10 +365,9 @@ def _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w,
     (on ``expected`` and ``ve``) over the same shuffle: the same loss, accuracy,
     parameters and velocities."""
     perm = np.random.default_rng(2).permutation(len(y))
+    assert runner.codes.loss == epochs.loss_code(loss)
     for _ in range(2):
-        r_loss, r_correct = _np.reference_epoch(
-            epochs.Params(**expected), X, y, w, perm, batch, opt, epochs.loss_code(loss), ve
-        )
+        r_loss, r_correct = _np.reference_epoch(epochs.Params(**expected), X, y, w, perm, batch, opt, runner.codes, ve)
         k_loss, k_correct = runner.epoch(perm, opt)
     np.testing.assert_allclose(k_correct, r_correct, rtol=1e-6)  # weighted counts with weights
     np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
@@ -326,19 +377,25 @@ def _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w,
             np.testing.assert_allclose(v[k], ve[k], **tol(dtype))
 
 
-@pytest.mark.parametrize("inputs", ["dense", "csr"])
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    "momentum,nesterov,decay,weighted", [(0.0, False, 0.0, False), (0.9, True, 1e-2, True), (0.5, False, 0.1, False)]
+# momentum, nesterov, decay, weighted
+SGD_OPTIONS = [(0.0, False, 0.0, False), (0.9, True, 1e-2, True), (0.5, False, 0.1, False)]
+
+
+@pairwise(
+    backend=CHUNKING_BACKENDS,
+    inputs=["dense", "csr"],
+    loss=LOSSES,
+    dtype=DTYPES,
+    options=SGD_OPTIONS,
+    chunk_batch=[(1, 40), (7, 40), (7, 100), (64, 100)],
+    activation=ACTIVATIONS,
 )
-@pytest.mark.parametrize("chunk,batch", [(1, 40), (7, 40), (7, 100), (64, 100)])
-@pytest.mark.parametrize("backend", CHUNKING_BACKENDS)
 def test_chunked_batches_match_the_reference(
-    monkeypatch, backend, inputs, loss, dtype, momentum, nesterov, decay, weighted, chunk, batch
+    monkeypatch, backend, inputs, loss, dtype, options, chunk_batch, activation
 ):
     import scipy.sparse as sp
 
+    (momentum, nesterov, decay, weighted), (chunk, batch) = options, chunk_batch
     kern = _chunking_kernels(monkeypatch, chunk, backend)
     X, y, p = random_problem(100, 13, 40, 4, dtype, seed=3, sparse=True)
     w = np.random.default_rng(1).random(100).astype(dtype) * 2 if weighted else None
@@ -354,20 +411,20 @@ def test_chunked_batches_match_the_reference(
         path="sparse",
         n_threads=2,
         loss=loss,
+        activation=activation,
         weights=w,
         velocity=v,
     )
-    assert runner.work.G.size > 0 and runner.work.H.shape[1] == min(chunk, batch)
+    assert runner.work.gWhT.size > 0 and runner.work.H.shape[1] == min(chunk, batch)
     opt = epochs.SGD(0.05, momentum, decay, nesterov, weighted)
     _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, batch, opt, loss, dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    "update,batch",
+@pairwise(
+    dtype=DTYPES,
     # chunks of 9 (200: a full batch, its chunks grouped by input); updates grouped
     # by the mask (100: two words of bits)
-    [
+    update_batch=[
         ("chunked", 64),
         ("chunked", 200),
         ("chunked-numba", 64),
@@ -379,8 +436,10 @@ def test_chunked_batches_match_the_reference(
         ("grouped-chunks", 40),
         ("grouped-chunks-numba", 40),
     ],
+    activation=ACTIVATIONS,
 )
-def test_large_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dtype, update, batch):
+def test_large_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dtype, update_batch, activation):
+    update, batch = update_batch
     backend = "numba" if update.endswith("-numba") else "cython"
     update = update.removesuffix("-numba")
     if update == "chunked":
@@ -393,9 +452,11 @@ def test_large_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dty
     results = []
     for n_threads in (1, 2, 3):
         p = {k: v.copy() for k, v in p0.items()}
-        runner = epochs.EpochRunner(kern, p, X, y, batch_size=batch, path="sparse", n_threads=n_threads)
-        assert (runner.work.G if update == "chunked" else runner.work.mask).size > 0
-        assert (runner.work.G.size > 0) == (update in ("chunked", "grouped-chunks"))
+        runner = epochs.EpochRunner(
+            kern, p, X, y, batch_size=batch, path="sparse", n_threads=n_threads, activation=activation
+        )
+        assert (runner.work.gWhT if update == "chunked" else runner.work.mask).size > 0
+        assert (runner.work.gWhT.size > 0) == (update in ("chunked", "grouped-chunks"))
         loss = runner.epoch(np.random.default_rng(0).permutation(200), 0.1)
         results.append((p, loss))
     for p, loss in results[1:]:
@@ -404,19 +465,19 @@ def test_large_batches_are_bitwise_equal_for_every_thread_count(monkeypatch, dty
             np.testing.assert_array_equal(p[k], results[0][0][k])
 
 
-@pytest.mark.parametrize("rows", ["csr", "dense"])
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    "momentum,nesterov,decay,weighted", [(0.0, False, 0.0, False), (0.9, True, 1e-2, True), (0.5, False, 0.1, False)]
+@pairwise(
+    backend=GROUPING_BACKENDS,
+    rows=["csr", "dense"],
+    loss=LOSSES,
+    dtype=DTYPES,
+    options=SGD_OPTIONS,
+    batch=[2, 7, 64, 70, 150, 300],  # 70: two words of bits; 300: chunks of 128
+    activation=ACTIVATIONS,
 )
-@pytest.mark.parametrize("batch", [2, 7, 64, 70, 150, 300])  # 70: two words of bits; 300: chunks of 128
-@pytest.mark.parametrize("backend", GROUPING_BACKENDS)
-def test_grouped_updates_match_the_reference(
-    monkeypatch, backend, rows, loss, dtype, momentum, nesterov, decay, weighted, batch
-):
-    """Each touched row of WhT (or G) updated once per batch with the sum over the
+def test_grouped_updates_match_the_reference(monkeypatch, backend, rows, loss, dtype, options, batch, activation):
+    """Each touched row of WhT (or gWhT) updated once per batch with the sum over the
     batch's examples: the reference's step, for every option, on CSR and dense rows."""
+    momentum, nesterov, decay, weighted = options
     kern = _grouping_kernels(monkeypatch, 2, backend)
     X, y, p = random_problem(300, 13, 40, 4, dtype, seed=3, sparse=rows == "csr")
     # weights in [0.5, 1.5): with decay / (the batch's weight sum), a batch of two
@@ -426,8 +487,9 @@ def test_grouped_updates_match_the_reference(
     ve = {k: np.zeros_like(v) for k, v in p.items()}
     v = {k: np.zeros_like(a) for k, a in p.items()} if momentum else None
     runner = epochs.EpochRunner(
-        kern, p, X, y, batch_size=batch, path="sparse", n_threads=2, loss=loss, weights=w, velocity=v
-    )
+        kern, p, X, y, batch_size=batch, path="sparse", n_threads=2, loss=loss, activation=activation, weights=w,
+        velocity=v,
+    )  # fmt: skip
     # batch 2 of CSR rows: 2 x 3.9 non-zeros are fewer than the 13 inputs, so no mask;
     # a backend that takes batches whole has a mask up to SPARSE_MASK_ROWS examples
     held = min(batch, kern.SPARSE_CHUNK_ROWS or batch)
@@ -462,13 +524,13 @@ def test_batches_too_large_for_the_mask_are_grouped_in_chunks():
     net = epochs.sparse_net(784, 100, 10, np.float32, 2)
     for batch in (384, 512, 768):  # MNIST: more inputs than examples, 150 non-zeros a row
         work = epochs.sparse_work(net, batch, 128, group, 150.0)
-        assert work.H.shape[1] == 128 and work.G.shape == net.WhT.shape and work.mask.shape == (2, 784, 2)
+        assert work.H.shape[1] == 128 and work.gWhT.shape == net.WhT.shape and work.mask.shape == (2, 784, 2)
     whole = epochs.sparse_work(net, 256, 128, group, 150.0)  # the mask holds it whole
-    assert whole.H.shape[1] == 256 and whole.G.size == 0 and whole.mask.shape == (2, 784, 4)
-    assert epochs.sparse_work(net, 512, 128, None, 150.0).G.size == 0  # the backend does not group
+    assert whole.H.shape[1] == 256 and whole.gWhT.size == 0 and whole.mask.shape == (2, 784, 4)
+    assert epochs.sparse_work(net, 512, 128, None, 150.0).gWhT.size == 0  # the backend does not group
     wide = epochs.sparse_net(2**18, 100, 10, np.float32, 2)
     work = epochs.sparse_work(wide, 512, 128, group, 131.0)  # chunks' 16,768 non-zeros < 262,144 inputs
-    assert work.H.shape[1] == 512 and work.G.size == 0 and work.mask.size == 0
+    assert work.H.shape[1] == 512 and work.gWhT.size == 0 and work.mask.size == 0
 
 
 def _small_mask_kernels(monkeypatch, backend="cython"):
@@ -480,15 +542,11 @@ def _small_mask_kernels(monkeypatch, backend="cython"):
     return kern
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    "momentum,nesterov,decay,weighted", [(0.0, False, 0.0, False), (0.9, True, 1e-2, True), (0.5, False, 0.1, False)]
-)
-@pytest.mark.parametrize("backend", CHUNKING_BACKENDS)
+@pairwise(backend=CHUNKING_BACKENDS, loss=LOSSES, dtype=DTYPES, options=SGD_OPTIONS, activation=ACTIVATIONS)
 def test_grouped_chunks_of_a_batch_too_large_for_the_mask_match_the_reference(
-    monkeypatch, backend, loss, dtype, momentum, nesterov, decay, weighted
+    monkeypatch, backend, loss, dtype, options, activation
 ):
+    momentum, nesterov, decay, weighted = options
     kern = _small_mask_kernels(monkeypatch, backend)
     X, y, p = random_problem(300, 60, 40, 4, dtype, seed=5, sparse=True)  # 60 inputs > 40 examples
     w = 0.5 + np.random.default_rng(1).random(300).astype(dtype) if weighted else None
@@ -496,9 +554,10 @@ def test_grouped_chunks_of_a_batch_too_large_for_the_mask_match_the_reference(
     ve = {k: np.zeros_like(v) for k, v in p.items()}
     v = {k: np.zeros_like(a) for k, a in p.items()} if momentum else None
     runner = epochs.EpochRunner(
-        kern, p, X, y, batch_size=40, path="sparse", n_threads=2, loss=loss, weights=w, velocity=v
-    )
-    assert runner.work.H.shape[1] == 8 and runner.work.G.size > 0 and runner.work.mask.size > 0
+        kern, p, X, y, batch_size=40, path="sparse", n_threads=2, loss=loss, activation=activation, weights=w,
+        velocity=v,
+    )  # fmt: skip
+    assert runner.work.H.shape[1] == 8 and runner.work.gWhT.size > 0 and runner.work.mask.size > 0
     opt = epochs.SGD(0.01, momentum, decay, nesterov, weighted)
     _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, 40, opt, loss, dtype)
     assert not runner.work.mask.any()  # every bit cleared for the next batch
@@ -533,12 +592,12 @@ def test_batches_are_taken_whole_where_a_gradient_buffer_would_outgrow_them():
     """Chunks need a buffer the size of WhT: only where the inputs are no more than
     the batch's examples (wide sparse inputs keep whole batches)."""
     net = epochs.sparse_net(5000, 100, 10, np.float32, 2)
-    assert epochs.sparse_work(net, 1024, 256).G.size == 0  # 5000 inputs > 1024 examples
+    assert epochs.sparse_work(net, 1024, 256).gWhT.size == 0  # 5000 inputs > 1024 examples
     assert epochs.sparse_work(net, 1024, 256).H.shape[1] == 1024
     net = epochs.sparse_net(784, 100, 10, np.float32, 2)
     work = epochs.sparse_work(net, 60000, 256)
-    assert work.H.shape[1] == 256 and work.G.shape == net.WhT.shape
-    assert epochs.sparse_work(net, 256, 256).G.size == 0  # a batch that fits a chunk
+    assert work.H.shape[1] == 256 and work.gWhT.shape == net.WhT.shape
+    assert epochs.sparse_work(net, 256, 256).gWhT.size == 0  # a batch that fits a chunk
     assert epochs.sparse_work(net, 60000, 0).H.shape[1] == 60000  # backends without chunks
 
 
@@ -554,7 +613,7 @@ def test_a_mask_that_does_not_fit_the_workspace_is_refused(backend):
     assert work.mask.shape == (2, 30, 2)
     X = np.ones((70, 30))
     rows = epochs.Rows(*kern.dense_to_csr(X))
-    args = (np.zeros(70, np.intp), None, np.arange(70), 70, epochs.SGD(0.1), 0)
+    args = (np.zeros(70, np.intp), None, np.arange(70), 70, epochs.SGD(0.1), epochs.Codes(0, 0))
     WhT = net.WhT.copy()
     for bad in (np.zeros((2, 30, 1), np.uint64), np.zeros((1, 30, 2), np.uint64), np.zeros((2, 29, 2), np.uint64)):
         with pytest.raises(ValueError, match="one bit per example"):
@@ -580,7 +639,7 @@ def test_what_each_thread_writes_at_every_batch_lies_on_lines_of_its_own(dtype, 
     kern = backends.kernels("cython")
     X = np.ones((8, 30), dtype)
     rows = epochs.Rows(*kern.dense_to_csr(X))
-    args = (np.zeros(8, np.intp), None, np.arange(8), 8, epochs.SGD(0.1), 0)
+    args = (np.zeros(8, np.intp), None, np.arange(8), 8, epochs.SGD(0.1), epochs.Codes(0, 0))
     assert kern.sparse_epoch(net, rows, *args, work, 2)[1] >= 0
     with pytest.raises(ValueError, match="padded to whole cache lines"):
         kern.sparse_epoch(net, rows, *args, work._replace(dZ=np.zeros((2, 8, n_out), dtype)), 2)
@@ -681,19 +740,19 @@ def test_a_workspace_that_cannot_hold_the_batches_is_refused(backend):
     X = (np.random.default_rng(0).random((40, 30)) > 0.5).astype(np.float64)
     rows = epochs.Rows(*kern.dense_to_csr(X))
     chunked = epochs.sparse_work(net, 40, 8)
-    assert chunked.H.shape[1] == 8 and chunked.G.size
+    assert chunked.H.shape[1] == 8 and chunked.gWhT.size
     cptr, crow, cval = kern.group_chunks(rows, np.arange(40), 8, 30)
     grouped = chunked._replace(cptr=cptr, crow=crow, cval=cval)
     labels, order = np.zeros(40, np.intp), np.arange(40)
 
     def epoch(work, batch, rows=rows):
-        return kern.sparse_epoch(net, rows, labels, None, order, batch, epochs.SGD(0.1), 0, work, 2)
+        return kern.sparse_epoch(net, rows, labels, None, order, batch, epochs.SGD(0.1), epochs.Codes(0, 0), work, 2)
 
     WhT = net.WhT.copy()
     bad = [
-        (chunked._replace(G=np.zeros(0)), 40),  # no gradient buffer for a batch of 40 in chunks of 8
+        (chunked._replace(gWhT=np.zeros(0)), 40),  # no gradient buffer for a batch of 40 in chunks of 8
         (grouped, 20),  # grouped chunks, but batches of 20 of 40 examples
-        (grouped._replace(G=np.zeros(0)), 40),
+        (grouped._replace(gWhT=np.zeros(0)), 40),
     ]
     for work, batch in bad:
         with pytest.raises(ValueError):

@@ -208,13 +208,19 @@ def test_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
 def test_load_rejects_wrong_version_and_wrong_shapes(tmp_path):
     m = fastmlp.MLP(3, 4, 2)
     arrays = m._file_arrays()
-    np.savez(tmp_path / "v2.npz", **{**arrays, "format_version": np.int64(2)})
-    with pytest.raises(ValueError, match="format version 2"):
-        fastmlp.MLP.load(tmp_path / "v2.npz")
-    np.savez(tmp_path / "shape.npz", **{**arrays, "Wy": np.zeros((2, 5), np.float32)})
+    np.savez(tmp_path / "v3.npz", **{**arrays, "format_version": np.int64(3)})
+    with pytest.raises(ValueError, match="format version 3"):
+        fastmlp.MLP.load(tmp_path / "v3.npz")
+    np.savez(tmp_path / "shape.npz", **{**arrays, "W2": np.zeros((2, 5), np.float32)})
     with pytest.raises(ValueError, match="inconsistent parameter shapes"):
         fastmlp.MLP.load(tmp_path / "shape.npz")
-    np.savez(tmp_path / "dtype.npz", **{**arrays, "bh": np.zeros(4, np.float64)})
+    np.savez(tmp_path / "sizes.npz", **{**arrays, "sizes": np.array([3, 5, 2])})
+    with pytest.raises(ValueError, match=r"records sizes \[3, 5, 2\] but holds weights of sizes \(3, 4, 2\)"):
+        fastmlp.MLP.load(tmp_path / "sizes.npz")
+    np.savez(tmp_path / "act.npz", **{**arrays, "activation": np.str_("softplus")})
+    with pytest.raises(ValueError, match="unknown activation 'softplus'"):
+        fastmlp.MLP.load(tmp_path / "act.npz")
+    np.savez(tmp_path / "dtype.npz", **{**arrays, "b1": np.zeros(4, np.float64)})
     with pytest.raises(ValueError, match="must all be float32 or all float64"):
         fastmlp.MLP.load(tmp_path / "dtype.npz")
     np.savez(tmp_path / "pickled.npz", **{**arrays, "loss": np.array([{"a": 1}], dtype=object)})

@@ -32,11 +32,11 @@ echo "== sdist, then the wheel from the sdist"
 "$work/tools/bin/python" -m build --outdir "$work/dist" "$root"
 ls -l "$work/dist"
 tar -tzf "$work"/dist/fastmlp-*.tar.gz > "$work/sdist.txt"
-if grep -q '_cy\.c$' "$work/sdist.txt"; then
-    echo "the sdist holds generated C (_cy.c); it must carry only the .pyx sources" >&2
+if grep -q '_cy\.c$\|_cy\.pyx$' "$work/sdist.txt"; then
+    echo "the sdist holds generated code (_cy.pyx, _cy.c); it must carry only the template _cy.pyx.tp" >&2
     exit 1
 fi
-grep -q '_kernels/_cy\.pyx$' "$work/sdist.txt"
+grep -q '_kernels/_cy\.pyx\.tp$' "$work/sdist.txt"
 for header in $(cd "$root" && ls fastmlp/_kernels/*.h); do  # every header the C includes
     grep -q "$header\$" "$work/sdist.txt" || { echo "the sdist lacks $header" >&2; exit 1; }
 done

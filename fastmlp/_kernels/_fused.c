@@ -1,6 +1,7 @@
-/* Instantiates the hand-written kernels for float and double:
- * _fused_impl.h (the fused steps around the GEMMs), _sparse_impl.h (the sparse
- * epoch) and _blas_impl.h (the BLAS epoch).
+/* Instantiates the hand-written kernels for float and double: _ops.h (the
+ * per-element ops of the activations, losses and SGD step), _fused_impl.h (the
+ * fused steps around the GEMMs), _sparse_impl.h (the sparse epoch) and
+ * _blas_impl.h (the BLAS epoch).
  *
  * Wheels must run on any x86-64, so nothing here is compiled for the build
  * machine's CPU. Where gcc supports it (11 or later, x86-64 Linux), the kernels
@@ -9,7 +10,7 @@
  * exported function calls the build for the CPU it runs on (fm_clone_level).
  * Elsewhere they are compiled once, for the compiler's target: with gcc in
  * 16-byte vectors, with clang in vectors of a cache line (which it splits into
- * the target's registers well: 2-8% faster than 16 bytes on MNIST).
+ * the target's registers well).
  * Threads come from OpenMP where the compiler has it (setup.py finds out), else
  * the kernels run on one thread.
  */
@@ -45,22 +46,11 @@
 #define FM_INLINE inline
 #endif
 
-/* A barrier of the n threads of the sparse epoch, whose state `sync` (two cache
- * lines, zero-filled before the first use) lives in its workspace. The waits are
- * short (one batch's work), so it spins; after FM_SPINS checks it yields the core
- * at each check instead, so a machine with more threads than cores still moves.
- * A tenth of the time of an OpenMP barrier (0.03 against 0.3-0.5 us measured on
- * 2 cores), which matters when the threads meet once per example. (The first 256
- * checks without a pause: slower at batch 1 on an Intel Xeon, 0.090 against
- * 0.082 s per MNIST epoch. At batch 1 each thread of two waits here about a fifth
- * of an epoch, both alike. Each thread writing its partial logits and a sequence
- * number into a line of its own, the other spinning on that line instead of on
- * the barrier, saved only 1-3%: most of the wait is which thread's example took
- * longer, which goes both ways, not the meeting itself. Nor does working through
- * the wait pay: a barrier in two halves, each thread gathering the next example's
- * sums from the rows as they were before the step while the meeting is open, then
- * correcting them by -lr (1 + x'.x) dh~ (x'.x from a dense copy of the example's
- * inputs), took 5-8% longer at batch 1 on 2 threads and 10% on one.) */
+/* A barrier of the n threads of an epoch, whose state `sync` (two cache lines,
+ * zero-filled before the first use) lives in its workspace. The waits are short
+ * (one batch's work, down to one example's), so it spins, far more cheaply than
+ * an OpenMP barrier; after FM_SPINS checks it yields the core at each check
+ * instead, so a machine with more threads than cores still moves. */
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32) && defined(_OPENMP)
 #include <sched.h>
 #define FM_SPIN_BARRIER 1
@@ -150,6 +140,59 @@ int fm_set_clone_level(int level)
     return fm_clone_level();
 }
 
+/* Whether a code is in the tables of _fused.h, and its name. */
+static int fm_valid_act(int act)
+{
+    switch (act) {
+#define FM_CASE(code, name) case code:
+        FM_ACTIVATIONS(FM_CASE)
+#undef FM_CASE
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int fm_valid_loss(int loss)
+{
+    switch (loss) {
+#define FM_CASE(code, name) case code:
+        FM_LOSSES(FM_CASE)
+#undef FM_CASE
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* FM_OK, or the error of the first unknown code. */
+static int fm_check_codes(int act, int loss)
+{
+    return !fm_valid_act(act) ? FM_ERR_ACT : !fm_valid_loss(loss) ? FM_ERR_LOSS : FM_OK;
+}
+
+const char *fm_activation_name(int code)
+{
+    switch (code) {
+#define FM_CASE(code, name) case code: return #name;
+        FM_ACTIVATIONS(FM_CASE)
+#undef FM_CASE
+    default:
+        return NULL;
+    }
+}
+
+const char *fm_loss_name(int code)
+{
+    switch (code) {
+#define FM_CASE(code, name) case code: return #name;
+        FM_LOSSES(FM_CASE)
+#undef FM_CASE
+    default:
+        return NULL;
+    }
+}
+
 int fm_max_threads(void)
 {
 #ifdef _OPENMP
@@ -216,15 +259,15 @@ int fm_max_threads(void)
 #endif
 
 #define FM_EXPORT(REAL, S)                                                                         \
-    int fm_blas_epoch_##S(const fm_dense_##S *P, const fm_batches_##S *D, const fm_sgd_##S *opt, int loss, \
-                          const fm_bwork_##S *W, fm_gemm_ptr_##S gemm, int n_threads, fm_tally *tally) \
+    int fm_blas_epoch_##S(const fm_dense_##S *net, const fm_batches_##S *ex, const fm_sgd_##S *opt,            \
+                          const fm_bwork_##S *ws, fm_gemm_ptr_##S gemm, int n_threads, fm_tally *tally)    \
     {                                                                                              \
-        FM_CALL(fm_blas_epoch_##S, (P, D, opt, loss, W, gemm, n_threads, tally))                   \
+        FM_CALL(fm_blas_epoch_##S, (net, ex, opt, ws, gemm, n_threads, tally))                     \
     }                                                                                              \
-    void fm_tanh_##S(REAL *x, ptrdiff_t n) { FM_CALL_VOID(fm_tanh_##S, (x, n)) }                   \
-    void fm_bias_tanh_##S(REAL *H, const REAL *b, ptrdiff_t B, ptrdiff_t n)                        \
+    int fm_apply_act_##S(int act, REAL *x, ptrdiff_t n) { FM_CALL(fm_apply_act_##S, (act, x, n)) }   \
+    int fm_bias_act_##S(int act, REAL *H, const REAL *b, ptrdiff_t B, ptrdiff_t n)                 \
     {                                                                                              \
-        FM_CALL_VOID(fm_bias_tanh_##S, (H, b, B, n))                                               \
+        FM_CALL(fm_bias_act_##S, (act, H, b, B, n))                                                \
     }                                                                                              \
     void fm_bias_add_##S(REAL *Z, const REAL *b, ptrdiff_t B, ptrdiff_t n)                         \
     {                                                                                              \
@@ -235,24 +278,27 @@ int fm_max_threads(void)
     {                                                                                              \
         FM_CALL(fm_loss_grad_##S, (Z, labels, dZ, B, n, loss, scale, tally))                       \
     }                                                                                              \
-    void fm_dtanh_##S(REAL *dH, const REAL *H, ptrdiff_t len) { FM_CALL_VOID(fm_dtanh_##S, (dH, H, len)) } \
+    int fm_apply_act_grad_##S(int act, REAL *dH, const REAL *H, ptrdiff_t len)                     \
+    {                                                                                              \
+        FM_CALL(fm_apply_act_grad_##S, (act, dH, H, len))                                          \
+    }                                                                                              \
     void fm_bias_update_##S(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr)             \
     {                                                                                              \
         FM_CALL_VOID(fm_bias_update_##S, (b, D, B, n, lr))                                         \
     }                                                                                              \
-    int fm_sparse_epoch_##S(const fm_net_##S *P, const fm_rows_##S *D, const fm_sgd_##S *opt, int loss, \
-                            const fm_swork_##S *W, int n_threads, fm_tally *tally)                 \
+    int fm_sparse_epoch_##S(const fm_net_##S *net, const fm_rows_##S *ex, const fm_sgd_##S *opt,               \
+                            const fm_swork_##S *ws, int n_threads, fm_tally *tally)                \
     {                                                                                              \
-        FM_CALL(fm_sparse_epoch_##S, (P, D, opt, loss, W, n_threads, tally))                       \
+        FM_CALL(fm_sparse_epoch_##S, (net, ex, opt, ws, n_threads, tally))                         \
     }                                                                                              \
-    void fm_row_passes_##S(const fm_net_##S *P, const fm_rows_##S *D, const fm_swork_##S *W, int n_threads) \
+    void fm_row_passes_##S(const fm_net_##S *net, const fm_rows_##S *ex, const fm_swork_##S *ws, int n_threads) \
     {                                                                                              \
-        FM_CALL_VOID(fm_row_passes_##S, (P, D, W, n_threads))                                      \
+        FM_CALL_VOID(fm_row_passes_##S, (net, ex, ws, n_threads))                                  \
     }                                                                                              \
-    void fm_group_chunks_##S(const fm_rows_##S *D, ptrdiff_t rows, int64_t *cptr, uint16_t *crow, REAL *cval, \
+    void fm_group_chunks_##S(const fm_rows_##S *ex, ptrdiff_t rows, int64_t *cptr, uint16_t *crow, REAL *cval, \
                              int64_t *cursor)                                                      \
     {                                                                                              \
-        FM_CALL_VOID(fm_group_chunks_##S, (D, rows, cptr, crow, cval, cursor))                     \
+        FM_CALL_VOID(fm_group_chunks_##S, (ex, rows, cptr, crow, cval, cursor))                    \
     }                                                                                              \
     void fm_csr_counts_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *counts)       \
     {                                                                                              \

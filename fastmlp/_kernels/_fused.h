@@ -1,8 +1,9 @@
 /* Hand-written loops of the fastmlp kernels (implemented in _fused.c).
  *
  * Row-major arrays, one example per row. Every function exists for float (_f)
- * and double (_d); see _fused_impl.h (the fused steps around the GEMMs) and
- * _sparse_impl.h (the sparse epoch) for the math of each.
+ * and double (_d); see _ops.h (the per-element ops of the activations, losses
+ * and SGD step), _fused_impl.h (the fused steps around the GEMMs), _sparse_impl.h
+ * (the sparse epoch) and _blas_impl.h (the BLAS epoch) for the math of each.
  */
 #ifndef FASTMLP_FUSED_H
 #define FASTMLP_FUSED_H
@@ -10,10 +11,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Loss codes: fastmlp/_kernels/epochs.py LOSS_CODES names them (a test checks
- * that the two agree). A function given any other code returns FM_ERR_LOSS. */
-enum { FM_LOSS_CE = 0, FM_LOSS_MSE = 1 };
-enum { FM_OK = 0, FM_ERR_LOSS = -1, FM_ERR_LAYOUT = -2 };
+/* The tables of fastmlp/tables.py as the kernels know them: X(code, name) for each
+ * activation and loss, name the suffix of its ops in _ops.h (fm_f_<name> and
+ * fm_df_<name>, fm_loss_<name>). fm_activation_name and fm_loss_name give the
+ * name of a code, so that a test checks these against the Python tables. A
+ * function given any other code returns FM_ERR_ACT or FM_ERR_LOSS. */
+#define FM_ACTIVATIONS(X) \
+    X(0, tanh)            \
+    X(1, relu)            \
+    X(2, logistic)
+#define FM_LOSSES(X) \
+    X(0, ce)         \
+    X(1, mse)
+enum { FM_OK = 0, FM_ERR_LOSS = -1, FM_ERR_LAYOUT = -2, FM_ERR_ACT = -3 };
 
 /* Bytes of a cache line: the unit of the hidden-unit padding and of the slices. */
 #define FM_LINE 64
@@ -40,19 +50,22 @@ typedef struct {
         REAL lr, momentum, decay;                                                      \
         int nesterov, decay_by_weight_sum;                                             \
     } fm_sgd_##S;                                                                      \
-    /* The parameters of the sparse epoch. The hidden units, padded with zero units   \
-     * to whole cache lines, are cut into n_groups groups of at most four lines        \
-     * (group g: lines group_line[g] .. group_line[g + 1]); slice s holds the groups   \
-     * slice_group[s] .. slice_group[s + 1] in arrays of its own, each row `stride`    \
-     * elements apart: WhT (n_slices, n_in, stride) the transposed hidden weights, bh  \
-     * (n_slices, stride), Wy (n_slices, nout, stride); by (n_slices, nout_pad) holds \
-     * one copy of the output biases per slice, nout_pad being nout rounded up to whole \
-     * cache lines. Every block starts on a cache line. VWhT, Vbh, VWy, Vby: their      \
-     * velocities, in the same layout (NULL without momentum). */                      \
+    /* The network of the sparse epoch: the hidden activation and the loss (codes of   \
+     * FM_ACTIVATIONS and FM_LOSSES), nh hidden units and nout outputs, and the        \
+     * parameters. The hidden units, padded with zero units to whole cache lines, are  \
+     * cut into n_groups groups of at most four lines (group g: lines group_line[g] .. \
+     * group_line[g + 1]); slice s holds the groups slice_group[s] .. slice_group[s +  \
+     * 1] in arrays of its own, each row `stride` elements apart: WhT (n_slices, n_in, \
+     * stride) the transposed hidden weights, bh (n_slices, stride), Wy (n_slices,     \
+     * nout, stride); by (n_slices, nout_pad) holds one copy of the output biases per  \
+     * slice, nout_pad being nout rounded up to whole cache lines. Every block starts  \
+     * on a cache line. VWhT, Vbh, VWy, Vby: their velocities, in the same layout      \
+     * (NULL without momentum). */                                                     \
     typedef struct {                                                                   \
+        int act, loss;                                                                 \
         REAL *WhT, *bh, *Wy, *by;                                                      \
         REAL *VWhT, *Vbh, *VWy, *Vby;                                                  \
-        ptrdiff_t n_in, nout, stride;                                                  \
+        ptrdiff_t n_in, nh, nout, stride;                                              \
         int n_slices, n_groups;                                                        \
         const int32_t *slice_group, *group_line;                                       \
     } fm_net_##S;                                                                      \
@@ -69,25 +82,25 @@ typedef struct {
         ptrdiff_t n_in, n, batch;                                                      \
     } fm_rows_##S;                                                                     \
     /* Workspace of the sparse epoch, for `rows` examples at a time (the batch, or    \
-     * chunks of it: see G): H, dH (n_slices, rows, stride) the hidden activations and \
-     * dl/dh~; P (2, rows, n_groups, nout) the partial logits, one half per parity;    \
-     * dZ (n_slices, rows, nout_pad) dl/dz, one copy per thread (shared, the first, where \
-     * the threads share its rows out); row_loss, row_correct (rows,); gWy (n_slices, \
-     * nout, stride), gbh (n_slices, stride), gby (n_slices, nout_pad) the summed      \
-     * gradients of Wy, bh and by; sync the threads' barrier (32 int32, zero-filled,   \
-     * cache aligned). G (n_slices, n_in, stride), zero-filled, or NULL: with G, a     \
-     * batch of more than `rows` examples is taken `rows` at a time, its gradient of   \
-     * WhT summed in G and the step taken after its last chunk (else rows >= batch).   \
-     * cptr, crow, cval, or NULL: for an epoch of one batch (every example), CSR rows  \
-     * and G, the non-zeros of each chunk grouped by input (fm_group_chunks), so that \
-     * each row of G takes one sum per chunk. mask (n_slices, n_in, (rows + 63) / 64), \
-     * zero-filled, or NULL (NULL where rows > FM_MASK_ROWS): one bit per example of   \
-     * the batch (or chunk) for each input where it is non-zero, per thread; with it,  \
-     * batches and chunks of at least group_min examples update each row of WhT (or G) \
-     * they touch once, with the sum over their examples (the rows' indices must then \
-     * be sorted and unique). */                                                       \
+     * chunks of it: see gWhT): H, dH (n_slices, rows, stride) the hidden activations  \
+     * and dl/dh~; Zp (2, rows, n_groups, nout) the partial logits, one half per       \
+     * parity; dZ (n_slices, rows, nout_pad) dl/dz, one copy per thread (shared, the   \
+     * first, where the threads share its rows out); row_loss, row_correct (rows,);    \
+     * gWy (n_slices, nout, stride), gbh (n_slices, stride), gby (n_slices, nout_pad)  \
+     * the summed gradients of Wy, bh and by; sync the threads' barrier (32 int32,     \
+     * zero-filled, cache aligned). gWhT (n_slices, n_in, stride), zero-filled, or     \
+     * NULL: with it, a batch of more than `rows` examples is taken `rows` at a time,  \
+     * its gradient of WhT summed in gWhT and the step taken after its last chunk      \
+     * (else rows >= batch). cptr, crow, cval, or NULL: for an epoch of one batch      \
+     * (every example), CSR rows and gWhT, the non-zeros of each chunk grouped by      \
+     * input (fm_group_chunks), so that each row of gWhT takes one sum per chunk. mask \
+     * (n_slices, n_in, (rows + 63) / 64), zero-filled, or NULL (NULL where rows >     \
+     * FM_MASK_ROWS): one bit per example of the batch (or chunk) for each input where \
+     * it is non-zero, per thread; with it, batches and chunks of at least group_min   \
+     * examples update each row of WhT (or gWhT) they touch once, with the sum over    \
+     * their examples (the rows' indices must then be sorted and unique). */           \
     typedef struct {                                                                   \
-        REAL *H, *dH, *P, *dZ, *gWy, *gbh, *gby, *G;                                   \
+        REAL *H, *dH, *Zp, *dZ, *gWy, *gbh, *gby, *gWhT;                               \
         double *row_loss, *row_correct;                                                \
         int32_t *sync;                                                                 \
         ptrdiff_t rows;                                                                \
@@ -105,11 +118,13 @@ typedef struct {
         const REAL *weights;                                                           \
         ptrdiff_t n_in, n, batch;                                                      \
     } fm_batches_##S;                                                                  \
-    /* The parameters in the model's layout, for the BLAS epoch: Wh (nh, n_in), bh     \
-     * (nh,), Wy (nout, nh), by (nout,); the hidden units cut into n_blocks blocks    \
-     * (block j: units block_unit[j] .. block_unit[j + 1], at most block_max). VWh,  \
-     * Vbh, VWy, Vby: their velocities (NULL without momentum). */                     \
+    /* The network of the BLAS epoch: the activation and loss codes, the parameters  \
+     * in the model's layout: Wh (nh, n_in), bh (nh,), Wy (nout, nh), by (nout,); the  \
+     * hidden units cut into n_blocks blocks (block j: units block_unit[j] ..          \
+     * block_unit[j + 1], at most block_max). VWh, Vbh, VWy, Vby: their velocities    \
+     * (NULL without momentum). */                                                     \
     typedef struct {                                                                   \
+        int act, loss;                                                                 \
         REAL *Wh, *bh, *Wy, *by;                                                       \
         REAL *VWh, *Vbh, *VWy, *Vby;                                                   \
         ptrdiff_t n_in, nh, nout;                                                      \
@@ -134,20 +149,19 @@ typedef struct {
     typedef void (*fm_gemm_ptr_##S)(const char *, const char *, const int *, const int *, const int *, \
                                     const REAL *, const REAL *, const int *, const REAL *, const int *, \
                                     const REAL *, REAL *, const int *);               \
-    int fm_blas_epoch_##S(const fm_dense_##S *P, const fm_batches_##S *D, const fm_sgd_##S *opt, int loss, \
-                          const fm_bwork_##S *W, fm_gemm_ptr_##S gemm, int n_threads,  \
-                          fm_tally *tally);                                            \
-    void fm_tanh_##S(REAL *x, ptrdiff_t n);                                            \
-    void fm_bias_tanh_##S(REAL *H, const REAL *b, ptrdiff_t B, ptrdiff_t n);          \
+    int fm_blas_epoch_##S(const fm_dense_##S *net, const fm_batches_##S *ex, const fm_sgd_##S *opt,   \
+                          const fm_bwork_##S *ws, fm_gemm_ptr_##S gemm, int n_threads, fm_tally *tally); \
+    int fm_apply_act_##S(int act, REAL *x, ptrdiff_t n);                                 \
+    int fm_bias_act_##S(int act, REAL *H, const REAL *b, ptrdiff_t B, ptrdiff_t n);      \
     void fm_bias_add_##S(REAL *Z, const REAL *b, ptrdiff_t B, ptrdiff_t n);           \
     int fm_loss_grad_##S(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B,  \
                          ptrdiff_t n, int loss, REAL scale, fm_tally *tally);          \
-    void fm_dtanh_##S(REAL *dH, const REAL *H, ptrdiff_t len);                         \
+    int fm_apply_act_grad_##S(int act, REAL *dH, const REAL *H, ptrdiff_t len);         \
     void fm_bias_update_##S(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr);  \
-    int fm_sparse_epoch_##S(const fm_net_##S *P, const fm_rows_##S *D, const fm_sgd_##S *opt, int loss, \
-                            const fm_swork_##S *W, int n_threads, fm_tally *tally);    \
-    void fm_row_passes_##S(const fm_net_##S *P, const fm_rows_##S *D, const fm_swork_##S *W, int n_threads); \
-    void fm_group_chunks_##S(const fm_rows_##S *D, ptrdiff_t rows, int64_t *cptr, uint16_t *crow, REAL *cval, \
+    int fm_sparse_epoch_##S(const fm_net_##S *net, const fm_rows_##S *ex, const fm_sgd_##S *opt,     \
+                            const fm_swork_##S *ws, int n_threads, fm_tally *tally);   \
+    void fm_row_passes_##S(const fm_net_##S *net, const fm_rows_##S *ex, const fm_swork_##S *ws, int n_threads); \
+    void fm_group_chunks_##S(const fm_rows_##S *ex, ptrdiff_t rows, int64_t *cptr, uint16_t *crow, REAL *cval, \
                              int64_t *cursor);                                         \
     void fm_csr_counts_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *counts); \
     void fm_csr_fill_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *indptr, \
@@ -157,6 +171,11 @@ FM_DECLARE(float, f)
 FM_DECLARE(double, d)
 
 #undef FM_DECLARE
+
+/* The name of an activation or loss code (FM_ACTIVATIONS, FM_LOSSES), NULL for
+ * an unknown one. */
+const char *fm_activation_name(int code);
+const char *fm_loss_name(int code);
 
 /* The number of threads an OpenMP parallel region would use here (1 where the
  * kernels were built without OpenMP). */

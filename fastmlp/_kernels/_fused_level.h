@@ -1,10 +1,11 @@
 /* One level's kernels for float and double, included by _fused.c once per
- * kernel level (FM_LEVEL, FM_VBYTES): the fused steps around the GEMMs, the
- * sparse epoch and the BLAS epoch. */
+ * kernel level (FM_LEVEL, FM_VBYTES): the per-element ops, the fused steps
+ * around the GEMMs, the sparse epoch and the BLAS epoch. */
 #define REAL float
 #define S f
 #define EXP expf
 #define LOG logf
+#include "_ops.h"
 #include "_fused_impl.h"
 #include "_sparse_impl.h"
 #include "_blas_impl.h"
@@ -17,6 +18,7 @@
 #define S d
 #define EXP exp
 #define LOG log
+#include "_ops.h"
 #include "_fused_impl.h"
 #include "_sparse_impl.h"
 #include "_blas_impl.h"

@@ -35,6 +35,7 @@ import contextlib
 import math
 import operator
 import threading
+from typing import NamedTuple
 
 import llvmlite.binding as llvm_binding
 import numba as nb
@@ -46,14 +47,13 @@ from numba.core.compiler_lock import global_compiler_lock
 from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.extending import get_cython_function_address, intrinsic, models, overload, register_model
 
-from .epochs import LOSS_CODES, check_mask
+from .epochs import check_mask
 
 PATHS = ("sparse", "blas")
 THREADED_PATHS = ("sparse",)  # its BLAS path runs on one thread
 SPARSE_CHUNK_ROWS = 128  # larger batches are taken in chunks where epochs.sparse_work says so
 SPARSE_GROUP_MIN, SPARSE_MASK_ROWS = 32, 256  # batches of 32-256 examples update each touched row once
 _LINE = 64  # bytes in a cache line: the hidden units go in groups of up to four lines
-_CE, _MSE = LOSS_CODES["ce"], LOSS_CODES["mse"]  # compile-time constants of the compiled code
 
 
 def _compile(func, fastmath):
@@ -97,6 +97,8 @@ def _arg_key(a):
     if isinstance(a, np.ndarray):
         f = a.flags
         return (a.dtype, a.ndim, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned)
+    if isinstance(a, tuple):
+        return (type(a), *map(_arg_key, a))
     return type(a)
 
 
@@ -152,21 +154,24 @@ def _ptr(typingctx, arr, i):
 
 @intrinsic
 def _borrowed(typingctx, arrays):
-    """The tuple of arrays without reference counts (null meminfos), for arrays
-    that the caller keeps alive. Passing an array to another compiled function
-    increments and decrements its count, atomically; with two threads passing the
-    same arrays at every batch, the counts' cache lines went back and forth
-    between the cores (MNIST batch 1: a sixth of an epoch)."""
-    if not isinstance(arrays, types.BaseTuple) or not all(isinstance(a, types.Array) for a in arrays):
-        raise errors.TypingError("_borrowed takes a tuple of arrays")
+    """The (named) tuple with its arrays without reference counts (null meminfos),
+    for arrays that the caller keeps alive; other members as they are. Passing an
+    array to another compiled function increments and decrements its count,
+    atomically; with two threads passing the same arrays at every batch, the
+    counts' cache lines would go back and forth between the cores."""
+    if not isinstance(arrays, types.BaseTuple):
+        raise errors.TypingError("_borrowed takes a tuple")
 
     def codegen(context, builder, signature, args):
         out = []
         for i, ty in enumerate(signature.args[0]):
-            ary = context.make_array(ty)(context, builder, value=builder.extract_value(args[0], i))
-            ary.meminfo = cgutils.get_null_value(ary.meminfo.type)
-            ary.parent = cgutils.get_null_value(ary.parent.type)
-            out.append(ary._getvalue())
+            value = builder.extract_value(args[0], i)
+            if isinstance(ty, types.Array):
+                ary = context.make_array(ty)(context, builder, value=value)
+                ary.meminfo = cgutils.get_null_value(ary.meminfo.type)
+                ary.parent = cgutils.get_null_value(ary.parent.type)
+                value = ary._getvalue()
+            out.append(value)
         return context.make_tuple(builder, signature.return_type, out)
 
     return arrays(arrays), codegen
@@ -230,7 +235,14 @@ def _gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, ws_int, ws_char,
         _dgemm(*args)
 
 
-_F = np.float32
+# ---- the per-element ops of fastmlp.tables, as _ops.h has them ----
+#
+# Scalar ops; where float32 and float64 take different arithmetic, _by_precision
+# picks one at compile time. The mechanics reach them only through _activate,
+# _act_grad, _row_loss_grad and _sgd_row, whose branches follow the tables
+# ACTIVATION_OPS and LOSS_OPS below.
+
+_F = np.float32  # constants in float32 take the precision of the other operand
 _TANH_P = tuple(
     _F(c)
     for c in (9.999999404e-01, 1.291923672e-01, 2.920770319e-03, 9.267499991e-06, -1.278068140e-08, 1.825586730e-11)
@@ -238,9 +250,37 @@ _TANH_P = tuple(
 _TANH_Q = tuple(_F(c) for c in (4.625251889e-01, 2.376320399e-02, 2.281013876e-04))
 
 
+def _by_precision(f32, f64, doc):
+    """A scalar op that runs ``f32`` on float32 and ``f64`` on float64, chosen when
+    the caller is compiled."""
+
+    def op(x):
+        raise NotImplementedError("called from compiled code only")
+
+    op.__doc__ = doc
+
+    @overload(op)
+    def _typed(x):
+        return (lambda x: f32(x)) if x == types.float32 else (lambda x: f64(x))
+
+    return op
+
+
+@_jit
+def _exp_d(x):
+    """exp of a float64 in plain arithmetic, as _ops.h fm_exp_d (|x| <= 708)."""
+    k = np.floor(1.4426950408889634073599 * x + 0.5)
+    r = (x - k * 6.93145751953125e-1) - k * 1.42860682030941723212e-6
+    rr = r * r
+    p = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 9.99999999999999999910e-1)
+    q = (
+        (3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr + 2.27265548208155028766e-1
+    ) * rr + 2.00000000000000000009e0
+    return math.ldexp(1.0 + 2.0 * (p / (q - p)), int(k))
+
+
 @_jit
 def _tanh_f32(x):
-    """The rational approximation of _fused_impl.h for float32 (max abs error 3.6e-7)."""
     c = _F(9.0)
     x = -c if x < -c else (c if x > c else x)
     s = x * x
@@ -251,61 +291,110 @@ def _tanh_f32(x):
 
 @_jit
 def _tanh_f64(d):
-    """Cephes' tanh for float64, as _fused_impl.h fm_tanh1 (max abs error 2e-16)."""
     a = abs(d)
     z = d * d
     small = d + d * z * ((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z - 1.61468768441708447952e3) / (
         ((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z + 4.84406305325125486048e3
     )
-    x = 2.0 * min(a, 22.0)
-    k = np.floor(1.4426950408889634073599 * x + 0.5)
-    r = (x - k * 6.93145751953125e-1) - k * 1.42860682030941723212e-6
-    rr = r * r
-    p = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 9.99999999999999999910e-1)
-    q = (
-        (3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr + 2.27265548208155028766e-1
-    ) * rr + 2.00000000000000000009e0
-    e = math.ldexp(1.0 + 2.0 * (p / (q - p)), int(k))
-    t = small if a < 0.625 else 1.0 - 2.0 / (e + 1.0)
+    t = small if a < 0.625 else 1.0 - 2.0 / (_exp_d(2.0 * min(a, 22.0)) + 1.0)
     return d if d != d else math.copysign(t, d)
 
 
+_tanh = _by_precision(
+    _tanh_f32,
+    _tanh_f64,
+    "tanh: float32 by a rational approximation (max abs error 3.6e-7), float64 by Cephes' method (2e-16).",
+)
+
+
 @_jit
-def _tanh_inplace(h):
-    """tanh of every element: float32 and float64 by the approximations of _fused_impl.h."""
-    if h.itemsize == 4:
+def _tanh_grad(h):
+    return _F(1) - h * h
+
+
+@_jit
+def _relu(x):
+    return max(x, _F(0))  # NaN stays NaN
+
+
+@_jit
+def _relu_grad(h):
+    return _F(1) if h > 0 else _F(0)
+
+
+@_jit
+def _logistic_f32(x):
+    m = min(max(-np.float64(x), -104.0), 104.0)
+    return x if x != x else np.float32(1.0 / (1.0 + _exp_d(m)))
+
+
+@_jit
+def _logistic_f64(x):
+    m = min(max(-x, -708.4), 708.4)  # just beyond -ln of the smallest normal float64
+    return x if x != x else 1.0 / (1.0 + _exp_d(m))
+
+
+_logistic = _by_precision(_logistic_f32, _logistic_f64, "1 / (1 + exp(-x)) in float64 arithmetic, rounded once.")
+
+
+@_jit
+def _logistic_grad(h):
+    return h * (_F(1) - h)
+
+
+# fastmlp.tables.ACTIVATIONS by code: (f, f' written from the output)
+ACTIVATION_OPS = {
+    0: (_tanh, _tanh_grad),
+    1: (_relu, _relu_grad),
+    2: (_logistic, _logistic_grad),
+}
+
+
+@_jit
+def _activate(act, h):
+    """h = f(h) in place, f the activation of code ``act`` (checked by the caller)."""
+    if act == 0:
         for j in range(h.size):
-            h[j] = _tanh_f32(h[j])
-    else:
+            h[j] = _tanh(h[j])
+    elif act == 1:
         for j in range(h.size):
-            h[j] = _tanh_f64(h[j])
+            h[j] = _relu(h[j])
+    elif act == 2:
+        for j in range(h.size):
+            h[j] = _logistic(h[j])
 
 
 @_jit
-def _tanh_row(H, s, b, width):
-    """H[s, b, :width] = tanh(H[s, b, :width]), as _tanh_inplace, without a view."""
-    if H.itemsize == 4:
-        for j in range(width):
-            H[s, b, j] = _tanh_f32(H[s, b, j])
-    else:
-        for j in range(width):
-            H[s, b, j] = _tanh_f64(H[s, b, j])
-
-
-@_jit_fast_reduce
-def _dot(a, b):
-    acc = a.dtype.type(0)
-    for j in range(a.size):
-        acc += a[j] * b[j]
-    return acc
+def _act_grad(act, d, h):
+    """d *= f'(h) in place, from the outputs h of the activation of code ``act``."""
+    if act == 0:
+        for j in range(d.size):
+            d[j] *= _tanh_grad(h[j])
+    elif act == 1:
+        for j in range(d.size):
+            d[j] *= _relu_grad(h[j])
+    elif act == 2:
+        for j in range(d.size):
+            d[j] *= _logistic_grad(h[j])
 
 
 @_jit
-def _row_loss_grad(Z, r, y, dZ, loss, scale):
-    """Row r of the logits Z -> row r of dZ = scale * dl/dz (Z and dZ may be the same
-    array). Returns (loss, correct) of the row; argmax ties go to the first index.
-    Rows are indexed in 2-D: a row view would cost reference-count updates. The
-    loss code has been checked (_check_loss) by the caller."""
+def _exp_f32(x):
+    return np.float32(_exp_d(max(np.float64(x), -104.0)))  # below -104 the float32 result is 0
+
+
+@_jit
+def _exp_f64(x):
+    return np.exp(x)
+
+
+_softmax_exp = _by_precision(_exp_f32, _exp_f64, "exp for the softmax: in float64 arithmetic for float32, as in C.")
+
+
+@_jit
+def _softmax_row(Z, r, dZ):
+    """Row r of dZ = exp(Z[r] - max) (Z and dZ may be one array); returns (the sum,
+    the max, the first argmax)."""
     n = Z.shape[1]
     am = 0
     m = Z[r, 0]
@@ -313,37 +402,80 @@ def _row_loss_grad(Z, r, y, dZ, loss, scale):
         if Z[r, i] > m:
             m = Z[r, i]
             am = i
-    zy = Z[r, y]
-    t = Z.dtype.type
-    s = t(0)
+    s = Z.dtype.type(0)
     for i in range(n):
-        dZ[r, i] = np.exp(Z[r, i] - m)
+        dZ[r, i] = _softmax_exp(Z[r, i] - m)
+    for i in range(n):
         s += dZ[r, i]
+    return s, m, am
+
+
+@_jit
+def _loss_ce(Z, r, y, dZ, scale):
+    """softmax + cross-entropy: l = log sum exp(z - m) - (z_y - m); dl/dz = softmax(z) - onehot(y)."""
+    zy = Z[r, y]
+    s, m, am = _softmax_row(Z, r, dZ)
+    inv_s = Z.dtype.type(1) / s
+    for i in range(Z.shape[1]):
+        dZ[r, i] = (dZ[r, i] * inv_s - (_F(1) if i == y else _F(0))) * scale
+    return float(np.log(s)) - float(zy - m), am
+
+
+@_jit
+def _loss_mse(Z, r, y, dZ, scale):
+    """softmax + squared error: l = 0.5 |p - y|^2; dl/dz = p * (g - p.g), g = p - onehot(y)."""
+    t = Z.dtype.type
+    s, m, am = _softmax_row(Z, r, dZ)
     inv_s = t(1) / s
-    row_loss = 0.0
-    if loss == _CE:
-        row_loss = float(np.log(s)) - float(zy - m)
-        for i in range(n):
-            dZ[r, i] = (dZ[r, i] * inv_s - (t(1) if i == y else t(0))) * scale
-    elif loss == _MSE:
-        l2 = t(0)
-        pg = t(0)
-        for i in range(n):
-            p = dZ[r, i] * inv_s
-            g = p - (t(1) if i == y else t(0))
-            dZ[r, i] = p
-            l2 += g * g
-            pg += p * g
-        row_loss = 0.5 * float(l2)
-        for i in range(n):
-            dZ[r, i] = dZ[r, i] * ((dZ[r, i] - (t(1) if i == y else t(0))) - pg) * scale
+    l2 = t(0)
+    pg = t(0)
+    for i in range(Z.shape[1]):
+        p = dZ[r, i] * inv_s
+        g = p - (_F(1) if i == y else _F(0))
+        dZ[r, i] = p
+        l2 += g * g
+        pg += p * g
+    for i in range(Z.shape[1]):
+        dZ[r, i] = dZ[r, i] * ((dZ[r, i] - (_F(1) if i == y else _F(0))) - pg) * scale
+    return 0.5 * float(l2), am
+
+
+# fastmlp.tables.LOSSES by code
+LOSS_OPS = {0: _loss_ce, 1: _loss_mse}
+
+
+@_jit
+def _row_loss_grad(loss, Z, r, y, dZ, scale):
+    """Row r of the logits Z -> row r of dZ = scale * dl/dz (Z and dZ may be the same
+    array) for the loss of code ``loss`` (checked by the caller). Returns (loss,
+    correct) of the row; argmax ties go to the first index. Rows are indexed in 2-D:
+    a row view would cost reference-count updates."""
+    row_loss, am = 0.0, -1
+    if loss == 0:
+        row_loss, am = _loss_ce(Z, r, y, dZ, scale)
+    elif loss == 1:
+        row_loss, am = _loss_mse(Z, r, y, dZ, scale)
     return row_loss, 1 if am == y else 0
 
 
 @_jit
-def _check_loss(loss):
-    if loss != _CE and loss != _MSE:
-        raise ValueError("unknown loss code")
+def _sgd1(p, v, g, lr, mu, decay, momentum, nesterov):
+    """torch.optim.SGD's step of one element (_ops.h fm_sgd1): g' = g + decay p; with
+    momentum v = mu v + g' and p -= lr v (lr (g' + mu v) with Nesterov); without,
+    p -= lr g'. Returns (p, v)."""
+    gd = g + decay * p
+    if not momentum:
+        return p - lr * gd, v
+    vn = mu * v + gd
+    return p - lr * (gd + mu * vn if nesterov else vn), vn
+
+
+def _check_codes(codes):
+    """ValueError for a code this backend has no op for, before any work."""
+    if codes.act not in ACTIVATION_OPS:
+        raise ValueError(f"unknown activation code {codes.act!r}; known: {sorted(ACTIVATION_OPS)}")
+    if codes.loss not in LOSS_OPS:
+        raise ValueError(f"unknown loss code {codes.loss!r}; known: {sorted(LOSS_OPS)}")
 
 
 # ---- the sparse epoch (see _sparse_impl.h: the same algorithm and layout) ----
@@ -594,25 +726,26 @@ def _dot_rows(H, Wy, s, b, o, off, n):
 
 @_jit
 def _sgd_row(P, V, r, c, G, gr, n, lr, mu, decay, nesterov):
-    """P[r, c : c + n] -= lr * step, torch.optim.SGD's step from the gradient
-    G[gr, :n] (_fused_impl.h fm_sgd_dense; V the velocity, unused without momentum)."""
+    """P[r, c : c + n] steps from the gradient G[gr, :n] (a G with no rows: a zero
+    gradient) by _sgd1, with `decay`; V the velocity (used only with momentum).
+    One loop per form, so that each vectorises."""
+    zero = P.dtype.type(0)
     if mu == 0:
         for j in range(n):
-            P[r, c + j] -= lr * (G[gr, j] + decay * P[r, c + j])
+            P[r, c + j] = _sgd1(P[r, c + j], zero, G[gr, j] if G.shape[0] else zero, lr, mu, decay, False, False)[0]
     elif nesterov:
         for j in range(n):
-            g = G[gr, j] + decay * P[r, c + j]
-            V[r, c + j] = mu * V[r, c + j] + g
-            P[r, c + j] -= lr * (g + mu * V[r, c + j])
+            g = G[gr, j] if G.shape[0] else zero
+            P[r, c + j], V[r, c + j] = _sgd1(P[r, c + j], V[r, c + j], g, lr, mu, decay, True, True)
     else:
         for j in range(n):
-            V[r, c + j] = mu * V[r, c + j] + (G[gr, j] + decay * P[r, c + j])
-            P[r, c + j] -= lr * V[r, c + j]
+            g = G[gr, j] if G.shape[0] else zero
+            P[r, c + j], V[r, c + j] = _sgd1(P[r, c + j], V[r, c + j], g, lr, mu, decay, True, False)
 
 
 @_jit
 def _sgd_vector(p, v, c, g, n, lr, mu, decay, nesterov):
-    """p[c : c + n] -= lr * step from the gradient g[:n], for a 1-D p (a bias)."""
+    """p[c : c + n] steps from the gradient g[:n], for a 1-D p (a bias)."""
     P = p.reshape((1, p.size))
     V = v.reshape((1, v.size)) if mu != 0 else P
     _sgd_row(P, V, 0, c, g.reshape((1, g.size)), 0, n, lr, mu, decay, nesterov)
@@ -743,12 +876,13 @@ def _update_rows(WhT, VWhT, momentum, s, first, g0, g1, group_line, c, data, av,
 
 
 @_jit
-def _output_step_one(s, width, Wy, by, bh, H, dH, dZt, lr):
-    """dh~ of one example and the plain SGD step of Wy, bh and by, in one pass over
-    the rows of Wy (_sparse_impl.h fm_sparse_step at batch 1): no gradient buffers.
-    Line by line, the line's h and dh~ held in registers through the rows of Wy
-    (as arrays, each row's sum would be stored and loaded again)."""
-    one = H.dtype.type(1)
+def _output_step_one(act, s, width, net, ws, dZt, lr):
+    """dh~ of one example and the plain SGD step of slice s's Wy, bh and by, Wy^T dz
+    taken in the same pass over the rows of Wy as their step (_sparse_impl.h
+    fm_sparse_step at batch 1): no gradient buffers. Line by line, the line's h and
+    sum held in registers through the rows of Wy (as arrays, each row's sum would
+    be stored and loaded again)."""
+    Wy, H, dH = net.Wy, ws.H, ws.dH
     lanes = _LINE // H.itemsize
     h0 = s * H.shape[1] * H.shape[2]
     for u in range(0, width, lanes):
@@ -760,19 +894,21 @@ def _output_step_one(s, width, Wy, by, bh, H, dH, dZt, lr):
             wy = _lines_load(Wy, r, 1)
             dv = dv + d * wy
             _lines_store(Wy, r, wy - (lr * d) * hv)
-        dv = dv * (one - hv * hv)
-        _lines_store(dH, s * dH.shape[1] * dH.shape[2] + u, dv)
-        _lines_store(bh, s * bh.shape[1] + u, _lines_load(bh, s * bh.shape[1] + u, 1) - lr * dv)
+        _lines_store(dH, h0 + u, dv)
+    _act_grad(act, dH[s, 0, :width], H[s, 0, :width])
+    for j in range(width):
+        net.bh[s, j] -= lr * dH[s, 0, j]
     for o in range(Wy.shape[1]):
-        by[s, o] -= lr * dZt[0, o]
+        net.by[s, o] -= lr * dZt[0, o]
 
 
 @_jit
-def _output_grads(s, width, C, Wy, H, dH, dZt, gWy, gbh, gby, fresh):
-    """dh~ of C examples, and the gradients of Wy, bh and by summed over them into
-    gWy, gbh and gby: afresh where `fresh`, else added to the sums of the batch's
-    earlier chunks (_sparse_impl.h fm_sparse_output_grads)."""
-    one = H.dtype.type(1)
+def _output_grads(act, s, width, C, net, ws, dZt, fresh):
+    """dh~ = (Wy^T dz) * f'(h) of C examples, and the gradients of slice s's Wy, bh
+    and by summed over them into gWy, gbh and gby: afresh where `fresh`, else added
+    to the sums of the batch's earlier chunks (_sparse_impl.h
+    fm_sparse_output_grads)."""
+    Wy, H, dH, gWy, gbh, gby = net.Wy, ws.H, ws.dH, ws.gWy, ws.gbh, ws.gby
     nout = Wy.shape[1]
     if fresh:
         gbh[s, :width] = 0
@@ -786,8 +922,8 @@ def _output_grads(s, width, C, Wy, H, dH, dZt, gWy, gbh, gby, fresh):
             for j in range(width):
                 dH[s, b, j] += d * Wy[s, o, j]
                 gWy[s, o, j] += d * H[s, b, j]
+        _act_grad(act, dH[s, b, :width], H[s, b, :width])
         for j in range(width):
-            dH[s, b, j] *= one - H[s, b, j] * H[s, b, j]
             gbh[s, j] += dH[s, b, j]
     for o in range(nout):
         dsum = H.dtype.type(0)
@@ -796,17 +932,17 @@ def _output_grads(s, width, C, Wy, H, dH, dZt, gWy, gbh, gby, fresh):
         gby[s, o] += dsum
 
 
-# fmt: off
 @_jit
-def _output_apply(s, width, Wy, by, bh, VWy, Vby, Vbh, gWy, gbh, gby, lr, mu, decay, nesterov):
-    # fmt: on
+def _output_apply(s, width, net, ws, step, decay):
     """The steps of slice s's Wy (with decay), by and bh from the sums in gWy, gby and
     gbh (_sparse_impl.h fm_sparse_output_step)."""
-    zero = Wy.dtype.type(0)
-    _sgd_row(by, Vby if mu != 0 else by, s, 0, gby, s, Wy.shape[1], lr, mu, zero, nesterov)
-    for o in range(Wy.shape[1]):
-        _sgd_row(Wy[s], VWy[s] if mu != 0 else Wy[s], o, 0, gWy[s], o, width, lr, mu, decay, nesterov)
-    _sgd_row(bh, Vbh if mu != 0 else bh, s, 0, gbh, s, width, lr, mu, zero, nesterov)
+    lr, mu, nesterov = step.lr, step.momentum, step.nesterov
+    zero = net.Wy.dtype.type(0)
+    Wy, VWy = net.Wy[s], net.VWy[s] if mu != 0 else net.Wy[s]
+    _sgd_row(net.by, net.Vby if mu != 0 else net.by, s, 0, ws.gby, s, net.Wy.shape[1], lr, mu, zero, nesterov)
+    for o in range(net.Wy.shape[1]):
+        _sgd_row(Wy, VWy, o, 0, ws.gWy[s], o, width, lr, mu, decay, nesterov)
+    _sgd_row(net.bh, net.Vbh if mu != 0 else net.bh, s, 0, ws.gbh, s, width, lr, mu, zero, nesterov)
 
 
 @_jit
@@ -848,154 +984,139 @@ def _chunk_sums(G, s, first, g0, g1, group_line, cptr, cbase, n_in, crow, cval, 
 
 
 @_jit
-def _sparse_dz(t, by, Pb, dZt, labels, weights, has_weights, order, start, C, weight_sum, loss):
+def _sparse_dz(loss, t, net, ex, Zp, dZt, start, C, weight_sum):
     """dl/dz of examples order[start : start + C] into dZt (the same in every
     thread): the groups' partial logits added to thread t's copy of by in group
     order, then the row's loss, scaled by the row's share of its batch's weight_sum
     (_sparse_impl.h fm_sparse_dz). Returns their weighted (loss, correct)."""
     nout = dZt.shape[1]
-    G = Pb.shape[1]
+    n_groups = Zp.shape[1]
     loss_sum = 0.0
     correct = 0.0
     for b in range(C):
         for o in range(nout):
-            z = by[t, o]
-            for g in range(G):
-                z += Pb[b, g, o]
+            z = net.by[t, o]
+            for g in range(n_groups):
+                z += Zp[b, g, o]
             dZt[b, o] = z
-        r = order[start + b]
-        w = weights[r] if has_weights else 1.0
+        r = ex.order[start + b]
+        w = ex.weights[r] if ex.has_weights else 1.0
         scale = dZt.dtype.type(w / weight_sum) if weight_sum > 0 else dZt.dtype.type(0)
-        rl, rc = _row_loss_grad(dZt, b, labels[r], dZt, loss, scale)
+        rl, rc = _row_loss_grad(loss, dZt, b, ex.labels[r], dZt, scale)
         loss_sum += w * rl
         correct += w * rc
     return loss_sum, correct
 
 
-# fmt: off
 @_jit
-def _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
-                 dense, order, start, B, lr, mu, decay, nesterov, H, dH, dZt, gWy, gbh, gby, mask, grouped, cur):
-    # fmt: on
+def _sparse_step(act, t, nt, net, ex, step, decay, ws, start, B, dZt, grouped, cur):
     """Given dl/dz of the batch in dZt: dh~ and the updates of thread t's slices
-    (_sparse_impl.h fm_sparse_step); where `grouped`, each touched row of WhT once
-    (_grouped_rows)."""
+    (_sparse_impl.h fm_sparse_step, which says why the step splits into every row's
+    step from a zero gradient and the gradient's part on the touched rows); where
+    `grouped`, each touched row of WhT once (_grouped_rows)."""
+    WhT, VWhT, slice_group, group_line = net.WhT, net.VWhT, net.slice_group, net.group_line
+    lr, mu, nesterov = step.lr, step.momentum, step.nesterov
     n_slices, n_in = WhT.shape[:2]
     lanes = 64 // WhT.itemsize
-    one = WhT.dtype.type(1)
     plain = mu == 0 and decay == 0
+    no_gradient = WhT[0, :0, :]  # a gradient of no rows: _sgd_row's zero gradient
+    c = lr * (WhT.dtype.type(1) + mu) if nesterov else lr
     for s in range(t, n_slices, nt):
-        first = group_line[slice_group[s]]
-        width = (group_line[slice_group[s + 1]] - first) * lanes
+        line0 = group_line[slice_group[s]]
+        width = (group_line[slice_group[s + 1]] - line0) * lanes
         if B == 1 and plain:
-            _output_step_one(s, width, Wy, by, bh, H, dH, dZt, lr)
+            _output_step_one(act, s, width, net, ws, dZt, lr)
         else:
-            _output_grads(s, width, B, Wy, H, dH, dZt, gWy, gbh, gby, True)
-            _output_apply(s, width, Wy, by, bh, VWy, Vby, Vbh, gWy, gbh, gby, lr, mu, decay, nesterov)
+            _output_grads(act, s, width, B, net, ws, dZt, True)
+            _output_apply(s, width, net, ws, step, decay)
         if not plain:
-            # every row steps (see fm_sparse_step): a pass over all rows, then the non-zeros
+            Vs = VWhT[s] if mu != 0 else WhT[s]
             for i in range(n_in):
-                if mu == 0:
-                    for j in range(width):
-                        WhT[s, i, j] -= lr * decay * WhT[s, i, j]
-                elif nesterov:
-                    for j in range(width):
-                        tj = mu * VWhT[s, i, j] + decay * WhT[s, i, j]
-                        WhT[s, i, j] -= lr * (decay * WhT[s, i, j] + mu * tj)
-                        VWhT[s, i, j] = tj
-                else:
-                    for j in range(width):
-                        VWhT[s, i, j] = mu * VWhT[s, i, j] + decay * WhT[s, i, j]
-                        WhT[s, i, j] -= lr * VWhT[s, i, j]
-        c = lr * (one + mu) if nesterov and not plain else lr
+                _sgd_row(WhT[s], Vs, i, 0, no_gradient, 0, width, lr, mu, decay, nesterov)
+        g0, g1 = slice_group[s], slice_group[s + 1]
         if grouped:
             # fmt: off
-            _grouped_rows(WhT, VWhT, s, first, slice_group[s], slice_group[s + 1], group_line, c, mu != 0, mask, t,
-                          s + nt >= n_slices, data, indptr, dense, n_in, order, start, B, dH, cur)
+            _grouped_rows(WhT, VWhT, s, line0, g0, g1, group_line, c, mu != 0, ws.mask, t, s + nt >= n_slices,
+                          ex.data, ex.indptr, ex.dense, n_in, ex.order, start, B, ws.dH, cur)
             # fmt: on
             continue
         for b in range(B):
-            av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
+            av, ai, k = _row_of(ex.indptr, ex.dense, n_in, ex.order[start + b])
             # fmt: off
-            _update_rows(WhT, VWhT, mu != 0, s, first, slice_group[s], slice_group[s + 1], group_line, c, data, av,
-                         indices, ai, k, dH, b)
+            _update_rows(WhT, VWhT, mu != 0, s, line0, g0, g1, group_line, c, ex.data, av, ex.indices, ai, k, ws.dH,
+                         b)
             # fmt: on
 
 
-# fmt: off
 @_jit
-def _sparse_accumulate(t, nt, Wy, VWhT, slice_group, group_line, data, indices, indptr, dense, order, start, C,
-                       H, dH, dZt, gWy, gbh, gby, G, fresh, cptr, cbase, crow, cval, mask, grouped, cur):
-    # fmt: on
+def _sparse_accumulate(act, t, nt, net, ex, ws, start, C, dZt, fresh, grouped, cur):
     """One chunk of a batch taken in chunks, for thread t: dh~ of its C examples
-    (order[start ..]) and their gradients added to gWy, gbh, gby and G, afresh at
+    (order[start ..]) and their gradients added to gWy, gbh, gby and gWhT, afresh at
     the batch's first chunk (`fresh`); nothing steps (_sparse_impl.h
-    fm_sparse_accumulate). G's rows take the chunk's sums grouped by input where
+    fm_sparse_accumulate). gWhT's rows take the chunk's sums grouped by input where
     the full batch's chunks come grouped (cptr), or from the mask where `grouped`,
     else an update per non-zero."""
-    n_slices, n_in = G.shape[:2]
-    lanes = 64 // G.itemsize
-    minus_one = G.dtype.type(-1)
+    gWhT, slice_group, group_line = ws.gWhT, net.slice_group, net.group_line
+    n_slices, n_in = gWhT.shape[:2]
+    lanes = 64 // gWhT.itemsize
+    minus_one = gWhT.dtype.type(-1)
+    cbase = (start // ws.H.shape[1]) * (n_in + 1)  # the chunk's offsets in cptr
     for s in range(t, n_slices, nt):
         g0, g1 = slice_group[s], slice_group[s + 1]
-        first = group_line[g0]
-        width = (group_line[g1] - first) * lanes
-        _output_grads(s, width, C, Wy, H, dH, dZt, gWy, gbh, gby, fresh)
-        if cptr.size:
-            _chunk_sums(G, s, first, g0, g1, group_line, cptr, cbase, n_in, crow, cval, dH)
+        line0 = group_line[g0]
+        width = (group_line[g1] - line0) * lanes
+        _output_grads(act, s, width, C, net, ws, dZt, fresh)
+        if ws.cptr.size:
+            _chunk_sums(gWhT, s, line0, g0, g1, group_line, ws.cptr, cbase, n_in, ws.crow, ws.cval, ws.dH)
         elif grouped:
             # fmt: off
-            _grouped_rows(G, VWhT, s, first, g0, g1, group_line, minus_one, False, mask, t, s + nt >= n_slices, data,
-                          indptr, dense, n_in, order, start, C, dH, cur)
+            _grouped_rows(gWhT, net.VWhT, s, line0, g0, g1, group_line, minus_one, False, ws.mask, t,
+                          s + nt >= n_slices, ex.data, ex.indptr, ex.dense, n_in, ex.order, start, C, ws.dH, cur)
             # fmt: on
         else:
             for b in range(C):
-                av, ai, k = _row_of(indptr, dense, n_in, order[start + b])
-                _update_rows(G, VWhT, False, s, first, g0, g1, group_line, minus_one, data, av, indices, ai, k, dH, b)
+                av, ai, k = _row_of(ex.indptr, ex.dense, n_in, ex.order[start + b])
+                # fmt: off
+                _update_rows(gWhT, net.VWhT, False, s, line0, g0, g1, group_line, minus_one, ex.data, av, ex.indices,
+                             ai, k, ws.dH, b)
+                # fmt: on
 
 
-# fmt: off
 @_jit
-def _sparse_apply(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, gWy, gbh, gby, G, lr, mu,
-                  decay, nesterov):
-    # fmt: on
+def _sparse_apply(t, nt, net, step, decay, ws):
     """The step of a batch taken in chunks, for thread t, from the gradients that
-    _sparse_accumulate summed: every row of WhT steps with its row of G (zeroed for
-    the next batch), then Wy, by and bh (_sparse_impl.h fm_sparse_apply)."""
+    _sparse_accumulate summed: every row of WhT steps with its row of gWhT (zeroed
+    for the next batch), then Wy, by and bh (_sparse_impl.h fm_sparse_apply)."""
+    WhT, mu = net.WhT, step.momentum
     n_slices, n_in = WhT.shape[:2]
     lanes = 64 // WhT.itemsize
     for s in range(t, n_slices, nt):
-        width = (group_line[slice_group[s + 1]] - group_line[slice_group[s]]) * lanes
-        Ws, Gs = WhT[s], G[s]
-        Vs = VWhT[s] if mu != 0 else Ws
+        width = (net.group_line[net.slice_group[s + 1]] - net.group_line[net.slice_group[s]]) * lanes
+        Ws, gWs = WhT[s], ws.gWhT[s]
+        Vs = net.VWhT[s] if mu != 0 else Ws
         for i in range(n_in):
-            _sgd_row(Ws, Vs, i, 0, Gs, i, width, lr, mu, decay, nesterov)
+            _sgd_row(Ws, Vs, i, 0, gWs, i, width, step.lr, mu, decay, step.nesterov)
             for j in range(width):
-                Gs[i, j] = 0
-        _output_apply(s, width, Wy, by, bh, VWy, Vby, Vbh, gWy, gbh, gby, lr, mu, decay, nesterov)
+                gWs[i, j] = 0
+        _output_apply(s, width, net, ws, step, decay)
 
 
-# fmt: off
 @_jit
-def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices, indptr,
-                   dense, labels, weights, has_weights, order, batch, lr, mu, decay, nesterov, decay_by_weight_sum,
-                   loss, H, dH, P, dZ, gWy, gbh, gby, G, row_loss, row_correct, sync, cptr, crow, cval, mask,
-                   group_min):
-    # fmt: on
+def _sparse_thread(act, loss, t, nt, net, ex, step, ws):
     """Thread t's share of an epoch (_sparse_impl.h fm_sparse_thread; dl/dz is
-    computed by every thread, not shared out). A batch larger than the workspace's
-    rows is taken that many examples at a time, its gradient summed in G and the
-    step taken after its last chunk; the chunks of one full batch may come with
-    their non-zeros grouped by input (cptr, crow, cval: group_chunks, flat). With a
-    mask (up to its rows of examples at a time), batches or chunks of group_min
-    examples or more mark each example's inputs in thread t's mask in the forward
-    pass and update each touched row once."""
+    computed by every thread, not shared out): the network ``net`` (epochs.SparseNet)
+    with the activation and loss codes ``act`` and ``loss``, the examples ``ex``
+    (_Examples), the step (_Step) and the workspace ``ws`` (epochs.SparseWork). A
+    batch larger than the workspace's rows is taken that many examples at a time,
+    its gradient summed in gWhT and the step taken after its last chunk; the chunks
+    of one full batch may come with their non-zeros grouped by input (cptr, crow,
+    cval: group_chunks, flat). With a mask (up to its rows of examples at a time),
+    batches or chunks of group_min examples or more mark each example's inputs in
+    thread t's mask in the forward pass and update each touched row once."""
     # every array borrowed: the calls below count no references (_borrowed)
-    WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby = _borrowed((WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby))
-    slice_group, group_line, data, indices, indptr = _borrowed((slice_group, group_line, data, indices, indptr))
-    labels, weights, order, H, dH, P, dZ, gWy, gbh = _borrowed((labels, weights, order, H, dH, P, dZ, gWy, gbh))
-    gby, G, row_loss, row_correct, sync = _borrowed((gby, G, row_loss, row_correct, sync))
-    cptr, crow, cval, mask = _borrowed((cptr, crow, cval, mask))
+    net, ex, ws = _borrowed(net), _borrowed(ex), _borrowed(ws)
+    WhT, bh, Wy, slice_group, group_line = net.WhT, net.bh, net.Wy, net.slice_group, net.group_line
+    data, indices, indptr, dense, order, H = ex.data, ex.indices, ex.indptr, ex.dense, ex.order, ws.H
     n_slices, n_in = WhT.shape[:2]
     nout = Wy.shape[1]
     lanes = 64 // WhT.itemsize
@@ -1015,21 +1136,21 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
             mine = lines
     narrow = mine < widest
     start = 0
-    cur = np.empty(max(batch, 1), np.int64)
+    cur = np.empty(max(ex.batch, 1), np.int64)
     rows = H.shape[1]
     while start < n:
-        B = min(batch, n - start)
-        weight_sum = _batch_weight(weights, has_weights, order, start, B)
-        d = decay
-        if decay_by_weight_sum:
-            d = WhT.dtype.type(decay / weight_sum) if weight_sum > 0 else WhT.dtype.type(0)
+        B = min(ex.batch, n - start)
+        weight_sum = _batch_weight(ex.weights, ex.has_weights, order, start, B)
+        d = step.decay
+        if step.decay_by_weight_sum:
+            d = WhT.dtype.type(step.decay / weight_sum) if weight_sum > 0 else WhT.dtype.type(0)
         chunked = B > rows
         c0 = 0
         while c0 < B:
             C = min(rows, B - c0)
             c_start = start + c0
-            Pb = P[parity]
-            grouped = mask.size > 0 and C >= group_min and cptr.size == 0 and t < n_slices
+            Zp = ws.Zp[parity]
+            grouped = ws.mask.size > 0 and C >= ws.group_min and ws.cptr.size == 0 and t < n_slices
             for b in range(C):
                 av, ai, k = _row_of(indptr, dense, n_in, order[c_start + b])
                 if c_start + b + 1 < n:  # the examples come in random order: ask for the next one
@@ -1045,37 +1166,32 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
                                 _prefetch(indices, ai1 + e)
                 for s in range(t, n_slices, nt):
                     g0, g1 = slice_group[s], slice_group[s + 1]
-                    first = group_line[g0]
-                    width = (group_line[g1] - first) * lanes
-                    _gather(H, s, b, first, g0, g1, group_line, bh, WhT, data, av, indices, ai, k)
+                    line0 = group_line[g0]
+                    width = (group_line[g1] - line0) * lanes
+                    live = min(max(net.n_hidden - line0 * lanes, 0), width)
+                    _gather(H, s, b, line0, g0, g1, group_line, bh, WhT, data, av, indices, ai, k)
                     if grouped and s == t:
-                        _mark_inputs(mask, t, b, indices, ai, k)
-                    _tanh_row(H, s, b, width)
+                        _mark_inputs(ws.mask, t, b, indices, ai, k)
+                    _activate(act, H[s, b, :live])
+                    H[s, b, live:width] = 0  # the padding, whatever f(0)
                     for g in range(g0, g1):
-                        off = (group_line[g] - first) * lanes
+                        off = (group_line[g] - line0) * lanes
                         len_ = (group_line[g + 1] - group_line[g]) * lanes
                         for o in range(nout):
-                            Pb[b, g, o] = _dot_rows(H, Wy, s, b, o, off, len_)
+                            Zp[b, g, o] = _dot_rows(H, Wy, s, b, o, off, len_)
             if nt > 1:
-                _barrier(sync, nt)
+                _barrier(ws.sync, nt)
             if t < n_slices:
-                dZt = dZ[t, :, :nout]
-                ls, nc = _sparse_dz(t, by, Pb, dZt, labels, weights, has_weights, order, c_start, C, weight_sum, loss)
+                dZt = ws.dZ[t, :, :nout]
+                ls, nc = _sparse_dz(loss, t, net, ex, Zp, dZt, c_start, C, weight_sum)
                 loss_sum += ls
                 correct += nc
-                # fmt: off
                 if not chunked:
-                    _sparse_step(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, data, indices,
-                                 indptr, dense, order, start, B, lr, mu, d, nesterov, H, dH, dZt, gWy, gbh, gby, mask,
-                                 grouped, cur)
+                    _sparse_step(act, t, nt, net, ex, step, d, ws, start, B, dZt, grouped, cur)
                 else:
-                    _sparse_accumulate(t, nt, Wy, VWhT, slice_group, group_line, data, indices, indptr, dense, order,
-                                       c_start, C, H, dH, dZt, gWy, gbh, gby, G, c0 == 0, cptr, (c_start // rows) *
-                                       (n_in + 1), crow, cval, mask, grouped, cur)
+                    _sparse_accumulate(act, t, nt, net, ex, ws, c_start, C, dZt, c0 == 0, grouped, cur)
                     if c0 + C == B:
-                        _sparse_apply(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, group_line, gWy, gbh,
-                                      gby, G, lr, mu, d, nesterov)
-                # fmt: on
+                        _sparse_apply(t, nt, net, step, d, ws)
             parity ^= 1
             c0 += C
         start += B
@@ -1083,24 +1199,23 @@ def _sparse_thread(t, nt, WhT, bh, Wy, by, VWhT, Vbh, VWy, Vby, slice_group, gro
 
 
 @_jit
-def _bias_tanh(H, b):
+def _bias_act(act, H, b):
+    """H = f(H + b), b broadcast over the rows."""
     for r in range(H.shape[0]):
         for j in range(H.shape[1]):
             H[r, j] += b[j]
-    _tanh_inplace(H.reshape(H.size))  # one flat view, not one per row
+    _activate(act, H.reshape(H.size))  # one flat view, not one per row
 
 
 @_jit
-def _step_backward(Xb, Hb, dZb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_real):
-    """dH = (dZ Wy) * (1 - H*H) before Wy changes, then every parameter steps in place."""
+def _step_backward(act, Xb, Hb, dZb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_real):
+    """dH = (dZ Wy) * f'(H) before Wy changes, then every parameter steps in place."""
     B, n_in = Xb.shape
     nh = Wh.shape[0]
     nout = Wy.shape[0]
     t = Wh.dtype.type
     _gemm(False, False, B, nh, nout, t(1), dZb, nout, Wy, nh, t(0), dHb, nh, ws_int, ws_char, ws_real)
-    for r in range(B):
-        for j in range(nh):
-            dHb[r, j] *= t(1) - Hb[r, j] * Hb[r, j]
+    _act_grad(act, dHb.reshape(dHb.size), Hb.reshape(Hb.size))
     _gemm(True, False, nout, nh, B, -lr, dZb, nout, Hb, nh, t(1), Wy, nh, ws_int, ws_char, ws_real)
     _gemm(True, False, nh, n_in, B, -lr, dHb, nh, Xb, n_in, t(1), Wh, n_in, ws_int, ws_char, ws_real)
     for r in range(B):
@@ -1110,15 +1225,16 @@ def _step_backward(Xb, Hb, dZb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, ws_rea
             bh[j] -= lr * dHb[r, j]
 
 
-# fmt: off
 @_jit
-def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weights, has_weights, perm, batch, lr,
-                mu, decay, nesterov, decay_by_weight_sum, loss, Xbuf, H, dH, Zp, dZ, GWh, GWy, gb, ws_int, ws_char,
-                ws_real):
-    # fmt: on
-    """The BLAS epoch of _blas_impl.h on one thread: the same blocks of hidden units
-    (one GEMM each per step), their partial logits added in block order."""
-    _check_loss(loss)
+def _blas_epoch(act, loss, net, ex, step, ws, ws_int, ws_char, ws_real):
+    """The BLAS epoch of _blas_impl.h on one thread: the network ``net``
+    (epochs.BlasNet) with the codes ``act`` and ``loss``, the examples ``ex``
+    (_Batches), the step (_Step), the workspace ``ws`` (epochs.BlasWork); the same
+    blocks of hidden units as the C kernels' threads take (one GEMM each per step),
+    their partial logits added in block order."""
+    Wh, bh, Wy, by, VWh, Vbh, VWy, Vby = net.Wh, net.bh, net.Wy, net.by, net.VWh, net.Vbh, net.VWy, net.Vby
+    X, perm, block_unit, H, dH, Zp, dZ, gb = ex.X, ex.order, net.block_unit, ws.H, ws.dH, ws.Zp, ws.dZ, ws.gb
+    lr, mu, nesterov = step.lr, step.momentum, step.nesterov
     n_ex = perm.size
     n_in = X.shape[1]
     nh = Wh.shape[0]
@@ -1130,7 +1246,7 @@ def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weigh
     correct = 0.0
     start = 0
     while start < n_ex:
-        B = min(batch, n_ex - start)
+        B = min(ex.batch, n_ex - start)
         in_order = True
         for b in range(1, B):
             if perm[start + b] != perm[start] + b:
@@ -1140,22 +1256,19 @@ def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weigh
             Xb = X[perm[start] : perm[start] + B]
         else:
             for b in range(B):
-                Xbuf[0, b] = X[perm[start + b]]
-            Xb = Xbuf[0, :B]
+                ws.Xb[0, b] = X[perm[start + b]]
+            Xb = ws.Xb[0, :B]
         for j in range(nb):
             u0, u1 = block_unit[j], block_unit[j + 1]
             w = u1 - u0
             Hj = H[j].reshape(H.shape[1] * H.shape[2])[: B * w].reshape((B, w))
             _gemm(False, True, B, w, n_in, t(1), Xb, n_in, Wh[u0:], n_in, t(0), Hj, w, ws_int, ws_char, ws_real)
-            for r in range(B):
-                for c in range(w):
-                    Hj[r, c] += bh[u0 + c]
-            _tanh_inplace(H[j].reshape(H.shape[1] * H.shape[2])[: B * w])
+            _bias_act(act, Hj, bh[u0:u1])
             _gemm(False, True, B, nout, w, t(1), Hj, w, Wy[:, u0:], nh, t(0), Zp[j], nout, ws_int, ws_char, ws_real)
-        weight_sum = _batch_weight(weights, has_weights, perm, start, B)
-        d = decay
-        if decay_by_weight_sum:
-            d = t(decay / weight_sum) if weight_sum > 0 else zero
+        weight_sum = _batch_weight(ex.weights, ex.has_weights, perm, start, B)
+        d = step.decay
+        if step.decay_by_weight_sum:
+            d = t(step.decay / weight_sum) if weight_sum > 0 else zero
         plain = mu == 0 and d == 0
         for b in range(B):
             for o in range(nout):
@@ -1164,8 +1277,8 @@ def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weigh
                     z += Zp[j, b, o]
                 dZ[b, o] = z
             r = perm[start + b]
-            wt = weights[r] if has_weights else 1.0
-            rl, rc = _row_loss_grad(dZ, b, labels[r], dZ, loss, t(wt / weight_sum) if weight_sum > 0 else zero)
+            wt = ex.weights[r] if ex.has_weights else 1.0
+            rl, rc = _row_loss_grad(loss, dZ, b, ex.labels[r], dZ, t(wt / weight_sum) if weight_sum > 0 else zero)
             loss_sum += wt * rl
             correct += wt * rc
         for j in range(nb):
@@ -1174,9 +1287,7 @@ def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weigh
             Hj = H[j].reshape(H.shape[1] * H.shape[2])[: B * w].reshape((B, w))
             dHj = dH[j].reshape(dH.shape[1] * dH.shape[2])[: B * w].reshape((B, w))
             _gemm(False, False, B, w, nout, t(1), dZ, nout, Wy[:, u0:], nh, t(0), dHj, w, ws_int, ws_char, ws_real)
-            for r in range(B):
-                for c in range(w):
-                    dHj[r, c] *= t(1) - Hj[r, c] * Hj[r, c]
+            _act_grad(act, dHj.reshape(B * w), Hj.reshape(B * w))
             if plain:
                 _gemm(True, False, nout, w, B, -lr, dZ, nout, Hj, w, t(1), Wy[:, u0:], nh, ws_int, ws_char, ws_real)
                 for r in range(B):
@@ -1184,6 +1295,7 @@ def _blas_epoch(Wh, bh, Wy, by, VWh, Vbh, VWy, Vby, block_unit, X, labels, weigh
                         bh[u0 + c] -= lr * dHj[r, c]
                 _gemm(True, False, w, n_in, B, -lr, dHj, w, Xb, n_in, t(1), Wh[u0:], n_in, ws_int, ws_char, ws_real)
                 continue
+            GWy, GWh = ws.GWy, ws.GWh
             _gemm(True, False, nout, w, B, t(1), dZ, nout, Hj, w, t(0), GWy[:, u0:], nh, ws_int, ws_char, ws_real)
             for o in range(nout):
                 _sgd_row(Wy, VWy if mu != 0 else Wy, o, u0, GWy[:, u0:], o, w, lr, mu, d, nesterov)
@@ -1217,55 +1329,99 @@ def _gemm_workspace(dtype):
 
 @_jit
 def _loss_grad(Z, labels, dZ, loss):
-    _check_loss(loss)
     scale = Z.dtype.type(1) / Z.dtype.type(Z.shape[0])
     loss_sum = 0.0
     n_correct = 0
     for r in range(Z.shape[0]):
-        rl, rc = _row_loss_grad(Z, r, labels[r], dZ, loss, scale)
+        rl, rc = _row_loss_grad(loss, Z, r, labels[r], dZ, scale)
         loss_sum += rl
         n_correct += rc
     return loss_sum, n_correct
 
 
+# ---- what the compiled epochs take: epochs.py's layouts, their dtypes made exact ----
+
+
+class _Rows(NamedTuple):
+    """The examples of a sparse epoch (_fused.h fm_rows): CSR rows (data, indices,
+    indptr) or dense ones (dense: indptr unused), their labels and sample weights
+    (has_weights False: all 1), the order and the batch size."""
+
+    data: np.ndarray
+    indices: np.ndarray
+    indptr: np.ndarray
+    dense: bool
+    labels: np.ndarray
+    weights: np.ndarray
+    has_weights: bool
+    order: np.ndarray
+    batch: int
+
+
+class _Batches(NamedTuple):
+    """The examples of a BLAS epoch (_fused.h fm_batches): the rows of X in order."""
+
+    X: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+    has_weights: bool
+    order: np.ndarray
+    batch: int
+
+
+class _Step(NamedTuple):
+    """epochs.SGD in the parameters' dtype (_fused.h fm_sgd)."""
+
+    lr: np.floating
+    momentum: np.floating
+    decay: np.floating
+    nesterov: bool
+    decay_by_weight_sum: bool
+
+
+def _step(opt, dtype):
+    with np.errstate(over="ignore"):  # a learning rate beyond float32's range is inf, as in C
+        numbers = [dtype.type(x) for x in (opt.lr, opt.momentum, opt.decay)]
+    return _Step(*numbers, bool(opt.nesterov), bool(opt.decay_by_weight_sum))
+
+
+def _weights(weights, dtype):
+    return (np.zeros(0, dtype), False) if weights is None else (weights, True)
+
+
 # ---- the primitives (the contract of fastmlp._kernels) ----
 
 
-def tanh(x):
-    """tanh of a 1-D array, with the approximation the kernels use (float32)."""
+def activation(x, act):
+    """f(x) of a 1-D array for the activation code ``act``, with the approximations
+    the kernels use."""
+    _check_codes(_codes(act, 0))
     out = np.array(x, copy=True)
-    _call(_tanh_inplace, out)
+    _call(_activate, act, out)
     return out
+
+
+def _codes(act, loss):
+    from .epochs import Codes
+
+    return Codes(act, loss)
 
 
 def _times_transposed(A, W):
     """A W^T by one GEMM, into a new array."""
     out = np.empty((A.shape[0], W.shape[0]), dtype=W.dtype)
     t = W.dtype.type
-    _call(
-        _gemm,
-        False,
-        True,
-        A.shape[0],
-        W.shape[0],
-        A.shape[1],
-        t(1),
-        A,
-        A.shape[1],
-        W,
-        A.shape[1],
-        t(0),
-        out,
-        W.shape[0],
-        *_gemm_workspace(W.dtype),
-    )
+    n_in = A.shape[1]
+    _call(_gemm, False, True, A.shape[0], W.shape[0], n_in, t(1), A, n_in, W, n_in, t(0), out, W.shape[0],
+          *_gemm_workspace(W.dtype))  # fmt: skip
     return out
 
 
-def forward_hidden(X, Wh, bh):
-    """H = tanh(X Wh^T + bh)."""
+def forward_hidden(X, Wh, bh, act):
+    """H = f(X Wh^T + bh)."""
+    _check_codes(_codes(act, 0))
     H = _times_transposed(X, Wh)
-    _call(_bias_tanh, H, bh)
+    _call(_bias_act, act, H, bh)
     return H
 
 
@@ -1278,21 +1434,20 @@ def forward_logits(H, Wy, by):
 
 def loss_grad(Z, labels, loss):
     """(dZ, loss_sum, n_correct): dZ = dl/dZ / B, the summed loss, the correct count."""
+    _check_codes(_codes(0, loss))
     dZ = np.empty_like(Z)
     return (dZ, *_call(_loss_grad, Z, labels, dZ, loss))
 
 
-def backward_update(X, H, dZ, P, lr):
-    """In place on the block P: the SGD step of every parameter; returns dH = (dZ Wy) * (1 - H*H)."""
+def backward_update(X, H, dZ, P, lr, act):
+    """In place on the block P: the SGD step of every parameter; returns dH = (dZ Wy) * f'(H)."""
+    _check_codes(_codes(act, 0))
     dtype = P.Wh.dtype
     dH = np.empty((X.shape[0], P.Wh.shape[0]), dtype=dtype)
-    _call(_step_backward, X, H, dZ.copy(), dH, *P, _as(dtype, lr), *_gemm_workspace(dtype))
+    with np.errstate(over="ignore"):
+        lr = dtype.type(lr)
+    _call(_step_backward, act, X, H, dZ.copy(), dH, *P, lr, *_gemm_workspace(dtype))
     return dH
-
-
-def _as(dtype, lr):
-    with np.errstate(over="ignore"):  # a learning rate beyond float32's range is inf, as in C
-        return dtype.type(lr)
 
 
 def max_threads():
@@ -1308,81 +1463,55 @@ def max_threads():
     return _cy.max_threads()
 
 
-def _opt_args(opt, dtype):
-    """The step's numbers as the compiled code takes them, in the parameters' dtype."""
-    return (
-        _as(dtype, opt.lr),
-        _as(dtype, opt.momentum),
-        _as(dtype, opt.decay),
-        bool(opt.nesterov),
-        bool(opt.decay_by_weight_sum),
-    )
-
-
-def _weights_args(weights, dtype):
-    return (np.zeros(0, dtype), False) if weights is None else (weights, True)
-
-
-def sparse_epoch(P, rows, labels, weights, order, batch, opt, loss, work, n_threads):
+def sparse_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_threads):
     """Mini-batch SGD over the batches of rows[order] on the sparse path, in place on
-    the block P (epochs.SparseNet), with the step ``opt`` and the sample ``weights``,
-    on ``n_threads`` threads: this thread and n_threads - 1 others, each running the
-    compiled loop on its slices without the GIL and meeting the others once per
-    batch (or chunk of one) at an atomic spin barrier. Returns (loss_sum, correct)."""
+    the block P (epochs.SparseNet), with the step ``opt``, the network's ``codes``
+    and the sample ``weights``, on ``n_threads`` threads: this thread and
+    n_threads - 1 others, each running the compiled loop on its slices without the
+    GIL and meeting the others once per batch (or chunk of one) at an atomic spin
+    barrier. Returns (loss_sum, correct)."""
     if len(order) == 0:
         return 0.0, 0.0
-    _call(_check_loss, loss)
+    _check_codes(codes)
     dtype = P.WhT.dtype
     if opt.momentum and P.VWhT.size == 0:
         raise ValueError("the parameter block has no velocities for a step with momentum")
-    if work.H.shape[1] < min(batch, len(order)) and not work.G.size:
-        raise ValueError("a batch larger than the workspace's rows needs the workspace's G")
+    if work.H.shape[1] < min(batch, len(order)) and not work.gWhT.size:
+        raise ValueError("a batch larger than the workspace's rows needs the workspace's gWhT")
     check_mask(P, work)
     dense = rows.indptr is None
     n_chunks = -(-len(order) // work.H.shape[1])
     if work.cptr.size and (
-        dense or not work.G.size or batch < len(order) or work.cptr.shape != (n_chunks, P.WhT.shape[1] + 1)
+        dense or not work.gWhT.size or batch < len(order) or work.cptr.shape != (n_chunks, P.WhT.shape[1] + 1)
     ):
         raise ValueError("grouped chunks (cptr) need CSR rows, one full batch in chunks, and a row per chunk")
-    indptr = np.zeros(1, np.int64) if dense else rows.indptr
-    n_threads = max(1, int(n_threads))
-    # the blocks go in flat: Numba's dispatcher types arrays in C, tuples in Python (~10 us each)
-    args = (
-        *P,
+    ex = _Rows(
         rows.data,
         rows.indices,
-        indptr,
+        np.zeros(1, np.int64) if dense else rows.indptr,
         dense,
         labels,
-        *_weights_args(weights, dtype),
+        *_weights(weights, dtype),
         order,
         min(batch, len(order)),
-        *_opt_args(opt, dtype),
-        loss,
-        work.H,
-        work.dH,
-        work.P,
-        work.dZ,
-        work.gWy,
-        work.gbh,
-        work.gby,
-        work.G if work.G.size else np.zeros((0, 1, 1), dtype),  # 3-D either way, for the types
-        work.row_loss,
-        work.row_correct,
-        work.sync,
-        work.cptr.reshape(-1),
-        work.crow,
-        work.cval if work.cval.size else np.zeros(0, dtype),
-        work.mask if work.mask.size else np.zeros((0, 1, 1), np.uint64),
-        max(1, int(work.group_min)),
     )
+    # the workspace's optional arrays in the dimensions and dtypes of their full forms
+    ws = work._replace(
+        gWhT=work.gWhT if work.gWhT.size else np.zeros((0, 1, 1), dtype),
+        cptr=work.cptr.reshape(-1),
+        cval=work.cval if work.cval.size else np.zeros(0, dtype),
+        mask=work.mask if work.mask.size else np.zeros((0, 1, 1), np.uint64),
+        group_min=max(1, int(work.group_min)),
+    )
+    args = (codes.act, codes.loss, P, ex, _step(opt, dtype), ws)
+    n_threads = max(1, int(n_threads))
     if n_threads == 1:
-        return _call(_sparse_thread, 0, 1, *args)
+        return _call(_sparse_thread, *args[:2], 0, 1, *args[2:])
     results = [None] * n_threads
 
     def run(t):
         try:
-            results[t] = _call(_sparse_thread, t, n_threads, *args)
+            results[t] = _call(_sparse_thread, *args[:2], t, n_threads, *args[2:])
         except BaseException as exc:  # surfaced below, after every thread is back
             results[t] = exc
 
@@ -1476,33 +1605,16 @@ def dense_to_csr(X):
     return data, indices, indptr
 
 
-def blas_epoch(P, X, labels, weights, order, batch, opt, loss, work, n_threads):
+def blas_epoch(P, X, labels, weights, order, batch, opt, codes, work, n_threads):
     """Mini-batch SGD over the batches of X[order] with GEMMs, in place on the block P
-    (epochs.BlasNet), with the step ``opt`` and the sample ``weights``, on one thread
-    whatever ``n_threads`` says (the same blocks the Cython kernels' threads take);
-    returns (loss_sum, correct)."""
+    (epochs.BlasNet), with the step ``opt``, the network's ``codes`` and the sample
+    ``weights``, on one thread whatever ``n_threads`` says (the same blocks the
+    Cython kernels' threads take); returns (loss_sum, correct)."""
     if len(order) == 0:
         return 0.0, 0.0
+    _check_codes(codes)
     dtype = P.Wh.dtype
     if not (opt.momentum == 0 and opt.decay == 0) and work.GWh.size == 0:
         raise ValueError("the workspace has no room for the gradients a step with momentum or decay needs")
-    return _call(
-        _blas_epoch,
-        *P,
-        X,
-        labels,
-        *_weights_args(weights, dtype),
-        order,
-        min(batch, len(order)),
-        *_opt_args(opt, dtype),
-        loss,
-        work.Xb,
-        work.H,
-        work.dH,
-        work.Zp,
-        work.dZ,
-        work.GWh,
-        work.GWy,
-        work.gb,
-        *_gemm_workspace(dtype),
-    )
+    ex = _Batches(X, labels, *_weights(weights, dtype), order, min(batch, len(order)))
+    return _call(_blas_epoch, codes.act, codes.loss, P, ex, _step(opt, dtype), work, *_gemm_workspace(dtype))

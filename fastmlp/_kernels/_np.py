@@ -2,50 +2,57 @@
 
 This is the "numpy" backend: the reference loop, the baseline of every benchmark.
 Its one epoch path is the reference's ``train_epoch``, GEMMs through NumPy, on
-dense arrays or scipy.sparse matrices alike.
+dense arrays or scipy.sparse matrices alike. The codes the primitives take are
+those of ``fastmlp.tables``; any other raises ValueError.
 """
 
 import numpy as np
 
 from .. import reference as ref
-from .epochs import LOSS_CODES
+from .. import tables
 
 PATHS = ("reference",)
 THREADED_PATHS = ()
 SPARSE_CHUNK_ROWS = 0  # no sparse path
-_LOSS_NAMES = {code: name for name, code in LOSS_CODES.items()}
+_ACTIVATIONS = {row.code: name for name, row in tables.ACTIVATIONS.items()}
+_LOSSES = {row.code: name for name, row in tables.LOSSES.items()}
 
 
-def _loss_name(code):
+def _name(table, what, code):
     try:
-        return _LOSS_NAMES[code]
+        return table[code]
     except KeyError:
-        raise ValueError(f"unknown loss code {code!r}; known: {_LOSS_NAMES}") from None
+        raise ValueError(f"unknown {what} code {code!r}; known: {table}") from None
 
 
-def tanh(x):
-    return np.tanh(x)
+def activation(x, act):
+    return tables.ACTIVATIONS[_name(_ACTIVATIONS, "activation", act)].f(x)
 
 
-forward_hidden = ref.hidden_layer
+def forward_hidden(X, Wh, bh, act):
+    return ref.hidden_layer(X, Wh, bh, _name(_ACTIVATIONS, "activation", act))
+
+
 forward_logits = ref.output_layer
 
 
 def loss_grad(Z, labels, loss):
+    name = _name(_LOSSES, "loss", loss)
     Y_hat = ref.softmax(Z)
-    mean_loss, accuracy = ref.loss_accuracy(Y_hat, labels, _loss_name(loss), logits=Z)
-    dZ = ref.output_delta(Y_hat, labels, _loss_name(loss)) / len(Z)
+    mean_loss, accuracy = ref.loss_accuracy(Y_hat, labels, name, logits=Z)
+    dZ = ref.output_delta(Y_hat, labels, name) / len(Z)
     return dZ, mean_loss * len(Z), round(accuracy * len(Z))
 
 
-def backward_update(X, H, dZ, P, lr):
-    dH = ref.hidden_delta(P.Wy, H, dZ)
+def backward_update(X, H, dZ, P, lr, act):
+    dH = ref.hidden_delta(P.Wy, H, dZ, _name(_ACTIVATIONS, "activation", act))
     ref.sgd_step(P._asdict(), ref.param_grads(X, H, dZ, dH), lr)
     return dH
 
 
-def reference_epoch(P, X, labels, weights, order, batch, opt, loss, velocity=None):
-    name = _loss_name(loss)
+def reference_epoch(P, X, labels, weights, order, batch, opt, codes, velocity=None):
+    activation_name = _name(_ACTIVATIONS, "activation", codes.act)
+    loss_name = _name(_LOSSES, "loss", codes.loss)
     # overflow is reported by the caller's divergence check, as for the compiled kernels
     with np.errstate(over="ignore", invalid="ignore"):
         return ref.train_epoch(
@@ -55,11 +62,12 @@ def reference_epoch(P, X, labels, weights, order, batch, opt, loss, velocity=Non
             order,
             batch,
             opt.lr,
-            name,
+            loss_name,
             momentum=opt.momentum,
             nesterov=opt.nesterov,
             weight_decay=opt.decay,
             velocity=velocity,
             weights=weights,
             decay_by_weight_sum=opt.decay_by_weight_sum,
+            activation=activation_name,
         )

@@ -2,7 +2,8 @@
 
 This is the one place that decides, for a training run:
 
-- the loss table: a loss name -> the integer code the compiled primitives take;
+- the codes of the network's activation and loss (rows of ``fastmlp.tables``)
+  that the compiled primitives take;
 - the epoch path: "sparse" (hand-written loops over the non-zero inputs, every
   batch size, on every core) or "blas" (scipy's GEMMs, for dense inputs), by the
   measured rule of ``auto_path``;
@@ -31,22 +32,30 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import tables
 from .._validation import is_sparse
+from ..network import CACHE_LINE, aligned_zeros
 
-# ---- the loss table ----
+# ---- the network's codes ----
 
-# name -> code. Adding a loss: its functions in fastmlp/reference.py, a row here,
-# and its branch in each backend's row-loss function (_fused_impl.h
-# fm_row_loss_grad, _nb.py _row_loss_grad); the compiled code rejects any other code.
-LOSS_CODES = {"ce": 0, "mse": 1}
+
+class Codes(NamedTuple):
+    """The network's choices as the compiled primitives take them: the codes of its
+    hidden activation and of its loss (rows of ``fastmlp.tables``). Every primitive
+    rejects a code its backend does not know."""
+
+    act: int
+    loss: int
 
 
 def loss_code(name):
     """The code of loss ``name`` for the compiled primitives."""
-    try:
-        return LOSS_CODES[name]
-    except KeyError:
-        raise ValueError(f"loss must be one of {tuple(LOSS_CODES)}, got {name!r}") from None
+    return tables.loss(name).code
+
+
+def codes(activation="tanh", loss="ce"):
+    """The ``Codes`` of an activation and a loss, by name."""
+    return Codes(tables.activation(activation).code, tables.loss(loss).code)
 
 
 # ---- the epoch path ----
@@ -59,26 +68,18 @@ PATHS = ("auto", "sparse", "blas", "reference")
 # of one or two. So: CSR up to 35% non-zeros at every batch size; up to 50% for
 # batches of at most 4 or at least 32, and at every batch size where OpenBLAS runs
 # kernels without AVX-512; denser inputs row by row on the sparse path at batches
-# of 1 and 2 (up to 5 without AVX-512 GEMMs), GEMMs above. Measured where the
-# paths cross (`fastmlp info --explain`, MNIST-sized synthetic inputs, float32 and
-# float64, 1 and 2 threads) on an Intel Xeon with its AVX-512 kernels and with the
-# C kernels' AVX2 build beside OpenBLAS's Haswell kernels: at 42-50% non-zeros the
-# sparse path took 1.05-2.1x less time than the GEMMs from batch 32 up with
-# either, and 1.4-2.4x less at batches of 4-10 with the AVX2 ones, where with
-# AVX-512 GEMMs it took 1.0-1.5x more at batches 10-31 (so those keep the GEMMs;
-# from 32 on the sparse path updates each touched row once per batch); at 60% and
-# more the GEMMs won from batch 10 up. `fastmlp info --explain` times both paths
-# on the machine it runs on and shows how far auto's choice is from the fastest
-# at each point.
+# of 1 and 2 (up to 5 without AVX-512 GEMMs), GEMMs above; from batch 32 on the
+# sparse path updates each touched row once per batch. The thresholds come from
+# where the paths cross on the machines docs/design/kernels.md names; `fastmlp
+# info --explain` times both paths on the machine it runs on and shows how far
+# auto's choice is from the fastest at each point.
 SPARSE_DENSITY_MAX = 0.35  # dense inputs with at most this fraction of non-zeros go to CSR
 MIDDLE_DENSITY_MAX = 0.5  # ... and up to this fraction where the GEMMs do not win:
 SMALL_BATCH_MAX = 4  # batches up to this size,
 LARGE_BATCH_MIN = 32  # batches from this size up (the sparse path's SPARSE_GROUP_MIN), or any batch with
 # OpenBLAS kernels without AVX-512
 DENSE_ROWS_BATCH_MAX = 2  # denser inputs take the sparse path, row by row, up to this batch,
-DENSE_ROWS_BATCH_MAX_NO_AVX512 = 5  # or this one with OpenBLAS kernels without AVX-512 (at 70-100%
-# non-zeros, 2 threads, its Haswell kernels took 1.2-2.4x the time of the rows up to batch 5, 0.8-0.9x
-# at 8; the AVX-512 ones 0.70-0.88x from batch 3)
+DENSE_ROWS_BATCH_MAX_NO_AVX512 = 5  # or this one with OpenBLAS kernels without AVX-512
 _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 
 
@@ -199,7 +200,7 @@ def wanted_threads(n_threads, kernels):
 
 # The reference path (NumPy) runs its GEMMs on one BLAS thread below this batch
 # size: for small GEMMs a second thread costs more in synchronisation than it
-# gains (measured: batch 1 and 10 slower with two). The compiled paths always run
+# gains. The compiled paths always run
 # OpenBLAS on one thread: their own threads split the work, and OpenBLAS's
 # results differ in the last bits between one thread and two.
 BLAS_THREADS_MIN_BATCH = 64
@@ -298,8 +299,8 @@ class SparseNet(NamedTuple):
     ``slice_group[s + 1]`` in blocks of its own: ``WhT[s]`` (n_in, stride) Wh's
     columns of its units, transposed, ``bh[s]``, ``Wy[s]`` (n_out, stride) and a copy
     of ``by`` per slice; ``V*`` their velocities in the same layout (empty without
-    momentum). The padded units have no weights in or out, so they stay zero
-    through every step (tanh(0) = 0, and their dh is 0)."""
+    momentum). The padded units have no weights in or out, and the kernels set
+    their activations to zero, so they stay zero through every step."""
 
     WhT: np.ndarray  # (n_slices, n_in, stride)
     bh: np.ndarray  # (n_slices, stride)
@@ -311,6 +312,7 @@ class SparseNet(NamedTuple):
     Vby: np.ndarray
     slice_group: np.ndarray  # (n_slices + 1,) int32
     group_line: np.ndarray  # (n_groups + 1,) int32
+    n_hidden: int  # the hidden units, padding excluded
 
 
 class Rows(NamedTuple):
@@ -325,17 +327,17 @@ class Rows(NamedTuple):
 
 class SparseWork(NamedTuple):
     """Workspace of the sparse path for ``rows`` examples at a time: whole batches,
-    or chunks of larger ones whose gradient of WhT is summed in ``G`` (see _fused.h
-    fm_swork)."""
+    or chunks of larger ones whose gradient of WhT is summed in ``gWhT`` (see
+    _fused.h fm_swork)."""
 
     H: np.ndarray  # (n_slices, rows, stride) hidden activations
     dH: np.ndarray  # (n_slices, rows, stride) dl/dh~
-    P: np.ndarray  # (2, rows, n_groups, n_out) partial logits, per parity
+    Zp: np.ndarray  # (2, rows, n_groups, n_out) partial logits, per parity
     dZ: np.ndarray  # (n_slices, rows, n_out padded) dl/dz, one copy per thread
     gWy: np.ndarray  # (n_slices, n_out, stride) the batch's summed gradient of Wy
     gbh: np.ndarray  # (n_slices, stride) and of bh
     gby: np.ndarray  # (n_slices, n_out padded) and of by
-    G: np.ndarray  # (n_slices, n_in, stride) and of WhT, for chunked batches; else empty
+    gWhT: np.ndarray  # (n_slices, n_in, stride) and of WhT, for chunked batches; else empty
     row_loss: np.ndarray  # (rows,) float64
     row_correct: np.ndarray  # (rows,) float64
     sync: np.ndarray  # (32,) int32 the threads' barrier
@@ -383,7 +385,6 @@ class BlasWork(NamedTuple):
     sync: np.ndarray  # (32,) int32 the threads' barrier
 
 
-CACHE_LINE = 64  # bytes
 GROUP_LINES = 4  # cache lines of hidden units a group holds in registers
 
 
@@ -391,20 +392,6 @@ def padded_width(n, itemsize):
     """``n`` rounded up to a whole number of cache lines of ``itemsize`` elements."""
     per_line = CACHE_LINE // itemsize
     return -(-n // per_line) * per_line
-
-
-def aligned_zeros(shape, dtype):
-    """A zero-filled C-contiguous array whose data starts on a cache-line boundary.
-
-    With the hidden dimension padded to whole cache lines (``padded_width``) and
-    the rows aligned as well, every vector load and store of a row stays inside
-    one cache line.
-    """
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.zeros(nbytes + CACHE_LINE, np.uint8)
-    skip = -raw.ctypes.data % CACHE_LINE
-    return raw[skip : skip + nbytes].view(dtype).reshape(shape)
 
 
 def hidden_groups(n_hidden, itemsize):
@@ -443,7 +430,7 @@ def sparse_net(n_in, n_hidden, n_out, dtype, n_threads, momentum=False):
     shapes = ((n_slices, n_in, stride), (n_slices, stride), (n_slices, n_out, stride), (n_slices, out_pad))
     arrays = [aligned_zeros(shape, dtype) for shape in shapes]
     velocities = [aligned_zeros(shape if momentum else (0,) * len(shape), dtype) for shape in shapes]
-    return SparseNet(*arrays, *velocities, slice_group, group_line)
+    return SparseNet(*arrays, *velocities, slice_group, group_line, int(n_hidden))
 
 
 def slice_units(net, s, n_hidden):
@@ -466,16 +453,12 @@ def sparse_work(net, batch, chunk_rows=0, group=None, nnz_per_row=0.0):
     - it is too large for the mask (below) while its chunks are not: each chunk then
       updates the rows of the buffer it touches once. The buffer costs one pass
       over every input per batch, no more than the chunk's walk over the inputs.
-      MNIST on 2 threads of an Intel Xeon (AVX-512), batches of 384-768: 0.061-0.067
-      s per epoch taken whole (an update per non-zero), 0.052-0.054 s in chunks;
-      batches that the mask holds whole gain nothing from chunks (160-256: the same
-      or up to 7% slower).
     The arithmetic is the batch's gradient either way, summed in example order. An
     epoch of one full batch also groups each chunk's non-zeros by input, once per
     fit (``EpochRunner`` does it).
 
     With ``group`` (a backend's (SPARSE_GROUP_MIN, SPARSE_MASK_ROWS)), batches or
-    chunks of at least SPARSE_GROUP_MIN examples update each row of WhT (or G) they
+    chunks of at least SPARSE_GROUP_MIN examples update each row of WhT (or gWhT) they
     touch once, with the sum over their examples, instead of once per non-zero: the
     forward pass marks each example's inputs in a bit mask, and the update walks the
     inputs in order. It needs up to SPARSE_MASK_ROWS examples at a time and pays a
@@ -569,8 +552,8 @@ def blas_work(net, batch, n_in, gathered, gradients):
 
 def dense_to_csr(X, kernels):
     """(data, indices int32, indptr int64) of dense X by a compiled two-pass scan: the
-    C one where the Cython kernels are built (34 ms for MNIST on one core, against
-    0.6 s for np.nonzero), else the backend's own."""
+    C one where the Cython kernels are built (far faster than np.nonzero), else the
+    backend's own."""
     try:
         from . import _cy
     except ImportError:
@@ -620,10 +603,11 @@ class EpochRunner:
     ``params`` are the model's live arrays ({"Wh", "bh", "Wy", "by"}, C-contiguous,
     one floating dtype), updated in place; ``velocity`` the momentum buffers in
     the same layout (None: the training takes no momentum), updated in place too.
-    ``X`` (C-contiguous in that dtype, or a canonical scipy.sparse CSR matrix of
-    it), ``labels`` (``np.intp``) and ``weights`` (per row, the parameters' dtype,
-    or None) are trusted (``fastmlp.train`` validates them). The path and the
-    rows' layout are chosen once, here; the parameter layout per thread count.
+    ``activation`` and ``loss`` name rows of ``fastmlp.tables``. ``X``
+    (C-contiguous in that dtype, or a canonical scipy.sparse CSR matrix of it),
+    ``labels`` (``np.intp``) and ``weights`` (per row, the parameters' dtype, or
+    None) are trusted (``fastmlp.train`` validates them). The path and the rows'
+    layout are chosen once, here; the parameter layout per thread count.
     """
 
     def __init__(
@@ -635,6 +619,7 @@ class EpochRunner:
         *,
         batch_size,
         loss="ce",
+        activation="tanh",
         path="auto",
         n_threads=None,
         weights=None,
@@ -645,7 +630,7 @@ class EpochRunner:
         self.X, self.labels, self.weights = X, labels, weights
         self.n_rows = X.shape[0]
         self.batch_size = int(batch_size)
-        self.loss = loss_code(loss)
+        self.codes = codes(activation, loss)
         self.batch = max(1, min(self.batch_size, self.n_rows))
         self.path, rows = choose_path(kernels, path, self.batch, X)
         self.n_threads = n_threads
@@ -742,15 +727,15 @@ class EpochRunner:
         if self.path == "sparse":
             order = np.ascontiguousarray(order, dtype=np.intp)
             work = self.work
-            if len(order) == self.n_rows <= self.batch_size and work.G.size and self.rows.indptr is not None:
+            if len(order) == self.n_rows <= self.batch_size and work.gWhT.size and self.rows.indptr is not None:
                 rows, every_row = batch_order(order, self.n_rows, self.batch_size)
                 if every_row:
                     order, work = rows, self._grouped_full_batch(work)
-            args = (self.labels, self.weights, order, self.batch_size, opt, self.loss, work, self.threads)
+            args = (self.labels, self.weights, order, self.batch_size, opt, self.codes, work, self.threads)
             return self.kernels.sparse_epoch(self.block, self.rows, *args)
         if self.path == "reference":
             return self.kernels.reference_epoch(
-                self.block, self.X, self.labels, self.weights, order, self.batch_size, opt, self.loss, self.velocity
+                self.block, self.X, self.labels, self.weights, order, self.batch_size, opt, self.codes, self.velocity
             )
         order, in_order = batch_order(order, self.n_rows, self.batch_size)
         order = np.ascontiguousarray(order, dtype=np.intp)
@@ -763,7 +748,7 @@ class EpochRunner:
                 gathered=not in_order or self.work.Xb.shape[1] > 0,
                 gradients=gradients or self.work.GWh.size > 0,
             )
-        args = (self.labels, self.weights, order, self.batch_size, opt, self.loss, self.work, self.threads)
+        args = (self.labels, self.weights, order, self.batch_size, opt, self.codes, self.work, self.threads)
         return self.kernels.blas_epoch(self.block, self.X, *args)
 
     # -- a whole epoch, in chunks --
@@ -859,8 +844,8 @@ class EpochRunner:
 def train_epoch(kernels, X, labels, perm, params, opt, batch_size, loss="ce", path="auto", **options):
     """One epoch over ``X[perm]`` with backend module ``kernels``, updating the
     arrays of ``params`` (and ``velocity``) in place; ``opt`` an ``SGD`` or a learning
-    rate; ``options`` the other keywords of ``EpochRunner`` (``n_threads``,
-    ``weights``, ``velocity``); returns (loss_sum, correct). Raises ``Diverged`` as
+    rate; ``options`` the other keywords of ``EpochRunner`` (``activation``,
+    ``n_threads``, ``weights``, ``velocity``); returns (loss_sum, correct). Raises ``Diverged`` as
     ``EpochRunner.epoch`` does. For tests and benchmarks; training runs keep one
     ``EpochRunner``."""
     runner = EpochRunner(kernels, params, X, labels, batch_size=batch_size, loss=loss, path=path, **options)

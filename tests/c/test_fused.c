@@ -1,8 +1,8 @@
 /* The hand-written kernels of fastmlp/_kernels/_fused.c, tested in C alone: the
  * sparse epoch on a small problem (CSR rows and dense rows, one and two threads,
- * the hidden units in several groups and slices) against the same SGD written
- * plainly in double, for float and double; the float tanh against libm; unknown
- * loss codes.
+ * the hidden units in several groups and slices, every activation and loss of the
+ * tables in _fused.h) against the same SGD written plainly in double, for float
+ * and double; tanh against libm; unknown activation and loss codes.
  *
  * Built and run (natively, and for aarch64 under qemu) by tools/check_c.sh:
  *     cc -O2 -fopenmp -Wall -Wextra -Ifastmlp/_kernels tests/c/test_fused.c fastmlp/_kernels/_fused.c -lm
@@ -54,9 +54,31 @@ static void make_problem(void)
     }
 }
 
+/* The activations of fastmlp/tables.py by code, in double with libm: f(a), and f'
+ * written from the output h. */
+static double activation(int act, double a)
+{
+    switch (act) {
+    case 0: return tanh(a);
+    case 1: return a > 0 ? a : 0;
+    case 2: return 1 / (1 + exp(-a));
+    default: return NAN;
+    }
+}
+
+static double activation_grad(int act, double h)
+{
+    switch (act) {
+    case 0: return 1 - h * h;
+    case 1: return h > 0;
+    case 2: return h * (1 - h);
+    default: return NAN;
+    }
+}
+
 /* Plain mini-batch SGD in double: the math of fastmlp/reference.py, loop by loop. */
 static void reference_epoch(double Wh[NH][N_IN], double bh[NH], double Wy[NOUT][NH], double by[NOUT],
-                            int batch, double lr, int loss, double *loss_sum, long *n_correct)
+                            int batch, double lr, int act, int loss, double *loss_sum, long *n_correct)
 {
     for (int start = 0; start < N; start += batch) {
         int B = N - start < batch ? N - start : batch;
@@ -68,7 +90,7 @@ static void reference_epoch(double Wh[NH][N_IN], double bh[NH], double Wy[NOUT][
             for (int j = 0; j < NH; j++) {
                 double a = bh[j];
                 for (int i = 0; i < N_IN; i++) a += Wh[j][i] * x[i];
-                h[j] = tanh(a);
+                h[j] = activation(act, a);
             }
             int am = 0;
             for (int o = 0; o < NOUT; o++) {
@@ -79,7 +101,7 @@ static void reference_epoch(double Wh[NH][N_IN], double bh[NH], double Wy[NOUT][
             *n_correct += (am == y);
             for (int o = 0; o < NOUT; o++) s += exp(z[o] - m);
             for (int o = 0; o < NOUT; o++) p[o] = exp(z[o] - m) / s;
-            if (loss == FM_LOSS_CE) {
+            if (loss == 0) { /* ce */
                 *loss_sum += -log(p[y]);
                 for (int o = 0; o < NOUT; o++) dz[o] = p[o] - (o == y);
             } else {
@@ -95,7 +117,7 @@ static void reference_epoch(double Wh[NH][N_IN], double bh[NH], double Wy[NOUT][
             for (int j = 0; j < NH; j++) {
                 dh[j] = 0;
                 for (int o = 0; o < NOUT; o++) dh[j] += Wy[o][j] * dz[o];
-                dh[j] *= 1 - h[j] * h[j];
+                dh[j] *= activation_grad(act, h[j]);
             }
             for (int o = 0; o < NOUT; o++) {
                 gby[o] += dz[o] / B;
@@ -161,7 +183,7 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
  * by input in each chunk). group: a mask, so that batches (or chunks) of two
  * examples or more update each touched row once. */
 #define TEST_SPARSE_EPOCH(REAL, S, TOL)                                                         \
-    static double *test_sparse_epoch_##S(int batch, int loss, int threads, int csr, int chunk, int group) \
+    static double *test_sparse_epoch_##S(int batch, int act, int loss, int threads, int csr, int chunk, int group) \
     {                                                                                           \
         const int lanes = LINE / sizeof(REAL);                                                  \
         int32_t group_line[16], slice_group[16];                                                \
@@ -196,13 +218,13 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
                 }                                                                               \
             }                                                                                   \
         }                                                                                       \
-        fm_net_##S P = {WhT, bh, Wy, by, NULL, NULL, NULL, NULL, N_IN, NOUT, stride, n_slices, n_groups, \
-                        slice_group, group_line};                                               \
-        fm_rows_##S D = {csr ? vals : &x[0][0], csr ? cols : iota, csr ? indptr : NULL, labels, order, \
-                         NULL, N_IN, N, batch < N ? batch : N};                                 \
+        fm_net_##S net = {act, loss, WhT, bh, Wy, by, NULL, NULL, NULL, NULL, N_IN, NH, NOUT, stride, n_slices, \
+                          n_groups, slice_group, group_line};                                   \
+        fm_rows_##S ex = {csr ? vals : &x[0][0], csr ? cols : iota, csr ? indptr : NULL, labels, order, \
+                          NULL, N_IN, N, batch < N ? batch : N};                                \
         fm_sgd_##S opt = {(REAL)0.5, 0, 0, 0, 0};                                               \
         const int rows = chunk > 0 ? chunk : N;                                                 \
-        fm_swork_##S W = {aligned_zeros(n_slices * rows * stride * sizeof(REAL)),               \
+        fm_swork_##S ws = {aligned_zeros(n_slices * rows * stride * sizeof(REAL)),               \
                           aligned_zeros(n_slices * rows * stride * sizeof(REAL)),               \
                           aligned_zeros(2 * rows * n_groups * NOUT * sizeof(REAL)),             \
                           aligned_zeros(n_slices * rows * opad * sizeof(REAL)),                 \
@@ -217,13 +239,13 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
         uint16_t crow[N * N_IN];                                                                \
         REAL cval[N * N_IN];                                                                    \
         if (chunk > 0 && csr && batch >= N) { /* a full batch: its chunks' non-zeros grouped */  \
-            fm_group_chunks_##S(&D, rows, cptr, crow, cval, cursor);                            \
-            W.cptr = cptr;                                                                      \
-            W.crow = crow;                                                                      \
-            W.cval = cval;                                                                      \
+            fm_group_chunks_##S(&ex, rows, cptr, crow, cval, cursor);                           \
+            ws.cptr = cptr;                                                                     \
+            ws.crow = crow;                                                                     \
+            ws.cval = cval;                                                                     \
         }                                                                                       \
         fm_tally tally = {0, 0};                                                                \
-        int status = fm_sparse_epoch_##S(&P, &D, &opt, loss, &W, threads, &tally);              \
+        int status = fm_sparse_epoch_##S(&net, &ex, &opt, &ws, threads, &tally);                \
         check(status == FM_OK, #S " sparse epoch status");                                      \
         double Wh[NH][N_IN], b_h[NH], W_y[NOUT][NH], b_y[NOUT], loss_sum = 0;                   \
         long n_correct = 0;                                                                     \
@@ -233,7 +255,7 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
         memcpy(W_y, Wy0, sizeof W_y); memcpy(b_y, by0, sizeof b_y);                             \
         for (int r = 0; r < N; r++) /* the reference sees the same rounded inputs */           \
             for (int i = 0; i < N_IN; i++) X[r][i] = (double)x[r][i];                           \
-        reference_epoch(Wh, b_h, W_y, b_y, batch, (double)(REAL)0.5, loss, &loss_sum, &n_correct); \
+        reference_epoch(Wh, b_h, W_y, b_y, batch, (double)(REAL)0.5, act, loss, &loss_sum, &n_correct); \
         memcpy(X, Xsave, sizeof X);                                                             \
         double worst = 0, *out = malloc(sizeof(double) * N_IN * NH);                            \
         for (int s = 0; s < n_slices; s++) {                                                    \
@@ -260,22 +282,22 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
         }                                                                                       \
         worst = fmax(worst, fabs(tally.loss_sum - loss_sum) / (1 + fabs(loss_sum)));            \
         char what[200];                                                                         \
-        snprintf(what, sizeof what, #S " sparse epoch, %s rows, batch %d, chunk %d%s, loss %d, %d thread(s), " \
+        snprintf(what, sizeof what, #S " sparse epoch, %s rows, batch %d, chunk %d%s, %s, %s, %d thread(s), " \
                  "%d slice(s): worst relative error %.3g", csr ? "CSR" : "dense", batch, chunk,           \
-                 group ? ", grouped" : "", loss, threads, n_slices, worst);                     \
+                 group ? ", grouped" : "", fm_activation_name(act), fm_loss_name(loss), threads, n_slices, worst); \
         check(worst <= (TOL), what);                                                            \
         check(tally.correct == (double)n_correct, #S " sparse epoch correct count");            \
         printf("ok   %s\n", what);                                                              \
         free(WhT); free(bh); free(Wy); free(by);                                                \
-        free(W.H); free(W.dH); free(W.P); free(W.dZ); free(W.gWy); free(W.gbh); free(W.gby);   \
-        free(W.G); free(W.sync); free(W.row_loss); free(W.row_correct); free(W.mask);            \
+        free(ws.H); free(ws.dH); free(ws.Zp); free(ws.dZ); free(ws.gWy); free(ws.gbh); free(ws.gby); \
+        free(ws.gWhT); free(ws.sync); free(ws.row_loss); free(ws.row_correct); free(ws.mask);   \
         return out;                                                                             \
     }
 
 TEST_SPARSE_EPOCH(float, f, 2e-5)
 TEST_SPARSE_EPOCH(double, d, 1e-12)
 
-static void test_unknown_loss_is_refused(void)
+static void test_unknown_codes_are_refused(void)
 {
     float z[3] = {1, 2, 3}, dz[3];
     double zd[3] = {1, 2, 3}, dzd[3];
@@ -284,7 +306,10 @@ static void test_unknown_loss_is_refused(void)
     check(fm_loss_grad_f(z, &y, dz, 1, 3, 7, 1.0f, &t) == FM_ERR_LOSS, "float loss_grad refuses code 7");
     check(fm_loss_grad_d(zd, &y, dzd, 1, 3, -1, 1.0, &t) == FM_ERR_LOSS, "double loss_grad refuses code -1");
     check(t.correct == 0 && t.loss_sum == 0, "a refused call tallies nothing");
-    printf("ok   unknown loss codes are refused\n");
+    check(fm_apply_act_f(99, z, 3) == FM_ERR_ACT && z[0] == 1, "float activation refuses code 99, untouched");
+    check(fm_apply_act_grad_d(-1, zd, dzd, 3) == FM_ERR_ACT, "double activation gradient refuses code -1");
+    check(fm_activation_name(99) == NULL && fm_loss_name(-1) == NULL, "unknown codes have no name");
+    printf("ok   unknown activation and loss codes are refused\n");
 }
 
 static void test_tanh_double(void)
@@ -292,7 +317,7 @@ static void test_tanh_double(void)
     enum { M = 400001 };
     static double x[M], t[M];
     for (int i = 0; i < M; i++) x[i] = t[i] = -40.0 + 80.0 * (double)i / (M - 1);
-    fm_tanh_d(t, M);
+    check(fm_apply_act_d(0, t, M) == FM_OK, "double tanh: code 0");
     double worst = 0;
     for (int i = 0; i < M; i++)
         worst = fmax(worst, fabs(t[i] - tanh(x[i])));
@@ -307,7 +332,7 @@ static void test_tanh_float(void)
     enum { M = 200001 };
     static float x[M], t[M];
     for (int i = 0; i < M; i++) x[i] = t[i] = -12.0f + 24.0f * (float)i / (M - 1);
-    fm_tanh_f(t, M);
+    check(fm_apply_act_f(0, t, M) == FM_OK, "float tanh: code 0");
     double worst = 0;
     for (int i = 0; i < M; i++)
         worst = fmax(worst, fabs((double)t[i] - tanh((double)x[i])));
@@ -327,25 +352,26 @@ int main(void)
         if (level != levels[li] && !(level == 0 && li == 0))
             continue;
         printf("kernel level %d\n", level);
-        for (int loss = FM_LOSS_CE; loss <= FM_LOSS_MSE; loss++)
-            for (int batch = 1; batch <= N + 2; batch += 3)
-                for (int csr = 0; csr <= 1; csr++)
-                    for (int chunk = 0; chunk <= 2; chunk += 2) /* whole batches; chunks of 2 */
-                        for (int group = 0; group <= 1; group++) {
-                            double *f1 = test_sparse_epoch_f(batch, loss, 1, csr, chunk, group);
-                            double *f2 = test_sparse_epoch_f(batch, loss, 2, csr, chunk, group);
-                            double *d1 = test_sparse_epoch_d(batch, loss, 1, csr, chunk, group);
-                            double *d2 = test_sparse_epoch_d(batch, loss, 2, csr, chunk, group);
-                            check(memcmp(f1, f2, sizeof(double) * N_IN * NH) == 0,
-                                  "float: bitwise equal with 1 and 2 threads");
-                            check(memcmp(d1, d2, sizeof(double) * N_IN * NH) == 0,
-                                  "double: bitwise equal with 1 and 2 threads");
-                            free(f1);
-                            free(f2);
-                            free(d1);
-                            free(d2);
-                        }
-        test_unknown_loss_is_refused();
+        for (int act = 0; fm_activation_name(act); act++)
+            for (int loss = 0; fm_loss_name(loss); loss++)
+                for (int batch = 1; batch <= N + 2; batch += 3)
+                    for (int csr = 0; csr <= 1; csr++)
+                        for (int chunk = 0; chunk <= 2; chunk += 2) /* whole batches; chunks of 2 */
+                            for (int group = 0; group <= 1; group++) {
+                                double *f1 = test_sparse_epoch_f(batch, act, loss, 1, csr, chunk, group);
+                                double *f2 = test_sparse_epoch_f(batch, act, loss, 2, csr, chunk, group);
+                                double *d1 = test_sparse_epoch_d(batch, act, loss, 1, csr, chunk, group);
+                                double *d2 = test_sparse_epoch_d(batch, act, loss, 2, csr, chunk, group);
+                                check(memcmp(f1, f2, sizeof(double) * N_IN * NH) == 0,
+                                      "float: bitwise equal with 1 and 2 threads");
+                                check(memcmp(d1, d2, sizeof(double) * N_IN * NH) == 0,
+                                      "double: bitwise equal with 1 and 2 threads");
+                                free(f1);
+                                free(f2);
+                                free(d1);
+                                free(d2);
+                            }
+        test_unknown_codes_are_refused();
         test_tanh_float();
         test_tanh_double();
         if (level == 0)

@@ -1,0 +1,191 @@
+"""The math of the network in tables: hidden activations, losses, optimizer steps.
+
+Each row holds what the rest of the package needs to know about one choice, once:
+
+- ``name``: what the public API takes (``MLP(activation="relu")``, ``train(loss="ce")``);
+- ``code``: what the compiled kernels take; each backend holds one small
+  per-element op per code (C: ``fastmlp/_kernels/_ops.h``; Numba: the op tables of
+  ``fastmlp/_kernels/_nb.py``) and rejects any other code;
+- the NumPy definition, which the reference (``fastmlp/reference.py``) uses;
+- the PyTorch equivalent, for ``MLP.to_torch`` and the tests against autograd;
+- the facts the kernels rely on.
+
+Adding an activation is a row of ``ACTIVATIONS`` and its op in each backend: the
+kernels' mechanics (row gathers and updates, threads, chunks, dispatch) do not
+know which activation, loss or step they serve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import expit
+
+__all__ = [
+    "Activation",
+    "Loss",
+    "Optimizer",
+    "ACTIVATIONS",
+    "LOSSES",
+    "OPTIMIZERS",
+    "activation",
+    "loss",
+    "optimizer",
+]
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A hidden activation ``h = f(h~)``.
+
+    ``df`` is its derivative written from the output, ``f'(h~) = df(h)``, so that
+    backpropagation needs only the stored activations. ``torch`` names the
+    ``torch.nn`` module. ``zero_at_zero`` says whether ``f(0) = 0``; the kernels do
+    not rely on it (the sparse path sets its padded units to zero after the
+    activation), but a test does, for every row where it is False.
+    """
+
+    name: str
+    code: int
+    f: Callable[[np.ndarray], np.ndarray]
+    df: Callable[[np.ndarray], np.ndarray]
+    torch: str
+    zero_at_zero: bool
+
+
+def _relu(x):
+    return np.maximum(x, 0)  # NaN stays NaN, as in torch
+
+
+def _relu_grad(h):
+    return (h > 0).astype(h.dtype)  # 0 at 0, as torch and scikit-learn take it
+
+
+ACTIVATIONS = {
+    a.name: a
+    for a in (
+        Activation("tanh", 0, np.tanh, lambda h: 1 - h * h, "Tanh", True),
+        Activation("relu", 1, _relu, _relu_grad, "ReLU", True),
+        Activation("logistic", 2, expit, lambda h: h * (1 - h), "Sigmoid", False),
+    )
+}
+
+
+def _log_softmax(Z):
+    Zs = Z - Z.max(axis=1, keepdims=True)
+    return Zs - np.log(np.exp(Zs).sum(axis=1, keepdims=True))
+
+
+def _softmax(Z):
+    E = np.exp(Z - Z.max(axis=1, keepdims=True))
+    return E / E.sum(axis=1, keepdims=True)
+
+
+def _one_hot(labels, n, dtype):
+    Y = np.zeros((len(labels), n), dtype=dtype)
+    Y[np.arange(len(labels)), labels] = 1
+    return Y
+
+
+def _ce_rows(Z, labels):
+    return -_log_softmax(Z)[np.arange(len(labels)), labels]
+
+
+def _ce_delta(Y_hat, labels):
+    return Y_hat - _one_hot(labels, Y_hat.shape[1], Y_hat.dtype)
+
+
+def _mse_rows(Z, labels):
+    d = _softmax(Z) - _one_hot(labels, Z.shape[1], Z.dtype)
+    return 0.5 * np.sum(d * d, axis=1)
+
+
+def _mse_delta(Y_hat, labels):
+    # J^T g with the softmax Jacobian J = diag(y^) - y^ y^T (symmetric), g = y^ - y
+    g = Y_hat - _one_hot(labels, Y_hat.shape[1], Y_hat.dtype)
+    return Y_hat * (g - np.sum(Y_hat * g, axis=1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class Loss:
+    """An output and its loss over class labels.
+
+    ``output(Z)`` turns logits into the model's outputs ``y^``; ``rows(Z, labels)``
+    is each row's loss from the logits (computed stably); ``delta(Y_hat, labels)``
+    is ``dl/dz`` per row.
+    """
+
+    name: str
+    code: int
+    output: Callable[[np.ndarray], np.ndarray]
+    rows: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    delta: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    description: str
+
+
+LOSSES = {
+    row.name: row
+    for row in (
+        Loss("ce", 0, _softmax, _ce_rows, _ce_delta, "softmax output, cross-entropy"),
+        Loss("mse", 1, _softmax, _mse_rows, _mse_delta, "softmax output, squared error 0.5 |y^ - y|^2"),
+    )
+}
+
+
+def _sgd_step(p, g, velocity, lr, momentum=0.0, nesterov=False, decay=0.0):
+    """In place: ``torch.optim.SGD``'s step of ``p`` from its gradient ``g`` (dampening
+    0): ``g' = g + decay p``; with momentum ``v = momentum v + g'`` and ``p -= lr v``
+    (``lr (g' + momentum v)`` with Nesterov); without, ``p -= lr g'``."""
+    if decay:
+        g = g + decay * p
+    if momentum:
+        velocity *= momentum
+        velocity += g
+        g = g + momentum * velocity if nesterov else velocity
+    p -= (lr * g).astype(p.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """A step rule.
+
+    ``step(p, g, state, lr, **settings)`` is the NumPy definition, in place on ``p``
+    and its state. ``state_blocks(settings)`` is how many blocks of the parameters'
+    layout its state takes. ``linear`` says that the step is affine in the gradient
+    (``p' = A(p, state) - c g``): the sparse path may then take every row's step
+    without the gradient and add the gradient's part only to the rows the batch
+    touched.
+    """
+
+    name: str
+    code: int
+    step: Callable[..., None]
+    state_blocks: Callable[[dict], int]
+    linear: bool
+
+
+OPTIMIZERS = {row.name: row for row in (Optimizer("sgd", 0, _sgd_step, lambda s: 1 if s.get("momentum") else 0, True),)}
+
+
+def _lookup(table, what, name):
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"{what} must be one of {tuple(table)}, got {name!r}") from None
+
+
+def activation(name: str) -> Activation:
+    """The row of ``ACTIVATIONS`` for ``name``; ValueError naming the choices otherwise."""
+    return _lookup(ACTIVATIONS, "activation", name)
+
+
+def loss(name: str) -> Loss:
+    """The row of ``LOSSES`` for ``name``."""
+    return _lookup(LOSSES, "loss", name)
+
+
+def optimizer(name: str) -> Optimizer:
+    """The row of ``OPTIMIZERS`` for ``name``."""
+    return _lookup(OPTIMIZERS, "optimizer", name)
