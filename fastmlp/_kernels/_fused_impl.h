@@ -36,6 +36,24 @@ static FM_INLINE void FN(fm_act_grad)(int act, REAL *restrict d, const REAL *res
     }
 }
 
+/* d[0:n] *= f'(h[0:n]) as fm_act_grad, and y[0:n] += a d[0:n] in the same pass: the
+ * sum of a bias's gradient (a = 1) or its plain SGD step (a = -lr). */
+static FM_INLINE void FN(fm_act_grad_axpy)(int act, REAL *restrict d, const REAL *restrict h, ptrdiff_t n,
+                                           REAL *restrict y, REAL a)
+{
+    switch (act) {
+#define FM_CASE(code, name)                                                                        \
+    case code:                                                                                     \
+        _Pragma("omp simd") for (ptrdiff_t j = 0; j < n; j++) {                                    \
+            d[j] *= FN(fm_df_##name)(h[j]);                                                        \
+            y[j] += a * d[j];                                                                      \
+        }                                                                                          \
+        return;
+        FM_ACTIVATIONS(FM_CASE)
+#undef FM_CASE
+    }
+}
+
 /* One row of logits z -> dz = scale * dl/dz (z and dz may be the same row) for the
  * loss `loss` (a code of FM_LOSSES, checked by the caller); adds the row's loss
  * and whether its argmax (first on ties) is the label, both times `weight`. */

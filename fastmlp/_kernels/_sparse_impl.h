@@ -468,16 +468,10 @@ static FM_INLINE void FN(fm_sparse_output_grads)(const FT(fm_net) *net, const FT
         }
     }
 #endif
-    for (ptrdiff_t b = 0; b < C; b++) {
-        REAL *restrict dh = dH + b * stride;
-        FN(fm_act_grad)(net->act, dh, H + b * stride, width);
-        if (fresh && b == 0) {
-            for (ptrdiff_t j = 0; j < width; j++) gbh[j] = dh[j];
-        } else {
-#pragma omp simd
-            for (ptrdiff_t j = 0; j < width; j++) gbh[j] += dh[j];
-        }
-    }
+    if (fresh)
+        for (ptrdiff_t j = 0; j < width; j++) gbh[j] = 0;
+    for (ptrdiff_t b = 0; b < C; b++)
+        FN(fm_act_grad_axpy)(net->act, dH + b * stride, H + b * stride, width, gbh, R(1));
     for (ptrdiff_t o = 0; o < nout; o++) {
         REAL dsum = 0;
         for (ptrdiff_t b = 0; b < C; b++) dsum += dZ[b * ostride + o];
@@ -656,9 +650,7 @@ static FM_INLINE void FN(fm_sparse_step)(const FT(fm_net) *net, const FT(fm_rows
                 }
             }
 #endif
-            FN(fm_act_grad)(net->act, dh, h, width);
-#pragma omp simd
-            for (ptrdiff_t j = 0; j < width; j++) bh[j] -= lr * dh[j];
+            FN(fm_act_grad_axpy)(net->act, dh, h, width, bh, -lr);
             for (ptrdiff_t o = 0; o < nout; o++) bys[o] -= lr * dz[o];
         } else {
             FN(fm_sparse_output_grads)(net, ws, s, width, B, dZ, 1);
