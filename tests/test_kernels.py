@@ -500,6 +500,34 @@ def test_grouped_updates_match_the_reference(monkeypatch, backend, rows, loss, d
     assert not runner.work.mask.any()  # every bit cleared for the next batch
 
 
+@pytest.mark.parametrize("backend", GROUPING_BACKENDS)
+@pytest.mark.parametrize("batch", [1, 10, 64, 300])
+def test_padded_units_stay_zero_whatever_the_activation_gives_at_zero(backend, batch):
+    """The sparse path pads the hidden units to whole cache lines. logistic(0) = 0.5:
+    the kernels set the padded units' activations to zero, so their weights in and
+    out, their biases and velocities stay exactly zero through every kind of update
+    (per example, per non-zero, grouped, in chunks), with momentum and decay."""
+    if backend not in BACKENDS:
+        pytest.skip(f"the {backend} backend is not available")
+    X, y, p = random_problem(300, 13, 40, 4, np.float32, seed=4, sparse=True)  # 40 units: 8 padded in float32
+    v = {k: np.zeros_like(a) for k, a in p.items()}
+    runner = epochs.EpochRunner(
+        backends.kernels(backend), p, X, y, batch_size=batch, path="sparse", n_threads=2, activation="logistic",
+        velocity=v,
+    )  # fmt: skip
+    runner.epoch(np.random.default_rng(0).permutation(300), epochs.SGD(0.1, 0.9, 1e-2, True))
+    net = runner.block
+    padded = 0
+    for s in range(net.WhT.shape[0]):
+        u0, u1 = epochs.slice_units(net, s, 40)
+        for block in (net.WhT, net.Wy, net.VWhT, net.VWy):
+            padded += block[s, :, u1 - u0 :].size
+            assert not block[s, :, u1 - u0 :].any()
+        for block in (net.bh, net.Vbh):
+            assert not block[s, u1 - u0 :].any()
+    assert padded > 0 and np.abs(net.WhT).max() > 0
+
+
 def test_updates_are_grouped_where_the_walk_over_the_inputs_pays():
     """The mask costs a walk over every input per batch: set up from the backend's
     SPARSE_GROUP_MIN examples up, where the batch's non-zeros are at least the inputs."""

@@ -50,6 +50,7 @@ def problems(draw):
         dtype=draw(st.sampled_from([np.float32, np.float64])),
         batch_size=draw(st.sampled_from([1, 2, 3, 5, 8, 16, 64])),
         loss=draw(st.sampled_from(["ce", "mse"])),
+        activation=draw(st.sampled_from(list(fastmlp.tables.ACTIVATIONS))),
         shuffle=draw(st.booleans()),
         n_threads=draw(st.sampled_from([None, 1, 2, 3])),
         seed=seed,
@@ -64,7 +65,7 @@ def test_every_backend_trains_as_the_reference(problem, backend):
     flags_before = _flags(p["X"])
     models = {}
     for name in ("numpy", backend):
-        m = fastmlp.MLP(*p["shape"], dtype=p["dtype"], init="normal", seed=1)
+        m = fastmlp.MLP(*p["shape"], dtype=p["dtype"], init="normal", seed=1, activation=p["activation"])
         hist = fastmlp.train(
             m,
             p["X"],

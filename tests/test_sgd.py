@@ -4,7 +4,7 @@ weights, on every backend and path, against torch.optim.SGD and scikit-learn."""
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from helpers import BACKENDS, random_problem
+from helpers import ACTIVATIONS, BACKENDS, pairwise, random_problem
 
 import fastmlp
 from fastmlp import backends, schedules
@@ -27,12 +27,14 @@ def paths():
 # ---- against torch.optim.SGD: 300 steps from the same weights ----
 
 
-@pytest.mark.parametrize("nesterov", [False, True])
-@pytest.mark.parametrize("backend,path,inputs", paths())
-def test_300_steps_equal_torch_optim_sgd(backend, path, inputs, nesterov):
+@pairwise(kernel=paths(), nesterov=[False, True], activation=ACTIVATIONS)
+def test_300_steps_equal_torch_optim_sgd(kernel, nesterov, activation):
+    """Every path (the reference's too) against torch.optim.SGD with momentum, Nesterov
+    or not, and weight decay, through torch's autograd, for every activation."""
     torch = pytest.importorskip("torch")
+    backend, path, inputs = kernel
     X, y, p = random_problem(600, 20, 16, 4, np.float64, seed=3, sparse=True)
-    model = fastmlp.MLP(20, 16, 4, dtype=np.float64)
+    model = fastmlp.MLP(20, 16, 4, dtype=np.float64, activation=activation)
     for k in ref.PARAM_NAMES:
         setattr(model, k, p[k])
     seq = model.to_torch()
@@ -58,6 +60,7 @@ def test_300_steps_equal_torch_optim_sgd(backend, path, inputs, nesterov):
         y,
         batch_size=10,
         path=path,
+        activation=activation,
         velocity={k: np.zeros_like(v) for k, v in model.params.items()},
     )
     with epochs.blas_limits(True):
@@ -72,16 +75,15 @@ def test_300_steps_equal_torch_optim_sgd(backend, path, inputs, nesterov):
 # ---- every path against the reference ----
 
 
-@pytest.mark.parametrize("backend,path,inputs", paths())
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(
-    "momentum,nesterov,decay,by_weights",
-    [(0.0, False, 1e-2, False), (0.9, False, 0.0, False), (0.9, True, 1e-3, False), (0.5, True, 0.3, True)],
+@pairwise(
+    kernel=paths(),
+    dtype=[np.float32, np.float64],
+    options=[(0.0, False, 1e-2, False), (0.9, False, 0.0, False), (0.9, True, 1e-3, False), (0.5, True, 0.3, True)],
+    batch=[1, 7, 200],
+    activation=ACTIVATIONS,
 )
-@pytest.mark.parametrize("batch", [1, 7, 200])
-def test_momentum_decay_and_weights_match_the_reference(
-    backend, path, inputs, dtype, momentum, nesterov, decay, by_weights, batch
-):
+def test_momentum_decay_and_weights_match_the_reference(kernel, dtype, options, batch, activation):
+    (backend, path, inputs), (momentum, nesterov, decay, by_weights) = kernel, options
     X, y, p0 = random_problem(200, 30, 70, 3, dtype, seed=4, sparse=True)
     w = np.random.default_rng(5).random(200).astype(dtype) * 3
     perm = np.random.default_rng(6).permutation(200)
@@ -98,12 +100,13 @@ def test_momentum_decay_and_weights_match_the_reference(
         batch_size=batch,
         path=path,
         n_threads=2,
+        activation=activation,
         weights=w,
         velocity=v,
     )
     for _ in range(2):
-        ce = epochs.codes("tanh", "ce")
-        r_loss, r_correct = _np.reference_epoch(epochs.Params(**expected), X, y, w, perm, batch, opt, ce, ve)
+        codes = epochs.codes(activation, "ce")
+        r_loss, r_correct = _np.reference_epoch(epochs.Params(**expected), X, y, w, perm, batch, opt, codes, ve)
         with epochs.blas_limits(True):
             k_loss, k_correct = runner.epoch(perm, opt)
     tol = dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from helpers import BACKENDS, DTYPES
+from helpers import ACTIVATIONS, BACKENDS, DTYPES, pairwise
 from threadpoolctl import threadpool_limits
 
 import fastmlp
@@ -34,21 +34,22 @@ def sparse_problem(n=120, n_in=30, n_out=3, density=0.15, seed=0):
     return X, rng.integers(0, n_out, n)
 
 
-def train_pair(backend, X_dense, X_sparse, y, dtype, **kw):
+def train_pair(backend, X_dense, X_sparse, y, dtype, activation="tanh", **kw):
     models = []
     for X in (X_dense, X_sparse):
-        m = fastmlp.MLP(X_dense.shape[1], 20, int(y.max()) + 1, dtype=dtype, init="normal", seed=1)
+        n_in, n_out = X_dense.shape[1], int(y.max()) + 1
+        m = fastmlp.MLP(n_in, 20, n_out, dtype=dtype, init="normal", seed=1, activation=activation)
         fastmlp.train(m, X, y, backend=backend, **kw)
         models.append(m)
     return models
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("batch_size", [1, 8, 120])
-def test_sparse_input_trains_as_the_dense_input(backend, fmt, batch_size):
+@pairwise(backend=BACKENDS, fmt=list(FORMATS), batch_size=[1, 8, 120], activation=ACTIVATIONS)
+def test_sparse_input_trains_as_the_dense_input(backend, fmt, batch_size, activation):
     X, y = sparse_problem()
-    dense, csr = train_pair(backend, X, FORMATS[fmt](X), y, np.float64, epochs=2, batch_size=batch_size, lr=0.2)
+    dense, csr = train_pair(
+        backend, X, FORMATS[fmt](X), y, np.float64, activation, epochs=2, batch_size=batch_size, lr=0.2
+    )
     for k in ref.PARAM_NAMES:
         np.testing.assert_allclose(csr.params[k], dense.params[k], rtol=1e-12, atol=1e-15)
 
@@ -178,10 +179,9 @@ def thread_cases():
     return cases
 
 
-@pytest.mark.parametrize("backend,path,inputs", thread_cases())
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch_size", [1, 16, 200])
-def test_parameters_are_bitwise_equal_for_every_thread_count(backend, path, inputs, dtype, batch_size):
+@pairwise(kernel=thread_cases(), dtype=DTYPES, batch_size=[1, 16, 200], activation=ACTIVATIONS)
+def test_parameters_are_bitwise_equal_for_every_thread_count(kernel, dtype, batch_size, activation):
+    backend, path, inputs = kernel
     X, y = sparse_problem(n=200, n_in=40, density=0.2 if inputs == "csr" else 0.9, seed=5)
     X = X.astype(dtype)
     Xin = sp.csr_matrix(X) if inputs == "csr" else X
@@ -189,7 +189,14 @@ def test_parameters_are_bitwise_equal_for_every_thread_count(backend, path, inpu
     for n_threads in (1, 2, 3):
         p = ref.init_params(40, 150, 3, "normal", dtype, 2)  # 150 units: several groups and blocks
         runner = epochs.EpochRunner(
-            backends.kernels(backend), p, Xin, y.astype(np.intp), batch_size=batch_size, path=path, n_threads=n_threads
+            backends.kernels(backend),
+            p,
+            Xin,
+            y.astype(np.intp),
+            batch_size=batch_size,
+            path=path,
+            n_threads=n_threads,
+            activation=activation,
         )
         with epochs.blas_limits(epochs.wants_one_blas_thread(runner.path, batch_size)):
             loss = runner.epoch(np.random.default_rng(0).permutation(200), 0.1)

@@ -1172,8 +1172,7 @@ def _sparse_thread(act, loss, t, nt, net, ex, step, ws):
                     _gather(H, s, b, line0, g0, g1, group_line, bh, WhT, data, av, indices, ai, k)
                     if grouped and s == t:
                         _mark_inputs(ws.mask, t, b, indices, ai, k)
-                    _activate(act, H[s, b, :live])
-                    H[s, b, live:width] = 0  # the padding, whatever f(0)
+                    _activate(act, H[s, b, :live])  # the padded units' sums stay 0, whatever f(0) is
                     for g in range(g0, g1):
                         off = (group_line[g] - line0) * lanes
                         len_ = (group_line[g + 1] - group_line[g]) * lanes

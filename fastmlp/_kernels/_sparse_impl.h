@@ -17,8 +17,9 @@
  * in group order to give dl/dz; the rest of the step (dh~, every update) touches
  * only the thread's own units. The arithmetic of a unit, and the order of every
  * sum, is the same for any number of threads: results are bitwise identical for
- * every thread count. The padded units are set to zero after the activation,
- * whatever f(0) is, so that they never get weights in or out.
+ * every thread count. The activation applies to the hidden units only: the
+ * padded units have no weights in or out, so their sums stay zero, whatever f(0)
+ * is (logistic(0) = 0.5 would give them weights out).
  *
  * In a group, the forward pass keeps the group's lines in registers while it
  * runs over the example's non-zero inputs (each line in VPL vector registers),
@@ -743,8 +744,7 @@ static FM_INLINE void FN(fm_sparse_thread)(const FT(fm_net) *net, const FT(fm_ro
                         FN(fm_gather)(h + GROUP_OFF(g), bh + GROUP_OFF(g), GROUP_LINES(g), vals, idx, k,
                                       WhT + GROUP_OFF(g), stride, s == t && g == g0 && mask ? mask + b / 64 : NULL,
                                       words, bit);
-                    FN(fm_activate)(net->act, h, live);
-                    for (ptrdiff_t j = live; j < width; j++) h[j] = 0; /* the padding, whatever f(0) */
+                    FN(fm_activate)(net->act, h, live); /* the padded units' sums stay 0, whatever f(0) is */
                     for (int g = g0; g < g1; g++) {
                         /* the group's partial logits: each line's products summed across the
                          * lines, lane by lane, then the lanes (fm_line_sum) */

@@ -299,8 +299,9 @@ class SparseNet(NamedTuple):
     ``slice_group[s + 1]`` in blocks of its own: ``WhT[s]`` (n_in, stride) Wh's
     columns of its units, transposed, ``bh[s]``, ``Wy[s]`` (n_out, stride) and a copy
     of ``by`` per slice; ``V*`` their velocities in the same layout (empty without
-    momentum). The padded units have no weights in or out, and the kernels set
-    their activations to zero, so they stay zero through every step."""
+    momentum). The padded units have no weights in or out, and the kernels apply
+    the activation to the hidden units only, so they stay zero through every step
+    whatever f(0) is."""
 
     WhT: np.ndarray  # (n_slices, n_in, stride)
     bh: np.ndarray  # (n_slices, stride)
