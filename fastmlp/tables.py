@@ -69,6 +69,7 @@ ACTIVATIONS = {
         Activation("tanh", 0, np.tanh, lambda h: 1 - h * h, "Tanh", True),
         Activation("relu", 1, _relu, _relu_grad, "ReLU", True),
         Activation("logistic", 2, expit, lambda h: h * (1 - h), "Sigmoid", False),
+        Activation("identity", 3, lambda x: x, np.ones_like, "Identity", True),
     )
 }
 

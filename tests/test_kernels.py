@@ -214,11 +214,11 @@ def test_logistic_error_over_the_whole_range(kern, dtype):
     assert np.isnan(kern.activation(np.array([np.nan], dtype), act("logistic"))).all()
 
 
+@pytest.mark.parametrize("name,exact", [("relu", lambda x: np.maximum(x, 0)), ("identity", lambda x: x)])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_relu_is_exact_and_keeps_nan(kern, dtype):
+def test_the_piecewise_linear_activations_are_exact_and_keep_nan(kern, dtype, name, exact):
     x = np.array([-np.inf, -3.5, -1e-30, -0.0, 0.0, 1e-30, 2.25, np.inf, np.nan], dtype)
-    y = kern.activation(x, act("relu"))
-    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    np.testing.assert_array_equal(kern.activation(x, act(name)), exact(x))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

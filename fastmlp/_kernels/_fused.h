@@ -19,7 +19,8 @@
 #define FM_ACTIVATIONS(X) \
     X(0, tanh)            \
     X(1, relu)            \
-    X(2, logistic)
+    X(2, logistic)        \
+    X(3, identity)
 #define FM_LOSSES(X) \
     X(0, ce)         \
     X(1, mse)

@@ -342,11 +342,22 @@ def _logistic_grad(h):
     return h * (_F(1) - h)
 
 
+@_jit
+def _identity(x):
+    return x
+
+
+@_jit
+def _identity_grad(h):
+    return _F(1)
+
+
 # fastmlp.tables.ACTIVATIONS by code: (f, f' written from the output)
 ACTIVATION_OPS = {
     0: (_tanh, _tanh_grad),
     1: (_relu, _relu_grad),
     2: (_logistic, _logistic_grad),
+    3: (_identity, _identity_grad),
 }
 
 
@@ -362,6 +373,9 @@ def _activate(act, h):
     elif act == 2:
         for j in range(h.size):
             h[j] = _logistic(h[j])
+    elif act == 3:
+        for j in range(h.size):
+            h[j] = _identity(h[j])
 
 
 @_jit
@@ -376,6 +390,9 @@ def _act_grad(act, d, h):
     elif act == 2:
         for j in range(d.size):
             d[j] *= _logistic_grad(h[j])
+    elif act == 3:
+        for j in range(d.size):
+            d[j] *= _identity_grad(h[j])
 
 
 @_jit

@@ -86,6 +86,14 @@ static FM_INLINE REAL FN(fm_f_logistic)(REAL x)
 
 static FM_INLINE REAL FN(fm_df_logistic)(REAL h) { return h * (R(1) - h); }
 
+static FM_INLINE REAL FN(fm_f_identity)(REAL x) { return x; }
+
+static FM_INLINE REAL FN(fm_df_identity)(REAL h)
+{
+    (void)h;
+    return R(1);
+}
+
 /* ---- losses: one row of logits z -> dz = scale * dl/dz ---- */
 
 /* The softmax of row z into p (which may be z itself): returns the sum s of

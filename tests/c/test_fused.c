@@ -62,6 +62,7 @@ static double activation(int act, double a)
     case 0: return tanh(a);
     case 1: return a > 0 ? a : 0;
     case 2: return 1 / (1 + exp(-a));
+    case 3: return a;
     default: return NAN;
     }
 }
@@ -72,6 +73,7 @@ static double activation_grad(int act, double h)
     case 0: return 1 - h * h;
     case 1: return h > 0;
     case 2: return h * (1 - h);
+    case 3: return 1;
     default: return NAN;
     }
 }
