@@ -14,11 +14,14 @@ from types import ModuleType
 __all__ = [
     "NAMES",
     "AUTO",
+    "COMPILED",
+    "DIFFERENCES",
     "available_backends",
     "unavailable_backends",
     "install_hint",
     "resolve",
     "kernels",
+    "features",
 ]
 
 _MODULES = {
@@ -30,11 +33,23 @@ NAMES = tuple(_MODULES) + ("auto",)
 _INSTALL_HINT = {"numba": 'pip install "fastmlp[numba]"'}
 
 # "auto" is Cython wherever it loads, at every batch size, else the NumPy reference.
-# Numba measures within a few percent of Cython (faster on some CPUs, slower on
-# others: `fastmlp bench` shows both), but its first use in a process costs 0.4 s
-# to load its cached machine code (7-9 s to compile on a machine's first use),
-# which a training run of a few epochs never repays.
+# Numba is about as fast (`fastmlp bench` shows both), but its first use in a
+# process loads its cached machine code (and compiles it on a machine's first
+# use), which a training run of a few epochs does not repay.
 AUTO = ("cython", "numpy")
+
+# The compiled backends, kept at parity: a feature of one is a feature of the other,
+# or the difference is declared here, with its reason. tests/test_backends.py
+# fails on any other difference (and on a declared one that no longer holds);
+# `fastmlp info` prints these.
+COMPILED = ("cython", "numba")
+DIFFERENCES = {
+    ("numba", "threads on the blas path"): (
+        "Numba's BLAS epoch runs on one thread: the C epoch's threads meet three times a batch around "
+        "GEMMs they each call on their own blocks of units, a protocol not written in Numba; the "
+        "sparse path, which dense inputs take at small batches, is threaded in both"
+    ),
+}
 
 _loaded: dict = {}
 _errors: dict = {}
@@ -91,3 +106,22 @@ def resolve(name: str) -> str:
 def kernels(name: str) -> ModuleType:
     """The primitives module of backend ``name`` (resolving "auto")."""
     return _load(resolve(name))
+
+
+def features(name: str) -> set[str]:
+    """What backend ``name`` implements, in words: its epoch paths ("path sparse"),
+    those it runs on several threads ("threads on the sparse path"), the activations
+    and losses of ``fastmlp.tables`` it has ops for ("activation relu", "loss mse"),
+    and the sparse path's ways of taking large batches ("chunked batches",
+    "grouped updates")."""
+    from . import tables
+
+    kern = kernels(name)
+    out = {f"path {p}" for p in kern.PATHS} | {f"threads on the {p} path" for p in kern.THREADED_PATHS}
+    out |= {f"activation {n}" for n, row in tables.ACTIVATIONS.items() if row.code in kern.ACTIVATION_CODES}
+    out |= {f"loss {n}" for n, row in tables.LOSSES.items() if row.code in kern.LOSS_CODES}
+    if getattr(kern, "SPARSE_CHUNK_ROWS", 0):
+        out.add("chunked batches")
+    if getattr(kern, "SPARSE_GROUP_MIN", 0):
+        out.add("grouped updates")
+    return out

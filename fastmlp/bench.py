@@ -182,19 +182,31 @@ def torch_available():
     return importlib.util.find_spec("torch") is not None
 
 
+# The activations of fastmlp.tables as PyTorch tensor ops: f, and f' from the output.
+_TORCH_OPS = {
+    "tanh": (lambda t, x: t.tanh(x), lambda t, h: 1 - h * h),
+    "relu": (lambda t, x: t.relu(x), lambda t, h: (h > 0).to(h.dtype)),
+    "logistic": (lambda t, x: t.sigmoid(x), lambda t, h: h * (1 - h)),
+    "identity": (lambda t, x: x, lambda t, h: t.ones_like(h)),
+}
+
+
 class TorchTrainer:
     """The same network and SGD in PyTorch, in two styles.
 
-    ``style="autograd"``: ``torch.nn.Sequential(Linear, Tanh, Linear)``,
+    ``style="autograd"``: ``torch.nn.Sequential(Linear, f, Linear)``,
     ``CrossEntropyLoss`` and ``torch.optim.SGD`` — what a PyTorch user writes.
     ``style="manual"``: the forward and backward passes by hand with tensor ops and
-    in-place ``addmm_`` updates — PyTorch at its leanest.
+    in-place ``addmm_`` updates — PyTorch at its leanest. f is the ``activation``.
     """
 
-    def __init__(self, params, style="autograd"):
+    def __init__(self, params, style="autograd", activation="tanh"):
         import torch
 
+        from . import tables
+
         self.torch, self.style = torch, style
+        self.f, self.df = _TORCH_OPS[activation]
         t = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
         if style == "autograd":
             n_hidden, n_in = params["Wh"].shape
@@ -202,7 +214,7 @@ class TorchTrainer:
             dtype = t["Wh"].dtype
             self.net = torch.nn.Sequential(
                 torch.nn.Linear(n_in, n_hidden, dtype=dtype),
-                torch.nn.Tanh(),
+                getattr(torch.nn, tables.activation(activation).torch)(),
                 torch.nn.Linear(n_hidden, n_out, dtype=dtype),
             )
             with torch.no_grad():
@@ -242,11 +254,11 @@ class TorchTrainer:
             for s in range(0, len(perm), batch_size):
                 idx = perm[s : s + batch_size]
                 xb, yb = X[idx], labels[idx]
-                H = torch.tanh(torch.addmm(bh, xb, Wh.T))
+                H = self.f(torch, torch.addmm(bh, xb, Wh.T))
                 dZ = torch.softmax(torch.addmm(by, H, Wy.T), dim=1)
                 dZ[torch.arange(len(idx)), yb] -= 1
                 dZ /= len(idx)
-                dH = (dZ @ Wy).mul_(1 - H * H)
+                dH = (dZ @ Wy).mul_(self.df(torch, H))
                 Wy.addmm_(dZ.T, H, alpha=-lr)
                 by.sub_(dZ.sum(0), alpha=lr)
                 Wh.addmm_(dH.T, xb, alpha=-lr)
@@ -266,17 +278,18 @@ def sklearn_available():
 
 class SklearnTrainer:
     """scikit-learn's ``MLPClassifier(solver="sgd", momentum=0)`` on the same network:
-    tanh hidden layer, plain SGD at a constant learning rate, no L2 term; an epoch
-    is one ``partial_fit`` over the rows in the given order."""
+    the same hidden activation (scikit-learn names them as fastmlp does), plain SGD at
+    a constant learning rate, no L2 term; an epoch is one ``partial_fit`` over the
+    rows in the given order."""
 
-    def __init__(self, params, batch_size, lr):
+    def __init__(self, params, batch_size, lr, activation="tanh"):
         import warnings
 
         from sklearn.neural_network import MLPClassifier
 
         self.clf = MLPClassifier(
             hidden_layer_sizes=(params["Wh"].shape[0],),
-            activation="tanh",
+            activation=activation,
             solver="sgd",
             momentum=0.0,
             nesterovs_momentum=False,
@@ -294,20 +307,22 @@ class SklearnTrainer:
             self.clf.partial_fit(X[perm], labels[perm], classes=np.arange(self.n_out))
 
 
-def _runner(name, params, X, labels, batch_size, lr, n_threads=None):
+def _runner(name, params, X, labels, batch_size, lr, n_threads=None, activation="tanh"):
     """(a function that runs one epoch (or its prefix) over a permutation and returns
     what ran, whether it wants OpenBLAS on one thread)."""
     if name.startswith("torch-"):
-        trainer = TorchTrainer(params, name.split("-", 1)[1])
+        trainer = TorchTrainer(params, name.split("-", 1)[1], activation)
         import torch
 
         Xt, yt = torch.from_numpy(X), torch.from_numpy(labels.astype(np.int64))
         return (lambda perm: trainer.epoch(Xt, yt, torch.from_numpy(perm), batch_size, lr)), False
     if name == "sklearn":
-        trainer = SklearnTrainer(params, batch_size, lr)
+        trainer = SklearnTrainer(params, batch_size, lr, activation)
         return (lambda perm: trainer.epoch(X, labels, perm)), False
     p = {k: v.copy() for k, v in params.items()}
-    runner = epochs.EpochRunner(backends.kernels(name), p, X, labels, batch_size=batch_size, n_threads=n_threads)
+    runner = epochs.EpochRunner(
+        backends.kernels(name), p, X, labels, batch_size=batch_size, n_threads=n_threads, activation=activation
+    )
 
     def run(perm):
         runner.epoch(perm, lr)
@@ -352,8 +367,9 @@ def _warm_up(run, perm, batch_size, budget):
     return ran, n
 
 
-def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, perm=None):
-    """(seconds per epoch, extrapolated?, (path, threads) or None) for backend ``name``.
+def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, perm=None, activation="tanh"):
+    """(seconds per epoch, extrapolated?, (path, threads) or None) for backend ``name``
+    training the network of ``params`` with the hidden ``activation``.
 
     A warm-up call on a short prefix compiles and fills caches. Then, if a whole
     epoch would take much longer than ``budget`` seconds, a prefix sized to the
@@ -362,7 +378,7 @@ def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, p
     n = len(X)
     if perm is None:
         perm = np.random.default_rng(0).permutation(n)
-    run, one_blas_thread = _runner(name, params, X, labels, batch_size, lr)
+    run, one_blas_thread = _runner(name, params, X, labels, batch_size, lr, activation=activation)
     with epochs.blas_limits(one_blas_thread):
         ran, m = _warm_up(run, perm, batch_size, budget)
         if m < n:
@@ -370,7 +386,9 @@ def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, p
         return statistics.median(_timed(lambda: run(perm)) for _ in range(repeats)), False, ran
 
 
-def thread_speedup(name, params, X, labels, batch_size, lr, n_threads, budget=1.0, repeats=5, perm=None):
+def thread_speedup(
+    name, params, X, labels, batch_size, lr, n_threads, budget=1.0, repeats=5, perm=None, activation="tanh"
+):
     """(seconds per epoch on one thread, on ``n_threads``, (path, threads) of the
     latter) for the compiled backend ``name``: the two epochs timed in turns,
     ``repeats`` times each, so that the machine's noise falls on both alike;
@@ -379,8 +397,8 @@ def thread_speedup(name, params, X, labels, batch_size, lr, n_threads, budget=1.
     n = len(X)
     if perm is None:
         perm = np.random.default_rng(0).permutation(n)
-    one, one_blas_thread = _runner(name, params, X, labels, batch_size, lr, n_threads=1)
-    many, _ = _runner(name, params, X, labels, batch_size, lr, n_threads=n_threads)
+    one, one_blas_thread = _runner(name, params, X, labels, batch_size, lr, n_threads=1, activation=activation)
+    many, _ = _runner(name, params, X, labels, batch_size, lr, n_threads=n_threads, activation=activation)
     with epochs.blas_limits(one_blas_thread):
         _, m = _warm_up(one, perm, batch_size, budget)
         ran, _ = _warm_up(many, perm, batch_size, budget)
@@ -583,14 +601,18 @@ def networks(data_dir=None, which=("mnist", "circles")):
     return out
 
 
-def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None, budget=1.0, out=sys.stdout):
-    """Time every backend and peer on every network and batch size; print and return
-    the table rows. A row's "x peer" is the speed-up over the fastest peer (the NumPy
-    loop, PyTorch two ways, scikit-learn) in the same run; "% floor" the row-pass
-    floor of the same data on the same threads over the epoch (sparse path); "x 1
-    thr" a compiled backend's epoch on one thread over its epoch on all of them,
-    the two timed in turns (``thread_speedup``). After each network, the slowest
-    epoch from batch 10 up over the fastest, per backend (``batch_spread``)."""
+def run(
+    nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None, budget=1.0, out=sys.stdout,
+    activation="tanh",
+):  # fmt: skip
+    """Time every backend and peer on every network and batch size, every one training
+    the hidden ``activation``; print and return the table rows. A row's "x peer" is
+    the speed-up over the fastest peer (the NumPy loop, PyTorch two ways,
+    scikit-learn) in the same run; "% floor" the row-pass floor of the same data on
+    the same threads over the epoch (sparse path); "x 1 thr" a compiled backend's
+    epoch on one thread over its epoch on all of them, the two timed in turns
+    (``thread_speedup``). After each network, the slowest epoch from batch 10 up
+    over the fastest, per backend (``batch_spread``)."""
     if names is None:
         names = (
             backends.available_backends()
@@ -602,7 +624,7 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
     all_threads = epochs.wanted_threads(None, backends.kernels("auto"))
     compiled = [n for n in backends.available_backends() if n != "numpy"]
     print(
-        f"fastmlp bench: {time.strftime('%Y-%m-%d')}, {np.dtype(dtype).name}, "
+        f"fastmlp bench: {time.strftime('%Y-%m-%d')}, {np.dtype(dtype).name}, {activation} hidden units, "
         f"seconds per epoch (median; ~ = timed on part of the epoch and scaled)",
         file=out,
     )
@@ -637,9 +659,9 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
             bs = len(X) if b == "full" else int(b)
             lr = 0.01 if bs == 1 else 0.1
             floor = row_pass_floor(X, labels, shape, bs, all_threads)
-            times = {name: time_epoch(name, params, X, labels, bs, lr, budget) for name in names}
+            times = {name: time_epoch(name, params, X, labels, bs, lr, budget, activation=activation) for name in names}
             scaling = {
-                name: thread_speedup(name, params, X, labels, bs, lr, all_threads, budget)
+                name: thread_speedup(name, params, X, labels, bs, lr, all_threads, budget, activation=activation)
                 for name in names
                 if name in compiled and all_threads > 1
             }
@@ -651,6 +673,7 @@ def run(nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None
                 gflops = flop / t / 1e9
                 row = dict(
                     network=net,
+                    activation=activation,
                     batch=b,
                     backend=name,
                     seconds=t,

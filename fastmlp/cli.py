@@ -99,10 +99,12 @@ def cmd_train(args):
         _check_plot_target(args.plot)
     X, y, X_test, y_test = _load_data(args, args.n_samples)
     n_out = int(max(y.max(), y_test.max())) + 1
-    model = MLP(X.shape[1], args.hidden, n_out, dtype=args.dtype, init=args.init, seed=args.seed)
+    model = MLP(
+        X.shape[1], args.hidden, n_out, dtype=args.dtype, init=args.init, seed=args.seed, activation=args.activation
+    )
     backend = backends.resolve(args.backend)
     print(
-        f"fastmlp {__version__}: {args.dataset} {X.shape[1]}-{args.hidden}-{n_out}, "
+        f"fastmlp {__version__}: {args.dataset} {X.shape[1]}-{args.hidden}-{n_out} {args.activation}, "
         f"{len(X)} train / {len(X_test)} test, batch {args.batch_size}, lr {args.lr}, "
         f"loss {args.loss}, {args.dtype}, backend {backend}"
     )
@@ -170,6 +172,11 @@ def cmd_info(args):
         hint = backends.install_hint(name)
         print(f"backend {name} unavailable: {reason}" + (f"; {hint}" if hint else ""))
     print(f"auto backend: {backends.resolve('auto')} at every batch size (the first of {backends.AUTO} that loads)")
+    from . import tables
+
+    print(f"activations: {', '.join(tables.ACTIVATIONS)}; losses: {', '.join(tables.LOSSES)}; on every backend")
+    for (name, feature), reason in backends.DIFFERENCES.items():
+        print(f"backend {name} lacks {feature}: {reason}")
     kern = backends.kernels("auto")
     limit = kern.max_threads() if hasattr(kern, "max_threads") else 1
     print(
@@ -250,7 +257,9 @@ def cmd_bench(args):
     if args.json is not None:
         _check_output_dir(args.json, "--json")
     nets = bench.networks(args.data_dir, args.networks.split(","))
-    rows = bench.run(nets, args.batch_sizes, np.dtype(args.dtype), names, budget=args.budget)
+    rows = bench.run(
+        nets, args.batch_sizes, np.dtype(args.dtype), names, budget=args.budget, activation=args.activation
+    )
     if args.json is not None:
         bench.write_json(args.json, bench.environment(np.dtype(args.dtype)), rows)
         print(f"wrote {args.json}")
@@ -278,6 +287,7 @@ def cmd_sweep(args):
         for key, values in [
             ("lr", args.lr),
             ("n_hidden", args.hidden),
+            ("activation", args.activation),
             ("batch_size", args.batch_size),
             ("n_samples", args.n_samples),
             ("momentum", args.momentum),
@@ -322,6 +332,7 @@ def cmd_sweep(args):
         for c in (
             "lr",
             "n_hidden",
+            "activation",
             "batch_size",
             "n_samples",
             "momentum",
@@ -334,7 +345,7 @@ def cmd_sweep(args):
             "seconds",
             "error",
         )
-        if c in table and (c not in ("momentum", "nesterov", "weight_decay", "lr_schedule") or c in grid)
+        if c in table and (c not in ("activation", "momentum", "nesterov", "weight_decay", "lr_schedule") or c in grid)
     ]
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     failed = table["error"].notna().sum()
@@ -404,6 +415,21 @@ def _add_sgd_options(p, lists=False):
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum (needs --momentum > 0)")
 
 
+def _add_activation(p, lists=False):
+    from . import tables
+
+    names = tuple(tables.ACTIVATIONS)
+    if lists:
+        p.add_argument(
+            "--activation",
+            default=None,
+            type=_comma_list(str, f"names of {names}", words=names),
+            help=f"comma-separated hidden activations: {', '.join(names)}",
+        )
+    else:
+        p.add_argument("--activation", choices=names, default="tanh", help="the hidden activation (default: tanh)")
+
+
 def build_parser():
     parser = _Parser(prog="fastmlp", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fastmlp {__version__}")
@@ -419,6 +445,7 @@ def build_parser():
         "--noise", type=_number(float, 0, "a non-negative number"), default=0.1, help="circles: radial noise"
     )
     t.add_argument("--hidden", type=positive_int, default=None, help="hidden units")
+    _add_activation(t)
     t.add_argument("--epochs", type=nonnegative_int, default=None)
     t.add_argument("--batch-size", type=positive_int, default=None)
     t.add_argument("--lr", type=positive_float, default=None, help="learning rate")
@@ -461,6 +488,7 @@ def build_parser():
         "--backends", default=None, help="comma-separated (default: every available one, and torch if installed)"
     )
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    _add_activation(b)
     b.add_argument(
         "--budget", type=positive_float, default=1.0, help="seconds: slower epochs are timed on a prefix and scaled"
     )
@@ -499,6 +527,7 @@ def build_parser():
         type=_comma_list(int, "comma-separated integers"),
         help="comma-separated training-set sizes (first N examples)",
     )
+    _add_activation(w, lists=True)
     _add_sgd_options(w, lists=True)
     w.add_argument("--epochs", type=nonnegative_int, default=2)
     w.add_argument("--repeats", type=positive_int, default=1, help="seeds per grid point")

@@ -6,11 +6,12 @@ extra: ``pip install fastmlp[sklearn]``).
     clf.fit(X, y).score(X_test, y_test)
 
 The parameters are scikit-learn's, with their meanings, and the update rules
-follow scikit-learn's code (momentum and Nesterov momentum, the L2 term
-``alpha``, the "constant", "invscaling" and "adaptive" learning rates, the
-stopping rules), so the same settings give the same kind of training; the
-defaults are scikit-learn's except ``activation="tanh"`` and ``solver="sgd"``,
-the only ones fastmlp trains. Where it differs: one hidden layer only; the output
+follow scikit-learn's code (its initialisation, momentum and Nesterov momentum,
+the L2 term ``alpha``, the "constant", "invscaling" and "adaptive" learning rates,
+the stopping rules), so the same settings give the same kind of training; every
+activation ("identity", "logistic", "tanh", "relu") has scikit-learn's meaning.
+The defaults are scikit-learn's except ``activation="tanh"`` and
+``solver="sgd"``. Where it differs: one hidden layer only; the output
 is a softmax over every class (scikit-learn uses one logistic unit for two
 classes); float32 (``dtype``) and the compiled kernels' order of operations
 change the last bits; the loss curve adds the L2 term at the epoch's end weights.
@@ -31,6 +32,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
+from . import tables
 from ._typing import Inputs
 from ._validation import check_nonnegative_float, check_positive_int, check_X
 from .model import MLP
@@ -48,7 +50,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     ----------
     hidden_layer_sizes : int or tuple of one int, default (100,)
         The hidden units; fastmlp trains one hidden layer.
-    activation : {"tanh"}, default "tanh"
+    activation : {"identity", "logistic", "tanh", "relu"}, default "tanh"
+        The hidden activation, as scikit-learn's ("logistic" is the sigmoid).
     solver : {"sgd"}, default "sgd"
     alpha : float, default 1e-4
         Strength of the L2 term: each step adds ``alpha * W / (sum of the batch's
@@ -171,8 +174,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 f"fastmlp trains one hidden layer; hidden_layer_sizes={self.hidden_layer_sizes!r} has {len(sizes)}"
             )
         n_hidden = check_positive_int(sizes[0], "hidden_layer_sizes[0]")
-        if self.activation != "tanh":
-            raise ValueError(f'activation must be "tanh" (fastmlp trains a tanh hidden layer), got {self.activation!r}')
+        if self.activation not in tables.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(tables.ACTIVATIONS)}, got {self.activation!r}")
         if self.solver != "sgd":
             raise ValueError(f'solver must be "sgd" (fastmlp trains by SGD), got {self.solver!r}')
         if self.learning_rate not in ("constant", "invscaling", "adaptive"):
@@ -232,13 +235,15 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _initialise(self, n_features, n_hidden, rng):
         """scikit-learn's initialisation, drawn from the same RandomState in the same
-        order: per layer, weights then biases ~ U(-b, b), b = sqrt(6 / (fan_in + fan_out))."""
+        order: per layer, weights then biases ~ U(-b, b), b = sqrt(6 / (fan_in +
+        fan_out)), sqrt(2 / ...) for logistic units."""
         if len(self.classes_) < 2:
             raise ValueError(f"MLPClassifier needs samples of at least 2 classes; got 1 class: {self.classes_}")
         n_out = len(self.classes_)
-        self.model_ = MLP(n_features, n_hidden, n_out, dtype=self.dtype)
+        self.model_ = MLP(n_features, n_hidden, n_out, dtype=self.dtype, activation=self.activation)
+        factor = 2.0 if self.activation == "logistic" else 6.0
         for W, b, fan_in, fan_out in (("Wh", "bh", n_features, n_hidden), ("Wy", "by", n_hidden, n_out)):
-            bound = np.sqrt(6.0 / (fan_in + fan_out))
+            bound = np.sqrt(factor / (fan_in + fan_out))
             setattr(self.model_, W, rng.uniform(-bound, bound, (fan_in, fan_out)).T)
             setattr(self.model_, b, rng.uniform(-bound, bound, fan_out))
         self.loss_curve_ = []
@@ -263,6 +268,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             and hasattr(self, "model_")
             and np.array_equal(np.unique(y), self.classes_)
             and self.model_.n_hidden == n_hidden
+            and self.model_.activation == self.activation
         ):
             self.classes_ = np.unique(y)
             self._initialise(X.shape[1], n_hidden, rng)

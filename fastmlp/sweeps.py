@@ -44,6 +44,7 @@ __all__ = [
 DEFAULTS = {
     "lr": 0.1,
     "n_hidden": 100,
+    "activation": "tanh",
     "batch_size": 64,
     "n_samples": None,  # all of X
     "loss": "ce",
@@ -120,7 +121,13 @@ def run_point(
         with threadpool_limits(1, user_api="blas"):
             n_out = int(max(y.max(), validation_data[1].max() if validation_data else 0)) + 1
             model = MLP(
-                X.shape[1], point["n_hidden"], n_out, dtype=point["dtype"], init=point["init"], seed=point["seed"]
+                X.shape[1],
+                point["n_hidden"],
+                n_out,
+                dtype=point["dtype"],
+                init=point["init"],
+                seed=point["seed"],
+                activation=point["activation"],
             )
             t0 = time.perf_counter()
             hist = train(
@@ -167,7 +174,7 @@ def sweep(
     ----------
     X, y : training data (as for ``fastmlp.train``)
     grid : dict
-        Parameter -> list of values, over "lr", "n_hidden", "batch_size",
+        Parameter -> list of values, over "lr", "n_hidden", "activation", "batch_size",
         "n_samples" (train on the first N examples), "loss", "init", "dtype",
         "backend", "epochs", "seed", "momentum", "nesterov", "weight_decay",
         "lr_schedule" (as for ``fastmlp.train``); the rest take ``DEFAULTS``.
@@ -296,7 +303,9 @@ def plot_sweep(table: pandas.DataFrame | list[dict[str, Any]], path: PathLike | 
     df = df[df["error"].isna()] if "error" in df else df
     metric = "val_accuracy" if df["val_accuracy"].notna().any() else "accuracy"
     varied = [
-        k for k in ("n_hidden", "batch_size", "n_samples", "loss", "init", "dtype", "epochs") if df[k].nunique() > 1
+        k
+        for k in ("n_hidden", "activation", "batch_size", "n_samples", "loss", "init", "dtype", "epochs")
+        if df[k].nunique() > 1
     ]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     groups = df.groupby(varied) if varied else [((), df)]

@@ -47,10 +47,27 @@ def test_train_options_are_honoured():
         "float64",
         "--n-samples",
         "200",
+        "--activation",
+        "relu",
     )
     assert out.returncode == 0, out.stderr
-    assert "2-4-2" in out.stdout and "batch 7, lr 0.5, loss mse, float64, backend numpy" in out.stdout
+    assert "2-4-2 relu" in out.stdout and "batch 7, lr 0.5, loss mse, float64, backend numpy" in out.stdout
     assert len(re.findall(r"^epoch ", out.stdout, re.M)) == 3
+
+
+def test_the_activation_is_trained_and_saved(tmp_path):
+    """Q3 of the practical: without an activation the network is linear, and no
+    line separates two circles; with one it does."""
+    accuracy = {}
+    for activation in ("identity", "tanh"):
+        path = tmp_path / f"{activation}.npz"
+        out = run("train", "--activation", activation, "--epochs", "30", "--save", str(path))
+        assert out.returncode == 0, out.stderr
+        accuracy[activation] = float(re.search(r"^test accuracy ([0-9.]+)", out.stdout, re.M).group(1))
+        assert fastmlp.MLP.load(path).activation == activation
+    assert accuracy["identity"] < 0.7 < 0.9 < accuracy["tanh"]
+    bad = run("train", "--activation", "softplus")
+    assert bad.returncode == 2 and "invalid choice: 'softplus'" in bad.stderr
 
 
 def test_info_lists_backends_and_blas():
@@ -156,10 +173,13 @@ def test_bench_json_holds_the_printed_rows_and_the_machine(tmp_path):
         "--backends",
         "numpy,cython",
         "--no-gil",
+        "--activation",
+        "logistic",
         "--json",
         str(path),
     )
     assert out.returncode == 0, out.stderr
+    assert "logistic hidden units" in out.stdout
     data = json.loads(path.read_text())
     env = data["environment"]
     assert env["fastmlp"] == fastmlp.__version__ and env["dtype"] == "float32" and env["cores"] >= 1
@@ -171,7 +191,7 @@ def test_bench_json_holds_the_printed_rows_and_the_machine(tmp_path):
     rows = {(r["batch"], r["backend"]): r for r in data["rows"]}
     assert set(rows) == {(1, "numpy"), (1, "cython"), (64, "numpy"), (64, "cython")}
     for (batch, backend), r in rows.items():
-        assert r["network"] == "circles" and r["seconds"] > 0
+        assert r["network"] == "circles" and r["activation"] == "logistic" and r["seconds"] > 0
         # circles runs on one thread: no ratio of one thread to all of them
         assert r["threads_speedup"] is None and r["one_thread_seconds"] is None
         printed = re.search(rf"^\s+{batch}\s+{backend}\s+~?([0-9.e+-]+)\s", out.stdout, re.M)

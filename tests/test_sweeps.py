@@ -54,6 +54,15 @@ def test_a_point_equals_training_it_by_hand(data, sequential):
     assert row["val_accuracy"] == fastmlp.evaluate(m, Xv, yv)[1]
 
 
+def test_a_sweep_over_activations_trains_each(data):
+    X, y, (Xv, yv) = data
+    t = fastmlp.sweep(X, y, {"activation": ["identity", "relu"], "lr": [0.5]}, validation_data=(Xv, yv), n_jobs=1)
+    assert list(t["activation"]) == ["identity", "relu"]
+    m = fastmlp.MLP(2, 100, 2, activation="relu")
+    fastmlp.train(m, X, y, epochs=1, batch_size=64, lr=0.5)
+    assert t["val_accuracy"].iloc[1] == fastmlp.evaluate(m, Xv, yv)[1]
+
+
 def test_local_pool_gives_the_sequential_results(data, sequential):
     X, y, val = data
     _compare(fastmlp.sweep(X, y, GRID, validation_data=val, epochs=3, repeats=2, n_jobs=2), sequential)

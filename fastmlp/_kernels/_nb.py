@@ -459,6 +459,8 @@ def _loss_mse(Z, r, y, dZ, scale):
 
 # fastmlp.tables.LOSSES by code
 LOSS_OPS = {0: _loss_ce, 1: _loss_mse}
+# the codes of fastmlp.tables this backend has ops for
+ACTIVATION_CODES, LOSS_CODES = frozenset(ACTIVATION_OPS), frozenset(LOSS_OPS)
 
 
 @_jit

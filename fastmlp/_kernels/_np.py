@@ -16,6 +16,7 @@ THREADED_PATHS = ()
 SPARSE_CHUNK_ROWS = 0  # no sparse path
 _ACTIVATIONS = {row.code: name for name, row in tables.ACTIVATIONS.items()}
 _LOSSES = {row.code: name for name, row in tables.LOSSES.items()}
+ACTIVATION_CODES, LOSS_CODES = frozenset(_ACTIVATIONS), frozenset(_LOSSES)
 
 
 def _name(table, what, code):
