@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import fastmlp
+import fastmlp.plot
 
 X, y = fastmlp.datasets.circles(1000, noise=0.1, seed=0)
 X_test, y_test = fastmlp.datasets.circles(1000, noise=0.1, seed=1)

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import fastmlp
+import fastmlp.plot
 
 X_all, y_all = fastmlp.datasets.circles(5000, noise=0.15, seed=0)
 X_test, y_test = fastmlp.datasets.circles(2000, noise=0.15, seed=1)

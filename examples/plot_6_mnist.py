@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import fastmlp
+import fastmlp.plot
 
 if os.environ.get("FASTMLP_MNIST_DIR"):
     X, y, X_test, y_test = fastmlp.datasets.load_mnist(os.environ["FASTMLP_MNIST_DIR"])

@@ -107,7 +107,7 @@ def run_point(
 
     # Load the kernel module (and so scipy's BLAS) before limiting the BLAS
     # threads: threadpoolctl limits only the libraries already loaded, and two
-    # workers whose BLAS spins two threads each on two cores run 100x slower.
+    # workers whose BLAS spins two threads each on two cores crawl.
     try:
         backends.kernels(point["backend"])
     except ValueError:
@@ -277,9 +277,8 @@ def _run_dask(client, points, X, y, validation_data, progress):
     from dask.distributed import as_completed
 
     # The data goes to every worker once; tasks are gathered as they finish. joblib's
-    # Dask backend measured the same here (12 MNIST trainings on a 2-worker
-    # LocalCluster: 1.1-1.2 s either way), and would need a global
-    # ``parallel_config`` around the call, so a client is used directly.
+    # Dask backend is no faster and would need a global ``parallel_config`` around
+    # the call, so a client is used directly.
     X_f, y_f = client.scatter([X, y], broadcast=True)
     val_f = client.scatter(validation_data, broadcast=True) if validation_data is not None else None
     futures = [client.submit(run_point, p, X_f, y_f, val_f, pure=False) for p in points]

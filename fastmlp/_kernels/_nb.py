@@ -9,7 +9,7 @@ the GIL (``nogil=True``).
 LLVM's loop vectoriser by default runs four vectors (64 floats) per iteration,
 which for a hidden layer of ~100 units leaves half the work to a narrower
 epilogue loop; every kernel here is compiled with one vector per iteration
-instead (see ``_codegen``), which measured ~10% faster epochs at batch 1.
+instead (see ``_codegen``).
 
 Numba cannot say that two arrays do not overlap, so a sum kept in an array is
 loaded and stored again at every row of WhT that a loop adds to it; LLVM did not
@@ -18,7 +18,7 @@ forward gather, the updates) and the output step at batch 1 hold their sums in
 values of ``_Lines`` instead: one to four cache lines as LLVM vectors, with +, -
 and *, which LLVM keeps in registers as gcc keeps the C kernels' vector types,
 at the full width of the CPU's vectors. Full unrolling is switched off while
-fastmlp compiles (epochs measured 2-4% faster so).
+fastmlp compiles.
 
 Each thread's loop takes its arrays borrowed (``_borrowed``: no reference
 counts). Every call from one compiled function into another otherwise
@@ -93,7 +93,7 @@ def _codegen():
 
 
 def _arg_key(a):
-    # what Numba's type of an argument depends on, cheaply (typeof costs ~3 us)
+    # what Numba's type of an argument depends on, more cheaply than typeof
     if isinstance(a, np.ndarray):
         f = a.flags
         return (a.dtype, a.ndim, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned)
