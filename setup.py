@@ -86,6 +86,7 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         depends=[
             "fastmlp/_kernels/_fused.h",
+            "fastmlp/_kernels/_fused_decl.h",
             "fastmlp/_kernels/_fused_level.h",
             "fastmlp/_kernels/_ops.h",
             "fastmlp/_kernels/_fused_impl.h",

@@ -140,57 +140,38 @@ int fm_set_clone_level(int level)
     return fm_clone_level();
 }
 
-/* Whether a code is in the tables of _fused.h, and its name. */
-static int fm_valid_act(int act)
-{
-    switch (act) {
-#define FM_CASE(code, name) case code:
-        FM_ACTIVATIONS(FM_CASE)
-#undef FM_CASE
-        return 1;
-    default:
-        return 0;
+/* Whether a code is in a table of _fused.h (fm_valid_act, fm_valid_loss), and its
+ * name (fm_activation_name, fm_loss_name; NULL for an unknown code). */
+#define FM_CASE_LABEL(code, name) case code:
+#define FM_CASE_NAME(code, name) case code: return #name;
+#define FM_TABLE_LOOKUPS(TABLE, valid, name_of)                                                    \
+    static int valid(int code)                                                                     \
+    {                                                                                              \
+        switch (code) {                                                                            \
+            TABLE(FM_CASE_LABEL)                                                                   \
+            return 1;                                                                              \
+        default:                                                                                   \
+            return 0;                                                                              \
+        }                                                                                          \
+    }                                                                                              \
+    const char *name_of(int code)                                                                  \
+    {                                                                                              \
+        switch (code) {                                                                            \
+            TABLE(FM_CASE_NAME)                                                                    \
+        default:                                                                                   \
+            return NULL;                                                                           \
+        }                                                                                          \
     }
-}
-
-static int fm_valid_loss(int loss)
-{
-    switch (loss) {
-#define FM_CASE(code, name) case code:
-        FM_LOSSES(FM_CASE)
-#undef FM_CASE
-        return 1;
-    default:
-        return 0;
-    }
-}
+FM_TABLE_LOOKUPS(FM_ACTIVATIONS, fm_valid_act, fm_activation_name)
+FM_TABLE_LOOKUPS(FM_LOSSES, fm_valid_loss, fm_loss_name)
+#undef FM_TABLE_LOOKUPS
+#undef FM_CASE_NAME
+#undef FM_CASE_LABEL
 
 /* FM_OK, or the error of the first unknown code. */
 static int fm_check_codes(int act, int loss)
 {
     return !fm_valid_act(act) ? FM_ERR_ACT : !fm_valid_loss(loss) ? FM_ERR_LOSS : FM_OK;
-}
-
-const char *fm_activation_name(int code)
-{
-    switch (code) {
-#define FM_CASE(code, name) case code: return #name;
-        FM_ACTIVATIONS(FM_CASE)
-#undef FM_CASE
-    default:
-        return NULL;
-    }
-}
-
-const char *fm_loss_name(int code)
-{
-    switch (code) {
-#define FM_CASE(code, name) case code: return #name;
-        FM_LOSSES(FM_CASE)
-#undef FM_CASE
-    default:
-        return NULL;
-    }
 }
 
 int fm_max_threads(void)

@@ -41,137 +41,19 @@ typedef struct {
     double correct;
 } fm_tally;
 
-#define FM_DECLARE(REAL, S)                                                                  \
-    /* One SGD step as torch.optim.SGD takes it (dampening 0): g = grad + decay * W    \
-     * for the weights (not the biases), v = momentum * v + g, W -= lr * v (lr * (g +  \
-     * momentum * v) with nesterov); without momentum W -= lr * g. With                \
-     * decay_by_weight_sum the decay of a batch is decay / (sum of its sample weights) \
-     * (scikit-learn's alpha). grad is the batch's (weighted) mean gradient. */        \
-    typedef struct {                                                                   \
-        REAL lr, momentum, decay;                                                      \
-        int nesterov, decay_by_weight_sum;                                             \
-    } fm_sgd_##S;                                                                      \
-    /* The network of the sparse epoch: the hidden activation and the loss (codes of   \
-     * FM_ACTIVATIONS and FM_LOSSES), nh hidden units and nout outputs, and the        \
-     * parameters. The hidden units, padded with zero units to whole cache lines, are  \
-     * cut into n_groups groups of at most four lines (group g: lines group_line[g] .. \
-     * group_line[g + 1]); slice s holds the groups slice_group[s] .. slice_group[s +  \
-     * 1] in arrays of its own, each row `stride` elements apart: WhT (n_slices, n_in, \
-     * stride) the transposed hidden weights, bh (n_slices, stride), Wy (n_slices,     \
-     * nout, stride); by (n_slices, nout_pad) holds one copy of the output biases per  \
-     * slice, nout_pad being nout rounded up to whole cache lines. Every block starts  \
-     * on a cache line. VWhT, Vbh, VWy, Vby: their velocities, in the same layout      \
-     * (NULL without momentum). */                                                     \
-    typedef struct {                                                                   \
-        int act, loss;                                                                 \
-        REAL *WhT, *bh, *Wy, *by;                                                      \
-        REAL *VWhT, *Vbh, *VWy, *Vby;                                                  \
-        ptrdiff_t n_in, nh, nout, stride;                                              \
-        int n_slices, n_groups;                                                        \
-        const int32_t *slice_group, *group_line;                                       \
-    } fm_net_##S;                                                                      \
-    /* The examples: rows order[0 .. n) of the data, batch at a time (the last batch   \
-     * may be smaller). CSR rows: row r's values data[indptr[r] .. indptr[r + 1]] at   \
-     * inputs indices[...]; with indptr NULL, dense rows of n_in values and indices    \
-     * 0 .. n_in - 1. weights: each row's sample weight (NULL: all 1). */              \
-    typedef struct {                                                                   \
-        const REAL *data;                                                              \
-        const int32_t *indices;                                                        \
-        const int64_t *indptr;                                                         \
-        const intptr_t *labels, *order;                                                \
-        const REAL *weights;                                                           \
-        ptrdiff_t n_in, n, batch;                                                      \
-    } fm_rows_##S;                                                                     \
-    /* Workspace of the sparse epoch, for `rows` examples at a time (the batch, or    \
-     * chunks of it: see gWhT): H, dH (n_slices, rows, stride) the hidden activations  \
-     * and dl/dh~; Zp (2, rows, n_groups, nout) the partial logits, one half per       \
-     * parity; dZ (n_slices, rows, nout_pad) dl/dz, one copy per thread (shared, the   \
-     * first, where the threads share its rows out); row_loss, row_correct (rows,);    \
-     * gWy (n_slices, nout, stride), gbh (n_slices, stride), gby (n_slices, nout_pad)  \
-     * the summed gradients of Wy, bh and by; sync the threads' barrier (32 int32,     \
-     * zero-filled, cache aligned). gWhT (n_slices, n_in, stride), zero-filled, or     \
-     * NULL: with it, a batch of more than `rows` examples is taken `rows` at a time,  \
-     * its gradient of WhT summed in gWhT and the step taken after its last chunk      \
-     * (else rows >= batch). cptr, crow, cval, or NULL: for an epoch of one batch      \
-     * (every example), CSR rows and gWhT, the non-zeros of each chunk grouped by      \
-     * input (fm_group_chunks), so that each row of gWhT takes one sum per chunk. mask \
-     * (n_slices, n_in, (rows + 63) / 64), zero-filled, or NULL (NULL where rows >     \
-     * FM_MASK_ROWS): one bit per example of the batch (or chunk) for each input where \
-     * it is non-zero, per thread; with it, batches and chunks of at least group_min   \
-     * examples update each row of WhT (or gWhT) they touch once, with the sum over    \
-     * their examples (the rows' indices must then be sorted and unique). */           \
-    typedef struct {                                                                   \
-        REAL *H, *dH, *Zp, *dZ, *gWy, *gbh, *gby, *gWhT;                               \
-        double *row_loss, *row_correct;                                                \
-        int32_t *sync;                                                                 \
-        ptrdiff_t rows;                                                                \
-        const int64_t *cptr;                                                           \
-        const uint16_t *crow;                                                          \
-        const REAL *cval;                                                              \
-        uint64_t *mask;                                                                \
-        ptrdiff_t group_min;                                                           \
-    } fm_swork_##S;                                                                    \
-    /* The examples of a dense epoch: rows order[0 .. n) of X (n_rows, n_in), batch  \
-     * at a time (the last batch may be smaller); weights as in fm_rows. */            \
-    typedef struct {                                                                   \
-        const REAL *X;                                                                 \
-        const intptr_t *labels, *order;                                                \
-        const REAL *weights;                                                           \
-        ptrdiff_t n_in, n, batch;                                                      \
-    } fm_batches_##S;                                                                  \
-    /* The network of the BLAS epoch: the activation and loss codes, the parameters  \
-     * in the model's layout: Wh (nh, n_in), bh (nh,), Wy (nout, nh), by (nout,); the  \
-     * hidden units cut into n_blocks blocks (block j: units block_unit[j] ..          \
-     * block_unit[j + 1], at most block_max). VWh, Vbh, VWy, Vby: their velocities    \
-     * (NULL without momentum). */                                                     \
-    typedef struct {                                                                   \
-        int act, loss;                                                                 \
-        REAL *Wh, *bh, *Wy, *by;                                                       \
-        REAL *VWh, *Vbh, *VWy, *Vby;                                                   \
-        ptrdiff_t n_in, nh, nout;                                                      \
-        int n_blocks;                                                                  \
-        const int32_t *block_unit;                                                     \
-        ptrdiff_t block_max;                                                           \
-    } fm_dense_##S;                                                                    \
-    /* Workspace of the BLAS epoch: Xb (2, batch, n_in) the gathered rows, one half    \
-     * per batch parity (unused where batches lie in order in X); H, dH (n_blocks,     \
-     * batch, block_max), each block's rows `width` apart; Zp (n_blocks, batch, nout)  \
-     * the partial logits; dZ (batch, nout); row_loss, row_correct (batch,); GWh     \
-     * (nh, n_in), GWy (nout, nh), gb (nh + nout,) the gradients, taken apart from the \
-     * weights with momentum or decay (else NULL); sync the threads' barrier (32       \
-     * int32, zero-filled, cache aligned). */                                          \
-    typedef struct {                                                                   \
-        REAL *Xb, *H, *dH, *Zp, *dZ;                                                   \
-        double *row_loss, *row_correct;                                                \
-        REAL *GWh, *GWy, *gb;                                                          \
-        int32_t *sync;                                                                 \
-    } fm_bwork_##S;                                                                    \
-    /* A BLAS GEMM (column-major, arguments by address), e.g. scipy's cython_blas. */ \
-    typedef void (*fm_gemm_ptr_##S)(const char *, const char *, const int *, const int *, const int *, \
-                                    const REAL *, const REAL *, const int *, const REAL *, const int *, \
-                                    const REAL *, REAL *, const int *);               \
-    int fm_blas_epoch_##S(const fm_dense_##S *net, const fm_batches_##S *ex, const fm_sgd_##S *opt,   \
-                          const fm_bwork_##S *ws, fm_gemm_ptr_##S gemm, int n_threads, fm_tally *tally); \
-    int fm_apply_act_##S(int act, REAL *x, ptrdiff_t n);                                 \
-    int fm_bias_act_##S(int act, REAL *H, const REAL *b, ptrdiff_t B, ptrdiff_t n);      \
-    void fm_bias_add_##S(REAL *Z, const REAL *b, ptrdiff_t B, ptrdiff_t n);           \
-    int fm_loss_grad_##S(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B,  \
-                         ptrdiff_t n, int loss, REAL scale, fm_tally *tally);          \
-    int fm_apply_act_grad_##S(int act, REAL *dH, const REAL *H, ptrdiff_t len);         \
-    void fm_bias_update_##S(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr);  \
-    int fm_sparse_epoch_##S(const fm_net_##S *net, const fm_rows_##S *ex, const fm_sgd_##S *opt,     \
-                            const fm_swork_##S *ws, int n_threads, fm_tally *tally);   \
-    void fm_row_passes_##S(const fm_net_##S *net, const fm_rows_##S *ex, const fm_swork_##S *ws, int n_threads); \
-    void fm_group_chunks_##S(const fm_rows_##S *ex, ptrdiff_t rows, int64_t *cptr, uint16_t *crow, REAL *cval, \
-                             int64_t *cursor);                                         \
-    void fm_csr_counts_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *counts); \
-    void fm_csr_fill_##S(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *indptr, \
-                         int32_t *indices, REAL *data);
-
-FM_DECLARE(float, f)
-FM_DECLARE(double, d)
-
-#undef FM_DECLARE
+/* The declarations of each REAL: name_f for float, name_d for double. */
+#define FM_D_CAT(a, b) a##_##b
+#define REAL float
+#define FM_D(name) FM_D_CAT(name, f)
+#include "_fused_decl.h"
+#undef REAL
+#undef FM_D
+#define REAL double
+#define FM_D(name) FM_D_CAT(name, d)
+#include "_fused_decl.h"
+#undef REAL
+#undef FM_D
+#undef FM_D_CAT
 
 /* The name of an activation or loss code (FM_ACTIVATIONS, FM_LOSSES), NULL for
  * an unknown one. */

@@ -250,20 +250,18 @@ _TANH_P = tuple(
 _TANH_Q = tuple(_F(c) for c in (4.625251889e-01, 2.376320399e-02, 2.281013876e-04))
 
 
-def _by_precision(f32, f64, doc):
-    """A scalar op that runs ``f32`` on float32 and ``f64`` on float64, chosen when
-    the caller is compiled."""
+def _by_precision(f32, f64):
+    """Decorates a stub: calls to it from compiled code run ``f32`` on float32 and
+    ``f64`` on float64, the one chosen when the caller is compiled."""
 
-    def op(x):
-        raise NotImplementedError("called from compiled code only")
+    def register(stub):
+        @overload(stub)
+        def _typed(x):
+            return (lambda x: f32(x)) if x == types.float32 else (lambda x: f64(x))
 
-    op.__doc__ = doc
+        return stub
 
-    @overload(op)
-    def _typed(x):
-        return (lambda x: f32(x)) if x == types.float32 else (lambda x: f64(x))
-
-    return op
+    return register
 
 
 @_jit
@@ -300,11 +298,16 @@ def _tanh_f64(d):
     return d if d != d else math.copysign(t, d)
 
 
-_tanh = _by_precision(
-    _tanh_f32,
-    _tanh_f64,
-    "tanh: float32 by a rational approximation (max abs error 3.6e-7), float64 by Cephes' method (2e-16).",
-)
+@_by_precision(_tanh_f32, _tanh_f64)
+def _tanh_typed(x):
+    raise NotImplementedError
+
+
+@_jit
+def _tanh(x):
+    """tanh: float32 by a rational approximation (max abs error 3.6e-7), float64 by
+    Cephes' method (2e-16)."""
+    return _tanh_typed(x)
 
 
 @_jit
@@ -334,7 +337,15 @@ def _logistic_f64(x):
     return x if x != x else 1.0 / (1.0 + _exp_d(m))
 
 
-_logistic = _by_precision(_logistic_f32, _logistic_f64, "1 / (1 + exp(-x)) in float64 arithmetic, rounded once.")
+@_by_precision(_logistic_f32, _logistic_f64)
+def _logistic_typed(x):
+    raise NotImplementedError
+
+
+@_jit
+def _logistic(x):
+    """1 / (1 + exp(-x)) in float64 arithmetic, rounded once."""
+    return _logistic_typed(x)
 
 
 @_jit
@@ -380,7 +391,9 @@ def _activate(act, h):
 
 @_jit
 def _act_grad(act, d, h):
-    """d *= f'(h) in place, from the outputs h of the activation of code ``act``."""
+    """d *= f'(h) in place, from the outputs h of the activation of code ``act``. (A
+    loop of its own per op: passing the ops to one loop as arguments would keep the
+    kernels out of Numba's cache.)"""
     if act == 0:
         for j in range(d.size):
             d[j] *= _tanh_grad(h[j])
@@ -405,7 +418,10 @@ def _exp_f64(x):
     return np.exp(x)
 
 
-_softmax_exp = _by_precision(_exp_f32, _exp_f64, "exp for the softmax: in float64 arithmetic for float32, as in C.")
+@_by_precision(_exp_f32, _exp_f64)
+def _softmax_exp(x):
+    """exp for the softmax: in float64 arithmetic for float32, as in C."""
+    raise NotImplementedError
 
 
 @_jit

@@ -61,6 +61,17 @@
  * between the cores at every example. */
 #define OUT_STRIDE(nout) (((nout) + LANES - 1) / LANES * LANES)
 
+/* BODY(NL) for the number of lines nl from 1 to 4, each a loop compiled for its
+ * width with its sums in registers; returns from the function that uses it. */
+#define FM_BY_LINES(nl, BODY)                                                                      \
+    switch (nl) {                                                                                  \
+    case 1: BODY(1) return;                                                                        \
+    case 2: BODY(2) return;                                                                        \
+    case 3: BODY(3) return;                                                                        \
+    case 4: BODY(4) return;                                                                        \
+    default: break;                                                                                \
+    }
+
 #if FM_VECTORS
 typedef REAL VL __attribute__((vector_size(FM_VBYTES), may_alias));
 typedef REAL FN(fm_v32) __attribute__((vector_size(32), may_alias));
@@ -181,13 +192,7 @@ static FM_INLINE void FN(fm_gather)(REAL *restrict h, const REAL *restrict b, in
                                     ptrdiff_t stride, uint64_t *restrict mask, ptrdiff_t words, uint64_t bit)
 {
 #if FM_VECTORS
-    switch (nl) {
-    case 1: FM_GATHER(1) return;
-    case 2: FM_GATHER(2) return;
-    case 3: FM_GATHER(3) return;
-    case 4: FM_GATHER(4) return;
-    default: break;
-    }
+    FM_BY_LINES(nl, FM_GATHER)
 #endif
     const ptrdiff_t n = nl * LANES;
     for (ptrdiff_t j = 0; j < n; j++) h[j] = b[j];
@@ -221,13 +226,7 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
                                     const int32_t *restrict idx, ptrdiff_t k, const REAL *restrict d)
 {
 #if FM_VECTORS
-    switch (nl) {
-    case 1: FM_UPDATE(1) return;
-    case 2: FM_UPDATE(2) return;
-    case 3: FM_UPDATE(3) return;
-    case 4: FM_UPDATE(4) return;
-    default: break;
-    }
+    FM_BY_LINES(nl, FM_UPDATE)
 #endif
     const ptrdiff_t n = nl * LANES;
     for (ptrdiff_t e = k - 1; e >= 0; e--) {
@@ -292,13 +291,7 @@ static FM_INLINE void FN(fm_grouped_rows)(REAL *restrict W, REAL *restrict V, pt
                                           const REAL **restrict next, const REAL *restrict d)
 {
 #if FM_VECTORS
-    switch (nl) {
-    case 1: FM_GROUPED_ROWS(1) return;
-    case 2: FM_GROUPED_ROWS(2) return;
-    case 3: FM_GROUPED_ROWS(3) return;
-    case 4: FM_GROUPED_ROWS(4) return;
-    default: break;
-    }
+    FM_BY_LINES(nl, FM_GROUPED_ROWS)
 #endif
     const ptrdiff_t n = nl * LANES;
     REAL a[4 * LANES];
@@ -520,13 +513,7 @@ static FM_INLINE void FN(fm_grouped_sum)(REAL *restrict W, ptrdiff_t stride, int
                                          const REAL *restrict d)
 {
 #if FM_VECTORS
-    switch (nl) {
-    case 1: FM_GROUPED_SUM(1) return;
-    case 2: FM_GROUPED_SUM(2) return;
-    case 3: FM_GROUPED_SUM(3) return;
-    case 4: FM_GROUPED_SUM(4) return;
-    default: break;
-    }
+    FM_BY_LINES(nl, FM_GROUPED_SUM)
 #endif
     const ptrdiff_t n = nl * LANES;
     for (ptrdiff_t i = 0; i < n_in; i++)
@@ -936,6 +923,7 @@ FM_LEVEL_FN void FN(fm_csr_fill)(const REAL *restrict X, ptrdiff_t n_rows, ptrdi
     }
 }
 
+#undef FM_BY_LINES
 #undef GROUP_OFF
 #undef GROUP_LINES
 #undef FM_GATHER
