@@ -56,11 +56,11 @@ SPARSE_GROUP_MIN, SPARSE_MASK_ROWS = 32, 256  # batches of 32-256 examples updat
 _LINE = 64  # bytes in a cache line: the hidden units go in groups of up to four lines
 
 
-def _compile(func, fastmath):
+def _compile(func, fastmath, **more):
     # error_model="numpy": a float division by zero gives inf/NaN as in C instead
     # of a check per element that stops the loop from vectorising.
     # "contract" lets LLVM fuse a * b + c into FMAs (as gcc does), nothing else.
-    options = dict(nogil=True, error_model="numpy", fastmath=fastmath)
+    options = dict(nogil=True, error_model="numpy", fastmath=fastmath, **more)
     try:
         return nb.njit(cache=True, **options)(func)
     except RuntimeError:  # "cannot cache function ...: no locator available"
@@ -69,6 +69,10 @@ def _compile(func, fastmath):
 
 def _jit(func):
     return _compile(func, {"contract"})
+
+
+def _jit_inline(func):
+    return _compile(func, {"contract"}, inline="always")
 
 
 @contextlib.contextmanager
@@ -264,9 +268,23 @@ def _by_precision(f32, f64):
     return register
 
 
+@intrinsic
+def _float64_from_bits(typingctx, bits):
+    """The float64 whose bits are the int64 ``bits``."""
+    if bits != types.int64:
+        raise errors.TypingError("_float64_from_bits takes an int64")
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
 @_jit
 def _exp_d(x):
-    """exp of a float64 in plain arithmetic, as _ops.h fm_exp_d (|x| <= 708)."""
+    """exp of a float64 in plain arithmetic, as _ops.h fm_exp_d (|x| <= 708): 2^k
+    through the exponent bits, so that no library call stops a loop from
+    vectorising."""
     k = np.floor(1.4426950408889634073599 * x + 0.5)
     r = (x - k * 6.93145751953125e-1) - k * 1.42860682030941723212e-6
     rr = r * r
@@ -274,7 +292,8 @@ def _exp_d(x):
     q = (
         (3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr + 2.27265548208155028766e-1
     ) * rr + 2.00000000000000000009e0
-    return math.ldexp(1.0 + 2.0 * (p / (q - p)), int(k))
+    k = k if k == k else 0.0  # NaN: keep the conversion to an integer defined; the result stays NaN
+    return (1.0 + 2.0 * (p / (q - p))) * _float64_from_bits(np.int64(k + 1023.0) << np.int64(52))
 
 
 @_jit
@@ -390,22 +409,27 @@ def _activate(act, h):
 
 
 @_jit
-def _act_grad(act, d, h):
-    """d *= f'(h) in place, from the outputs h of the activation of code ``act``. (A
-    loop of its own per op: passing the ops to one loop as arguments would keep the
-    kernels out of Numba's cache.)"""
+def _act_grad(act, d, h, y, a):
+    """d *= f'(h) in place, from the outputs h of the activation of code ``act``, and
+    y += a d in the same pass: the sum of a bias's gradient (a = 1) or its plain SGD
+    step (a = -lr). (A loop of its own per op: passing the ops to one loop as
+    arguments would keep the kernels out of Numba's cache.)"""
     if act == 0:
         for j in range(d.size):
             d[j] *= _tanh_grad(h[j])
+            y[j] += a * d[j]
     elif act == 1:
         for j in range(d.size):
             d[j] *= _relu_grad(h[j])
+            y[j] += a * d[j]
     elif act == 2:
         for j in range(d.size):
             d[j] *= _logistic_grad(h[j])
+            y[j] += a * d[j]
     elif act == 3:
         for j in range(d.size):
             d[j] *= _identity_grad(h[j])
+            y[j] += a * d[j]
 
 
 @_jit
@@ -910,7 +934,7 @@ def _update_rows(WhT, VWhT, momentum, s, first, g0, g1, group_line, c, data, av,
             _update_lines(WhT, VWhT, momentum, s, off, 1, c, data, av, indices, ai, k, dH, b)
 
 
-@_jit
+@_jit_inline
 def _output_step_one(act, s, width, net, ws, dZt, lr):
     """dh~ of one example and the plain SGD step of slice s's Wy, bh and by, Wy^T dz
     taken in the same pass over the rows of Wy as their step (_sparse_impl.h
@@ -930,14 +954,12 @@ def _output_step_one(act, s, width, net, ws, dZt, lr):
             dv = dv + d * wy
             _lines_store(Wy, r, wy - (lr * d) * hv)
         _lines_store(dH, h0 + u, dv)
-    _act_grad(act, dH[s, 0, :width], H[s, 0, :width])
-    for j in range(width):
-        net.bh[s, j] -= lr * dH[s, 0, j]
+    _act_grad(act, dH[s, 0, :width], H[s, 0, :width], net.bh[s, :width], -lr)
     for o in range(Wy.shape[1]):
         net.by[s, o] -= lr * dZt[0, o]
 
 
-@_jit
+@_jit_inline
 def _output_grads(act, s, width, C, net, ws, dZt, fresh):
     """dh~ = (Wy^T dz) * f'(h) of C examples, and the gradients of slice s's Wy, bh
     and by summed over them into gWy, gbh and gby: afresh where `fresh`, else added
@@ -957,9 +979,7 @@ def _output_grads(act, s, width, C, net, ws, dZt, fresh):
             for j in range(width):
                 dH[s, b, j] += d * Wy[s, o, j]
                 gWy[s, o, j] += d * H[s, b, j]
-        _act_grad(act, dH[s, b, :width], H[s, b, :width])
-        for j in range(width):
-            gbh[s, j] += dH[s, b, j]
+        _act_grad(act, dH[s, b, :width], H[s, b, :width], gbh[s, :width], H.dtype.type(1))
     for o in range(nout):
         dsum = H.dtype.type(0)
         for b in range(C):
@@ -967,7 +987,7 @@ def _output_grads(act, s, width, C, net, ws, dZt, fresh):
         gby[s, o] += dsum
 
 
-@_jit
+@_jit_inline
 def _output_apply(s, width, net, ws, step, decay):
     """The steps of slice s's Wy (with decay), by and bh from the sums in gWy, gby and
     gbh (_sparse_impl.h fm_sparse_output_step)."""
@@ -1018,7 +1038,7 @@ def _chunk_sums(G, s, first, g0, g1, group_line, cptr, cbase, n_in, crow, cval, 
             _chunk_sum_lines(G, s, off, 1, cptr, cbase, n_in, crow, cval, dH)
 
 
-@_jit
+@_jit_inline
 def _sparse_dz(loss, t, net, ex, Zp, dZt, start, C, weight_sum):
     """dl/dz of examples order[start : start + C] into dZt (the same in every
     thread): the groups' partial logits added to thread t's copy of by in group
@@ -1043,7 +1063,7 @@ def _sparse_dz(loss, t, net, ex, Zp, dZt, start, C, weight_sum):
     return loss_sum, correct
 
 
-@_jit
+@_jit_inline
 def _sparse_step(act, t, nt, net, ex, step, decay, ws, start, B, dZt, grouped, cur):
     """Given dl/dz of the batch in dZt: dh~ and the updates of thread t's slices
     (_sparse_impl.h fm_sparse_step, which says why the step splits into every row's
@@ -1083,7 +1103,7 @@ def _sparse_step(act, t, nt, net, ex, step, decay, ws, start, B, dZt, grouped, c
             # fmt: on
 
 
-@_jit
+@_jit_inline
 def _sparse_accumulate(act, t, nt, net, ex, ws, start, C, dZt, fresh, grouped, cur):
     """One chunk of a batch taken in chunks, for thread t: dh~ of its C examples
     (order[start ..]) and their gradients added to gWy, gbh, gby and gWhT, afresh at
@@ -1117,7 +1137,7 @@ def _sparse_accumulate(act, t, nt, net, ex, ws, start, C, dZt, fresh, grouped, c
                 # fmt: on
 
 
-@_jit
+@_jit_inline
 def _sparse_apply(t, nt, net, step, decay, ws):
     """The step of a batch taken in chunks, for thread t, from the gradients that
     _sparse_accumulate summed: every row of WhT steps with its row of gWhT (zeroed
@@ -1249,14 +1269,13 @@ def _step_backward(act, Xb, Hb, dZb, dHb, Wh, bh, Wy, by, lr, ws_int, ws_char, w
     nout = Wy.shape[0]
     t = Wh.dtype.type
     _gemm(False, False, B, nh, nout, t(1), dZb, nout, Wy, nh, t(0), dHb, nh, ws_int, ws_char, ws_real)
-    _act_grad(act, dHb.reshape(dHb.size), Hb.reshape(Hb.size))
+    for r in range(B):
+        _act_grad(act, dHb[r], Hb[r], bh, -lr)
     _gemm(True, False, nout, nh, B, -lr, dZb, nout, Hb, nh, t(1), Wy, nh, ws_int, ws_char, ws_real)
     _gemm(True, False, nh, n_in, B, -lr, dHb, nh, Xb, n_in, t(1), Wh, n_in, ws_int, ws_char, ws_real)
     for r in range(B):
         for o in range(nout):
             by[o] -= lr * dZb[r, o]
-        for j in range(nh):
-            bh[j] -= lr * dHb[r, j]
 
 
 @_jit
@@ -1321,23 +1340,20 @@ def _blas_epoch(act, loss, net, ex, step, ws, ws_int, ws_char, ws_real):
             Hj = H[j].reshape(H.shape[1] * H.shape[2])[: B * w].reshape((B, w))
             dHj = dH[j].reshape(dH.shape[1] * dH.shape[2])[: B * w].reshape((B, w))
             _gemm(False, False, B, w, nout, t(1), dZ, nout, Wy[:, u0:], nh, t(0), dHj, w, ws_int, ws_char, ws_real)
-            _act_grad(act, dHj.reshape(B * w), Hj.reshape(B * w))
-            if plain:
-                _gemm(True, False, nout, w, B, -lr, dZ, nout, Hj, w, t(1), Wy[:, u0:], nh, ws_int, ws_char, ws_real)
+            if plain:  # f' and the step of bh in one pass per row, then the weights' steps
                 for r in range(B):
-                    for c in range(w):
-                        bh[u0 + c] -= lr * dHj[r, c]
+                    _act_grad(act, dHj[r], Hj[r], bh[u0:u1], -lr)
+                _gemm(True, False, nout, w, B, -lr, dZ, nout, Hj, w, t(1), Wy[:, u0:], nh, ws_int, ws_char, ws_real)
                 _gemm(True, False, w, n_in, B, -lr, dHj, w, Xb, n_in, t(1), Wh[u0:], n_in, ws_int, ws_char, ws_real)
                 continue
             GWy, GWh = ws.GWy, ws.GWh
+            for c in range(w):
+                gb[c] = zero
+            for r in range(B):  # f' and the sum of bh's gradient in one pass per row
+                _act_grad(act, dHj[r], Hj[r], gb[:w], t(1))
             _gemm(True, False, nout, w, B, t(1), dZ, nout, Hj, w, t(0), GWy[:, u0:], nh, ws_int, ws_char, ws_real)
             for o in range(nout):
                 _sgd_row(Wy, VWy if mu != 0 else Wy, o, u0, GWy[:, u0:], o, w, lr, mu, d, nesterov)
-            for c in range(w):
-                gb[c] = zero
-            for r in range(B):
-                for c in range(w):
-                    gb[c] += dHj[r, c]
             _sgd_vector(bh, Vbh, u0, gb, w, lr, mu, zero, nesterov)
             _gemm(True, False, w, n_in, B, t(1), dHj, w, Xb, n_in, t(0), GWh[u0:], n_in, ws_int, ws_char, ws_real)
             for c in range(w):

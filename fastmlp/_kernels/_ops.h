@@ -24,7 +24,8 @@ static FM_INLINE double FN(fm_exp_d)(double x)
     const double q = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr
                       + 2.27265548208155028766e-1) * rr + 2.00000000000000000009e0;
     const double e = 1.0 + 2.0 * (p / (q - p));
-    const int64_t bits = (int64_t)(k + 1023.0) << 52;
+    /* NaN: keep the conversion to an integer defined; e is NaN, and so the result */
+    const int64_t bits = (int64_t)((k == k ? k : 0.0) + 1023.0) << 52;
     double scale;
     memcpy(&scale, &bits, sizeof scale);
     return e * scale;

@@ -200,9 +200,9 @@ def wanted_threads(n_threads, kernels):
 
 # The reference path (NumPy) runs its GEMMs on one BLAS thread below this batch
 # size: for small GEMMs a second thread costs more in synchronisation than it
-# gains. The compiled paths always run
-# OpenBLAS on one thread: their own threads split the work, and OpenBLAS's
-# results differ in the last bits between one thread and two.
+# gains. The compiled paths always run OpenBLAS on one thread: their own threads
+# split the work, and OpenBLAS's results differ in the last bits between one
+# thread and two.
 BLAS_THREADS_MIN_BATCH = 64
 
 
