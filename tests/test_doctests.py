@@ -30,7 +30,7 @@ OPTIONAL = {"fastmlp.sklearn": "sklearn", "fastmlp.plot": "matplotlib"}
 
 def _run(test):
     runner = doctest.DocTestRunner(optionflags=FLAGS)
-    runner.run(test, out=lambda text: sys.stdout.write(text))
+    runner.run(test, out=sys.stdout.write)  # bound now: doctest swaps sys.stdout while it runs
     return runner.summarize(verbose=False)
 
 
