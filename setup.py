@@ -91,6 +91,7 @@ extensions = [
             "fastmlp/_kernels/_ops.h",
             "fastmlp/_kernels/_fused_impl.h",
             "fastmlp/_kernels/_sparse_impl.h",
+            "fastmlp/_kernels/_deep_impl.h",
             "fastmlp/_kernels/_blas_impl.h",
         ],
         extra_compile_args=compile_args,

@@ -32,7 +32,9 @@ _MODULES = {
 NAMES = tuple(_MODULES) + ("auto",)
 _INSTALL_HINT = {"numba": 'pip install "fastmlp[numba]"'}
 
-# "auto" is Cython wherever it loads, at every batch size, else the NumPy reference.
+# "auto" is Cython wherever it loads, at every batch size, else the NumPy reference;
+# for a network of several hidden layers, the first of them with an epoch path
+# for it (the backend's DEEP_PATHS).
 # Numba is about as fast (`fastmlp bench` shows both), but its first use in a
 # process loads its cached machine code (and compiles it on a machine's first
 # use), which a training run of a few epochs does not repay.
@@ -88,17 +90,23 @@ def install_hint(name: str) -> str:
     return f"install it with: {_INSTALL_HINT[name]}" if name in _INSTALL_HINT else ""
 
 
-def resolve(name: str) -> str:
-    """The concrete backend name for ``name`` ("auto": the first of ``AUTO`` that loads)."""
+def resolve(name: str, deep: bool = False) -> str:
+    """The concrete backend name for ``name`` ("auto": the first of ``AUTO`` that
+    loads and, for a network of several hidden layers (``deep``), trains one)."""
     if name not in NAMES:
         raise ValueError(f"backend must be one of {NAMES}, got {name!r}")
     if name == "auto":
-        return next(b for b in AUTO if _load(b) is not None)
+        return next(b for b in AUTO if _load(b) is not None and (not deep or _load(b).DEEP_PATHS))
     if _load(name) is None:
         hint = install_hint(name)
         raise ValueError(
             f"backend {name!r} is not available ({unavailable_backends()[name]}); "
             f"available backends: {available_backends()}" + (f"; {hint}" if hint else "")
+        )
+    if deep and not _load(name).DEEP_PATHS:
+        deep_ones = [b for b in available_backends() if _load(b).DEEP_PATHS]
+        raise ValueError(
+            f"backend {name!r} trains networks of one hidden layer; backends for several: {deep_ones} (or 'auto')"
         )
     return name
 
@@ -118,6 +126,7 @@ def features(name: str) -> set[str]:
 
     kern = kernels(name)
     out = {f"path {p}" for p in kern.PATHS} | {f"threads on the {p} path" for p in kern.THREADED_PATHS}
+    out |= {f"several hidden layers on the {p} path" for p in kern.DEEP_PATHS}
     out |= {f"activation {n}" for n, row in tables.ACTIVATIONS.items() if row.code in kern.ACTIVATION_CODES}
     out |= {f"loss {n}" for n, row in tables.LOSSES.items() if row.code in kern.LOSS_CODES}
     if getattr(kern, "SPARSE_CHUNK_ROWS", 0):

@@ -51,6 +51,8 @@ __all__ = [
     "blas_description",
     "gemm_peak_gflops",
     "flop_per_example",
+    "init_params",
+    "shape_name",
     "gil_release_ratio",
     "run_in_threads",
     "numba_first_call_seconds",
@@ -63,13 +65,24 @@ __all__ = [
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def flop_per_example(n_in, n_hidden, n_out):
-    """Multiply-adds x 2 of one example's forward and backward pass.
-
-    forward 2 (n_in nh + nh nout); dH 2 nh nout; dWy 2 nh nout; dWh 2 n_in nh.
-    784-100-10: 319,600.
+def flop_per_example(*sizes):
+    """Multiply-adds x 2 of one example's forward and backward pass through layers of
+    ``sizes`` (n_in, n_1, ..., n_out): per layer of weights (n_{k-1} by n_k), forward
+    2 n_{k-1} n_k, its gradient 2 n_{k-1} n_k, and dl/dh of the layer below 2
+    n_{k-1} n_k except for the first. 784-100-10: 319,600.
     """
-    return 4 * n_in * n_hidden + 6 * n_hidden * n_out
+    layers = [m * n for m, n in zip(sizes[:-1], sizes[1:], strict=True)]
+    return 4 * sum(layers) + 2 * sum(layers[1:])
+
+
+def init_params(shape, dtype, seed=0):
+    """The benchmark's initial parameters of a network of layer sizes ``shape``."""
+    return ref.init_params(shape[0], shape[1:-1], shape[-1], dtype=dtype, seed=seed)
+
+
+def shape_name(shape):
+    """ "784-256-128-10" """
+    return "-".join(map(str, shape))
 
 
 def gemm_peak_gflops(n=2048, repeats=3):
@@ -207,21 +220,17 @@ class TorchTrainer:
 
         self.torch, self.style = torch, style
         self.f, self.df = _TORCH_OPS[activation]
+        self.names = list(params)
         t = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
         if style == "autograd":
-            n_hidden, n_in = params["Wh"].shape
-            n_out = params["Wy"].shape[0]
-            dtype = t["Wh"].dtype
-            self.net = torch.nn.Sequential(
-                torch.nn.Linear(n_in, n_hidden, dtype=dtype),
-                getattr(torch.nn, tables.activation(activation).torch)(),
-                torch.nn.Linear(n_hidden, n_out, dtype=dtype),
-            )
+            act = getattr(torch.nn, tables.activation(activation).torch)
+            modules = []
+            for W, _ in ref.layers(t):
+                modules += [torch.nn.Linear(W.shape[1], W.shape[0], dtype=W.dtype), act()]
+            self.net = torch.nn.Sequential(*modules[:-1])
             with torch.no_grad():
-                self.net[0].weight.copy_(t["Wh"])
-                self.net[0].bias.copy_(t["bh"])
-                self.net[2].weight.copy_(t["Wy"])
-                self.net[2].bias.copy_(t["by"])
+                for param, name in zip(self.net.parameters(), self.names, strict=True):
+                    param.copy_(t[name])
             self.loss = torch.nn.CrossEntropyLoss()
         elif style == "manual":
             self.p = t
@@ -230,8 +239,7 @@ class TorchTrainer:
 
     def params(self):
         if self.style == "autograd":
-            n = self.net
-            pairs = [("Wh", n[0].weight), ("bh", n[0].bias), ("Wy", n[2].weight), ("by", n[2].bias)]
+            pairs = zip(self.names, self.net.parameters(), strict=True)
             return {k: v.detach().numpy().copy() for k, v in pairs}
         return {k: v.numpy().copy() for k, v in self.p.items()}
 
@@ -249,20 +257,24 @@ class TorchTrainer:
                 self.loss(self.net(X[idx]), labels[idx]).backward()
                 opt.step()
             return
-        Wh, bh, Wy, by = (self.p[k] for k in ref.PARAM_NAMES)
+        layers = ref.layers(self.p)
         with torch.no_grad():
             for s in range(0, len(perm), batch_size):
                 idx = perm[s : s + batch_size]
                 xb, yb = X[idx], labels[idx]
-                H = self.f(torch, torch.addmm(bh, xb, Wh.T))
-                dZ = torch.softmax(torch.addmm(by, H, Wy.T), dim=1)
-                dZ[torch.arange(len(idx)), yb] -= 1
-                dZ /= len(idx)
-                dH = (dZ @ Wy).mul_(self.df(torch, H))
-                Wy.addmm_(dZ.T, H, alpha=-lr)
-                by.sub_(dZ.sum(0), alpha=lr)
-                Wh.addmm_(dH.T, xb, alpha=-lr)
-                bh.sub_(dH.sum(0), alpha=lr)
+                inputs = [xb]  # what each layer reads: the stored activations
+                for W, b in layers[:-1]:
+                    inputs.append(self.f(torch, torch.addmm(b, inputs[-1], W.T)))
+                Wy, by = layers[-1]
+                d = torch.softmax(torch.addmm(by, inputs[-1], Wy.T), dim=1)
+                d[torch.arange(len(idx)), yb] -= 1
+                d /= len(idx)
+                for k in range(len(layers) - 1, -1, -1):
+                    W, b = layers[k]
+                    below = (d @ W).mul_(self.df(torch, inputs[k])) if k else None
+                    W.addmm_(d.T, inputs[k], alpha=-lr)
+                    b.sub_(d.sum(0), alpha=lr)
+                    d = below
 
 
 # ---- the epoch table ----
@@ -288,7 +300,7 @@ class SklearnTrainer:
         from sklearn.neural_network import MLPClassifier
 
         self.clf = MLPClassifier(
-            hidden_layer_sizes=(params["Wh"].shape[0],),
+            hidden_layer_sizes=tuple(W.shape[0] for W, _ in ref.layers(params)[:-1]),
             activation=activation,
             solver="sgd",
             momentum=0.0,
@@ -298,7 +310,7 @@ class SklearnTrainer:
             batch_size=batch_size,
             shuffle=False,
         )
-        self.n_out = params["Wy"].shape[0]
+        self.n_out = ref.layers(params)[-1][0].shape[0]
         self.warnings = warnings
 
     def epoch(self, X, labels, perm):
@@ -335,11 +347,13 @@ def row_pass_floor(X, labels, shape, batch_size, n_threads, repeats=3):
     """Seconds per epoch of the row-pass floor (the sparse epoch's two passes over a
     row of the transposed hidden weights per non-zero input, nothing else), on
     ``n_threads`` threads meeting every ``batch_size`` examples; best of ``repeats``.
-    None where the Cython kernels are not available."""
+    With several hidden layers, the first layer's (what the sparse-first passes
+    cost; the dense layers after it add to it). None where the Cython kernels are
+    not available."""
     if "cython" not in backends.available_backends():
         return None
     kern = backends.kernels("cython")
-    params = ref.init_params(*shape, dtype=X.dtype, seed=0)
+    params = ref.init_params(shape[0], shape[1], shape[-1], dtype=X.dtype, seed=0)
     runner = epochs.EpochRunner(kern, params, X, labels, batch_size=batch_size, path="sparse", n_threads=n_threads)
     runner._use_threads(runner._usable(n_threads))
     perm = np.random.default_rng(0).permutation(X.shape[0])
@@ -584,18 +598,19 @@ def numba_first_call_seconds():
     return times[0], times[1]
 
 
-def networks(data_dir=None, which=("mnist", "circles")):
-    """{name: (X float32, labels intp, (n_in, n_hidden, n_out))} for the benchmark networks."""
+def networks(data_dir=None, which=("mnist", "circles"), hidden=None):
+    """{name: (X float32, labels intp, (n_in, n_1, ..., n_out))} for the benchmark
+    networks: 784-100-10 and 2-10-2, or with the hidden widths ``hidden`` (a tuple)."""
     from . import datasets
 
     out = {}
     for name in which:
         if name == "mnist":
             X, y, _, _ = datasets.load_mnist(data_dir, download=data_dir is None)
-            out["mnist"] = (X, y.astype(np.intp), (784, 100, 10))
+            out["mnist"] = (X, y.astype(np.intp), (784, *(hidden or (100,)), 10))
         elif name == "circles":
             X, y = datasets.circles(10_000, noise=0.1, seed=0)
-            out["circles"] = (X.astype(np.float32), y.astype(np.intp), (2, 10, 2))
+            out["circles"] = (X.astype(np.float32), y.astype(np.intp), (2, *(hidden or (10,)), 2))
         else:
             raise ValueError(f"network must be 'mnist' or 'circles', got {name!r}")
     return out
@@ -642,11 +657,12 @@ def run(
     rows = []
     for net, (X, labels, shape) in nets.items():
         X = np.ascontiguousarray(X, dtype=dtype)
-        params = ref.init_params(*shape, dtype=dtype, seed=0)
+        params = init_params(shape, dtype)
         flop = flop_per_example(*shape) * len(X)
         floor1 = row_pass_floor(X, labels, shape, 1, 1)
+        first = f" (first layer, {shape_name((shape[0], shape[1], shape[-1]))})" if len(shape) > 3 else ""
         print(
-            f"\n{net} {'-'.join(map(str, shape))}, N = {len(X)}; row-pass floor: one thread "
+            f"\n{net} {shape_name(shape)}, N = {len(X)}; row-pass floor{first}: one thread "
             + (f"{floor1:.4g} s" if floor1 else "-"),
             file=out,
         )
@@ -673,6 +689,7 @@ def run(
                 gflops = flop / t / 1e9
                 row = dict(
                     network=net,
+                    shape=shape_name(shape),
                     activation=activation,
                     batch=b,
                     backend=name,

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from . import backends, datasets, reference
+from . import backends, datasets
 from ._kernels import epochs
 from ._version import __version__
 from .model import MLP
@@ -99,12 +99,20 @@ def cmd_train(args):
         _check_plot_target(args.plot)
     X, y, X_test, y_test = _load_data(args, args.n_samples)
     n_out = int(max(y.max(), y_test.max())) + 1
+    widths = tuple(args.hidden) if isinstance(args.hidden, list) else (args.hidden,)
     model = MLP(
-        X.shape[1], args.hidden, n_out, dtype=args.dtype, init=args.init, seed=args.seed, activation=args.activation
+        X.shape[1],
+        widths if len(widths) > 1 else widths[0],
+        n_out,
+        dtype=args.dtype,
+        init=args.init,
+        seed=args.seed,
+        activation=args.activation,
     )
-    backend = backends.resolve(args.backend)
+    backend = backends.resolve(args.backend, deep=model.network.deep)
+    shape = "-".join(str(n) for n in model.network.sizes)
     print(
-        f"fastmlp {__version__}: {args.dataset} {X.shape[1]}-{args.hidden}-{n_out} {args.activation}, "
+        f"fastmlp {__version__}: {args.dataset} {shape} {args.activation}, "
         f"{len(X)} train / {len(X_test)} test, batch {args.batch_size}, lr {args.lr}, "
         f"loss {args.loss}, {args.dtype}, backend {backend}"
     )
@@ -256,7 +264,7 @@ def cmd_bench(args):
             raise CLIError(f"--backends: unknown or unavailable backend {name!r}; known: {known}")
     if args.json is not None:
         _check_output_dir(args.json, "--json")
-    nets = bench.networks(args.data_dir, args.networks.split(","))
+    nets = bench.networks(args.data_dir, args.networks.split(","), tuple(args.hidden) if args.hidden else None)
     rows = bench.run(
         nets, args.batch_sizes, np.dtype(args.dtype), names, budget=args.budget, activation=args.activation
     )
@@ -265,7 +273,7 @@ def cmd_bench(args):
         print(f"wrote {args.json}")
     if args.gil and "mnist" in nets:
         X, labels, shape = nets["mnist"]
-        params = reference.init_params(*shape, dtype=np.dtype(args.dtype), seed=0)
+        params = bench.init_params(shape, np.dtype(args.dtype))
         for backend in [b for b in backends.available_backends() if b != "numpy"]:
             one, two = bench.gil_release_ratio(params, np.ascontiguousarray(X, args.dtype), labels, 64, backend)
             print(
@@ -444,7 +452,12 @@ def build_parser():
     t.add_argument(
         "--noise", type=_number(float, 0, "a non-negative number"), default=0.1, help="circles: radial noise"
     )
-    t.add_argument("--hidden", type=positive_int, default=None, help="hidden units")
+    t.add_argument(
+        "--hidden",
+        type=_comma_list(positive_int, "comma-separated positive integers"),
+        default=None,
+        help="hidden units, one width per hidden layer: 100, or 256,128 for two layers",
+    )
     _add_activation(t)
     t.add_argument("--epochs", type=nonnegative_int, default=None)
     t.add_argument("--batch-size", type=positive_int, default=None)
@@ -478,6 +491,12 @@ def build_parser():
 
     b = sub.add_parser("bench", help="time one epoch per backend and batch size, print a table")
     b.add_argument("--networks", default="mnist,circles", help="comma-separated: mnist, circles")
+    b.add_argument(
+        "--hidden",
+        type=_comma_list(positive_int, "comma-separated positive integers"),
+        default=None,
+        help="the hidden layers' widths of every network (default: 100 for MNIST, 10 for circles); 256,128: two",
+    )
     b.add_argument("--data-dir", default=None, help="directory of the MNIST IDX files")
     b.add_argument(
         "--batch-sizes",

@@ -2,8 +2,8 @@
 
 Model file format (``.npz``, written by ``MLP.save``, read by ``MLP.load``, no pickle):
 
-    W1, b1, W2, b2      each layer's weights (n_k, n_{k-1}) and biases, in the model's dtype
-    sizes               int64 (n_in, n_hidden, n_out)
+    W1, b1, W2, b2, ... each layer's weights (n_k, n_{k-1}) and biases, in the model's dtype
+    sizes               int64 (n_in, n_1, ..., n_L, n_out): one width per hidden layer
     activation          str, the hidden activation
     loss                str, the loss the model was last trained with ("ce" or "mse")
     format_version      int, currently 2
@@ -30,7 +30,7 @@ import numpy.typing as npt
 from . import reference as ref
 from . import tables
 from ._typing import Inputs, PathLike
-from ._validation import check_choice, check_nonnegative_int, check_X
+from ._validation import check_choice, check_nonnegative_int, check_positive_int, check_X
 from ._version import __version__
 from .network import Network
 
@@ -49,12 +49,16 @@ _PREDICT_CHUNK = 8192
 
 
 class MLP:
-    """One-hidden-layer network: ``H = f(X Wh^T + bh)``, ``y^ = softmax(H Wy^T + by)``.
+    """Multilayer perceptron: ``H = f(X Wh^T + bh)``, ``y^ = softmax(H Wy^T + by)``
+    with one hidden layer; ``H_k = f(H_{k-1} W_k^T + b_k)`` for each of several.
 
     Parameters
     ----------
-    n_in, n_hidden, n_out : int
-        Input features, hidden units, classes (n_out >= 2).
+    n_in, n_out : int
+        Input features, classes (n_out >= 2).
+    n_hidden : int or tuple of int
+        Hidden units: an int for one hidden layer, a tuple of widths for one or
+        more (``(256, 128)``: two hidden layers, scikit-learn's ``hidden_layer_sizes``).
     activation : str
         The hidden activation f (``fastmlp.tables.ACTIVATIONS``); "tanh", the
         practical's, by default.
@@ -68,9 +72,10 @@ class MLP:
 
     The parameters live in one cache-line-aligned block (``fastmlp.network``);
     ``coefs`` and ``intercepts`` are its per-layer views, in scikit-learn's order
-    (but out by in, as ``torch.nn.Linear``), and ``Wh`` (n_hidden, n_in), ``bh``
-    (n_hidden,), ``Wy`` (n_out, n_hidden) and ``by`` (n_out,) name the same views.
-    Assigning one copies the value into the block after checking its shape.
+    (but out by in, as ``torch.nn.Linear``). With one hidden layer ``Wh``
+    (n_hidden, n_in), ``bh`` (n_hidden,), ``Wy`` (n_out, n_hidden) and ``by``
+    (n_out,) name the same views; assigning one copies the value into the block
+    after checking its shape.
 
     Examples
     --------
@@ -89,23 +94,28 @@ class MLP:
     Traceback (most recent call last):
     ...
     ValueError: Wh must have shape (10, 2), got (3, 2)
+    >>> deep = fastmlp.MLP(784, (256, 128), 10, activation="relu")
+    >>> deep
+    MLP(n_in=784, n_hidden=(256, 128), n_out=10, activation='relu', dtype=float32)
+    >>> [W.shape for W in deep.coefs]
+    [(256, 784), (128, 256), (10, 128)]
     """
 
     def __init__(
         self,
         n_in: int,
-        n_hidden: int,
+        n_hidden: int | tuple[int, ...],
         n_out: int,
         dtype: npt.DTypeLike = np.float32,
         init: str = "xavier",
         seed: int = 0,
         activation: str = "tanh",
     ) -> None:
-        network = Network((n_in, n_hidden, n_out), activation=activation, dtype=dtype)
+        network = Network((n_in, *_widths(n_hidden), n_out), activation=activation, dtype=dtype)
         check_choice(init, "init", ref.INITS)
         seed = check_nonnegative_int(seed, "seed")
         self._use(network)
-        for name, value in ref.init_params(n_in, n_hidden, n_out, init, network.dtype, seed).items():
+        for name, value in ref.init_params(n_in, network.hidden, n_out, init, network.dtype, seed).items():
             self._params[name][...] = value
 
     def _use(self, network, block=None):
@@ -119,7 +129,11 @@ class MLP:
 
     network = property(lambda self: self._network, doc="The network's description (``fastmlp.network.Network``).")
     n_in = property(lambda self: self._network.n_in, doc="Number of input features.")
-    n_hidden = property(lambda self: self._network.hidden[0], doc="Number of hidden units.")
+    hidden = property(lambda self: self._network.hidden, doc="The widths of the hidden layers, a tuple.")
+    n_hidden = property(
+        lambda self: self.hidden[0] if len(self.hidden) == 1 else self.hidden,
+        doc="Hidden units: an int for one hidden layer, the tuple of widths for several.",
+    )
     n_out = property(lambda self: self._network.n_out, doc="Number of classes.")
     dtype = property(lambda self: self._network.dtype, doc="The parameters' dtype.")
     activation = property(lambda self: self._network.activation, doc="The hidden activation.")
@@ -145,27 +159,41 @@ class MLP:
 
     def _set(self, name, value):
         arr = np.asarray(value)
-        target = self._params[name]
+        target = self._one_layer(name)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
         if arr.shape != target.shape:
             raise ValueError(f"{name} must have shape {target.shape}, got {arr.shape}")
         target[...] = arr
 
+    def _one_layer(self, name):
+        """The view ``name``; Wh, bh, Wy and by exist with one hidden layer only."""
+        if name not in self._params:
+            raise AttributeError(
+                f"{name} names a parameter of a network with one hidden layer; this one has {len(self.hidden)}: "
+                f"use coefs and intercepts, or params[{self._network.param_names()[0]!r}], ..."
+            )
+        return self._params[name]
+
     Wh = property(
-        lambda self: self._params["Wh"], lambda self, v: self._set("Wh", v), doc="Hidden weights, (n_hidden, n_in)."
+        lambda self: self._one_layer("Wh"), lambda self, v: self._set("Wh", v), doc="Hidden weights, (n_hidden, n_in)."
     )
     bh = property(
-        lambda self: self._params["bh"], lambda self, v: self._set("bh", v), doc="Hidden biases, (n_hidden,)."
+        lambda self: self._one_layer("bh"), lambda self, v: self._set("bh", v), doc="Hidden biases, (n_hidden,)."
     )
     Wy = property(
-        lambda self: self._params["Wy"], lambda self, v: self._set("Wy", v), doc="Output weights, (n_out, n_hidden)."
+        lambda self: self._one_layer("Wy"),
+        lambda self, v: self._set("Wy", v),
+        doc="Output weights, (n_out, n_hidden).",
     )
-    by = property(lambda self: self._params["by"], lambda self, v: self._set("by", v), doc="Output biases, (n_out,).")
+    by = property(
+        lambda self: self._one_layer("by"), lambda self, v: self._set("by", v), doc="Output biases, (n_out,)."
+    )
 
     @property
     def params(self) -> dict[str, np.ndarray]:
-        """The live parameter arrays by name, ``{"Wh", "bh", "Wy", "by"}``."""
+        """The live parameter arrays by name: ``{"Wh", "bh", "Wy", "by"}`` with one
+        hidden layer, ``{"W1", "b1", ..., "W_{L+1}", "b_{L+1}"}`` with L."""
         return dict(self._params)
 
     def copy(self) -> MLP:
@@ -188,7 +216,7 @@ class MLP:
 
     def __repr__(self):
         act = "" if self.activation == "tanh" else f", activation={self.activation!r}"
-        return f"MLP(n_in={self.n_in}, n_hidden={self.n_hidden}, n_out={self.n_out}{act}, dtype={self.dtype.name})"
+        return f"MLP(n_in={self.n_in}, n_hidden={self.n_hidden!r}, n_out={self.n_out}{act}, dtype={self.dtype.name})"
 
     # ---- prediction ----
 
@@ -216,17 +244,17 @@ class MLP:
 
     def to_torch(self) -> torch.nn.Sequential:
         """``torch.nn.Sequential(Linear(n_in, n_hidden), f, Linear(n_hidden, n_out))``
-        holding copies of these weights, in the model's dtype; f is the activation's
-        module (``Tanh``, ``ReLU``, ``Sigmoid`` or ``Identity``)."""
+        (a Linear and an f per hidden layer, then the output Linear) holding copies
+        of these weights, in the model's dtype; f is the activation's module
+        (``Tanh``, ``ReLU``, ``Sigmoid`` or ``Identity``)."""
         import torch
 
         dtype = torch.float32 if self.dtype == np.float32 else torch.float64
         act = getattr(torch.nn, tables.activation(self.activation).torch)
-        seq = torch.nn.Sequential(
-            torch.nn.Linear(self.n_in, self.n_hidden, dtype=dtype),
-            act(),
-            torch.nn.Linear(self.n_hidden, self.n_out, dtype=dtype),
-        )
+        modules = []
+        for n_in, n_out in zip(self._network.sizes[:-1], self._network.sizes[1:], strict=True):
+            modules += [torch.nn.Linear(n_in, n_out, dtype=dtype), act()]
+        seq = torch.nn.Sequential(*modules[:-1])
         with torch.no_grad():
             for param, name in zip(seq.parameters(), self._network.param_names(), strict=True):
                 param.copy_(torch.from_numpy(self._params[name]))
@@ -234,35 +262,36 @@ class MLP:
 
     @classmethod
     def from_torch(cls, seq: torch.nn.Sequential) -> MLP:
-        """A model with the weights of ``Sequential(Linear, f, Linear)`` (copied), f one
-        of the activations' modules (``Tanh``, ``ReLU``, ``Sigmoid``, ``Identity``)."""
+        """A model with the weights of ``Sequential(Linear, f, Linear)`` or of any
+        ``Sequential(Linear, f, Linear, f, ..., Linear)`` (copied): Linear layers with
+        biases whose sizes chain, between each two the same activation module f
+        (``Tanh``, ``ReLU``, ``Sigmoid`` or ``Identity``)."""
         import torch
 
         by_module = {getattr(torch.nn, a.torch): a.name for a in tables.ACTIVATIONS.values()}
-        layers = list(seq) if isinstance(seq, torch.nn.Sequential) else None
+        layers = list(seq) if isinstance(seq, torch.nn.Sequential) else []
+        linears, acts = layers[0::2], layers[1::2]
         if (
-            layers is None
-            or len(layers) != 3
-            or not isinstance(layers[0], torch.nn.Linear)
-            or type(layers[1]) not in by_module
-            or not isinstance(layers[2], torch.nn.Linear)
-            or layers[0].bias is None
-            or layers[2].bias is None
-            or layers[0].out_features != layers[2].in_features
+            len(layers) < 3
+            or len(layers) % 2 == 0
+            or not all(isinstance(m, torch.nn.Linear) and m.bias is not None for m in linears)
+            or len({type(m) for m in acts}) != 1
+            or type(acts[0]) not in by_module
+            or any(a.out_features != b.in_features for a, b in zip(linears[:-1], linears[1:], strict=True))
         ):
             modules = ", ".join(f"{m.__name__}()" for m in by_module)
             raise ValueError(
-                "seq must be torch.nn.Sequential(Linear(n_in, n_hidden), f, Linear(n_hidden, n_out)) with biases, "
-                f"f one of {modules}; got {seq!r}"
+                "seq must be torch.nn.Sequential(Linear(n_in, n_1), f, ..., Linear(n_L, n_out)): Linear layers with "
+                f"biases whose sizes chain, between each two the same f, one of {modules}; got {seq!r}"
             )
         weights = [p.detach().cpu().numpy() for p in seq.parameters()]
         dtype = weights[0].dtype if weights[0].dtype in (np.float32, np.float64) else np.float32
         model = cls(
-            layers[0].in_features,
-            layers[0].out_features,
-            layers[2].out_features,
+            linears[0].in_features,
+            tuple(m.out_features for m in linears[:-1]),
+            linears[-1].out_features,
             dtype=dtype,
-            activation=by_module[type(layers[1])],
+            activation=by_module[type(acts[0])],
         )
         for name, value in zip(model._network.param_names(), weights, strict=True):
             model._set(name, value)
@@ -301,39 +330,38 @@ class MLP:
             names, sizes_of = ("Wh", "bh", "Wy", "by"), None
             activation = "tanh"
         elif version == FORMAT_VERSION:
-            names, sizes_of = Network((1, 1, 2)).numbered_names(), "sizes"
+            if "sizes" not in data:
+                raise ValueError(f"{path!r} is not a fastmlp model file: missing ['sizes']")
+            n_layers = max(2, np.asarray(data["sizes"]).size - 1)
+            names, sizes_of = Network((1,) * n_layers + (2,)).numbered_names(), "sizes"
             activation = str(data["activation"]) if "activation" in data else None
         else:
             raise ValueError(
                 f"{path!r} has model format version {version}; this fastmlp reads versions 1 and {FORMAT_VERSION}"
             )
-        missing = set(names + ((sizes_of, "activation") if sizes_of else ())) - set(data)
+        missing = set(names + (("activation",) if sizes_of else ())) - set(data)
         if missing:
             raise ValueError(f"{path!r} is not a fastmlp model file: missing {sorted(missing)}")
-        Wh, bh, Wy, by = (data[k] for k in names)
-        if (
-            Wh.ndim != 2
-            or Wy.ndim != 2
-            or bh.shape != Wh.shape[:1]
-            or Wy.shape[1:] != Wh.shape[:1]
-            or by.shape != Wy.shape[:1]
+        values = [data[k] for k in names]
+        Ws, bs = values[0::2], values[1::2]
+        if not all(
+            W.ndim == 2 and b.shape == W.shape[:1] and (k == 0 or W.shape[1] == Ws[k - 1].shape[0])
+            for k, (W, b) in enumerate(zip(Ws, bs, strict=True))
         ):
-            raise ValueError(
-                f"{path!r} has inconsistent parameter shapes: {names[0]} {Wh.shape}, {names[1]} {bh.shape}, "
-                f"{names[2]} {Wy.shape}, {names[3]} {by.shape}"
-            )
-        sizes = (Wh.shape[1], Wh.shape[0], Wy.shape[0])
+            shapes = ", ".join(f"{name} {a.shape}" for name, a in zip(names, values, strict=True))
+            raise ValueError(f"{path!r} has inconsistent parameter shapes: {shapes}")
+        sizes = (Ws[0].shape[1], *(W.shape[0] for W in Ws))
         if sizes_of and tuple(np.asarray(data[sizes_of]).tolist()) != sizes:
             raise ValueError(f"{path!r} records sizes {data[sizes_of].tolist()} but holds weights of sizes {sizes}")
-        dtypes = {a.dtype for a in (Wh, bh, Wy, by)}
+        dtypes = {a.dtype for a in values}
         if len(dtypes) != 1 or dtypes.pop() not in (np.float32, np.float64):
             raise ValueError(f"{path!r} parameters must all be float32 or all float64")
         if activation not in tables.ACTIVATIONS:
             raise ValueError(
                 f"{path!r} names an unknown activation {activation!r}; expected one of {tuple(tables.ACTIVATIONS)}"
             )
-        model = cls(*sizes, dtype=Wh.dtype, activation=activation)
-        for name, value in zip(model._network.param_names(), (Wh, bh, Wy, by), strict=True):
+        model = cls(sizes[0], sizes[1:-1], sizes[-1], dtype=Ws[0].dtype, activation=activation)
+        for name, value in zip(model._network.param_names(), values, strict=True):
             model._set(name, value)
         if "loss" in data:
             loss = str(data["loss"])
@@ -341,6 +369,18 @@ class MLP:
                 raise ValueError(f"{path!r} names an unknown loss {loss!r}; expected one of {tuple(tables.LOSSES)}")
             model.loss = loss
         return model
+
+
+def _widths(n_hidden):
+    """The hidden layers' widths from ``n_hidden``: an int (one layer) or a sequence."""
+    if isinstance(n_hidden, (str, bytes)) or np.ndim(n_hidden) > 1:
+        raise TypeError(f"n_hidden must be an int or a tuple of ints, got {n_hidden!r}")
+    if np.ndim(n_hidden) == 0:
+        return (check_positive_int(n_hidden, "n_hidden"),)
+    widths = tuple(check_positive_int(n, f"n_hidden[{k}]") for k, n in enumerate(n_hidden))
+    if not widths:
+        raise ValueError("n_hidden must name at least one hidden layer, got ()")
+    return widths
 
 
 def _atomic_write(path: PathLike, write: Callable[[IO[bytes]], object]) -> None:

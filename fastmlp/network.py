@@ -1,9 +1,10 @@
 """The description of a network that the model, its files, the kernel driver and
 every backend share, and its parameters as one aligned block.
 
-A ``Network`` is the layer sizes ``(n_in, n_hidden, n_out)`` (a longer list is
-more hidden layers), the hidden activation, the loss with its output, and the
-dtype. Its parameters live in one cache-line-aligned array; each layer's weights
+A ``Network`` is the layer sizes ``(n_in, n_1, ..., n_L, n_out)``: the inputs,
+one width per hidden layer (one or more) and the classes; the hidden activation
+(the same for every hidden layer, as scikit-learn's), the loss with its output,
+and the dtype. Its parameters live in one cache-line-aligned array; each layer's weights
 ``W_k`` (n_k, n_{k-1}) (out by in, as ``torch.nn.Linear``) and biases ``b_k``
 (n_k,) are views into it, each starting on a cache line. Optimizer state (the
 velocities of momentum) is a block of the same layout.
@@ -56,7 +57,8 @@ class Block(NamedTuple):
 class Network:
     """Layer sizes, hidden activation, loss and dtype of a multilayer perceptron.
 
-    ``sizes`` is ``(n_in, n_hidden, n_out)``; ``activation`` a name of
+    ``sizes`` is ``(n_in, n_hidden, n_out)`` for one hidden layer and
+    ``(n_in, n_1, ..., n_L, n_out)`` for L; ``activation`` a name of
     ``fastmlp.tables.ACTIVATIONS``, ``loss`` one of ``fastmlp.tables.LOSSES``.
     Construction checks every field and names the one that is wrong.
 
@@ -67,6 +69,9 @@ class Network:
     (2, [(100, 784), (10, 100)])
     >>> net.param_names()
     ('Wh', 'bh', 'Wy', 'by')
+    >>> deep = Network((784, 256, 128, 10), activation="relu")
+    >>> deep.hidden, deep.param_names()
+    ((256, 128), ('W1', 'b1', 'W2', 'b2', 'W3', 'b3'))
     """
 
     sizes: tuple[int, ...]
@@ -76,9 +81,10 @@ class Network:
 
     def __post_init__(self):
         sizes = tuple(self.sizes)
-        if len(sizes) != 3:
-            raise ValueError(f"sizes must be (n_in, n_hidden, n_out), got {self.sizes!r}")
-        sizes = tuple(check_positive_int(n, name) for n, name in zip(sizes, ("n_in", "n_hidden", "n_out"), strict=True))
+        if len(sizes) < 3:
+            raise ValueError(f"sizes must be (n_in, n_1, ..., n_out) with one hidden layer or more, got {self.sizes!r}")
+        names = ("n_in",) + tuple(f"hidden[{k}]" for k in range(len(sizes) - 2)) + ("n_out",)
+        sizes = tuple(check_positive_int(n, name) for n, name in zip(sizes, names, strict=True))
         if sizes[-1] < 2:
             raise ValueError(f"n_out must be at least 2 (classes), got {sizes[-1]!r}")
         tables.activation(self.activation)
@@ -108,10 +114,15 @@ class Network:
         """The shape of each layer's weights, (n_k, n_{k-1})."""
         return [(n, m) for m, n in zip(self.sizes[:-1], self.sizes[1:], strict=True)]
 
+    @property
+    def deep(self) -> bool:
+        """Whether the network has more than one hidden layer."""
+        return len(self.sizes) > 3
+
     def param_names(self) -> tuple[str, ...]:
         """The parameters' names, weights then biases per layer: the practical's
-        ``("Wh", "bh", "Wy", "by")``."""
-        return ("Wh", "bh", "Wy", "by")
+        ``("Wh", "bh", "Wy", "by")`` for one hidden layer, ``numbered_names`` for more."""
+        return ("Wh", "bh", "Wy", "by") if not self.deep else self.numbered_names()
 
     def numbered_names(self) -> tuple[str, ...]:
         """The same parameters by layer number, ``("W1", "b1", "W2", "b2", ...)``, as

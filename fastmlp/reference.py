@@ -8,6 +8,15 @@ averaging over its rows::
     ce : l = -sum_i y_i log y^_i = log sum_j exp(y~_j) - y~_label
     mse: l = 0.5 * sum_i (y^_i - y_i)^2
 
+With several hidden layers each one is ``h_k = f(W_k h_{k-1} + b_k)`` from
+``h_0 = x``, and the output layer reads the last; the parameters are then named
+by layer number, ``W1, b1, ..., W_{L+1}, b_{L+1}`` (``Wh, bh, Wy, by`` are
+``W1, b1, W2, b2`` of one hidden layer). Backpropagation walks the layers back
+once, reusing each layer's stored activations::
+
+    d_{L+1} = dl/dy~                       dW_k = d_k^T h_{k-1},  db_k = sum d_k
+    d_k     = (d_{k+1} W_{k+1}) * f'(h_k)
+
 Arrays hold one example per row, so in batch form ``H = f(X Wh^T + bh)`` and
 ``Z = H Wy^T + by``. Shapes follow the out-by-in convention of
 ``torch.nn.Linear``: Wh (n_hidden, n_in), bh (n_hidden,), Wy (n_out, n_hidden),
@@ -32,6 +41,8 @@ __all__ = [
     "PARAM_NAMES",
     "WEIGHT_NAMES",
     "Outputs",
+    "layers",
+    "is_weight",
     "init_params",
     "log_softmax",
     "softmax",
@@ -57,19 +68,45 @@ PARAM_NAMES = ("Wh", "bh", "Wy", "by")
 WEIGHT_NAMES = ("Wh", "Wy")  # the parameters weight decay applies to (not the biases)
 
 
+def is_weight(name: str) -> bool:
+    """Whether parameter ``name`` is a weight matrix (weight decay applies), not a bias."""
+    return name[0] == "W"
+
+
 class Outputs(NamedTuple):
     """Everything the forward pass computes that the backward pass needs."""
 
     X: np.ndarray  # (B, n_in) inputs
-    H: np.ndarray  # (B, n_hidden) hidden activations f(h~)
+    H: np.ndarray  # (B, n_L) the last hidden layer's activations f(h~)
     Z: np.ndarray  # (B, n_out) logits y~
     Y_hat: np.ndarray  # (B, n_out) softmax(y~)
+    hidden: tuple = ()  # every hidden layer's activations, first to last (H is the last)
+
+
+def layers(params: Params) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(W_1, b_1), ..., (W_{L+1}, b_{L+1})]``: the layers of ``params`` in order,
+    named ``Wh, bh, Wy, by`` (one hidden layer) or ``W1, b1, W2, b2, ...``."""
+    if "Wh" in params:
+        return [(params["Wh"], params["bh"]), (params["Wy"], params["by"])]
+    out, k = [], 1
+    while f"W{k}" in params:
+        out.append((params[f"W{k}"], params[f"b{k}"]))
+        k += 1
+    if len(out) < 2:
+        raise ValueError(f"params must hold Wh, bh, Wy, by or W1, b1, W2, b2, ...; got {sorted(params)}")
+    return out
 
 
 def init_params(
-    n_in: int, n_hidden: int, n_out: int, init: str = "xavier", dtype: npt.DTypeLike = np.float32, seed: int = 0
+    n_in: int,
+    n_hidden: int | tuple[int, ...],
+    n_out: int,
+    init: str = "xavier",
+    dtype: npt.DTypeLike = np.float32,
+    seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Initial parameters ``{"Wh", "bh", "Wy", "by"}``.
+    """Initial parameters ``{"Wh", "bh", "Wy", "by"}``; with ``n_hidden`` a tuple of
+    several widths, ``{"W1", "b1", ..., "W_{L+1}", "b_{L+1}"}``, drawn layer by layer.
 
     ``init="xavier"``: W ~ U(-a, a) with a = sqrt(6 / (fan_in + fan_out)) (Glorot &
     Bengio 2010, suited to tanh), biases zero.
@@ -79,26 +116,20 @@ def init_params(
     The draws are made in float64 from ``np.random.default_rng(seed)`` and then cast,
     so float32 and float64 models with the same seed start from the same values.
     """
-    rng = np.random.default_rng(seed)
-    if init == "xavier":
-        a_h = np.sqrt(6.0 / (n_in + n_hidden))
-        a_y = np.sqrt(6.0 / (n_hidden + n_out))
-        params = {
-            "Wh": rng.uniform(-a_h, a_h, size=(n_hidden, n_in)),
-            "bh": np.zeros(n_hidden),
-            "Wy": rng.uniform(-a_y, a_y, size=(n_out, n_hidden)),
-            "by": np.zeros(n_out),
-        }
-    elif init == "normal":
-        params = {
-            "Wh": rng.normal(0.0, 0.3, size=(n_hidden, n_in)),
-            "bh": rng.normal(0.0, 0.3, size=n_hidden),
-            "Wy": rng.normal(0.0, 0.3, size=(n_out, n_hidden)),
-            "by": rng.normal(0.0, 0.3, size=n_out),
-        }
-    else:
+    if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in params.items()}
+    hidden = (n_hidden,) if np.ndim(n_hidden) == 0 else tuple(n_hidden)
+    sizes = (n_in, *hidden, n_out)
+    names = ("Wh", "bh", "Wy", "by") if len(hidden) == 1 else [f"{p}{k}" for k in range(1, len(sizes)) for p in "Wb"]
+    rng = np.random.default_rng(seed)
+    values = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        if init == "xavier":
+            a = np.sqrt(6.0 / (fan_in + fan_out))
+            values += [rng.uniform(-a, a, size=(fan_out, fan_in)), np.zeros(fan_out)]
+        else:
+            values += [rng.normal(0.0, 0.3, size=(fan_out, fan_in)), rng.normal(0.0, 0.3, size=fan_out)]
+    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in zip(names, values, strict=True)}
 
 
 def log_softmax(Z: np.ndarray) -> np.ndarray:
@@ -133,12 +164,13 @@ def output_layer(H: np.ndarray, Wy: np.ndarray, by: np.ndarray) -> np.ndarray:
 
 
 def forward(params: Params, X: np.ndarray, activation: str = "tanh") -> Outputs:
-    """Forward pass: ``H = f(X Wh^T + bh)``, ``Z = H Wy^T + by``, ``Y_hat = softmax(Z)``.
+    """Forward pass: ``H = f(X Wh^T + bh)``, ``Z = H Wy^T + by``, ``Y_hat = softmax(Z)``;
+    with several hidden layers ``H_k = f(H_{k-1} W_k^T + b_k)`` from ``H_0 = X``.
 
     Returns
     -------
     Outputs
-        The named tuple ``(X, H, Z, Y_hat)``, what :func:`backward` needs.
+        The named tuple ``(X, H, Z, Y_hat, hidden)``, what :func:`backward` needs.
 
     Examples
     --------
@@ -151,9 +183,13 @@ def forward(params: Params, X: np.ndarray, activation: str = "tanh") -> Outputs:
     >>> sorted(grads), grads["Wh"].shape
     (['Wh', 'Wy', 'bh', 'by'], (3, 2))
     """
-    H = hidden_layer(X, params["Wh"], params["bh"], activation)
-    Z = output_layer(H, params["Wy"], params["by"])
-    return Outputs(X, H, Z, softmax(Z))
+    *hidden_params, (Wy, by) = layers(params)
+    hidden, H = [], X
+    for W, b in hidden_params:
+        H = hidden_layer(H, W, b, activation)
+        hidden.append(H)
+    Z = output_layer(H, Wy, by)
+    return Outputs(X, H, Z, softmax(Z), tuple(hidden))
 
 
 def loss_accuracy(
@@ -209,21 +245,28 @@ def backward(
     ``dZ = dl/dy~ / B``; ``dWy = dZ^T H``, ``dby = sum_rows dZ``;
     ``dH~ = (dZ Wy) * f'(H)``; ``dWh = dH~^T X``, ``dbh = sum_rows dH~``, with
     f' the derivative of the ``activation`` written from its output (tanh: 1 - H*H).
-    With sample ``weights`` the batch mean is weighted: row b's dl/dy~ is scaled
-    by ``w_b / sum(w)`` instead of ``1 / B`` (no update where the weights sum to 0).
+    With several hidden layers the same two steps repeat down the layers, each
+    from its stored activations (see the module docstring); the gradients carry
+    the parameters' names. With sample ``weights`` the batch mean is weighted:
+    row b's dl/dy~ is scaled by ``w_b / sum(w)`` instead of ``1 / B`` (no update
+    where the weights sum to 0).
     """
-    X, H, _, Y_hat = outputs
-    return param_grads(X, H, *_deltas(params, H, output_delta(Y_hat, y, loss), weights, activation))
-
-
-def _deltas(params, H, delta, weights, activation):
-    """(dZ, dH~) from the output deltas: the (weighted) batch mean's share of each row."""
+    X, _, _, Y_hat, hidden = outputs
+    delta = output_delta(Y_hat, y, loss)
     if weights is None:
-        dZ = delta / H.shape[0]
+        d = delta / Y_hat.shape[0]
     else:
         total = weights.sum()
-        dZ = delta * (weights / total if total > 0 else np.zeros_like(weights))[:, None].astype(delta.dtype)
-    return dZ, hidden_delta(params["Wy"], H, dZ, activation)
+        d = delta * (weights / total if total > 0 else np.zeros_like(weights))[:, None].astype(delta.dtype)
+    pairs = layers(params)
+    inputs = (X, *hidden)  # what each layer reads
+    grads = []
+    for k in range(len(pairs) - 1, -1, -1):
+        grads[:0] = [d.T @ inputs[k], d.sum(axis=0)]
+        if k:
+            d = hidden_delta(pairs[k][0], inputs[k], d, activation)
+    names = ("Wh", "bh", "Wy", "by") if "Wh" in params else [f"{p}{k}" for k in range(1, len(pairs) + 1) for p in "Wb"]
+    return dict(zip(names, grads, strict=True))
 
 
 def hidden_delta(Wy: np.ndarray, H: np.ndarray, dZ: np.ndarray, activation: str = "tanh") -> np.ndarray:
@@ -253,14 +296,15 @@ def sgd_step(
 ) -> dict[str, np.ndarray]:
     """In place: one step of SGD as ``torch.optim.SGD`` takes it (dampening 0).
 
-    ``g = grad + weight_decay * p`` for the weights Wh and Wy (not the biases);
+    ``g = grad + weight_decay * p`` for the weights (Wh and Wy, or every W_k), not
+    the biases;
     without momentum ``p <- p - lr * g``; with it the velocity ``v <- momentum * v + g``
     (``velocity``, a dict of arrays like ``params``, starts at zero) and
     ``p <- p - lr * v``, or ``p <- p - lr * (g + momentum * v)`` with ``nesterov``.
     """
     step = tables.optimizer("sgd").step
-    for name in PARAM_NAMES:
-        decay = weight_decay if name in WEIGHT_NAMES else 0.0
+    for name in params:
+        decay = weight_decay if is_weight(name) else 0.0
         v = velocity[name] if momentum else None
         step(params[name], grads[name], v, lr, momentum=momentum, nesterov=nesterov, decay=decay)
     return params

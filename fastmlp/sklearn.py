@@ -11,7 +11,8 @@ the L2 term ``alpha``, the "constant", "invscaling" and "adaptive" learning rate
 the stopping rules), so the same settings give the same kind of training; every
 activation ("identity", "logistic", "tanh", "relu") has scikit-learn's meaning.
 The defaults are scikit-learn's except ``activation="tanh"`` and
-``solver="sgd"``. Where it differs: one hidden layer only; the output
+``solver="sgd"``. ``hidden_layer_sizes`` takes any number of hidden layers.
+Where it differs: the output
 is a softmax over every class (scikit-learn uses one logistic unit for two
 classes); float32 (``dtype``) and the compiled kernels' order of operations
 change the last bits; the loss curve adds the L2 term at the epoch's end weights.
@@ -44,12 +45,12 @@ __all__ = [
 
 
 class MLPClassifier(ClassifierMixin, BaseEstimator):
-    """One-hidden-layer tanh network with a softmax output, trained by mini-batch SGD.
+    """Multilayer perceptron with a softmax output, trained by mini-batch SGD.
 
     Parameters
     ----------
-    hidden_layer_sizes : int or tuple of one int, default (100,)
-        The hidden units; fastmlp trains one hidden layer.
+    hidden_layer_sizes : int or tuple of int, default (100,)
+        The width of each hidden layer: ``(256, 128)`` is two hidden layers.
     activation : {"identity", "logistic", "tanh", "relu"}, default "tanh"
         The hidden activation, as scikit-learn's ("logistic" is the sigmoid).
     solver : {"sgd"}, default "sgd"
@@ -169,11 +170,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def _check_params(self):
         sizes = self.hidden_layer_sizes
         sizes = [sizes] if isinstance(sizes, numbers.Integral) else list(sizes)
-        if len(sizes) != 1:
-            raise ValueError(
-                f"fastmlp trains one hidden layer; hidden_layer_sizes={self.hidden_layer_sizes!r} has {len(sizes)}"
-            )
-        n_hidden = check_positive_int(sizes[0], "hidden_layer_sizes[0]")
+        if not sizes:
+            raise ValueError(f"hidden_layer_sizes must name at least one hidden layer, got {self.hidden_layer_sizes!r}")
+        n_hidden = tuple(check_positive_int(n, f"hidden_layer_sizes[{k}]") for k, n in enumerate(sizes))
         if self.activation not in tables.ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(tables.ACTIVATIONS)}, got {self.activation!r}")
         if self.solver != "sgd":
@@ -242,10 +241,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         n_out = len(self.classes_)
         self.model_ = MLP(n_features, n_hidden, n_out, dtype=self.dtype, activation=self.activation)
         factor = 2.0 if self.activation == "logistic" else 6.0
-        for W, b, fan_in, fan_out in (("Wh", "bh", n_features, n_hidden), ("Wy", "by", n_hidden, n_out)):
+        sizes = self.model_.network.sizes
+        for W, b, fan_in, fan_out in zip(self.model_.coefs, self.model_.intercepts, sizes[:-1], sizes[1:], strict=True):
             bound = np.sqrt(factor / (fan_in + fan_out))
-            setattr(self.model_, W, rng.uniform(-bound, bound, (fan_in, fan_out)).T)
-            setattr(self.model_, b, rng.uniform(-bound, bound, fan_out))
+            W[...] = rng.uniform(-bound, bound, (fan_in, fan_out)).T
+            b[...] = rng.uniform(-bound, bound, fan_out)
         self.loss_curve_ = []
         self.validation_scores_ = []
         self.best_loss_ = np.inf
@@ -267,7 +267,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             self.warm_start
             and hasattr(self, "model_")
             and np.array_equal(np.unique(y), self.classes_)
-            and self.model_.n_hidden == n_hidden
+            and self.model_.hidden == n_hidden
             and self.model_.activation == self.activation
         ):
             self.classes_ = np.unique(y)
@@ -356,8 +356,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 history = training.run_epoch(self._learning_rate)
                 self.n_iter_ += 1
                 self.t_ += n
-                W = self.model_.params
-                l2 = 0.5 * self.alpha * float(np.sum(W["Wh"] ** 2) + np.sum(W["Wy"] ** 2)) * n_batches / n
+                l2 = 0.5 * self.alpha * sum(float(np.sum(W * W)) for W in self.model_.coefs) * n_batches / n
                 self.loss_ = history.loss[-1] + l2
                 self.loss_curve_.append(self.loss_)
                 if self.verbose:
@@ -421,17 +420,23 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     @property
     def coefs_(self) -> list[np.ndarray]:
-        """[Wh.T (n_features, n_hidden), Wy.T (n_hidden, n_classes)], as scikit-learn's."""
+        """Each layer's weights (fan_in, fan_out), as scikit-learn's: ``[Wh.T, Wy.T]``
+        for one hidden layer."""
         check_is_fitted(self)
-        return [self.model_.Wh.T, self.model_.Wy.T]
+        return [W.T for W in self.model_.coefs]
 
     @property
     def intercepts_(self) -> list[np.ndarray]:
-        """[bh (n_hidden,), by (n_classes,)], as scikit-learn's."""
+        """Each layer's biases (fan_out,), as scikit-learn's: ``[bh, by]`` for one hidden layer."""
         check_is_fitted(self)
-        return [self.model_.bh, self.model_.by]
+        return self.model_.intercepts
 
-    n_layers_ = property(lambda self: 3, doc="Input, hidden and output layers.")
+    @property
+    def n_layers_(self) -> int:
+        """Layers counted as scikit-learn counts them: input, each hidden layer, output."""
+        check_is_fitted(self)
+        return len(self.model_.network.sizes)
+
     out_activation_ = property(lambda self: "softmax")
 
     @property

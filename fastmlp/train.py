@@ -384,7 +384,7 @@ class _Training:
             weights = cw[self.labels] if weights is None else weights * cw[self.labels]
         self.weights = None if weights is None else np.ascontiguousarray(weights, dtype=model.dtype)
         self.val = _check_validation_data(validation_data, model)
-        self.backend = backends.resolve(backend)
+        self.backend = backends.resolve(backend, deep=model.network.deep)
         self.loss, self.shuffle, self.seed, self.n_threads = loss, bool(shuffle), seed, n_threads
         self.momentum, self.nesterov, self.weight_decay = momentum, bool(nesterov), weight_decay
         self.decay_by_weight_sum = decay_by_weight_sum

@@ -21,13 +21,18 @@ ACTIVATIONS = list(fastmlp.tables.ACTIVATIONS)
 LOSSES = list(fastmlp.tables.LOSSES)
 
 
-def pairwise(**dims):
+def pairwise(filter=None, **dims):
     """``pytest.mark.parametrize`` over rows that hold every pair of values of any
     two of the dimensions (allpairspy), instead of every product: the matrix of
     activations x paths x backends x dtypes x losses grows by a sum, not a product.
-    Each row's id names its values."""
+    ``filter(row)``, given a dict of the values chosen so far, drops the rows no
+    backend runs (``trains``). Each row's id names its values."""
     names = list(dims)
-    rows = [tuple(row) for row in AllPairs([list(v) for v in dims.values()])]
+
+    def keep(row):
+        return filter is None or filter(dict(zip(names, row, strict=False)))
+
+    rows = [tuple(row) for row in AllPairs([list(v) for v in dims.values()], filter_func=keep)]
     return pytest.mark.parametrize(",".join(names), rows, ids=["-".join(map(_id, row)) for row in rows])
 
 
@@ -48,3 +53,17 @@ def random_problem(n, n_in, n_hidden, n_out, dtype, seed=0, sparse=False):
     y = rng.integers(0, n_out, size=n).astype(np.intp)
     params = fastmlp.reference.init_params(n_in, n_hidden, n_out, "normal", dtype, seed + 1)
     return X.astype(dtype), y, params
+
+
+def hidden_tuple(hidden):
+    return (hidden,) if np.ndim(hidden) == 0 else tuple(hidden)
+
+
+def trains(row):
+    """Whether the kernel of a pairwise row (``kernel``: (backend, path, inputs))
+    trains its network (``hidden``: a width or a tuple): several hidden layers
+    need the path among the backend's DEEP_PATHS."""
+    if "kernel" not in row or "hidden" not in row or len(hidden_tuple(row["hidden"])) == 1:
+        return True
+    backend, path = row["kernel"][:2]
+    return path in fastmlp.backends.kernels(backend).DEEP_PATHS

@@ -71,3 +71,43 @@ def test_bench_prints_the_thread_speedup_and_the_batch_spread_it_returns(backend
         assert ratio == max(seconds.values()) / min(seconds.values()) >= 1
         assert seconds[slow] == max(seconds.values()) and seconds[fast] == min(seconds.values())
         assert f"{b} {ratio:.2f}x (batch {slow} / {fast})" in text
+
+
+def test_flops_count_every_layer():
+    assert bench.flop_per_example(784, 100, 10) == 319_600
+    # 784-256-128-10: forward and gradients of the three layers, dl/dh of the two above the first
+    layers = 784 * 256 + 256 * 128 + 128 * 10
+    assert bench.flop_per_example(784, 256, 128, 10) == 4 * layers + 2 * (256 * 128 + 128 * 10)
+
+
+@pytest.mark.parametrize("style", ["autograd", "manual"])
+def test_the_torch_peers_train_the_same_deep_network_as_the_reference(style):
+    torch = pytest.importorskip("torch")
+    X, labels, _ = sparse_net(200)
+    X = X[:, :50].astype(np.float64)
+    shape = (50, 24, 16, 10)
+    params = bench.init_params(shape, np.float64)
+    expected = {k: v.copy() for k, v in params.items()}
+    ref.train_epoch(expected, X, labels, np.arange(200), 10, 0.05, activation="relu")
+    trainer = bench.TorchTrainer(params, style, "relu")
+    trainer.epoch(torch.from_numpy(X), torch.from_numpy(labels.astype(np.int64)), torch.arange(200), 10, 0.05)
+    got = trainer.params()
+    assert got.keys() == expected.keys()
+    for k in expected:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-9, atol=1e-12)
+
+
+def test_bench_runs_a_deep_network_with_every_backend_and_names_its_shape(monkeypatch):
+    monkeypatch.setattr(bench, "numba_first_call_seconds", lambda: (0.0, 0.0))
+    X, labels, _ = sparse_net(512)
+    shape = (784, 130, 70, 10)
+    names = backends.available_backends() + (["sklearn"] if bench.sklearn_available() else [])
+    out = io.StringIO()
+    rows = bench.run({"synthetic": (X, labels, shape)}, (1, 64), names=names, out=out)
+    text = out.getvalue()
+    assert "synthetic 784-130-70-10" in text and "row-pass floor (first layer, 784-130-10)" in text
+    assert {r["shape"] for r in rows} == {"784-130-70-10"}
+    for r in rows:
+        if r["backend"] in ("cython", "numba"):
+            assert r["path"] == "sparse" and r["floor"] is not None
+        assert r["gflops"] == pytest.approx(bench.flop_per_example(*shape) * len(X) / r["seconds"] / 1e9)

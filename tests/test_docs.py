@@ -54,7 +54,7 @@ def test_the_api_reference_lists_every_public_name():
 def test_the_gallery_covers_the_practicals_questions():
     titles = " ".join(p.read_text().split("\n", 3)[1].lower() for p in EXAMPLES)
     topics = ("circles", "examples", "batch", "learning rate", "backpropagation", "mnist", "sweep", "benchmark")
-    for topic in topics + ("activation",):
+    for topic in topics + ("activation", "layers"):
         assert topic in titles, topic
 
 

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ACTIVATIONS, BACKENDS, DTYPES, pairwise, random_problem
+from helpers import ACTIVATIONS, BACKENDS, DTYPES, hidden_tuple, pairwise, random_problem, trains
 
 from fastmlp import backends, tables
 from fastmlp import reference as ref
@@ -18,8 +18,19 @@ SHAPES = [(1, 1, 1, 2), (5, 1, 3, 2), (9, 7, 1, 3), (33, 13, 17, 5), (64, 784, 1
 LOSSES = list(ref.LOSSES)
 
 
-def tol(dtype):
-    return dict(rtol=1e-4, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-13)
+def tol(dtype, deep=False):
+    """float32's tolerance grows with the depth: each layer's rounding feeds the next."""
+    if dtype == np.float32:
+        return dict(rtol=1e-4, atol=1e-5 if deep else 1e-6)
+    return dict(rtol=1e-10, atol=1e-13)
+
+
+def trains_shape(row):
+    """A pairwise filter: rows whose shape (``shape_batch``) has several hidden layers
+    only with a kernel (backend, path, ...) that trains them."""
+    if "shape_batch" not in row:
+        return True
+    return trains({"kernel": row.get("kernel"), "hidden": row["shape_batch"][0][2]} if "kernel" in row else {})
 
 
 def kernel_paths():
@@ -119,6 +130,7 @@ def kernel_inputs():
 
 
 @pairwise(
+    trains_shape,
     kernel=kernel_inputs(),
     loss=LOSSES,
     dtype=DTYPES,
@@ -130,12 +142,19 @@ def kernel_inputs():
         ((40, 13, 17, 5), 8),
         ((64, 784, 100, 10), 16),
         ((30, 9, 150, 3), 4),
+        ((1, 1, (1, 1), 2), 1),
+        ((7, 3, (4, 5), 2), 50),
+        ((40, 13, (17, 9), 5), 8),
+        ((64, 784, (130, 70), 10), 16),
+        ((30, 9, (70, 40, 20), 3), 4),
+        ((33, 12, (9, 20, 7), 4), 1),
     ],
     activation=ACTIVATIONS,
 )
 def test_train_epoch_matches_reference(kernel, loss, dtype, shape_batch, activation):
     """Every backend, path and kind of input against the reference, with every pair of
-    them, the losses, dtypes, shapes and batch sizes, and the activations."""
+    them, the losses, dtypes, shapes (one, two and three hidden layers) and batch
+    sizes, and the activations."""
     import scipy.sparse as sp
 
     (backend, path, inputs), (shape, batch) = kernel, shape_batch
@@ -148,23 +167,24 @@ def test_train_epoch_matches_reference(kernel, loss, dtype, shape_batch, activat
         kern, sp.csr_matrix(X) if inputs == "csr" else X, y, perm, p, 0.05, batch, loss, path, activation=activation
     )
     assert k_correct == r_correct
-    np.testing.assert_allclose(k_loss, r_loss, **tol(dtype))
-    for k in ref.PARAM_NAMES:
-        np.testing.assert_allclose(p[k], expected[k], **tol(dtype))
+    deep = len(hidden_tuple(shape[2])) > 1
+    np.testing.assert_allclose(k_loss, r_loss, **tol(dtype, deep))
+    for k in expected:
+        np.testing.assert_allclose(p[k], expected[k], **tol(dtype, deep))
 
 
-@pairwise(kernel=kernel_paths(), loss=LOSSES, activation=ACTIVATIONS)
-def test_200_steps_match_reference_float64(kernel, loss, activation):
-    """200 steps in order (shuffle=False): errors must not accumulate."""
+@pairwise(trains, kernel=kernel_paths(), loss=LOSSES, activation=ACTIVATIONS, hidden=[16, (16, 12), (12, 10, 8)])
+def test_200_steps_match_reference_float64(kernel, loss, activation, hidden):
+    """200 steps in order (shuffle=False): errors must not accumulate, at any depth."""
     backend, path = kernel
-    X, y, p = random_problem(400, 20, 16, 4, np.float64, seed=11)
+    X, y, p = random_problem(400, 20, hidden, 4, np.float64, seed=11)
     expected = {k: v.copy() for k, v in p.items()}
     perm = np.arange(len(X), dtype=np.intp)
     kern = backends.kernels(backend)
     for _ in range(2):  # 2 epochs x 100 batches of 4
         ref.train_epoch(expected, X, y, perm, 4, 0.2, loss, activation=activation)
         epochs.train_epoch(kern, X, y, perm, p, 0.2, 4, loss, path, activation=activation)
-    for k in ref.PARAM_NAMES:
+    for k in expected:
         np.testing.assert_allclose(p[k], expected[k], rtol=1e-8, atol=1e-12)
 
 
@@ -876,3 +896,126 @@ def test_the_avx512_and_avx2_builds_give_the_same_bits_on_the_sparse_path(cy_lev
     for batch in (1, 10, 64, 300):
         for k in ref.PARAM_NAMES:
             np.testing.assert_array_equal(results[4, batch][k], results[3, batch][k], err_msg=f"{batch} {k}")
+
+
+# ---- several hidden layers on the compiled sparse path ----
+
+DEEP_KERNELS = [b for b in BACKENDS if "sparse" in backends.kernels(b).DEEP_PATHS]
+
+
+@pairwise(
+    backend=DEEP_KERNELS,
+    hidden=[(130, 70), (130, 70, 66)],  # every layer two groups or more in both dtypes: two threads busy
+    dtype=DTYPES,
+    batch_opt=[
+        (1, epochs.SGD(0.05)),
+        (10, epochs.SGD(0.05, 0.9, 1e-3, True)),
+        (64, epochs.SGD(0.05)),
+        (200, epochs.SGD(0.1)),  # more than the workspace's rows: in chunks, the gradient summed
+        (200, epochs.SGD(0.1, 0.5, 0.0, False, True)),
+    ],
+    activation=ACTIVATIONS,
+)
+def test_deep_epochs_are_bitwise_equal_for_every_thread_count_and_csr_equals_dense(
+    backend, hidden, dtype, batch_opt, activation
+):
+    """Depth 2 and 3: one, two and three threads give the same bits; CSR rows the
+    same as dense ones; both match the reference."""
+    import scipy.sparse as sp
+
+    batch, opt = batch_opt
+    kern = backends.kernels(backend)
+    X, y, p0 = random_problem(200, 30, hidden, 3, dtype, seed=8, sparse=True)
+    for k in p0:  # gains below 1 per layer: identity layers do not blow up
+        p0[k] *= dtype(0.2)
+    w = np.random.default_rng(2).random(200).astype(dtype) if opt.decay_by_weight_sum else None
+    perm = np.random.default_rng(0).permutation(200)
+    runs = []
+    for inputs, n_threads in ((X, 1), (X, 2), (X, 3), (sp.csr_matrix(X), 2)):
+        p = {k: v.copy() for k, v in p0.items()}
+        v = {k: np.zeros_like(a) for k, a in p0.items()} if opt.momentum else None
+        runner = epochs.EpochRunner(
+            kern, p, inputs, y, batch_size=batch, path="sparse", n_threads=n_threads, activation=activation,
+            weights=w, velocity=v,
+        )  # fmt: skip
+        assert isinstance(runner.block, epochs.DeepNet)
+        assert runner._usable(n_threads) >= min(n_threads, 2)  # threads really share the work
+        runs.append((runner.epoch(perm, opt), p))
+    for result, p in runs[1:]:
+        assert result == runs[0][0]
+        for k in p0:
+            np.testing.assert_array_equal(p[k], runs[0][1][k])
+    expected = {k: v.copy() for k, v in p0.items()}
+    ve = {k: np.zeros_like(v) for k, v in p0.items()}
+    _np.reference_epoch(expected, X, y, w, perm, batch, opt, epochs.codes(activation, "ce"), ve)
+    for k in p0:
+        np.testing.assert_allclose(runs[0][1][k], expected[k], **tol(dtype, deep=True))
+
+
+@pytest.mark.parametrize("backend", DEEP_KERNELS)
+def test_the_deep_layout_round_trips_and_keeps_the_padding_zero(backend):
+    """The model's arrays go into the path's transposed, padded blocks and come back
+    unchanged; after training under logistic (f(0) = 0.5) every padded row and
+    column is still zero."""
+    X, y, p0 = random_problem(50, 7, (20, 9), 3, np.float32, seed=1, sparse=True)
+    p = {k: v.copy() for k, v in p0.items()}
+    runner = epochs.EpochRunner(backends.kernels(backend), p, X, y, batch_size=5, path="sparse", activation="logistic")
+    runner._load()
+    runner._store()
+    for k in p0:
+        np.testing.assert_array_equal(p[k], p0[k])
+    runner.epoch(np.arange(50), 0.5)
+    net = runner.block
+    live = np.zeros(net.W.shape, bool)
+    live_b = np.zeros(net.b.shape, bool)
+    for WT, b in epochs.deep_views(net, live, live_b):
+        WT[...] = True
+        b[...] = True
+    assert not net.W[~live].any() and not net.b[~live_b].any()
+    assert np.abs(net.W[live]).sum() > 0
+
+
+@pytest.mark.parametrize("backend", DEEP_KERNELS)
+def test_a_deep_workspace_without_gradient_buffers_is_refused(backend):
+    X, y, p = random_problem(20, 6, (8, 8), 3, np.float64, seed=2)
+    runner = epochs.EpochRunner(backends.kernels(backend), p, X, y, batch_size=4, path="sparse")
+    net, work = runner.block, runner.work
+    args = (runner.rows, y, None, np.arange(20), 4, epochs.SGD(0.1, 0.0, 1e-3), epochs.codes(), work, 1)
+    with pytest.raises(ValueError, match="lacks what the step needs"):
+        runner.kernels.deep_epoch(net, *args)
+    before = net.W.copy()
+    with pytest.raises(ValueError, match="activation code"):
+        runner.kernels.deep_epoch(net, *args[:6], epochs.Codes(UNKNOWN_ACT, 0), *args[7:])
+    np.testing.assert_array_equal(net.W, before)
+
+
+def test_the_blas_path_says_it_trains_one_hidden_layer():
+    X, y, p = random_problem(20, 6, (8, 8), 3, np.float64, seed=2)
+    for backend in DEEP_KERNELS:
+        with pytest.raises(ValueError, match="path 'blas' trains networks of one hidden layer"):
+            epochs.EpochRunner(backends.kernels(backend), p, X, y, batch_size=4, path="blas")
+        assert epochs.EpochRunner(backends.kernels(backend), p, X, y, batch_size=64).path == "sparse"
+
+
+@pytest.mark.parametrize("level", _kernel_levels())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_build_of_the_c_kernels_trains_deep_networks_as_the_reference(cy_levels, level, dtype):
+    cy = cy_levels
+    assert cy.set_clone_level(level or 4) == level
+    X, y, p0 = random_problem(300, 40, (100, 70), 7, dtype, seed=5, sparse=True)
+    perm = np.random.default_rng(1).permutation(len(X))
+    for batch, opt in ((1, epochs.SGD(0.05)), (70, epochs.SGD(0.05, 0.9, 1e-3, True)), (300, epochs.SGD(0.2))):
+        expected = {k: v.copy() for k, v in p0.items()}
+        v_ref = {k: np.zeros_like(v) for k, v in p0.items()}
+        ref.train_epoch(
+            expected, X, y, perm, batch, opt.lr, "ce", opt.momentum, opt.nesterov, opt.decay, velocity=v_ref
+        )
+        runs = []
+        for threads in (1, 2):
+            p = {k: v.copy() for k, v in p0.items()}
+            velocity = {k: np.zeros_like(v) for k, v in p0.items()}
+            epochs.train_epoch(cy, X, y, perm, p, opt, batch, "ce", "sparse", n_threads=threads, velocity=velocity)
+            runs.append(p)
+        for k in p0:
+            np.testing.assert_allclose(runs[0][k], expected[k], **tol(dtype, deep=True), err_msg=f"{batch} {k}")
+            np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=f"{batch} {k}")

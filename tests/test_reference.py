@@ -14,15 +14,22 @@ def _loss(params, X, y, loss, activation="tanh"):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("loss", ["ce", "mse"])
-@pytest.mark.parametrize("shape", [(7, 5, 4, 3), (1, 1, 1, 2), (12, 3, 8, 2)])
+@pytest.mark.parametrize(
+    "shape", [(7, 5, 4, 3), (1, 1, 1, 2), (12, 3, 8, 2), (7, 5, (4, 6), 3), (6, 4, (5, 3, 4), 3)], ids=str
+)
 def test_backward_matches_central_differences(loss, shape, activation):
+    """One, two and three hidden layers: every gradient against central differences."""
     n, n_in, nh, n_out = shape
     X, y, params = random_problem(n, n_in, nh, n_out, np.float64, seed=3)
     # no pre-activation within the steps of a kink (relu at 0): the derivative is one-sided there
-    assert np.abs(X @ params["Wh"].T + params["bh"]).min() > 1e-4
+    H = X
+    for W, b in ref.layers(params)[:-1]:
+        assert np.abs(H @ W.T + b).min() > 1e-4
+        H = ref.hidden_layer(H, W, b, activation)
     grads = ref.backward(params, ref.forward(params, X, activation), y, loss, activation=activation)
+    assert grads.keys() == params.keys()
     eps = 1e-6
-    for name in ref.PARAM_NAMES:
+    for name in params:
         p = params[name]
         numeric = np.zeros_like(p)
         for i in np.ndindex(p.shape):

@@ -9,6 +9,7 @@ them all::
 
     PATHS                                   the epoch paths it implements
     THREADED_PATHS                          those of them that run on several threads
+    DEEP_PATHS                              those of them that train several hidden layers
     ACTIVATION_CODES, LOSS_CODES            the codes of fastmlp.tables it has ops for
     SPARSE_CHUNK_ROWS                       examples per chunk of a large batch on the
                                             sparse path (0: batches are taken whole)
@@ -27,6 +28,9 @@ them all::
                                             then in place on P: Wy -= lr dZ^T H,
                                             by -= lr sum(dZ), Wh -= lr dH^T X, bh -= lr sum(dH)
     sparse_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_threads)
+    deep_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_threads)
+                                            (compiled backends) the sparse path for a
+                                            network of several hidden layers
     blas_epoch(P, X, labels, weights, order, batch, opt, codes, work, n_threads)
     reference_epoch(P, X, labels, weights, order, batch, opt, codes, velocity)
                                             -> (loss_sum, n_correct): mini-batch SGD
@@ -42,13 +46,15 @@ them all::
     max_threads() -> int                    the threads OpenMP would use here now
 
 ``P`` is the parameter block in the layout of the path (``epochs.SparseNet`` for
-the sparse path, ``epochs.BlasNet`` for the BLAS path, ``epochs.Params`` for the
-reference), ``rows`` the sparse path's examples (``epochs.Rows``: CSR or dense
-rows), ``work`` the path's workspace (``epochs.SparseWork``,
-``epochs.BlasWork``); an activation or loss code a backend has no op for raises
-ValueError before any work. Arrays are C-contiguous and of one floating dtype
-(float32 or float64); labels and orders are ``np.intp``. The primitives trust
-their inputs otherwise: ``fastmlp.train`` validates at the public edge and the
-driver builds the layouts. ``fastmlp.backends.DIFFERENCES`` declares what one
-compiled backend has that the other has not, and why.
+the sparse path, ``epochs.DeepNet`` for it with several hidden layers,
+``epochs.BlasNet`` for the BLAS path, ``epochs.Params`` or a dict of the
+parameters by name, any depth, for the reference), ``rows`` the sparse path's
+examples (``epochs.Rows``: CSR or dense rows), ``work`` the path's workspace
+(``epochs.SparseWork``, ``epochs.DeepWork``, ``epochs.BlasWork``); an activation
+or loss code a backend has no op for raises ValueError before any work. Arrays
+are C-contiguous and of one floating dtype (float32 or float64); labels and
+orders are ``np.intp``. The primitives trust their inputs otherwise:
+``fastmlp.train`` validates at the public edge and the driver builds the
+layouts. ``fastmlp.backends.DIFFERENCES`` declares what one compiled backend has
+that the other has not, and why.
 """

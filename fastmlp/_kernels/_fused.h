@@ -30,6 +30,10 @@ enum { FM_OK = 0, FM_ERR_LOSS = -1, FM_ERR_LAYOUT = -2, FM_ERR_ACT = -3 };
 #define FM_LINE 64
 /* The most examples a workspace with a mask (fm_swork) may hold at a time. */
 #define FM_MASK_ROWS 256
+/* The scratch of each thread of a deep epoch (fm_dwork.own), in elements: its
+ * dl/dz rows and its copy of the output biases, their velocity and gradient,
+ * rounded up to whole cache lines of `lanes` elements. */
+#define FM_DEEP_OWN(rows, sout, lanes) (((rows) * (sout) + 3 * (sout) + (lanes) - 1) / (lanes) * (lanes))
 /* The most threads an epoch runs on. */
 #define FM_MAX_THREADS 256
 

@@ -113,6 +113,35 @@ typedef struct {
     int32_t *sync;
 } FM_D(fm_bwork);
 
+/* The network of the sparse epoch of several hidden layers (_deep_impl.h): the
+ * activation and loss codes; n_layers layers of weights (one more than the hidden
+ * layers); n (n_layers + 1,) the widths, n[0] the inputs and n[n_layers] the
+ * outputs; s (n_layers + 1,) the same padded to whole cache lines (s[0] = n[0]);
+ * layer k + 1's weights transposed, WT (s[k] rows, or n[0] for the first, by
+ * s[k + 1]), at W + w_off[k], its biases (s[k + 1],) at b + b_off[k], each
+ * cache-aligned; the padded rows and columns zero. VW, Vb: their velocities in
+ * the same layout (NULL without momentum). */
+typedef struct {
+    int act, loss, n_layers;
+    const int64_t *n, *s, *w_off, *b_off;
+    REAL *W, *b, *VW, *Vb;
+} FM_D(fm_deep);
+
+/* Workspace of the sparse epoch of several hidden layers, for `rows` examples at
+ * a time: H, D the activations and dl/dh~ of hidden layer k (rows, s[k]) at
+ * h_off[k - 1]; P two halves (one per chunk parity), p_half apart, of the partial
+ * sums of layer k's inputs (groups of the layer below, rows, s[k]) at p_off[k - 1];
+ * GW, Gb (zero-filled, the layout of W and b) the gradient where a step needs it
+ * summed (momentum, decay, or a batch of more than `rows` examples), else NULL;
+ * own: n_own threads' scratch of FM_DEEP_OWN(rows, s[n_layers], lanes) each; sync the
+ * threads' barrier (32 int32, zero-filled, cache aligned). */
+typedef struct {
+    REAL *H, *D, *P, *GW, *Gb, *own;
+    const int64_t *h_off, *p_off;
+    ptrdiff_t p_half, rows, n_own;
+    int32_t *sync;
+} FM_D(fm_dwork);
+
 /* A BLAS GEMM (column-major, arguments by address), e.g. scipy's cython_blas. */
 typedef void (*FM_D(fm_gemm_ptr))(const char *, const char *, const int *, const int *, const int *,
                                   const REAL *, const REAL *, const int *, const REAL *, const int *,
@@ -127,6 +156,8 @@ int FM_D(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_
                        ptrdiff_t n, int loss, REAL scale, fm_tally *tally);
 int FM_D(fm_apply_act_grad)(int act, REAL *dH, const REAL *H, ptrdiff_t len);
 void FM_D(fm_bias_update)(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr);
+int FM_D(fm_deep_epoch)(const FM_D(fm_deep) *net, const FM_D(fm_rows) *ex, const FM_D(fm_sgd) *opt,
+                        const FM_D(fm_dwork) *ws, int n_threads, fm_tally *tally);
 int FM_D(fm_sparse_epoch)(const FM_D(fm_net) *net, const FM_D(fm_rows) *ex, const FM_D(fm_sgd) *opt,
                           const FM_D(fm_swork) *ws, int n_threads, fm_tally *tally);
 void FM_D(fm_row_passes)(const FM_D(fm_net) *net, const FM_D(fm_rows) *ex, const FM_D(fm_swork) *ws, int n_threads);

@@ -51,6 +51,7 @@ from .epochs import check_mask
 
 PATHS = ("sparse", "blas")
 THREADED_PATHS = ("sparse",)  # its BLAS path runs on one thread
+DEEP_PATHS = ("sparse",)  # several hidden layers: the first sparse-first, the rest dense (_deep_thread)
 SPARSE_CHUNK_ROWS = 128  # larger batches are taken in chunks where epochs.sparse_work says so
 SPARSE_GROUP_MIN, SPARSE_MASK_ROWS = 32, 256  # batches of 32-256 examples update each touched row once
 _LINE = 64  # bytes in a cache line: the hidden units go in groups of up to four lines
@@ -1252,6 +1253,257 @@ def _sparse_thread(act, loss, t, nt, net, ex, step, ws):
     return loss_sum, correct
 
 
+# ---- the sparse epoch of several hidden layers (_deep_impl.h) ----
+
+
+@_jit
+def _deep_own(width, group, t, nt):
+    """The columns (j0, j1) of the groups of `group` units of a layer of `width`
+    (padded) units that thread t of nt owns (_deep_impl.h fm_deep_own)."""
+    ng = (width + group - 1) // group
+    g0, g1 = ng * t // nt, ng * (t + 1) // nt
+    return min(g0 * group, width), min(g1 * group, width)
+
+
+@_jit
+def _deep_gather(H3, r, j0, j1, b2, W3, vals, av, idx, ai, k, lanes):
+    """H3[0, r, j0:j1] = b + sum over the row's non-zeros of x W3[0, i, j0:j1], four
+    lines at a time in registers (_gather_lines)."""
+    for j in range(j0, j1, 4 * lanes):
+        nl = min(j1 - j, 4 * lanes) // lanes
+        if nl == 4:
+            _gather_lines(H3, 0, r, j, 4, b2, W3, vals, av, idx, ai, k)
+        elif nl == 3:
+            _gather_lines(H3, 0, r, j, 3, b2, W3, vals, av, idx, ai, k)
+        elif nl == 2:
+            _gather_lines(H3, 0, r, j, 2, b2, W3, vals, av, idx, ai, k)
+        else:
+            _gather_lines(H3, 0, r, j, 1, b2, W3, vals, av, idx, ai, k)
+
+
+@_jit
+def _deep_update(W3, j0, j1, c, vals, av, idx, ai, k, D3, r, lanes):
+    """W3[0, i, j0:j1] -= (c x) D3[0, r, j0:j1] over the row's non-zeros (i, x)
+    (_update_lines)."""
+    for j in range(j0, j1, 4 * lanes):
+        nl = min(j1 - j, 4 * lanes) // lanes
+        if nl == 4:
+            _update_lines(W3, W3, False, 0, j, 4, c, vals, av, idx, ai, k, D3, r)
+        elif nl == 3:
+            _update_lines(W3, W3, False, 0, j, 3, c, vals, av, idx, ai, k, D3, r)
+        elif nl == 2:
+            _update_lines(W3, W3, False, 0, j, 2, c, vals, av, idx, ai, k, D3, r)
+        else:
+            _update_lines(W3, W3, False, 0, j, 1, c, vals, av, idx, ai, k, D3, r)
+
+
+@_jit
+def _deep_activate(act, h, j0, j1, n):
+    """h[j0:j1] = f(h) for the live units (< n), 0 for the padded ones."""
+    live = min(j1, n)
+    if live > j0:
+        _activate(act, h[j0:live])
+    for j in range(max(live, j0), j1):
+        h[j] = 0
+
+
+@_jit
+def _grad_times(act, d, h):
+    """d *= f'(h) in place, f' written from the outputs h."""
+    if act == 0:
+        for j in range(d.size):
+            d[j] *= _tanh_grad(h[j])
+    elif act == 1:
+        for j in range(d.size):
+            d[j] *= _relu_grad(h[j])
+    elif act == 2:
+        for j in range(d.size):
+            d[j] *= _logistic_grad(h[j])
+    elif act == 3:
+        for j in range(d.size):
+            d[j] *= _identity_grad(h[j])
+
+
+@_jit
+def _axpy(y, yo, a, x, xo, n):
+    """y[yo : yo + n] += a x[xo : xo + n]"""
+    for j in range(n):
+        y[yo + j] += a * x[xo + j]
+
+
+@_jit_fast_reduce
+def _dot_flat(x, xo, y, yo, n):
+    """x[xo : xo + n] . y[yo : yo + n] (the order may change: it vectorises, the same
+    in every thread)"""
+    acc = x.dtype.type(0)
+    for j in range(n):
+        acc += x[xo + j] * y[yo + j]
+    return acc
+
+
+@_jit
+def _deep_thread(act, loss, t, nt, net, ex, step, ws):
+    """Thread t's share of an epoch of a network of several hidden layers
+    (_deep_impl.h fm_deep_thread, which describes the layout and the threads'
+    meetings): ``net`` an epochs.DeepNet, ``ex`` the examples (_Rows), ``ws`` an
+    epochs.DeepWork. Returns thread t's (loss_sum, correct) of the epoch."""
+    net, ex, ws = _borrowed(net), _borrowed(ex), _borrowed(ws)
+    W, bias, n, s, w_off, b_off = net.W, net.b, net.n, net.s, net.w_off, net.b_off
+    data, indices, indptr, dense, order = ex.data, ex.indices, ex.indptr, ex.dense, ex.order
+    L = n.size - 1
+    n_in, s1, nout, sout = n[0], s[1], n[L], s[L]
+    rows = ws.rows
+    lanes = _LINE // W.itemsize
+    group = 4 * lanes
+    zero, one = W.dtype.type(0), W.dtype.type(1)
+    mu = step.momentum
+    momentum = mu != 0
+    plain = not momentum and step.decay == 0
+    # the first layer's arrays as one slice of the sparse epoch's layout, for its row passes
+    W1 = W[: n_in * s1].reshape((1, n_in, s1))
+    b1 = bias[:s1].reshape((1, s1))
+    H1 = ws.H[: rows * s1].reshape((1, rows, s1))
+    D1 = ws.D[: rows * s1].reshape((1, rows, s1))
+    G1 = ws.GW[: n_in * s1].reshape((1, n_in, s1)) if ws.GW.size else W1
+    Gb = ws.Gb if ws.Gb.size else bias
+    # this thread's dl/dz rows and its copy of the output biases (velocity, gradient)
+    own = ws.own[t]
+    own[:] = 0
+    dz0, by0 = 0, rows * sout
+    vb0, gb0 = by0 + sout, by0 + 2 * sout
+    for o in range(nout):
+        own[by0 + o] = bias[b_off[L - 1] + o]
+        own[vb0 + o] = net.Vb[b_off[L - 1] + o] if momentum else zero
+    loss_sum = 0.0
+    correct = 0.0
+    parity = 0
+    start = 0
+    N = order.size
+    while start < N:
+        B = min(ex.batch, N - start)
+        weight_sum = _batch_weight(ex.weights, ex.has_weights, order, start, B)
+        decay = step.decay
+        if step.decay_by_weight_sum:
+            decay = W.dtype.type(step.decay / weight_sum) if weight_sum > 0 else zero
+        summed = not plain or B > rows
+        for c0 in range(0, B, rows):
+            C = min(rows, B - c0)
+            first = start + c0
+            # forward: the first layer from the non-zero inputs
+            j0, j1 = _deep_own(s1, group, t, nt)
+            for r in range(C):
+                av, ai, k = _row_of(indptr, dense, n_in, order[first + r])
+                _deep_gather(H1, r, j0, j1, b1, W1, data, av, indices, ai, k, lanes)
+                _deep_activate(act, ws.H[r * s1 : (r + 1) * s1], j0, j1, n[1])
+            # forward: the dense layers, partial sums per group of the layer below
+            for kk in range(2, L + 1):
+                sin, sk = s[kk - 1], s[kk]
+                i0, i1 = _deep_own(sin, group, t, nt)
+                h_in, w_at = ws.h_off[kk - 2], w_off[kk - 1]
+                p_at = parity * ws.P.shape[1] + ws.p_off[kk - 1]
+                P = ws.P.reshape(-1)
+                n_groups = (sin + group - 1) // group
+                for g in range(i0 // group, (i1 + group - 1) // group if i1 > i0 else 0):
+                    a, e = g * group, min(g * group + group, sin)
+                    for r in range(C):
+                        p = p_at + (g * rows + r) * sk
+                        for j in range(sk):
+                            P[p + j] = zero
+                        for i in range(a, e):
+                            _axpy(P, p, ws.H[h_in + r * sin + i], W, w_at + i * sk, sk)
+                if nt > 1:
+                    _barrier(ws.sync, nt)
+                if kk < L:
+                    q0, q1 = _deep_own(sk, group, t, nt)
+                    h_at, bk = ws.h_off[kk - 1], b_off[kk - 1]
+                    for r in range(C):
+                        h = h_at + r * sk
+                        for j in range(q0, q1):
+                            ws.H[h + j] = bias[bk + j]
+                        for g in range(n_groups):
+                            _axpy(ws.H, h + q0, one, P, p_at + (g * rows + r) * sk + q0, q1 - q0)
+                        _deep_activate(act, ws.H[h : h + sk], q0, q1, n[kk])
+                else:  # the logits, the loss and dl/dz of every row, in every thread
+                    Z = own[dz0 : dz0 + rows * sout].reshape((rows, sout))[:, :nout]
+                    for r in range(C):
+                        for o in range(nout):
+                            Z[r, o] = own[by0 + o]
+                        for g in range(n_groups):
+                            _axpy(own, dz0 + r * sout, one, P, p_at + (g * rows + r) * sk, nout)
+                        row = order[first + r]
+                        w = ex.weights[row] if ex.has_weights else 1.0
+                        scale = W.dtype.type(w / weight_sum) if weight_sum > 0 else zero
+                        rl, rc = _row_loss_grad(loss, Z, r, ex.labels[row], Z, scale)
+                        loss_sum += w * rl
+                        correct += w * rc
+            parity ^= 1
+            # backward, from the top: d_{k-1} of the rows this thread owns, then their update
+            coef = one if summed else -step.lr
+            target = ws.GW if summed else W
+            for kk in range(L, 1, -1):
+                if kk < L and nt > 1:
+                    _barrier(ws.sync, nt)
+                sin, sk = s[kk - 1], s[kk]
+                i0, i1 = _deep_own(sin, group, t, nt)
+                h_in, w_at = ws.h_off[kk - 2], w_off[kk - 1]
+                dk = own if kk == L else ws.D
+                d_at = dz0 if kk == L else ws.h_off[kk - 1]
+                for r in range(C):
+                    for i in range(i0, i1):
+                        ws.D[h_in + r * sin + i] = _dot_flat(dk, d_at + r * sk, W, w_at + i * sk, sk)
+                    at = h_in + r * sin
+                    _grad_times(act, ws.D[at + i0 : at + i1], ws.H[at + i0 : at + i1])
+                for i in range(i0, i1):
+                    for r in range(C):
+                        _axpy(target, w_at + i * sk, coef * ws.H[h_in + r * sin + i], dk, d_at + r * sk, sk)
+                if kk == L:  # the output biases, in every thread's copy
+                    for r in range(C):
+                        _axpy(own, gb0 if summed else by0, coef, own, dz0 + r * sout, nout)
+                else:
+                    q0, q1 = _deep_own(sk, group, t, nt)
+                    for r in range(C):
+                        _axpy(Gb if summed else bias, b_off[kk - 1] + q0, coef, ws.D, ws.h_off[kk - 1] + r * sk + q0,
+                              q1 - q0)  # fmt: skip
+            # the first layer's rows of the non-zero inputs, and its biases
+            c = -one if summed else step.lr
+            for r in range(C):
+                av, ai, k = _row_of(indptr, dense, n_in, order[first + r])
+                _deep_update(G1 if summed else W1, j0, j1, c, data, av, indices, ai, k, D1, r, lanes)
+                _axpy(Gb if summed else bias, j0, -c, ws.D, r * s1 + j0, j1 - j0)
+        start += B
+        if not summed:
+            continue
+        # the step of torch.optim.SGD from the batch's gradient, on what this thread owns
+        V = net.VW if momentum else W
+        Vb = net.Vb if momentum else bias
+        for kk in range(1, L + 1):
+            q0, q1 = _deep_own(s[kk], group, t, nt)
+            w_at = w_off[kk - 1]
+            if kk == 1:
+                for i in range(n_in):
+                    at = w_at + i * s1
+                    _sgd_vector(W, V, at + q0, ws.GW[at + q0 : at + q1], q1 - q0, step.lr, mu, decay, step.nesterov)
+                    ws.GW[at + q0 : at + q1] = zero
+            else:
+                i0, i1 = _deep_own(s[kk - 1], group, t, nt)
+                at, size = w_at + i0 * s[kk], (i1 - i0) * s[kk]
+                _sgd_vector(W, V, at, ws.GW[at : at + size], size, step.lr, mu, decay, step.nesterov)
+                ws.GW[at : at + size] = zero
+            if kk < L:
+                at = b_off[kk - 1] + q0
+                _sgd_vector(bias, Vb, at, ws.Gb[at : at + q1 - q0], q1 - q0, step.lr, mu, zero, step.nesterov)
+                ws.Gb[at : at + q1 - q0] = zero
+        # own[sout:] puts the velocity where _sgd_vector reads it: at by0 + j
+        _sgd_vector(own, own[sout:], by0, own[gb0 : gb0 + nout], nout, step.lr, mu, zero, step.nesterov)
+        own[gb0 : gb0 + nout] = zero
+    if t == 0:  # every thread's copy of the output biases is the same
+        for o in range(nout):
+            bias[b_off[L - 1] + o] = own[by0 + o]
+            if momentum:
+                net.Vb[b_off[L - 1] + o] = own[vb0 + o]
+    return loss_sum, correct
+
+
 @_jit
 def _bias_act(act, H, b):
     """H = f(H + b), b broadcast over the rows."""
@@ -1553,15 +1805,47 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_thr
         mask=work.mask if work.mask.size else np.zeros((0, 1, 1), np.uint64),
         group_min=max(1, int(work.group_min)),
     )
-    args = (codes.act, codes.loss, P, ex, _step(opt, dtype), ws)
-    n_threads = max(1, int(n_threads))
+    return _threads(_sparse_thread, (codes.act, codes.loss), (P, ex, _step(opt, dtype), ws), max(1, int(n_threads)))
+
+
+def deep_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_threads):
+    """Mini-batch SGD of a network of several hidden layers over the batches of
+    rows[order] on the sparse path, in place on the block P (epochs.DeepNet), with
+    the step ``opt``, the network's ``codes`` and the sample ``weights``, on
+    ``n_threads`` threads (at most the workspace's) meeting at atomic spin barriers
+    (_deep_thread). Returns (loss_sum, correct)."""
+    if len(order) == 0:
+        return 0.0, 0.0
+    _check_codes(codes)
+    dtype = P.W.dtype
+    batch = min(batch, len(order))
+    summed = opt.momentum != 0 or opt.decay != 0 or work.rows < batch
+    if (opt.momentum and P.VW.size == 0) or (summed and work.GW.size == 0) or work.own.shape[0] < n_threads:
+        raise ValueError("the parameter block or workspace lacks what the step needs (velocities, gradients)")
+    dense = rows.indptr is None
+    indptr = np.zeros(1, np.int64) if dense else rows.indptr
+    ex = _Rows(rows.data, rows.indices, indptr, dense, labels, *_weights(weights, dtype), order, batch)
+    ws = work._replace(
+        GW=work.GW if work.GW.size else np.zeros(0, dtype),
+        Gb=work.Gb if work.Gb.size else np.zeros(0, dtype),
+        rows=int(work.rows),
+    )
+    args = (codes.act, codes.loss)
+    rest = (P, ex, _step(opt, dtype), ws)
+    return _threads(_deep_thread, args, rest, max(1, int(n_threads)))
+
+
+def _threads(kernel, first, rest, n_threads):
+    """kernel(*first, t, n_threads, *rest) on threads t = 0 .. n_threads - 1 (this one
+    and n_threads - 1 others), without the GIL; thread 0's result, after every
+    thread is back (an exception in any is raised here)."""
     if n_threads == 1:
-        return _call(_sparse_thread, *args[:2], 0, 1, *args[2:])
+        return _call(kernel, *first, 0, 1, *rest)
     results = [None] * n_threads
 
     def run(t):
         try:
-            results[t] = _call(_sparse_thread, *args[:2], t, n_threads, *args[2:])
+            results[t] = _call(kernel, *first, t, n_threads, *rest)
         except BaseException as exc:  # surfaced below, after every thread is back
             results[t] = exc
 

@@ -13,6 +13,7 @@ from .. import tables
 
 PATHS = ("reference",)
 THREADED_PATHS = ()
+DEEP_PATHS = ("reference",)  # any number of hidden layers
 SPARSE_CHUNK_ROWS = 0  # no sparse path
 _ACTIVATIONS = {row.code: name for name, row in tables.ACTIVATIONS.items()}
 _LOSSES = {row.code: name for name, row in tables.LOSSES.items()}
@@ -52,12 +53,13 @@ def backward_update(X, H, dZ, P, lr, act):
 
 
 def reference_epoch(P, X, labels, weights, order, batch, opt, codes, velocity=None):
+    params = P if isinstance(P, dict) else P._asdict()
     activation_name = _name(_ACTIVATIONS, "activation", codes.act)
     loss_name = _name(_LOSSES, "loss", codes.loss)
     # overflow is reported by the caller's divergence check, as for the compiled kernels
     with np.errstate(over="ignore", invalid="ignore"):
         return ref.train_epoch(
-            P._asdict(),
+            params,
             X,
             labels,
             order,

@@ -132,9 +132,10 @@ def auto_path(batch, density, sparse_input=False):
     return "blas", None, f"dense inputs, batch > {rows_max}: GEMMs"
 
 
-def choose_path(kernels, path, batch, X):
+def choose_path(kernels, path, batch, X, deep=False):
     """``(path, rows)``: the path an epoch runs and the layout of its rows, ``path``
-    if given, else by ``auto_path``, among the paths backend ``kernels`` implements."""
+    if given, else by ``auto_path``, among the paths backend ``kernels`` implements
+    (for a network of several hidden layers, ``deep``, among its DEEP_PATHS)."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if kernels.PATHS == ("reference",):  # the NumPy backend: one path for everything
@@ -142,6 +143,13 @@ def choose_path(kernels, path, batch, X):
     if path not in kernels.PATHS + ("auto",):
         raise ValueError(f"path {path!r} is not one of this backend's {kernels.PATHS}")
     sparse_input = is_sparse(X)
+    if deep:
+        if path not in kernels.DEEP_PATHS + ("auto",):
+            raise ValueError(
+                f"path {path!r} trains networks of one hidden layer; this backend trains several on "
+                f"{kernels.DEEP_PATHS}"
+            )
+        path = kernels.DEEP_PATHS[0] if path == "auto" else path
     if path == "auto":
         path, rows, _ = auto_path(batch, input_density(X), sparse_input)
         return path, rows
@@ -518,6 +526,108 @@ def _group_mask(n_slices, n_in, rows, group, nnz_per_row):
     return dict(mask=aligned_zeros(mask_shape(n_slices, n_in, rows), np.uint64), group_min=int(group[0]))
 
 
+# ---- the sparse path of several hidden layers (_deep_impl.h) ----
+
+
+class DeepNet(NamedTuple):
+    """The parameters of a network of several hidden layers in the sparse path's
+    layout (_fused_decl.h fm_deep): every layer's weights transposed, WT_k (its
+    inputs by its units padded to whole cache lines, ``s[k]``), one after the other
+    in ``W`` from ``w_off[k - 1]``, the biases (``s[k]`` each) in ``b`` from
+    ``b_off[k - 1]``, every block cache-aligned, the padding zero; ``VW``, ``Vb``
+    their velocities (empty without momentum). ``n``: the widths (n_in, n_1, ...,
+    n_out). The layout does not depend on the thread count."""
+
+    W: np.ndarray
+    b: np.ndarray
+    VW: np.ndarray
+    Vb: np.ndarray
+    n: np.ndarray  # int64 (n_layers + 1,)
+    s: np.ndarray  # int64 (n_layers + 1,): n padded to whole cache lines (s[0] = n_in)
+    w_off: np.ndarray  # int64 (n_layers,)
+    b_off: np.ndarray  # int64 (n_layers,)
+
+
+class DeepWork(NamedTuple):
+    """Workspace of the sparse path of several hidden layers for ``rows`` examples
+    at a time (_fused_decl.h fm_dwork)."""
+
+    H: np.ndarray  # each hidden layer's activations (rows, s[k]) from h_off[k - 1]
+    D: np.ndarray  # and its dl/dh~
+    P: np.ndarray  # (2, p_half): per parity, each layer's partial sums (groups below, rows, s[k])
+    GW: np.ndarray  # the gradient in W's layout where a step sums it, else empty
+    Gb: np.ndarray  # and in b's
+    own: np.ndarray  # (threads, rows * s_out + 3 s_out) each thread's dl/dz rows and output biases
+    h_off: np.ndarray  # int64
+    p_off: np.ndarray  # int64
+    rows: int
+    sync: np.ndarray  # (32,) int32 the threads' barrier
+
+
+DEEP_GROUP_LINES = 4  # cache lines of units per group of a hidden layer (_deep_impl.h DGROUP)
+
+
+def deep_net(sizes, dtype, momentum=False):
+    """A zeroed DeepNet of layer widths ``sizes`` (n_in, n_1, ..., n_out), with
+    velocities if ``momentum``."""
+    itemsize = np.dtype(dtype).itemsize
+    n = np.asarray(sizes, np.int64)
+    s = np.asarray([n[0]] + [padded_width(int(k), itemsize) for k in n[1:]], np.int64)
+    blocks = [(int(n[0]) if k == 1 else int(s[k - 1])) * int(s[k]) for k in range(1, len(n))]
+    w_off = np.concatenate([[0], np.cumsum(blocks)[:-1]]).astype(np.int64)
+    b_off = np.concatenate([[0], np.cumsum(s[1:])[:-1]]).astype(np.int64)
+    W, b = aligned_zeros((sum(blocks),), dtype), aligned_zeros((int(s[1:].sum()),), dtype)
+    VW, Vb = (aligned_zeros(a.shape if momentum else (0,), dtype) for a in (W, b))
+    return DeepNet(W, b, VW, Vb, n, s, w_off, b_off)
+
+
+def deep_views(net, W, b):
+    """Per layer, the live part of ``W`` and ``b`` (in ``net``'s layout: the
+    parameters or their velocities): [(WT_k (n_{k-1}, n_k), b_k (n_k,)), ...]."""
+    n, s = net.n, net.s
+    out = []
+    for k in range(1, len(n)):
+        rows = int(n[0]) if k == 1 else int(s[k - 1])
+        WT = W[net.w_off[k - 1] : net.w_off[k - 1] + rows * s[k]].reshape(rows, int(s[k]))
+        out.append((WT[: n[k - 1], : n[k]], b[net.b_off[k - 1] : net.b_off[k - 1] + n[k]]))
+    return out
+
+
+def deep_groups(net):
+    """The fewest groups of units of any hidden layer: the threads the path keeps busy."""
+    group = DEEP_GROUP_LINES * CACHE_LINE // net.W.itemsize
+    return min(-(-int(w) // group) for w in net.s[1:-1])
+
+
+def deep_work(net, batch, n_threads, chunk_rows, summed=False):
+    """The workspace of ``net`` for batches of up to ``batch`` examples on up to
+    ``n_threads`` threads, ``chunk_rows`` (a backend's SPARSE_CHUNK_ROWS) examples
+    at a time at most, with the gradient buffers where ``summed`` (a step with
+    momentum or decay, or a batch larger than that)."""
+    dtype, s, L = net.W.dtype, net.s, len(net.n) - 1
+    rows = max(1, min(batch, chunk_rows))
+    lanes, group = CACHE_LINE // dtype.itemsize, DEEP_GROUP_LINES * CACHE_LINE // dtype.itemsize
+    h_sizes = [rows * int(s[k]) for k in range(1, L)]
+    p_sizes = [0] + [-(-int(s[k - 1]) // group) * rows * int(s[k]) for k in range(2, L + 1)]
+    h_off = np.concatenate([[0], np.cumsum(h_sizes)[:-1]]).astype(np.int64)
+    p_off = np.concatenate([[0], np.cumsum(p_sizes)[:-1]]).astype(np.int64)
+    p_half = -(-sum(p_sizes) // lanes) * lanes
+    own = -(-(rows * int(s[L]) + 3 * int(s[L])) // lanes) * lanes
+    summed = summed or batch > rows
+    return DeepWork(
+        H=aligned_zeros((sum(h_sizes),), dtype),
+        D=aligned_zeros((sum(h_sizes),), dtype),
+        P=aligned_zeros((2, p_half), dtype),
+        GW=aligned_zeros(net.W.shape if summed else (0,), dtype),
+        Gb=aligned_zeros(net.b.shape if summed else (0,), dtype),
+        own=aligned_zeros((max(1, n_threads), own), dtype),
+        h_off=h_off,
+        p_off=p_off,
+        rows=rows,
+        sync=aligned_zeros((32,), np.int32),
+    )
+
+
 BLAS_BLOCK_UNITS = 64  # about this many hidden units per block of the BLAS path
 
 
@@ -633,21 +743,27 @@ class EpochRunner:
         self.batch_size = int(batch_size)
         self.codes = codes(activation, loss)
         self.batch = max(1, min(self.batch_size, self.n_rows))
-        self.path, rows = choose_path(kernels, path, self.batch, X)
+        self.deep = "Wh" not in params
+        if self.deep and not kernels.DEEP_PATHS:
+            raise ValueError("this backend trains networks of one hidden layer (its DEEP_PATHS are empty)")
+        self.path, rows = choose_path(kernels, path, self.batch, X, self.deep)
         self.n_threads = n_threads
         self._layouts = {}
         self._full_batch = None  # a full batch's chunks grouped by input, once built
         self.threads = 1  # until an epoch asks for more
         if self.path == "sparse":
             self.rows = self._rows(rows)
+            if self.deep:
+                sizes = [params["W1"].shape[1]] + [params[f"b{k}"].shape[0] for k in range(1, len(params) // 2 + 1)]
+                self._deep_net = deep_net(sizes, params["W1"].dtype, momentum=velocity is not None)
             self.block, self.work = self._layout(1)
         elif self.path == "blas":
             empty = [np.empty((0,) * params[k].ndim, params[k].dtype) for k in PARAM_NAMES]
             velocities = [velocity[k] for k in PARAM_NAMES] if velocity is not None else empty
             self.block = BlasNet(*(params[k] for k in PARAM_NAMES), *velocities, blas_blocks(params["bh"].shape[0]))
             self.work = blas_work(self.block, self.batch, X.shape[1], gathered=False, gradients=False)
-        else:
-            self.block = Params(*(params[k] for k in PARAM_NAMES))
+        else:  # the reference: the parameters by name, at any depth
+            self.block = dict(params)
 
     def _rows(self, layout):
         X = self.X
@@ -668,11 +784,17 @@ class EpochRunner:
         runs on threads (its THREADED_PATHS); the rest run on one."""
         if self.path not in self.kernels.THREADED_PATHS:
             return 1
+        if self.path == "sparse" and self.deep:
+            return min(n_threads, deep_groups(self._deep_net))
         if self.path == "sparse":
             return min(n_threads, len(hidden_groups(self.params["bh"].shape[0], self.params["bh"].itemsize)) - 1)
         return min(n_threads, len(self.block.block_unit) - 1)
 
     def _layout(self, n_threads):
+        if n_threads not in self._layouts and self.deep:
+            net = self._deep_net
+            work = deep_work(net, self.batch, n_threads, self.kernels.SPARSE_CHUNK_ROWS, self.velocity is not None)
+            self._layouts[n_threads] = (net, work)
         if n_threads not in self._layouts:
             nh, n_in = self.params["Wh"].shape
             net = sparse_net(
@@ -695,6 +817,13 @@ class EpochRunner:
         share of every parameter and velocity (each slice holds its own copy of by)."""
         net = self.block
         sources = [self.params] + ([self.velocity] if self.velocity is not None else [])
+        if self.deep:
+            for source, (W, b) in zip(sources, ((net.W, net.b), (net.VW, net.Vb)), strict=False):
+                layers = list(source.values())
+                for (WT, bk), Wm, bm in zip(deep_views(net, W, b), layers[0::2], layers[1::2], strict=True):
+                    yield Wm.T, WT
+                    yield bm, bk
+            return
         for source, (WhT, bhs, Wys, bys) in zip(sources, (net[:4], net[4:8]), strict=False):
             Wh, bh, Wy, by = (source[k] for k in PARAM_NAMES)
             for s in range(net.WhT.shape[0]):
@@ -725,6 +854,14 @@ class EpochRunner:
         opt = opt if isinstance(opt, SGD) else SGD(float(opt))
         if opt.momentum and self.velocity is None:
             raise ValueError("a step with momentum needs the runner's velocity buffers")
+        if self.path == "sparse" and self.deep:
+            order = np.ascontiguousarray(order, dtype=np.intp)
+            if not opt.plain and self.work.GW.size == 0:
+                self.work = self.work._replace(GW=aligned_zeros(self.block.W.shape, self.block.W.dtype))
+                self.work = self.work._replace(Gb=aligned_zeros(self.block.b.shape, self.block.b.dtype))
+                self._layouts[self.threads] = (self.block, self.work)
+            args = (self.labels, self.weights, order, self.batch_size, opt, self.codes, self.work, self.threads)
+            return self.kernels.deep_epoch(self.block, self.rows, *args)
         if self.path == "sparse":
             order = np.ascontiguousarray(order, dtype=np.intp)
             work = self.work
@@ -816,10 +953,11 @@ class EpochRunner:
 
     def _arrays(self):
         """The arrays a step changes: the parameters and their velocities."""
-        arrays = list(self.block[:4])
-        if self.velocity is not None:
-            arrays += list(self.block[4:8]) if self.path != "reference" else [self.velocity[k] for k in PARAM_NAMES]
-        return arrays
+        if self.path == "reference":
+            return list(self.params.values()) + (list(self.velocity.values()) if self.velocity is not None else [])
+        if self.deep:
+            return list(self.block[: 4 if self.velocity is not None else 2])
+        return list(self.block[: 8 if self.velocity is not None else 4])
 
     def _snapshot(self):
         return [a.copy() for a in self._arrays()]

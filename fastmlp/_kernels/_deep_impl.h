@@ -1,0 +1,275 @@
+/* Template body of the sparse epoch of a network of several hidden layers,
+ * included by _fused_level.h once per REAL and kernel level after _sparse_impl.h
+ * (whose row gathers and row updates it takes for the first layer).
+ *
+ * Layer k maps the n[k-1] values of the layer below to n[k] units; every weight
+ * matrix is held transposed, WT_k (rows: the layer's inputs, s[k] columns: its
+ * units padded with zero units to whole cache lines). The first layer is the
+ * sparse-first pass of the one-layer epoch:
+ *     h_1 = f(b_1 + sum over the non-zero inputs i of x_i WT_1[i, :])
+ * and its update WT_1[i, :] -= lr x_i d_1 visits the rows of the non-zero inputs
+ * only. The layers after it are dense, one pass over WT_k per batch each way:
+ *     forward   h_k = f(b_k + sum_i h_{k-1}[i] WT_k[i, :])
+ *     backward  d_{k-1}[i] = (d_k . WT_k[i, :]) f'(h_{k-1}[i])
+ *     update    WT_k[i, :] -= lr sum_b h_{k-1}[b, i] d_k[b, :]
+ * and backward reuses the activations the forward pass stored, layer by layer.
+ *
+ * Threads split each hidden layer's units into groups of at most four cache
+ * lines (fixed by the layer's width alone) and own whole groups: thread t owns
+ * its units' columns of WT_1 and b_k, and the rows of WT_{k+1} that read them.
+ * A layer's forward pass writes, per group of the layer below, the partial sums
+ * of its rows (P); after a barrier each thread adds them in group order for its
+ * own units. Backward, the owner of rows i of WT_k computes d_{k-1}[i] from the
+ * whole d_k (after a barrier) and updates its own rows. Every thread computes the
+ * logits, the loss and dl/dz of the whole batch from the output's partial sums
+ * and keeps its own copy of the output biases, so nothing else is shared: the
+ * arithmetic of each value and the order of each sum do not depend on the number
+ * of threads, and results are bitwise identical for every thread count.
+ *
+ * Plain SGD on a batch that fits the workspace updates the weights as it goes
+ * (each row of WT_k after its d_{k-1} is computed). Otherwise (momentum, weight
+ * decay, or a batch taken `rows` examples at a time) the gradient is summed in
+ * GW, Gb and the step of torch.optim.SGD taken after the batch's last chunk.
+ */
+
+#define DLANES ((ptrdiff_t)(FM_LINE / sizeof(REAL)))
+#define DGROUP (4 * DLANES) /* units per group: four cache lines */
+
+/* The columns [*j0, *j1) of the groups of a layer of `width` (padded) units that
+ * thread t of nt owns; 0 where it owns none. */
+static FM_INLINE void FN(fm_deep_own)(ptrdiff_t width, int t, int nt, ptrdiff_t *j0, ptrdiff_t *j1)
+{
+    const ptrdiff_t ng = (width + DGROUP - 1) / DGROUP;
+    const ptrdiff_t g0 = ng * t / nt, g1 = ng * (t + 1) / nt;
+    *j0 = g0 * DGROUP < width ? g0 * DGROUP : width;
+    *j1 = g1 * DGROUP < width ? g1 * DGROUP : width;
+}
+
+/* h[j0 .. j1) = f(h) for the live units (< n), 0 for the padded ones, whatever
+ * f(0) is: they have no weights in or out. */
+static FM_INLINE void FN(fm_deep_activate)(int act, REAL *restrict h, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t n)
+{
+    const ptrdiff_t live = j1 < n ? j1 : n;
+    if (live > j0)
+        FN(fm_activate)(act, h + j0, live - j0);
+    for (ptrdiff_t j = live > j0 ? live : j0; j < j1; j++) h[j] = 0;
+}
+
+/* y[0:n] += a x[0:n] */
+static FM_INLINE void FN(fm_axpy)(REAL *restrict y, REAL a, const REAL *restrict x, ptrdiff_t n)
+{
+#pragma omp simd
+    for (ptrdiff_t j = 0; j < n; j++) y[j] += a * x[j];
+}
+
+static FM_INLINE REAL FN(fm_dot)(const REAL *restrict x, const REAL *restrict y, ptrdiff_t n)
+{
+    REAL s = 0;
+#pragma omp simd reduction(+ : s)
+    for (ptrdiff_t j = 0; j < n; j++) s += x[j] * y[j];
+    return s;
+}
+
+/* Thread t's share of the epoch. tally: thread 0's (the others count nothing). */
+static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, const FT(fm_sgd) *opt,
+                               const FT(fm_dwork) *ws, int t, int nt, fm_tally *tally)
+{
+    const int L = net->n_layers; /* layers of weights: L - 1 hidden layers */
+    const int64_t *n = net->n, *s = net->s;
+    const ptrdiff_t rows = ws->rows, nout = n[L], sout = s[L];
+    const int momentum = opt->momentum != 0;
+    const int plain = !momentum && opt->decay == 0;
+    /* this thread's dl/dz rows and its copy of the output biases (velocity, gradient) */
+    REAL *dZ = ws->own + t * FM_DEEP_OWN(rows, sout, DLANES), *by = dZ + rows * sout;
+    REAL *Vby = by + sout, *Gby = Vby + sout;
+    memset(dZ, 0, (size_t)FM_DEEP_OWN(rows, sout, DLANES) * sizeof(REAL));
+    memcpy(by, net->b + net->b_off[L - 1], (size_t)nout * sizeof(REAL));
+    if (momentum)
+        memcpy(Vby, net->Vb + net->b_off[L - 1], (size_t)nout * sizeof(REAL));
+    fm_tally none = {0, 0};
+    fm_tally *tl = tally ? tally : &none;
+    int parity = 0;
+    for (ptrdiff_t start = 0; start < ex->n; start += ex->batch) {
+        const ptrdiff_t B = ex->n - start < ex->batch ? ex->n - start : ex->batch;
+        const double weight_sum = FN(fm_batch_weight)(ex->weights, ex->order, start, B);
+        const REAL decay = FN(fm_batch_decay)(opt, weight_sum);
+        const int summed = !plain || B > rows; /* the gradient summed, the step after the batch */
+        for (ptrdiff_t c0 = 0; c0 < B; c0 += rows) {
+            const ptrdiff_t C = B - c0 < rows ? B - c0 : rows;
+            const intptr_t *order = ex->order + start + c0;
+            /* ---- forward: the first layer from the non-zero inputs ---- */
+            {
+                ptrdiff_t j0, j1;
+                FN(fm_deep_own)(s[1], t, nt, &j0, &j1);
+                REAL *H = ws->H + ws->h_off[0];
+                const REAL *WT = net->W + net->w_off[0], *b = net->b + net->b_off[0];
+                for (ptrdiff_t r = 0; r < C; r++) {
+                    const REAL *vals;
+                    const int32_t *idx;
+                    const ptrdiff_t k = FN(fm_row)(ex, order[r], &vals, &idx);
+                    for (ptrdiff_t j = j0; j < j1; j += DGROUP) {
+                        const int nl = (int)(((j1 - j < DGROUP ? j1 - j : DGROUP)) / DLANES);
+                        FN(fm_gather)(H + r * s[1] + j, b + j, nl, vals, idx, k, WT + j, s[1], NULL, 0, 0);
+                    }
+                    FN(fm_deep_activate)(net->act, H + r * s[1], j0, j1, n[1]);
+                }
+            }
+            /* ---- forward: the dense layers, partial sums per group of the layer below ---- */
+            for (int k = 2; k <= L; k++) {
+                ptrdiff_t i0, i1;
+                FN(fm_deep_own)(s[k - 1], t, nt, &i0, &i1);
+                const REAL *Hin = ws->H + ws->h_off[k - 2], *WT = net->W + net->w_off[k - 1];
+                REAL *P = ws->P + parity * ws->p_half + ws->p_off[k - 1];
+                const ptrdiff_t sk = s[k], n_groups = (s[k - 1] + DGROUP - 1) / DGROUP;
+                for (ptrdiff_t g = i0 / DGROUP; i0 < i1 && g * DGROUP < i1; g++) {
+                    const ptrdiff_t a = g * DGROUP, e = a + DGROUP < s[k - 1] ? a + DGROUP : s[k - 1];
+                    for (ptrdiff_t r = 0; r < C; r++) {
+                        REAL *p = P + (g * rows + r) * sk;
+                        const REAL *h = Hin + r * s[k - 1];
+                        for (ptrdiff_t j = 0; j < sk; j++) p[j] = 0;
+                        for (ptrdiff_t i = a; i < e; i++)
+                            FN(fm_axpy)(p, h[i], WT + i * sk, sk);
+                    }
+                }
+                FM_BARRIER(ws->sync, nt);
+                if (k < L) {
+                    ptrdiff_t j0, j1;
+                    FN(fm_deep_own)(sk, t, nt, &j0, &j1);
+                    REAL *H = ws->H + ws->h_off[k - 1];
+                    const REAL *b = net->b + net->b_off[k - 1];
+                    for (ptrdiff_t r = 0; r < C; r++) {
+                        REAL *h = H + r * sk;
+                        for (ptrdiff_t j = j0; j < j1; j++) h[j] = b[j];
+                        for (ptrdiff_t g = 0; g < n_groups; g++)
+                            FN(fm_axpy)(h + j0, R(1), P + (g * rows + r) * sk + j0, j1 - j0);
+                        FN(fm_deep_activate)(net->act, h, j0, j1, n[k]);
+                    }
+                } else { /* the logits, the loss and dl/dz of every row, in every thread */
+                    for (ptrdiff_t r = 0; r < C; r++) {
+                        REAL *z = dZ + r * sout;
+                        for (ptrdiff_t j = 0; j < nout; j++) z[j] = by[j];
+                        for (ptrdiff_t g = 0; g < n_groups; g++)
+                            FN(fm_axpy)(z, R(1), P + (g * rows + r) * sk, nout);
+                        const REAL w = ex->weights ? ex->weights[order[r]] : R(1);
+                        const REAL scale = weight_sum > 0 ? (REAL)(w / weight_sum) : R(0);
+                        FN(fm_row_loss_grad)(net->loss, z, ex->labels[order[r]], z, nout, scale, (double)w, tl);
+                    }
+                }
+            }
+            parity ^= 1;
+            /* ---- backward, from the top: d_{k-1} for the rows this thread owns, then their update ---- */
+            for (int k = L; k >= 2; k--) {
+                if (k < L)
+                    FM_BARRIER(ws->sync, nt); /* d_k complete */
+                ptrdiff_t i0, i1;
+                FN(fm_deep_own)(s[k - 1], t, nt, &i0, &i1);
+                const ptrdiff_t sk = s[k], sin = s[k - 1];
+                const REAL *dk = k == L ? dZ : ws->D + ws->h_off[k - 1];
+                const REAL *Hin = ws->H + ws->h_off[k - 2];
+                REAL *Din = ws->D + ws->h_off[k - 2];
+                REAL *WT = net->W + net->w_off[k - 1];
+                REAL *target = summed ? ws->GW + net->w_off[k - 1] : WT;
+                const REAL coef = summed ? R(1) : -opt->lr;
+                for (ptrdiff_t r = 0; r < C; r++) {
+                    for (ptrdiff_t i = i0; i < i1; i++)
+                        Din[r * sin + i] = FN(fm_dot)(dk + r * sk, WT + i * sk, sk);
+                    FN(fm_act_grad)(net->act, Din + r * sin + i0, Hin + r * sin + i0, i1 - i0);
+                }
+                for (ptrdiff_t i = i0; i < i1; i++)
+                    for (ptrdiff_t r = 0; r < C; r++)
+                        FN(fm_axpy)(target + i * sk, coef * Hin[r * sin + i], dk + r * sk, sk);
+                /* the biases of layer k: the output's in every thread's copy, a hidden layer's by the owner */
+                ptrdiff_t j0 = 0, j1 = nout;
+                REAL *bias = summed ? Gby : by;
+                if (k < L) {
+                    FN(fm_deep_own)(sk, t, nt, &j0, &j1);
+                    bias = summed ? ws->Gb + net->b_off[k - 1] : net->b + net->b_off[k - 1];
+                }
+                for (ptrdiff_t r = 0; r < C; r++)
+                    FN(fm_axpy)(bias + j0, coef, dk + r * sk + j0, j1 - j0);
+            }
+            /* ---- the first layer's rows of the non-zero inputs, and its biases ---- */
+            {
+                ptrdiff_t j0, j1;
+                FN(fm_deep_own)(s[1], t, nt, &j0, &j1);
+                const REAL *D = ws->D + ws->h_off[0];
+                REAL *WT = (summed ? ws->GW : net->W) + net->w_off[0];
+                REAL *b = (summed ? ws->Gb : net->b) + net->b_off[0];
+                const REAL lr = summed ? R(-1) : opt->lr; /* fm_update subtracts lr x d */
+                for (ptrdiff_t r = 0; r < C; r++) {
+                    const REAL *vals;
+                    const int32_t *idx;
+                    const ptrdiff_t k = FN(fm_row)(ex, order[r], &vals, &idx);
+                    for (ptrdiff_t j = j0; j < j1; j += DGROUP) {
+                        const int nl = (int)(((j1 - j < DGROUP ? j1 - j : DGROUP)) / DLANES);
+                        FN(fm_update)(WT + j, s[1], nl, lr, vals, idx, k, D + r * s[1] + j);
+                    }
+                    FN(fm_axpy)(b + j0, -lr, D + r * s[1] + j0, j1 - j0);
+                }
+            }
+        }
+        if (!summed)
+            continue;
+        /* ---- the step of torch.optim.SGD from the batch's gradient, on what this thread owns ---- */
+        for (int k = 1; k <= L; k++) {
+            ptrdiff_t j0, j1;
+            FN(fm_deep_own)(s[k], t, nt, &j0, &j1); /* columns of WT_1 and of the hidden biases */
+            REAL *W = net->W + net->w_off[k - 1], *G = ws->GW + net->w_off[k - 1];
+            REAL *V = momentum ? net->VW + net->w_off[k - 1] : NULL;
+            if (k == 1) {
+                for (ptrdiff_t i = 0; i < n[0]; i++) {
+                    const ptrdiff_t at = i * s[1] + j0;
+                    FN(fm_sgd_dense)(W + at, V ? V + at : NULL, G + at, j1 - j0, opt, decay);
+                    memset(G + at, 0, (size_t)(j1 - j0) * sizeof(REAL));
+                }
+            } else {
+                ptrdiff_t i0, i1;
+                FN(fm_deep_own)(s[k - 1], t, nt, &i0, &i1); /* rows of WT_k */
+                const ptrdiff_t at = i0 * s[k], len = (i1 - i0) * s[k];
+                FN(fm_sgd_dense)(W + at, V ? V + at : NULL, G + at, len, opt, decay);
+                memset(G + at, 0, (size_t)len * sizeof(REAL));
+            }
+            if (k < L) {
+                const ptrdiff_t at = net->b_off[k - 1] + j0;
+                FN(fm_sgd_dense)(net->b + at, momentum ? net->Vb + at : NULL, ws->Gb + at, j1 - j0, opt, R(0));
+                memset(ws->Gb + at, 0, (size_t)(j1 - j0) * sizeof(REAL));
+            }
+        }
+        FN(fm_sgd_dense)(by, Vby, Gby, nout, opt, R(0));
+        memset(Gby, 0, (size_t)nout * sizeof(REAL));
+    }
+    if (t == 0) { /* every thread's copy of the output biases is the same */
+        memcpy(net->b + net->b_off[L - 1], by, (size_t)nout * sizeof(REAL));
+        if (momentum)
+            memcpy(net->Vb + net->b_off[L - 1], Vby, (size_t)nout * sizeof(REAL));
+    }
+}
+
+FM_LEVEL_FN int FN(fm_deep_epoch)(const FT(fm_deep) *net, const FT(fm_rows) *ex, const FT(fm_sgd) *opt,
+                                  const FT(fm_dwork) *ws, int n_threads, fm_tally *tally)
+{
+    const int status = fm_check_codes(net->act, net->loss);
+    if (status != FM_OK)
+        return status;
+    const int L = net->n_layers;
+    int bad = L < 2 || ws->rows < 1 || (opt->momentum != 0 && !(net->VW && net->Vb));
+    for (int k = 1; k <= L && !bad; k++)
+        bad = net->s[k] % DLANES || net->s[k] < net->n[k];
+    const int summed = opt->momentum != 0 || opt->decay != 0 || ws->rows < (ex->batch < ex->n ? ex->batch : ex->n);
+    n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);
+    if (bad || (summed && !(ws->GW && ws->Gb)) || ws->n_own < n_threads)
+        return FM_ERR_LAYOUT;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_threads)
+    {
+        const int t = omp_get_thread_num();
+        FN(fm_deep_thread)(net, ex, opt, ws, t, omp_get_num_threads(), t == 0 ? tally : NULL);
+    }
+#else
+    FN(fm_deep_thread)(net, ex, opt, ws, 0, 1, tally);
+#endif
+    return FM_OK;
+}
+
+#undef DGROUP
+#undef DLANES
