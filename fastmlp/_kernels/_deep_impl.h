@@ -1,6 +1,6 @@
 /* Template body of the sparse epoch of a network of several hidden layers,
  * included by _fused_level.h once per REAL and kernel level after _sparse_impl.h
- * (whose row gathers and row updates it takes for the first layer).
+ * (whose row gathers and row updates it takes) and _blas_impl.h (its GEMM call).
  *
  * Layer k maps the n[k-1] values of the layer below to n[k] units; every weight
  * matrix is held transposed, WT_k (rows: the layer's inputs, s[k] columns: its
@@ -25,6 +25,17 @@
  * and keeps its own copy of the output biases, so nothing else is shared: the
  * arithmetic of each value and the order of each sum do not depend on the number
  * of threads, and results are bitwise identical for every thread count.
+ *
+ * The dense layers' three passes run as loops over rows of WT_k, the sums held
+ * in registers (the first layer's gathers and updates, over every row of a group
+ * instead of the non-zero ones), or, for chunks of at least gemm_min examples, as
+ * one GEMM per group of rows: the shapes of each GEMM depend on the layer widths
+ * and the chunk alone, so the results do not depend on the thread count either.
+ *
+ * Chunks of group_min examples or more update each row of WT_1 they touch once,
+ * with the sum over their examples (_sparse_impl.h fm_grouped_rows), through a
+ * mask of each thread's that the gather fills (the rows' indices must then be
+ * sorted and unique).
  *
  * Plain SGD on a batch that fits the workspace updates the weights as it goes
  * (each row of WT_k after its d_{k-1} is computed). Otherwise (momentum, weight
@@ -70,9 +81,47 @@ static FM_INLINE REAL FN(fm_dot)(const REAL *restrict x, const REAL *restrict y,
     return s;
 }
 
+/* The partial sums of one group (rows a .. e of WT, the columns of Hin they read)
+ * for C rows: P[r, :] = sum_i Hin[r, i] WT[i, :], four lines of columns at a
+ * time held in registers; or one GEMM. */
+static FM_INLINE void FN(fm_deep_partial)(REAL *restrict P, const REAL *restrict Hin, ptrdiff_t sin,
+                                          const REAL *restrict WT, ptrdiff_t sk, ptrdiff_t a, ptrdiff_t e,
+                                          ptrdiff_t C, const int32_t *iota, const REAL *zero, FT(fm_gemm_ptr) gemm)
+{
+    if (gemm) {
+        FN(fm_gemm)(gemm, 0, 0, (int)C, (int)sk, (int)(e - a), R(1), Hin + a, (int)sin, WT + a * sk, (int)sk, R(0),
+                    P, (int)sk);
+        return;
+    }
+    for (ptrdiff_t r = 0; r < C; r++)
+        for (ptrdiff_t c = 0; c < sk; c += DGROUP) {
+            const int nl = (int)((sk - c < DGROUP ? sk - c : DGROUP) / DLANES);
+            FN(fm_gather)(P + r * sk + c, zero, nl, Hin + r * sin + a, iota + a, e - a, WT + c, sk, NULL, 0, 0);
+        }
+}
+
+/* target[i, :] += coef sum_r Hin[r, i] dk[r, :] for the rows i = a .. e: the
+ * update (coef = -lr) or the gradient's sum (coef = 1), dk's lines held in
+ * registers over the rows; or one GEMM (beta = 1). */
+static FM_INLINE void FN(fm_deep_rows)(REAL *restrict target, REAL coef, const REAL *restrict Hin, ptrdiff_t sin,
+                                       const REAL *restrict dk, ptrdiff_t sk, ptrdiff_t a, ptrdiff_t e,
+                                       ptrdiff_t C, const int32_t *iota, FT(fm_gemm_ptr) gemm)
+{
+    if (gemm) {
+        FN(fm_gemm)(gemm, 1, 0, (int)(e - a), (int)sk, (int)C, coef, Hin + a, (int)sin, dk, (int)sk, R(1),
+                    target + a * sk, (int)sk);
+        return;
+    }
+    for (ptrdiff_t r = 0; r < C; r++)
+        for (ptrdiff_t c = 0; c < sk; c += DGROUP) {
+            const int nl = (int)((sk - c < DGROUP ? sk - c : DGROUP) / DLANES);
+            FN(fm_update)(target + c, sk, nl, -coef, Hin + r * sin + a, iota + a, e - a, dk + r * sk + c);
+        }
+}
+
 /* Thread t's share of the epoch. tally: thread 0's (the others count nothing). */
 static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, const FT(fm_sgd) *opt,
-                               const FT(fm_dwork) *ws, int t, int nt, fm_tally *tally)
+                               const FT(fm_dwork) *ws, FT(fm_gemm_ptr) gemm, int t, int nt, fm_tally *tally)
 {
     const int L = net->n_layers; /* layers of weights: L - 1 hidden layers */
     const int64_t *n = net->n, *s = net->s;
@@ -97,6 +146,10 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
         for (ptrdiff_t c0 = 0; c0 < B; c0 += rows) {
             const ptrdiff_t C = B - c0 < rows ? B - c0 : rows;
             const intptr_t *order = ex->order + start + c0;
+            FT(fm_gemm_ptr) const chunk_gemm = ws->gemm_min > 0 && C >= ws->gemm_min ? gemm : NULL;
+            /* the first layer's rows updated once per chunk each, through the mask the gather fills */
+            const ptrdiff_t words = (rows + 63) / 64;
+            uint64_t *const mask = ws->mask && C >= ws->group_min ? ws->mask + t * n[0] * words : NULL;
             /* ---- forward: the first layer from the non-zero inputs ---- */
             {
                 ptrdiff_t j0, j1;
@@ -109,7 +162,9 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
                     const ptrdiff_t k = FN(fm_row)(ex, order[r], &vals, &idx);
                     for (ptrdiff_t j = j0; j < j1; j += DGROUP) {
                         const int nl = (int)(((j1 - j < DGROUP ? j1 - j : DGROUP)) / DLANES);
-                        FN(fm_gather)(H + r * s[1] + j, b + j, nl, vals, idx, k, WT + j, s[1], NULL, 0, 0);
+                        uint64_t *const m = mask && j == j0 ? mask + r / 64 : NULL; /* marked once per example */
+                        FN(fm_gather)(H + r * s[1] + j, b + j, nl, vals, idx, k, WT + j, s[1], m, words,
+                                      (uint64_t)1 << (r % 64));
                     }
                     FN(fm_deep_activate)(net->act, H + r * s[1], j0, j1, n[1]);
                 }
@@ -123,13 +178,8 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
                 const ptrdiff_t sk = s[k], n_groups = (s[k - 1] + DGROUP - 1) / DGROUP;
                 for (ptrdiff_t g = i0 / DGROUP; i0 < i1 && g * DGROUP < i1; g++) {
                     const ptrdiff_t a = g * DGROUP, e = a + DGROUP < s[k - 1] ? a + DGROUP : s[k - 1];
-                    for (ptrdiff_t r = 0; r < C; r++) {
-                        REAL *p = P + (g * rows + r) * sk;
-                        const REAL *h = Hin + r * s[k - 1];
-                        for (ptrdiff_t j = 0; j < sk; j++) p[j] = 0;
-                        for (ptrdiff_t i = a; i < e; i++)
-                            FN(fm_axpy)(p, h[i], WT + i * sk, sk);
-                    }
+                    FN(fm_deep_partial)(P + g * rows * sk, Hin, s[k - 1], WT, sk, a, e, C, ws->iota, ws->zero,
+                                        chunk_gemm);
                 }
                 FM_BARRIER(ws->sync, nt);
                 if (k < L) {
@@ -170,14 +220,19 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
                 REAL *WT = net->W + net->w_off[k - 1];
                 REAL *target = summed ? ws->GW + net->w_off[k - 1] : WT;
                 const REAL coef = summed ? R(1) : -opt->lr;
-                for (ptrdiff_t r = 0; r < C; r++) {
-                    for (ptrdiff_t i = i0; i < i1; i++)
-                        Din[r * sin + i] = FN(fm_dot)(dk + r * sk, WT + i * sk, sk);
-                    FN(fm_act_grad)(net->act, Din + r * sin + i0, Hin + r * sin + i0, i1 - i0);
-                }
-                for (ptrdiff_t i = i0; i < i1; i++)
+                for (ptrdiff_t g = i0 / DGROUP; i0 < i1 && g * DGROUP < i1; g++) {
+                    const ptrdiff_t a = g * DGROUP, e = a + DGROUP < sin ? a + DGROUP : sin;
+                    if (chunk_gemm)
+                        FN(fm_gemm)(chunk_gemm, 0, 1, (int)C, (int)(e - a), (int)sk, R(1), dk, (int)sk, WT + a * sk,
+                                    (int)sk, R(0), Din + a, (int)sin);
+                    else
+                        for (ptrdiff_t r = 0; r < C; r++)
+                            for (ptrdiff_t i = a; i < e; i++)
+                                Din[r * sin + i] = FN(fm_dot)(dk + r * sk, WT + i * sk, sk);
                     for (ptrdiff_t r = 0; r < C; r++)
-                        FN(fm_axpy)(target + i * sk, coef * Hin[r * sin + i], dk + r * sk, sk);
+                        FN(fm_act_grad)(net->act, Din + r * sin + a, Hin + r * sin + a, e - a);
+                    FN(fm_deep_rows)(target, coef, Hin, sin, dk, sk, a, e, C, ws->iota, chunk_gemm);
+                }
                 /* the biases of layer k: the output's in every thread's copy, a hidden layer's by the owner */
                 ptrdiff_t j0 = 0, j1 = nout;
                 REAL *bias = summed ? Gby : by;
@@ -196,13 +251,28 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
                 REAL *WT = (summed ? ws->GW : net->W) + net->w_off[0];
                 REAL *b = (summed ? ws->Gb : net->b) + net->b_off[0];
                 const REAL lr = summed ? R(-1) : opt->lr; /* fm_update subtracts lr x d */
-                for (ptrdiff_t r = 0; r < C; r++) {
-                    const REAL *vals;
-                    const int32_t *idx;
-                    const ptrdiff_t k = FN(fm_row)(ex, order[r], &vals, &idx);
+                if (mask) { /* each touched row once, with the sum over the chunk's examples */
+                    const REAL *vals[FM_MASK_ROWS], *next[FM_MASK_ROWS];
+                    for (ptrdiff_t r = 0; r < C; r++) {
+                        const int32_t *idx;
+                        FN(fm_row)(ex, order[r], &vals[r], &idx);
+                    }
                     for (ptrdiff_t j = j0; j < j1; j += DGROUP) {
                         const int nl = (int)(((j1 - j < DGROUP ? j1 - j : DGROUP)) / DLANES);
-                        FN(fm_update)(WT + j, s[1], nl, lr, vals, idx, k, D + r * s[1] + j);
+                        for (ptrdiff_t r = 0; r < C; r++) next[r] = vals[r];
+                        FN(fm_grouped_rows)(WT + j, NULL, s[1], nl, lr, mask, words, j + DGROUP >= j1, n[0], next,
+                                            D + j);
+                    }
+                }
+                for (ptrdiff_t r = 0; r < C; r++) {
+                    if (!mask) {
+                        const REAL *vals;
+                        const int32_t *idx;
+                        const ptrdiff_t k = FN(fm_row)(ex, order[r], &vals, &idx);
+                        for (ptrdiff_t j = j0; j < j1; j += DGROUP) {
+                            const int nl = (int)(((j1 - j < DGROUP ? j1 - j : DGROUP)) / DLANES);
+                            FN(fm_update)(WT + j, s[1], nl, lr, vals, idx, k, D + r * s[1] + j);
+                        }
                     }
                     FN(fm_axpy)(b + j0, -lr, D + r * s[1] + j0, j1 - j0);
                 }
@@ -246,7 +316,7 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
 }
 
 FM_LEVEL_FN int FN(fm_deep_epoch)(const FT(fm_deep) *net, const FT(fm_rows) *ex, const FT(fm_sgd) *opt,
-                                  const FT(fm_dwork) *ws, int n_threads, fm_tally *tally)
+                                  const FT(fm_dwork) *ws, FT(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally)
 {
     const int status = fm_check_codes(net->act, net->loss);
     if (status != FM_OK)
@@ -254,19 +324,20 @@ FM_LEVEL_FN int FN(fm_deep_epoch)(const FT(fm_deep) *net, const FT(fm_rows) *ex,
     const int L = net->n_layers;
     int bad = L < 2 || ws->rows < 1 || (opt->momentum != 0 && !(net->VW && net->Vb));
     for (int k = 1; k <= L && !bad; k++)
-        bad = net->s[k] % DLANES || net->s[k] < net->n[k];
+        bad = net->s[k] % DLANES || net->s[k] < net->n[k] || (k < L && ws->n_iota < net->s[k]);
     const int summed = opt->momentum != 0 || opt->decay != 0 || ws->rows < (ex->batch < ex->n ? ex->batch : ex->n);
     n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);
-    if (bad || (summed && !(ws->GW && ws->Gb)) || ws->n_own < n_threads)
+    if (bad || (summed && !(ws->GW && ws->Gb)) || ws->n_own < n_threads ||
+        (ws->mask && (ws->rows > FM_MASK_ROWS || ws->group_min < 1 || ws->n_mask < n_threads)))
         return FM_ERR_LAYOUT;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_threads)
     {
         const int t = omp_get_thread_num();
-        FN(fm_deep_thread)(net, ex, opt, ws, t, omp_get_num_threads(), t == 0 ? tally : NULL);
+        FN(fm_deep_thread)(net, ex, opt, ws, gemm, t, omp_get_num_threads(), t == 0 ? tally : NULL);
     }
 #else
-    FN(fm_deep_thread)(net, ex, opt, ws, 0, 1, tally);
+    FN(fm_deep_thread)(net, ex, opt, ws, gemm, 0, 1, tally);
 #endif
     return FM_OK;
 }

@@ -268,9 +268,9 @@ int fm_max_threads(void)
         FM_CALL_VOID(fm_bias_update_##S, (b, D, B, n, lr))                                         \
     }                                                                                              \
     int fm_deep_epoch_##S(const fm_deep_##S *net, const fm_rows_##S *ex, const fm_sgd_##S *opt,                \
-                          const fm_dwork_##S *ws, int n_threads, fm_tally *tally)                  \
+                          const fm_dwork_##S *ws, fm_gemm_ptr_##S gemm, int n_threads, fm_tally *tally) \
     {                                                                                              \
-        FM_CALL(fm_deep_epoch_##S, (net, ex, opt, ws, n_threads, tally))                           \
+        FM_CALL(fm_deep_epoch_##S, (net, ex, opt, ws, gemm, n_threads, tally))                     \
     }                                                                                              \
     int fm_sparse_epoch_##S(const fm_net_##S *net, const fm_rows_##S *ex, const fm_sgd_##S *opt,               \
                             const fm_swork_##S *ws, int n_threads, fm_tally *tally)                \

@@ -133,12 +133,23 @@ typedef struct {
  * sums of layer k's inputs (groups of the layer below, rows, s[k]) at p_off[k - 1];
  * GW, Gb (zero-filled, the layout of W and b) the gradient where a step needs it
  * summed (momentum, decay, or a batch of more than `rows` examples), else NULL;
- * own: n_own threads' scratch of FM_DEEP_OWN(rows, s[n_layers], lanes) each; sync the
- * threads' barrier (32 int32, zero-filled, cache aligned). */
+ * own: n_own threads' scratch of FM_DEEP_OWN(rows, s[n_layers], lanes) each; iota
+ * the integers 0 .. n_iota - 1 (at least the widest hidden layer's s[k]); zero four
+ * cache lines of zeros (cache aligned); chunks of
+ * gemm_min examples or more (0: none) take the dense layers by GEMMs; mask
+ * (n_mask, n[0], (rows + 63) / 64), zero-filled, or NULL: with it (rows at most
+ * FM_MASK_ROWS), chunks of group_min examples or more update each touched row of
+ * the first layer once; sync the threads' barrier (32 int32, zero-filled, cache
+ * aligned). */
 typedef struct {
     REAL *H, *D, *P, *GW, *Gb, *own;
     const int64_t *h_off, *p_off;
     ptrdiff_t p_half, rows, n_own;
+    const int32_t *iota;
+    const REAL *zero;
+    ptrdiff_t n_iota, gemm_min;
+    uint64_t *mask;
+    ptrdiff_t n_mask, group_min;
     int32_t *sync;
 } FM_D(fm_dwork);
 
@@ -147,6 +158,8 @@ typedef void (*FM_D(fm_gemm_ptr))(const char *, const char *, const int *, const
                                   const REAL *, const REAL *, const int *, const REAL *, const int *,
                                   const REAL *, REAL *, const int *);
 
+int FM_D(fm_deep_epoch)(const FM_D(fm_deep) *net, const FM_D(fm_rows) *ex, const FM_D(fm_sgd) *opt,
+                        const FM_D(fm_dwork) *ws, FM_D(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally);
 int FM_D(fm_blas_epoch)(const FM_D(fm_dense) *net, const FM_D(fm_batches) *ex, const FM_D(fm_sgd) *opt,
                         const FM_D(fm_bwork) *ws, FM_D(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally);
 int FM_D(fm_apply_act)(int act, REAL *x, ptrdiff_t n);
@@ -156,8 +169,6 @@ int FM_D(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_
                        ptrdiff_t n, int loss, REAL scale, fm_tally *tally);
 int FM_D(fm_apply_act_grad)(int act, REAL *dH, const REAL *H, ptrdiff_t len);
 void FM_D(fm_bias_update)(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr);
-int FM_D(fm_deep_epoch)(const FM_D(fm_deep) *net, const FM_D(fm_rows) *ex, const FM_D(fm_sgd) *opt,
-                        const FM_D(fm_dwork) *ws, int n_threads, fm_tally *tally);
 int FM_D(fm_sparse_epoch)(const FM_D(fm_net) *net, const FM_D(fm_rows) *ex, const FM_D(fm_sgd) *opt,
                           const FM_D(fm_swork) *ws, int n_threads, fm_tally *tally);
 void FM_D(fm_row_passes)(const FM_D(fm_net) *net, const FM_D(fm_rows) *ex, const FM_D(fm_swork) *ws, int n_threads);

@@ -8,8 +8,8 @@
 #include "_ops.h"
 #include "_fused_impl.h"
 #include "_sparse_impl.h"
-#include "_deep_impl.h"
 #include "_blas_impl.h"
+#include "_deep_impl.h"
 #undef REAL
 #undef S
 #undef EXP
@@ -22,8 +22,8 @@
 #include "_ops.h"
 #include "_fused_impl.h"
 #include "_sparse_impl.h"
-#include "_deep_impl.h"
 #include "_blas_impl.h"
+#include "_deep_impl.h"
 #undef REAL
 #undef S
 #undef EXP

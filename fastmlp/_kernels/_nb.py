@@ -54,6 +54,7 @@ THREADED_PATHS = ("sparse",)  # its BLAS path runs on one thread
 DEEP_PATHS = ("sparse",)  # several hidden layers: the first sparse-first, the rest dense (_deep_thread)
 SPARSE_CHUNK_ROWS = 128  # larger batches are taken in chunks where epochs.sparse_work says so
 SPARSE_GROUP_MIN, SPARSE_MASK_ROWS = 32, 256  # batches of 32-256 examples update each touched row once
+DEEP_GEMM_MIN = 32  # chunks of 32 examples or more take the dense layers of a deep network by GEMMs
 _LINE = 64  # bytes in a cache line: the hidden units go in groups of up to four lines
 
 
@@ -1374,6 +1375,7 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
     for o in range(nout):
         own[by0 + o] = bias[b_off[L - 1] + o]
         own[vb0 + o] = net.Vb[b_off[L - 1] + o] if momentum else zero
+    ws_int, ws_char, ws_real = np.zeros(6, np.int32), np.zeros(2, np.uint8), np.zeros(2, W.dtype)
     loss_sum = 0.0
     correct = 0.0
     parity = 0
@@ -1389,6 +1391,7 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
         for c0 in range(0, B, rows):
             C = min(rows, B - c0)
             first = start + c0
+            gemm = ws.gemm_min > 0 and C >= ws.gemm_min  # the dense layers by GEMMs, one per group
             # forward: the first layer from the non-zero inputs
             j0, j1 = _deep_own(s1, group, t, nt)
             for r in range(C):
@@ -1405,6 +1408,12 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
                 n_groups = (sin + group - 1) // group
                 for g in range(i0 // group, (i1 + group - 1) // group if i1 > i0 else 0):
                     a, e = g * group, min(g * group + group, sin)
+                    if gemm:
+                        # fmt: off
+                        _gemm(False, False, C, sk, e - a, one, ws.H[h_in + a :], sin, W[w_at + a * sk :], sk, zero,
+                              P[p_at + g * rows * sk :], sk, ws_int, ws_char, ws_real)
+                        # fmt: on
+                        continue
                     for r in range(C):
                         p = p_at + (g * rows + r) * sk
                         for j in range(sk):
@@ -1448,14 +1457,29 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
                 h_in, w_at = ws.h_off[kk - 2], w_off[kk - 1]
                 dk = own if kk == L else ws.D
                 d_at = dz0 if kk == L else ws.h_off[kk - 1]
-                for r in range(C):
-                    for i in range(i0, i1):
-                        ws.D[h_in + r * sin + i] = _dot_flat(dk, d_at + r * sk, W, w_at + i * sk, sk)
-                    at = h_in + r * sin
-                    _grad_times(act, ws.D[at + i0 : at + i1], ws.H[at + i0 : at + i1])
-                for i in range(i0, i1):
+                for g in range(i0 // group, (i1 + group - 1) // group if i1 > i0 else 0):
+                    a, e = g * group, min(g * group + group, sin)
+                    if gemm:
+                        # fmt: off
+                        _gemm(False, True, C, e - a, sk, one, dk[d_at:], sk, W[w_at + a * sk :], sk, zero,
+                              ws.D[h_in + a :], sin, ws_int, ws_char, ws_real)
+                        # fmt: on
+                    else:
+                        for r in range(C):
+                            for i in range(a, e):
+                                ws.D[h_in + r * sin + i] = _dot_flat(dk, d_at + r * sk, W, w_at + i * sk, sk)
                     for r in range(C):
-                        _axpy(target, w_at + i * sk, coef * ws.H[h_in + r * sin + i], dk, d_at + r * sk, sk)
+                        at = h_in + r * sin
+                        _grad_times(act, ws.D[at + a : at + e], ws.H[at + a : at + e])
+                    if gemm:
+                        # fmt: off
+                        _gemm(True, False, e - a, sk, C, coef, ws.H[h_in + a :], sin, dk[d_at:], sk, one,
+                              target[w_at + a * sk :], sk, ws_int, ws_char, ws_real)
+                        # fmt: on
+                        continue
+                    for i in range(a, e):
+                        for r in range(C):
+                            _axpy(target, w_at + i * sk, coef * ws.H[h_in + r * sin + i], dk, d_at + r * sk, sk)
                 if kk == L:  # the output biases, in every thread's copy
                     for r in range(C):
                         _axpy(own, gb0 if summed else by0, coef, own, dz0 + r * sout, nout)

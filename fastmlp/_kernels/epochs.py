@@ -561,6 +561,11 @@ class DeepWork(NamedTuple):
     h_off: np.ndarray  # int64
     p_off: np.ndarray  # int64
     rows: int
+    iota: np.ndarray  # int32 0 .. the widest hidden layer's padded width - 1
+    zero: np.ndarray  # four cache lines of zeros
+    gemm_min: int  # chunks of this many examples or more take the dense layers by GEMMs (0: never)
+    mask: np.ndarray  # (threads, n_in, words) uint64, or empty: chunks of group_min or more update
+    group_min: int  # each touched row of the first layer once
     sync: np.ndarray  # (32,) int32 the threads' barrier
 
 
@@ -599,11 +604,14 @@ def deep_groups(net):
     return min(-(-int(w) // group) for w in net.s[1:-1])
 
 
-def deep_work(net, batch, n_threads, chunk_rows, summed=False):
+def deep_work(net, batch, n_threads, chunk_rows, summed=False, gemm_min=0, grouping=None):
     """The workspace of ``net`` for batches of up to ``batch`` examples on up to
     ``n_threads`` threads, ``chunk_rows`` (a backend's SPARSE_CHUNK_ROWS) examples
     at a time at most, with the gradient buffers where ``summed`` (a step with
-    momentum or decay, or a batch larger than that)."""
+    momentum or decay, or a batch larger than that); chunks of ``gemm_min`` examples
+    or more (a backend's DEEP_GEMM_MIN; 0: never) take the dense layers by GEMMs;
+    with ``grouping`` (a backend's SPARSE_GROUP_MIN, SPARSE_MASK_ROWS), chunks of at
+    least that many examples update each touched row of the first layer once."""
     dtype, s, L = net.W.dtype, net.s, len(net.n) - 1
     rows = max(1, min(batch, chunk_rows))
     lanes, group = CACHE_LINE // dtype.itemsize, DEEP_GROUP_LINES * CACHE_LINE // dtype.itemsize
@@ -614,6 +622,7 @@ def deep_work(net, batch, n_threads, chunk_rows, summed=False):
     p_half = -(-sum(p_sizes) // lanes) * lanes
     own = -(-(rows * int(s[L]) + 3 * int(s[L])) // lanes) * lanes
     summed = summed or batch > rows
+    grouped = grouping is not None and 0 < grouping[0] <= rows <= grouping[1]
     return DeepWork(
         H=aligned_zeros((sum(h_sizes),), dtype),
         D=aligned_zeros((sum(h_sizes),), dtype),
@@ -624,6 +633,11 @@ def deep_work(net, batch, n_threads, chunk_rows, summed=False):
         h_off=h_off,
         p_off=p_off,
         rows=rows,
+        iota=np.arange(max(int(w) for w in s[1:-1]), dtype=np.int32),
+        zero=aligned_zeros((DEEP_GROUP_LINES * lanes,), dtype),
+        gemm_min=int(gemm_min),
+        mask=aligned_zeros((max(1, n_threads), int(net.n[0]), -(-rows // 64)) if grouped else (0, 0, 0), np.uint64),
+        group_min=grouping[0] if grouped else 0,
         sync=aligned_zeros((32,), np.int32),
     )
 
@@ -790,10 +804,23 @@ class EpochRunner:
             return min(n_threads, len(hidden_groups(self.params["bh"].shape[0], self.params["bh"].itemsize)) - 1)
         return min(n_threads, len(self.block.block_unit) - 1)
 
+    def _group(self):
+        """(SPARSE_GROUP_MIN, SPARSE_MASK_ROWS) of a backend that groups updates, else None."""
+        group_min = getattr(self.kernels, "SPARSE_GROUP_MIN", 0)
+        return (group_min, self.kernels.SPARSE_MASK_ROWS) if group_min else None
+
     def _layout(self, n_threads):
         if n_threads not in self._layouts and self.deep:
             net = self._deep_net
-            work = deep_work(net, self.batch, n_threads, self.kernels.SPARSE_CHUNK_ROWS, self.velocity is not None)
+            work = deep_work(
+                net,
+                self.batch,
+                n_threads,
+                self.kernels.SPARSE_CHUNK_ROWS,
+                summed=self.velocity is not None,
+                gemm_min=self.kernels.DEEP_GEMM_MIN,
+                grouping=self._group(),
+            )
             self._layouts[n_threads] = (net, work)
         if n_threads not in self._layouts:
             nh, n_in = self.params["Wh"].shape
@@ -805,8 +832,7 @@ class EpochRunner:
                 n_threads,
                 momentum=self.velocity is not None,
             )
-            group_min = getattr(self.kernels, "SPARSE_GROUP_MIN", 0)
-            group = (group_min, self.kernels.SPARSE_MASK_ROWS) if group_min else None
+            group = self._group()
             nnz_per_row = self.rows.indptr[-1] / max(1, self.n_rows) if self.rows.indptr is not None else n_in
             work = sparse_work(net, self.batch, self.kernels.SPARSE_CHUNK_ROWS, group, nnz_per_row)
             self._layouts[n_threads] = (net, work)
