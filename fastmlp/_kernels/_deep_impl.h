@@ -73,12 +73,32 @@ static FM_INLINE void FN(fm_axpy)(REAL *restrict y, REAL a, const REAL *restrict
     for (ptrdiff_t j = 0; j < n; j++) y[j] += a * x[j];
 }
 
+/* x[0:n] . y[0:n] for rows of whole cache lines, cache aligned: four lines of
+ * products summed at a time in registers, the four added line by line, then the
+ * line's lanes by halves (fm_line_sum; an `omp simd reduction` ends in one
+ * dependent scalar add per lane, which dominated the backward pass). */
 static FM_INLINE REAL FN(fm_dot)(const REAL *restrict x, const REAL *restrict y, ptrdiff_t n)
 {
+#if FM_VECTORS
+    typedef FN(fm_vreg) V;
+    enum { P = FM_LINE / FM_VBYTES };
+    V a[4][P];
+    for (int q = 0; q < 4; q++)
+        for (int p = 0; p < P; p++) a[q][p] = (V){0};
+    ptrdiff_t j = 0;
+    for (; j + 4 * DLANES <= n; j += 4 * DLANES)
+        for (int q = 0; q < 4; q++)
+            for (int p = 0; p < P; p++)
+                a[q][p] += ((const V *)(x + j + q * DLANES))[p] * ((const V *)(y + j + q * DLANES))[p];
+    for (; j < n; j += DLANES)
+        for (int p = 0; p < P; p++) a[0][p] += ((const V *)(x + j))[p] * ((const V *)(y + j))[p];
+    for (int p = 0; p < P; p++) a[0][p] = (a[0][p] + a[1][p]) + (a[2][p] + a[3][p]);
+    return FN(fm_line_sum)(a[0]);
+#else
     REAL s = 0;
-#pragma omp simd reduction(+ : s)
     for (ptrdiff_t j = 0; j < n; j++) s += x[j] * y[j];
     return s;
+#endif
 }
 
 /* The partial sums of one group (rows a .. e of WT, the columns of Hin they read)
