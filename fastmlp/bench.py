@@ -510,8 +510,10 @@ def explain_paths(
     return rows
 
 
-def print_explanation(rows, out=sys.stdout):
-    """The table of :func:`explain_paths`, one line per density and batch size."""
+def print_explanation(rows, out=None):
+    """The table of :func:`explain_paths`, one line per density and batch size, to
+    ``out`` (``sys.stdout`` at the time of the call by default)."""
+    out = sys.stdout if out is None else out
     print("seconds per 60,000 examples, synthetic MNIST-sized inputs (784-100-10):", file=out)
     print(f"{'density':>8} {'batch':>6} {'sparse':>8} {'blas':>8}  {'auto':<7} {'fastest':<7} auto/fastest", file=out)
     for r in rows:
@@ -617,7 +619,7 @@ def networks(data_dir=None, which=("mnist", "circles"), hidden=None):
 
 
 def run(
-    nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None, budget=1.0, out=sys.stdout,
+    nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None, budget=1.0, out=None,
     activation="tanh",
 ):  # fmt: skip
     """Time every backend and peer on every network and batch size, every one training
@@ -627,7 +629,9 @@ def run(
     the same threads over the epoch (sparse path); "x 1 thr" a compiled backend's
     epoch on one thread over its epoch on all of them, the two timed in turns
     (``thread_speedup``). After each network, the slowest epoch from batch 10 up
-    over the fastest, per backend (``batch_spread``)."""
+    over the fastest, per backend (``batch_spread``). The table goes to ``out``
+    (``sys.stdout`` at the time of the call by default)."""
+    out = sys.stdout if out is None else out
     if names is None:
         names = (
             backends.available_backends()

@@ -1,6 +1,9 @@
 """Several hidden layers around the kernels: the model, its files, PyTorch, the
 backends' choice, checkpoints, divergence, CSR input, scikit-learn and the CLI."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -194,20 +197,37 @@ def test_sklearn_draws_the_initial_weights_as_sklearn_does_at_depth_two():
         np.testing.assert_allclose(a, b, atol=1e-9)
 
 
-def test_cli_trains_two_hidden_layers(capsys, tmp_path):
-    from fastmlp import cli
+def _cli(*args):
+    """The fastmlp command, as users run it: in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "fastmlp.cli", *args], capture_output=True, text=True, timeout=300)
 
+
+def test_cli_trains_two_hidden_layers(tmp_path):
     path = tmp_path / "m.npz"
-    assert cli.main(["train", "--hidden", "12,6", "--activation", "relu", "--epochs", "3", "--save", str(path)]) == 0
-    assert "circles 2-12-6-2 relu" in capsys.readouterr().out
+    out = _cli("train", "--hidden", "12,6", "--activation", "relu", "--epochs", "3", "--save", str(path))
+    assert out.returncode == 0, out.stderr
+    assert "circles 2-12-6-2 relu" in out.stdout
     assert fastmlp.MLP.load(path).hidden == (12, 6)
 
 
-def test_cli_bench_takes_the_hidden_widths(capsys):
-    from fastmlp import cli
-
+def test_cli_bench_takes_the_hidden_widths():
     args = ["bench", "--networks", "circles", "--hidden", "12,6", "--batch-sizes", "64", "--backends", "numpy,cython"]
-    assert cli.main(args + ["--budget", "0.05"]) == 0
-    out = capsys.readouterr().out
-    assert "circles 2-12-6-2" in out
-    assert {line.split()[1] for line in out.splitlines() if line.strip().startswith("64 ")} == {"numpy", "cython"}
+    out = _cli(*args, "--budget", "0.05")
+    assert out.returncode == 0, out.stderr
+    assert "circles 2-12-6-2" in out.stdout
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip().startswith("64 ")]
+    assert {row[1] for row in rows} == {"numpy", "cython"}
+
+
+def test_the_bench_table_goes_to_the_stdout_of_the_call(monkeypatch):
+    import contextlib
+    import io
+
+    from fastmlp import bench
+
+    monkeypatch.setattr(bench, "numba_first_call_seconds", lambda: (0.0, 0.0))
+    X, y = fastmlp.datasets.circles(500, noise=0.1, seed=0)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        bench.run({"c": (X.astype(np.float32), y.astype(np.intp), (2, 6, 4, 2))}, (64,), names=["numpy"])
+    assert "c 2-6-4-2" in buffer.getvalue()
