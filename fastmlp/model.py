@@ -159,15 +159,16 @@ class MLP:
 
     def _set(self, name, value):
         arr = np.asarray(value)
-        target = self._one_layer(name)
+        target = self._param(name)
         if arr.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
         if arr.shape != target.shape:
             raise ValueError(f"{name} must have shape {target.shape}, got {arr.shape}")
         target[...] = arr
 
-    def _one_layer(self, name):
-        """The view ``name``; Wh, bh, Wy and by exist with one hidden layer only."""
+    def _param(self, name):
+        """The view ``name`` of the parameter block (Wh, bh, Wy and by exist with one
+        hidden layer only)."""
         if name not in self._params:
             raise AttributeError(
                 f"{name} names a parameter of a network with one hidden layer; this one has {len(self.hidden)}: "
@@ -176,19 +177,15 @@ class MLP:
         return self._params[name]
 
     Wh = property(
-        lambda self: self._one_layer("Wh"), lambda self, v: self._set("Wh", v), doc="Hidden weights, (n_hidden, n_in)."
+        lambda self: self._param("Wh"), lambda self, v: self._set("Wh", v), doc="Hidden weights, (n_hidden, n_in)."
     )
-    bh = property(
-        lambda self: self._one_layer("bh"), lambda self, v: self._set("bh", v), doc="Hidden biases, (n_hidden,)."
-    )
+    bh = property(lambda self: self._param("bh"), lambda self, v: self._set("bh", v), doc="Hidden biases, (n_hidden,).")
     Wy = property(
-        lambda self: self._one_layer("Wy"),
+        lambda self: self._param("Wy"),
         lambda self, v: self._set("Wy", v),
         doc="Output weights, (n_out, n_hidden).",
     )
-    by = property(
-        lambda self: self._one_layer("by"), lambda self, v: self._set("by", v), doc="Output biases, (n_out,)."
-    )
+    by = property(lambda self: self._param("by"), lambda self, v: self._set("by", v), doc="Output biases, (n_out,).")
 
     @property
     def params(self) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import tables
 from ._validation import check_dtype, check_positive_int
+from .reference import param_names
 
 __all__ = [
     "CACHE_LINE",
@@ -122,7 +123,7 @@ class Network:
     def param_names(self) -> tuple[str, ...]:
         """The parameters' names, weights then biases per layer: the practical's
         ``("Wh", "bh", "Wy", "by")`` for one hidden layer, ``numbered_names`` for more."""
-        return ("Wh", "bh", "Wy", "by") if not self.deep else self.numbered_names()
+        return param_names(self.n_layers)
 
     def numbered_names(self) -> tuple[str, ...]:
         """The same parameters by layer number, ``("W1", "b1", "W2", "b2", ...)``, as

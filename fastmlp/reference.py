@@ -42,6 +42,7 @@ __all__ = [
     "WEIGHT_NAMES",
     "Outputs",
     "layers",
+    "param_names",
     "is_weight",
     "init_params",
     "log_softmax",
@@ -83,6 +84,15 @@ class Outputs(NamedTuple):
     hidden: tuple = ()  # every hidden layer's activations, first to last (H is the last)
 
 
+def param_names(n_layers: int) -> tuple[str, ...]:
+    """The parameters' names of a network of ``n_layers`` layers of weights, weights
+    then biases per layer: ``("Wh", "bh", "Wy", "by")`` for two (one hidden layer),
+    ``("W1", "b1", ..., "W{n}", "b{n}")`` for more."""
+    if n_layers == 2:
+        return ("Wh", "bh", "Wy", "by")
+    return tuple(f"{p}{k}" for k in range(1, n_layers + 1) for p in "Wb")
+
+
 def layers(params: Params) -> list[tuple[np.ndarray, np.ndarray]]:
     """``[(W_1, b_1), ..., (W_{L+1}, b_{L+1})]``: the layers of ``params`` in order,
     named ``Wh, bh, Wy, by`` (one hidden layer) or ``W1, b1, W2, b2, ...``."""
@@ -120,7 +130,6 @@ def init_params(
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     hidden = (n_hidden,) if np.ndim(n_hidden) == 0 else tuple(n_hidden)
     sizes = (n_in, *hidden, n_out)
-    names = ("Wh", "bh", "Wy", "by") if len(hidden) == 1 else [f"{p}{k}" for k in range(1, len(sizes)) for p in "Wb"]
     rng = np.random.default_rng(seed)
     values = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
@@ -129,7 +138,7 @@ def init_params(
             values += [rng.uniform(-a, a, size=(fan_out, fan_in)), np.zeros(fan_out)]
         else:
             values += [rng.normal(0.0, 0.3, size=(fan_out, fan_in)), rng.normal(0.0, 0.3, size=fan_out)]
-    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in zip(names, values, strict=True)}
+    return {k: np.ascontiguousarray(v, dtype=dtype) for k, v in zip(param_names(len(sizes) - 1), values, strict=True)}
 
 
 def log_softmax(Z: np.ndarray) -> np.ndarray:
@@ -265,8 +274,7 @@ def backward(
         grads[:0] = [d.T @ inputs[k], d.sum(axis=0)]
         if k:
             d = hidden_delta(pairs[k][0], inputs[k], d, activation)
-    names = ("Wh", "bh", "Wy", "by") if "Wh" in params else [f"{p}{k}" for k in range(1, len(pairs) + 1) for p in "Wb"]
-    return dict(zip(names, grads, strict=True))
+    return dict(zip(param_names(len(pairs)), grads, strict=True))
 
 
 def hidden_delta(Wy: np.ndarray, H: np.ndarray, dZ: np.ndarray, activation: str = "tanh") -> np.ndarray:

@@ -614,13 +614,13 @@ def deep_work(net, batch, n_threads, chunk_rows, summed=False, gemm_min=0, group
     least that many examples update each touched row of the first layer once."""
     dtype, s, L = net.W.dtype, net.s, len(net.n) - 1
     rows = max(1, min(batch, chunk_rows))
-    lanes, group = CACHE_LINE // dtype.itemsize, DEEP_GROUP_LINES * CACHE_LINE // dtype.itemsize
+    group = DEEP_GROUP_LINES * CACHE_LINE // dtype.itemsize
     h_sizes = [rows * int(s[k]) for k in range(1, L)]
     p_sizes = [0] + [-(-int(s[k - 1]) // group) * rows * int(s[k]) for k in range(2, L + 1)]
     h_off = np.concatenate([[0], np.cumsum(h_sizes)[:-1]]).astype(np.int64)
     p_off = np.concatenate([[0], np.cumsum(p_sizes)[:-1]]).astype(np.int64)
-    p_half = -(-sum(p_sizes) // lanes) * lanes
-    own = -(-(rows * int(s[L]) + 3 * int(s[L])) // lanes) * lanes
+    p_half = padded_width(sum(p_sizes), dtype.itemsize)
+    own = padded_width(rows * int(s[L]) + 3 * int(s[L]), dtype.itemsize)  # _fused.h FM_DEEP_OWN
     summed = summed or batch > rows
     grouped = grouping is not None and 0 < grouping[0] <= rows <= grouping[1]
     return DeepWork(
@@ -634,7 +634,7 @@ def deep_work(net, batch, n_threads, chunk_rows, summed=False, gemm_min=0, group
         p_off=p_off,
         rows=rows,
         iota=np.arange(max(int(w) for w in s[1:-1]), dtype=np.int32),
-        zero=aligned_zeros((DEEP_GROUP_LINES * lanes,), dtype),
+        zero=aligned_zeros((group,), dtype),
         gemm_min=int(gemm_min),
         mask=aligned_zeros((max(1, n_threads), int(net.n[0]), -(-rows // 64)) if grouped else (0, 0, 0), np.uint64),
         group_min=grouping[0] if grouped else 0,
@@ -951,11 +951,16 @@ class EpochRunner:
 
     def _use_threads(self, threads):
         """Run the next chunks on ``threads`` threads: the sparse path moves the
-        parameters into the layout for that many (bitwise the same results)."""
+        parameters into the layout for that many (bitwise the same results); with
+        several hidden layers one layout serves every thread count, and only the
+        workspace changes."""
         if threads != self.threads and self.path == "sparse":
-            self._store()
-            self.block, self.work = self._layout(threads)
-            self._load()
+            net, work = self._layout(threads)
+            if net is not self.block:
+                self._store()
+                self.block = net
+                self._load()
+            self.work = work
         self.threads = threads
 
     def _chunks(self, perm, opt):
