@@ -58,6 +58,7 @@ __all__ = [
     "hidden_delta",
     "param_grads",
     "sgd_step",
+    "adam_step",
     "train_epoch",
     "row_losses",
 ]
@@ -318,6 +319,37 @@ def sgd_step(
     return params
 
 
+def adam_step(
+    params: dict[str, np.ndarray],
+    grads: Params,
+    lr: float,
+    t: int,
+    first_moment: dict[str, np.ndarray],
+    second_moment: dict[str, np.ndarray],
+    weight_decay: float = 0.0,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    decoupled: bool = False,
+    sklearn_eps: bool = False,
+) -> dict[str, np.ndarray]:
+    """In place: step ``t`` (1, 2, ...) of Adam as ``torch.optim.Adam`` takes it, or
+    ``torch.optim.AdamW`` with ``decoupled``; the moments (dicts of arrays like
+    ``params``, starting at zero) advance for every parameter.
+
+    ``weight_decay`` applies to the weights, not the biases: Adam adds
+    ``weight_decay * p`` to their gradients, AdamW shrinks them by ``1 - lr *
+    weight_decay`` first. ``sklearn_eps``: scikit-learn's form of the step, eps added
+    to ``sqrt(v)`` before the bias correction (see ``tables._adam_step``).
+    """
+    step = tables.optimizer("adamw" if decoupled else "adam").step
+    for name in params:
+        decay = weight_decay if is_weight(name) else 0.0
+        state = (first_moment[name], second_moment[name])
+        step(params[name], grads[name], state, lr, beta1, beta2, eps, decay, t, sklearn_eps)
+    return params
+
+
 def train_epoch(
     params: dict[str, np.ndarray],
     X: np.ndarray,
@@ -333,8 +365,12 @@ def train_epoch(
     weights: np.ndarray | None = None,
     decay_by_weight_sum: bool = False,
     activation: str = "tanh",
+    optimizer: str = "sgd",
+    adam: dict | None = None,
+    second_moment: dict[str, np.ndarray] | None = None,
+    steps: int = 0,
 ) -> tuple[float, float]:
-    """One epoch of mini-batch SGD over ``X[perm]``, in place.
+    """One epoch of mini-batch SGD (or Adam) over ``X[perm]``, in place.
 
     Returns ``(loss_sum, correct)``: the loss summed over the examples and the
     number of correct predictions, both measured in each batch's forward pass
@@ -345,6 +381,11 @@ def train_epoch(
     batch is ``weight_decay / (sum of its weights)`` (scikit-learn's ``alpha``).
     X may be a scipy.sparse CSR matrix: the same arithmetic, through scipy's
     products. ``activation`` is the hidden activation (a name of ``ACTIVATIONS``).
+
+    ``optimizer`` "adam" or "adamw" takes ``adam_step`` instead, with ``velocity``
+    the first moments, ``second_moment`` the second, ``adam`` its other settings
+    (``beta1``, ``beta2``, ``eps``, ``sklearn_eps``) and ``steps`` the steps taken
+    before this epoch (batch i is step ``steps + i + 1``).
     """
     loss_sum, correct = 0.0, 0
     for start in range(0, len(perm), batch_size):
@@ -365,7 +406,12 @@ def train_epoch(
             total = len(idx) if wb is None else float(wb.sum())
             decay = weight_decay / total if total > 0 else 0.0
         grads = backward(params, out, yb, loss, wb, activation)
-        sgd_step(params, grads, lr, momentum, nesterov, decay, velocity)
+        if optimizer == "sgd":
+            sgd_step(params, grads, lr, momentum, nesterov, decay, velocity)
+        else:
+            t = steps + start // batch_size + 1
+            decoupled = tables.optimizer(optimizer).name == "adamw"
+            adam_step(params, grads, lr, t, velocity, second_moment, decay, decoupled=decoupled, **(adam or {}))
     return loss_sum, correct
 
 

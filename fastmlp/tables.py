@@ -17,6 +17,7 @@ know which activation, loss or step they serve.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -148,16 +149,44 @@ def _sgd_step(p, g, velocity, lr, momentum=0.0, nesterov=False, decay=0.0):
     p -= (lr * g).astype(p.dtype, copy=False)
 
 
+def _adam_step(p, g, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, decay=0.0, t=1, sklearn_eps=False):
+    """In place: ``torch.optim.Adam``'s step ``t`` (1, 2, ...) of ``p`` from its gradient
+    ``g``, ``state`` its moments ``(m, v)``: ``g' = g + decay p``, ``m += (1 - beta1)
+    (g' - m)``, ``v = beta2 v + (1 - beta2) g'^2``, ``p -= lr / (1 - beta1^t) m /
+    (sqrt(v) / sqrt(1 - beta2^t) + eps)``. With ``sklearn_eps``, scikit-learn's form:
+    eps is added to ``sqrt(v)`` before the bias correction (``eps / sqrt(1 - beta2^t)``
+    above)."""
+    m, v = state
+    if decay:
+        g = g + decay * p
+    m += (1 - beta1) * (g - m)
+    v *= beta2
+    v += (1 - beta2) * g * g
+    bc2_sqrt = math.sqrt(1 - beta2**t)
+    eps_t = eps / bc2_sqrt if sklearn_eps else eps
+    p -= (lr / (1 - beta1**t) * (m / (np.sqrt(v) / bc2_sqrt + eps_t))).astype(p.dtype, copy=False)
+
+
+def _adamw_step(p, g, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, decay=0.0, t=1, sklearn_eps=False):
+    """In place: ``torch.optim.AdamW``'s step: ``p *= 1 - lr decay`` (decoupled weight
+    decay), then Adam's step without decay."""
+    if decay:
+        p *= 1 - lr * decay
+    _adam_step(p, g, state, lr, beta1, beta2, eps, 0.0, t, sklearn_eps)
+
+
 @dataclass(frozen=True)
 class Optimizer:
     """A step rule.
 
     ``step(p, g, state, lr, **settings)`` is the NumPy definition, in place on ``p``
-    and its state. ``state_blocks(settings)`` is how many blocks of the parameters'
-    layout its state takes. ``linear`` says that the step is affine in the gradient
-    (``p' = A(p, state) - c g``): the sparse path may then take every row's step
-    without the gradient and add the gradient's part only to the rows the batch
-    touched.
+    and its state (SGD: the velocity or None; Adam: the moments ``(m, v)``).
+    ``state_blocks(settings)`` is how many blocks of the parameters' layout its state
+    takes. ``linear`` says that the step is affine in the gradient (``p' = A(p,
+    state) - c g``): the sparse path may then take every row's step without the
+    gradient and add the gradient's part only to the rows the batch touched; a step
+    that is not (Adam) moves every weight's state every step, from the batch's
+    summed gradient.
     """
 
     name: str
@@ -165,9 +194,17 @@ class Optimizer:
     step: Callable[..., None]
     state_blocks: Callable[[dict], int]
     linear: bool
+    description: str = ""
 
 
-OPTIMIZERS = {row.name: row for row in (Optimizer("sgd", 0, _sgd_step, lambda s: 1 if s.get("momentum") else 0, True),)}
+OPTIMIZERS = {
+    row.name: row
+    for row in (
+        Optimizer("sgd", 0, _sgd_step, lambda s: 1 if s.get("momentum") else 0, True, "torch.optim.SGD"),
+        Optimizer("adam", 1, _adam_step, lambda s: 2, False, "torch.optim.Adam (L2 decay in the gradient)"),
+        Optimizer("adamw", 2, _adamw_step, lambda s: 2, False, "torch.optim.AdamW (decoupled weight decay)"),
+    )
+}
 
 
 def _lookup(table, what, name):

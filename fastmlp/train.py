@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from . import backends, schedules
 from . import reference as ref
-from ._kernels.epochs import SGD, Diverged, EpochRunner, blas_limits, wants_one_blas_thread
+from ._kernels.epochs import Diverged, EpochRunner, Step, blas_limits, wants_one_blas_thread
 from ._progress import Progress
 from ._typing import Inputs, PathLike, Schedule, Targets
 from ._validation import (
@@ -128,7 +128,10 @@ class DivergenceError(FloatingPointError):
         )
 
 
-CHECKPOINT_VERSION = 3  # 2: with the momentum buffers and the optimizer settings; 3: model format 2
+CHECKPOINT_VERSION = 4  # 2: with the momentum buffers and the optimizer settings; 3: model format 2; 4: Adam
+# The optimizer settings a checkpoint of version 2 or 3 was written with (SGD was the only one).
+_SGD_SETTINGS = dict(optimizer="sgd", beta1=0.9, beta2=0.999, eps=1e-8)
+OPTIMIZERS = ("sgd", "adam", "adamw")
 # The per-epoch lists of a History, as a checkpoint stores them.
 _HISTORY_SERIES = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
@@ -157,12 +160,17 @@ def train(
     power_t: float = 0.5,
     sample_weight: npt.ArrayLike | None = None,
     class_weight: Mapping[int, float] | str | None = None,
+    optimizer: str = "sgd",
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
 ) -> History:
-    """Train ``model`` in place by mini-batch SGD and return its ``History``.
+    """Train ``model`` in place by mini-batch SGD (or Adam) and return its ``History``.
 
     Each step applies ``p -= lr * (mean over the batch of dl/dp)`` (with the
-    options below, the step of ``torch.optim.SGD``); the last batch of an epoch may
-    be smaller and averages over its own size. ``batch_size=1`` is online gradient
+    options below, the step of ``torch.optim.SGD``; with ``optimizer="adam"``,
+    ``torch.optim.Adam``'s); the last batch of an epoch may be smaller and averages
+    over its own size. ``batch_size=1`` is online gradient
     descent, ``batch_size >= len(X)`` full-batch.
 
     Parameters
@@ -196,8 +204,9 @@ def train(
         bar where tqdm is installed (``pip install fastmlp[progress]``), else a line.
     checkpoint : path, optional
         Write a checkpoint there (atomically) every ``checkpoint_every`` epochs and
-        after the last: the parameters, the momentum buffers, the epochs done, the
-        shuffling RNG's state and the history.
+        after the last: the parameters, the optimizer's state (momentum buffers,
+        Adam's moments and step count), the epochs done, the shuffling RNG's state
+        and the history.
     resume : path, optional
         Continue from a checkpoint: a run killed and resumed ends with exactly the
         parameters of an uninterrupted run with the same settings.
@@ -213,7 +222,9 @@ def train(
     nesterov : bool
         Nesterov momentum: ``p -= lr * (g + momentum * v)``; needs momentum > 0.
     weight_decay : float
-        Adds ``weight_decay * W`` to the gradients of Wh and Wy (not the biases).
+        Adds ``weight_decay * W`` to the gradients of the weights (not the biases);
+        with "adamw", shrinks the weights by ``1 - lr * weight_decay`` before each
+        step instead (decoupled weight decay).
     lr_schedule : {"constant", "invscaling", "step", "cosine"} or callable
         The learning rate of each epoch (``fastmlp.schedules``); a callable takes the
         epoch (0-based) and returns a positive rate.
@@ -226,6 +237,16 @@ def train(
     class_weight : dict or "balanced", optional
         Weights per class (label -> weight), multiplied into ``sample_weight``;
         "balanced" gives each class n_samples / (n_classes * its count).
+    optimizer : {"sgd", "adam", "adamw"}
+        "sgd": ``torch.optim.SGD`` (with momentum, nesterov, weight_decay). "adam"
+        and "adamw": ``torch.optim.Adam`` and ``AdamW`` with ``beta1``, ``beta2``,
+        ``eps`` and ``weight_decay``; the moments of every parameter advance every
+        step (on the sparse path too), start at zero, live through the epochs of
+        this call and are saved in checkpoints with the step count.
+    beta1, beta2 : float
+        Adam's decay rates of the first and second moments, in [0, 1).
+    eps : float
+        Adam's term added to the denominator, > 0.
 
     Returns
     -------
@@ -263,6 +284,13 @@ def train(
     ...                         weight_decay=1e-4, lr_schedule="cosine")
     >>> len(history.loss)
     5
+
+    With Adam, as scikit-learn's MLPClassifier and PyTorch users train:
+
+    >>> history = fastmlp.train(fastmlp.MLP(2, 10, 2, seed=0), X, y, epochs=20, batch_size=32,
+    ...                         lr=0.01, optimizer="adam", validation_data=(X_test, y_test))
+    >>> history.val_accuracy[-1] > 0.95
+    True
     """
     model = _check_model(model)
     epochs = check_nonnegative_int(epochs, "epochs")
@@ -287,6 +315,10 @@ def train(
         weight_decay=weight_decay,
         sample_weight=sample_weight,
         class_weight=class_weight,
+        optimizer=optimizer,
+        beta1=beta1,
+        beta2=beta2,
+        eps=eps,
     )
     schedule = schedules.build(
         lr_schedule, lr, epochs=epochs, n_samples=training.n, power_t=check_nonnegative_float(power_t, "power_t")
@@ -332,7 +364,7 @@ def _check_lr_at(schedule, epoch):
 
 class _Training:
     """One training run, epoch by epoch: the checked inputs, the epoch runner, the
-    shuffling RNG, the momentum buffers and the history. ``train`` drives it; so
+    shuffling RNG, the optimizer's state and the history. ``train`` drives it; so
     does the scikit-learn estimator, which decides its learning rate and when to
     stop after each epoch, and draws its own orders (``permutations``: a callable
     giving each epoch's order of the rows). Use it as a context manager around the
@@ -359,6 +391,11 @@ class _Training:
         class_weight=None,
         decay_by_weight_sum=False,
         permutations=None,
+        optimizer="sgd",
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        sklearn_eps=False,
     ):
         self.model = model
         self.permutations = permutations
@@ -375,6 +412,13 @@ class _Training:
         nesterov = check_bool(nesterov, "nesterov")
         if nesterov and momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0 (Nesterov momentum without momentum is plain SGD)")
+        check_choice(optimizer, "optimizer", OPTIMIZERS)
+        beta1, beta2 = check_fraction(beta1, "beta1"), check_fraction(beta2, "beta2")
+        eps = check_positive_float(eps, "eps")
+        if optimizer != "sgd" and momentum:
+            raise ValueError(
+                f"momentum is a setting of optimizer='sgd'; {optimizer!r} has beta1 (its momentum) and beta2"
+            )
         self.X = check_X(X, "X", model.n_in, model.dtype)
         self.labels = check_y(y, self.X.shape[0], model.n_out, "y")
         self.n = self.X.shape[0]
@@ -388,6 +432,18 @@ class _Training:
         self.loss, self.shuffle, self.seed, self.n_threads = loss, bool(shuffle), seed, n_threads
         self.momentum, self.nesterov, self.weight_decay = momentum, bool(nesterov), weight_decay
         self.decay_by_weight_sum = decay_by_weight_sum
+        self.step = Step(
+            float(lr),
+            momentum,
+            weight_decay,
+            self.nesterov,
+            decay_by_weight_sum,
+            optimizer,
+            beta1,
+            beta2,
+            eps,
+            bool(sklearn_eps),
+        )
         self.settings = dict(
             batch_size=self.batch_size,
             lr=float(lr),
@@ -398,12 +454,20 @@ class _Training:
             momentum=momentum,
             nesterov=self.nesterov,
             weight_decay=weight_decay,
+            optimizer=optimizer,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
         )
         self.rng = np.random.default_rng(seed)
         self.epoch = 0
+        self.steps = 0  # the steps taken (Adam's bias corrections count them)
         self.history = History(backend=self.backend)
-        # the momentum buffers: a block of the parameters' layout
-        self.velocity = model.network.named(model.network.block()) if momentum else None
+        # the optimizer's state, each a block of the parameters' layout: the momentum
+        # buffers (SGD) or Adam's first moments, and Adam's second moments
+        blocks = self.step.state_blocks
+        self.velocity = model.network.named(model.network.block()) if blocks >= 1 else None
+        self.second_moment = model.network.named(model.network.block()) if blocks >= 2 else None
         self.runner = None
 
     def restore(self, state):
@@ -412,10 +476,13 @@ class _Training:
         self.rng.bit_generator.state = state["rng"]
         for key, values in state["history"].items():
             getattr(self.history, key).extend(values)
+        self.steps = state["steps"]
         for k in self.model.network.param_names():
             self.model.params[k][...] = state["params"][k]
             if self.velocity is not None:
                 self.velocity[k][...] = state["velocity"][k]
+            if self.second_moment is not None:
+                self.second_moment[k][...] = state["second_moment"][k]
 
     def scale_velocity(self, factor):
         """Multiply the momentum buffers (scikit-learn keeps lr inside its velocity:
@@ -440,6 +507,7 @@ class _Training:
                 n_threads=self.n_threads,
                 weights=self.weights,
                 velocity=self.velocity,
+                second_moment=self.second_moment,
             )
             self.history.path = self.runner.path
             self._blas = blas_limits(wants_one_blas_thread(self.runner.path, self.batch_size))
@@ -462,12 +530,13 @@ class _Training:
             perm = self.permutations()
         else:
             perm = self.rng.permutation(n) if self.shuffle else np.arange(n, dtype=np.intp)
-        opt = SGD(lr, self.momentum, self.weight_decay, self.nesterov, self.decay_by_weight_sum)
+        opt = self.step._replace(lr=lr, steps=self.steps)
         t0 = time.perf_counter()
         try:
             loss_sum, correct = self.runner.epoch(perm, opt)
         except Diverged as exc:
             raise DivergenceError(self.epoch, exc.batch, self.history) from None
+        self.steps += -(-len(perm) // self.batch_size)
         h = self.history
         h.seconds.append(time.perf_counter() - t0)
         h.threads = self.runner.threads
@@ -495,6 +564,7 @@ def _write_checkpoint(path, training, settings):
     arrays.update(
         checkpoint_version=np.int64(CHECKPOINT_VERSION),
         epochs_done=np.int64(training.epoch),
+        steps_done=np.int64(training.steps),
         rng_state=np.str_(json.dumps(training.rng.bit_generator.state)),
         settings=np.str_(json.dumps(settings)),
         **{f"history_{k}": np.asarray(getattr(training.history, k), dtype=np.float64) for k in _HISTORY_SERIES},
@@ -504,20 +574,23 @@ def _write_checkpoint(path, training, settings):
 
 
 def _velocity_arrays(training):
-    """The momentum buffers as a checkpoint stores them: velocity_W1, velocity_b1, ...,
+    """The optimizer's state as a checkpoint stores it: velocity_W1, velocity_b1, ...
+    (the momentum buffers, or Adam's first moments) and second_moment_W1, ...,
     named as the model file names the parameters."""
-    if training.velocity is None:
-        return {}
     names = training.model.network.numbered_names()
-    return {f"velocity_{k}": v for k, v in zip(names, training.velocity.values(), strict=True)}
+    out = {}
+    for prefix, state in (("velocity", training.velocity), ("second_moment", training.second_moment)):
+        if state is not None:
+            out.update({f"{prefix}_{k}": v for k, v in zip(names, state.values(), strict=True)})
+    return out
 
 
-def _read_velocity(data, version, model):
-    """The momentum buffers of a checkpoint by parameter name (version 2 named them
-    as the parameters, Wh, bh, Wy, by)."""
+def _read_state(data, version, model, prefix):
+    """One block of the optimizer's state of a checkpoint by parameter name (version
+    2 named it as the parameters, Wh, bh, Wy, by)."""
     names = model.network.param_names()
     stored = names if version == 2 else model.network.numbered_names()
-    return {k: data[f"velocity_{s}"] for k, s in zip(names, stored, strict=True) if f"velocity_{s}" in data}
+    return {k: data[f"{prefix}_{s}"] for k, s in zip(names, stored, strict=True) if f"{prefix}_{s}" in data}
 
 
 def _read_checkpoint(path, model, settings):
@@ -527,14 +600,16 @@ def _read_checkpoint(path, model, settings):
     if "checkpoint_version" not in data:
         raise ValueError(f"resume: {path!r} is not a fastmlp checkpoint (a model file has no training state)")
     version = int(data["checkpoint_version"])
-    if version not in (2, CHECKPOINT_VERSION):
+    if version not in (2, 3, CHECKPOINT_VERSION):
         raise ValueError(
-            f"resume: {path!r} has checkpoint version {version}, this fastmlp reads versions 2 and {CHECKPOINT_VERSION}"
+            f"resume: {path!r} has checkpoint version {version}, this fastmlp reads versions 2 to {CHECKPOINT_VERSION}"
         )
     saved = MLP._from_arrays(data, path)
     if saved.network.replace(loss="ce") != model.network.replace(loss="ce"):
         raise ValueError(f"resume: {path!r} holds a {saved!r}, the model is a {model!r}")
     old = json.loads(str(data["settings"]))
+    if version < 4:
+        old = {**_SGD_SETTINGS, **old}
     differ = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
     if differ:
         raise ValueError(
@@ -545,7 +620,9 @@ def _read_checkpoint(path, model, settings):
         epoch=int(data["epochs_done"]),
         rng=json.loads(str(data["rng_state"])),
         params=saved.params,
-        velocity=_read_velocity(data, version, model),
+        steps=int(data["steps_done"]) if "steps_done" in data else 0,
+        velocity=_read_state(data, version, model, "velocity"),
+        second_moment=_read_state(data, version, model, "second_moment"),
         history={k: data[f"history_{k}"].tolist() for k in _HISTORY_SERIES},
     )
 

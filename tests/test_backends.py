@@ -13,10 +13,10 @@ from fastmlp._kernels import epochs
 
 # every option of a training run that a path may or may not take
 OPTIONS = {
-    "momentum": dict(opt=epochs.SGD(0.05, 0.9)),
-    "nesterov": dict(opt=epochs.SGD(0.05, 0.9, 0.0, True)),
-    "weight decay": dict(opt=epochs.SGD(0.05, 0.0, 1e-3)),
-    "alpha (decay by weight sum)": dict(opt=epochs.SGD(0.05, 0.0, 1e-3, False, True), weighted=True),
+    "momentum": dict(opt=epochs.Step(0.05, 0.9)),
+    "nesterov": dict(opt=epochs.Step(0.05, 0.9, 0.0, True)),
+    "weight decay": dict(opt=epochs.Step(0.05, 0.0, 1e-3)),
+    "alpha (decay by weight sum)": dict(opt=epochs.Step(0.05, 0.0, 1e-3, False, True), weighted=True),
     "sample weights": dict(weighted=True),
     "float32": dict(dtype=np.float32),
     "float64": dict(dtype=np.float64),
@@ -33,7 +33,7 @@ def _takes(kern, path, option):
     if o.get("csr") and path == "blas":
         return False  # the BLAS path takes dense inputs on every backend (epochs.choose_path)
     w = np.linspace(0.5, 1.5, 40).astype(dtype) if o.get("weighted") else None
-    opt = o.get("opt", epochs.SGD(0.05))
+    opt = o.get("opt", epochs.Step(0.05))
     v = {k: np.zeros_like(a) for k, a in p.items()} if opt.momentum else None
     before = p["Wh"].copy()
     runner = epochs.EpochRunner(

@@ -312,16 +312,21 @@ def test_the_compiled_tables_are_the_python_tables():
     their codes: the C tables name them (_fused.h), Numba's are dicts of ops."""
     acts = {row.code: name for name, row in tables.ACTIVATIONS.items()}
     losses = {row.code: name for name, row in tables.LOSSES.items()}
+    opts = {row.code: name for name, row in tables.OPTIMIZERS.items()}
     assert tuple(acts.values()) == ref.ACTIVATIONS and tuple(losses.values()) == ref.LOSSES
     if "cython" in BACKENDS:
-        assert backends.kernels("cython").c_codes() == (acts, losses)
+        assert backends.kernels("cython").c_codes() == (acts, losses, opts)
+        assert backends.kernels("cython").OPTIMIZER_CODES == set(opts)
     if "numba" in BACKENDS:
         nb = backends.kernels("numba")
         assert set(nb.ACTIVATION_OPS) == set(acts) and set(nb.LOSS_OPS) == set(losses)
+        assert nb.OPTIMIZER_CODES == set(opts)
+    assert backends.kernels("numpy").OPTIMIZER_CODES == set(opts)
 
 
 UNKNOWN_LOSS = max(row.code for row in tables.LOSSES.values()) + 1
 UNKNOWN_ACT = max(row.code for row in tables.ACTIVATIONS.values()) + 1
+UNKNOWN_OPTIMIZER = max(row.code for row in tables.OPTIMIZERS.values()) + 1
 
 
 @pytest.mark.parametrize("backend,path", kernel_paths())
@@ -344,6 +349,14 @@ def test_an_unknown_code_raises_in_every_primitive(backend, path):
         runner.codes = codes  # past the driver's own check, straight to the primitive
         with pytest.raises(ValueError, match=what):
             runner.run(np.arange(12), 0.1)
+    if backend != "numpy":  # the compiled primitives take the optimizer's code
+
+        class UnknownOptimizer(epochs.Step):
+            code = UNKNOWN_OPTIMIZER
+
+        runner.codes = epochs.codes()
+        with pytest.raises(ValueError, match="optimizer code"):
+            runner.run(np.arange(12), UnknownOptimizer(0.1))
     for k in ref.PARAM_NAMES:  # rejected before any step
         np.testing.assert_array_equal(p[k], before[k])
     with pytest.raises(ValueError, match="loss must be one of"):
@@ -436,7 +449,7 @@ def test_chunked_batches_match_the_reference(
         velocity=v,
     )
     assert runner.work.gWhT.size > 0 and runner.work.H.shape[1] == min(chunk, batch)
-    opt = epochs.SGD(0.05, momentum, decay, nesterov, weighted)
+    opt = epochs.Step(0.05, momentum, decay, nesterov, weighted)
     _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, batch, opt, loss, dtype)
 
 
@@ -515,7 +528,7 @@ def test_grouped_updates_match_the_reference(monkeypatch, backend, rows, loss, d
     held = min(batch, kern.SPARSE_CHUNK_ROWS or batch)
     assert (runner.work.mask.size > 0) == ((batch > 2 or rows == "dense") and held <= kern.SPARSE_MASK_ROWS)
     assert (runner.rows.indptr is None) == (rows == "dense")
-    opt = epochs.SGD(0.01, momentum, decay, nesterov, weighted)  # a stable walk at every batch size
+    opt = epochs.Step(0.01, momentum, decay, nesterov, weighted)  # a stable walk at every batch size
     _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, batch, opt, loss, dtype)
     assert not runner.work.mask.any()  # every bit cleared for the next batch
 
@@ -535,7 +548,7 @@ def test_padded_units_stay_zero_whatever_the_activation_gives_at_zero(backend, b
         backends.kernels(backend), p, X, y, batch_size=batch, path="sparse", n_threads=2, activation="logistic",
         velocity=v,
     )  # fmt: skip
-    runner.epoch(np.random.default_rng(0).permutation(300), epochs.SGD(0.1, 0.9, 1e-2, True))
+    runner.epoch(np.random.default_rng(0).permutation(300), epochs.Step(0.1, 0.9, 1e-2, True))
     net = runner.block
     padded = 0
     for s in range(net.WhT.shape[0]):
@@ -606,7 +619,7 @@ def test_grouped_chunks_of_a_batch_too_large_for_the_mask_match_the_reference(
         velocity=v,
     )  # fmt: skip
     assert runner.work.H.shape[1] == 8 and runner.work.gWhT.size > 0 and runner.work.mask.size > 0
-    opt = epochs.SGD(0.01, momentum, decay, nesterov, weighted)
+    opt = epochs.Step(0.01, momentum, decay, nesterov, weighted)
     _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, 40, opt, loss, dtype)
     assert not runner.work.mask.any()  # every bit cleared for the next batch
 
@@ -661,7 +674,7 @@ def test_a_mask_that_does_not_fit_the_workspace_is_refused(backend):
     assert work.mask.shape == (2, 30, 2)
     X = np.ones((70, 30))
     rows = epochs.Rows(*kern.dense_to_csr(X))
-    args = (np.zeros(70, np.intp), None, np.arange(70), 70, epochs.SGD(0.1), epochs.Codes(0, 0))
+    args = (np.zeros(70, np.intp), None, np.arange(70), 70, epochs.Step(0.1), epochs.Codes(0, 0))
     WhT = net.WhT.copy()
     for bad in (np.zeros((2, 30, 1), np.uint64), np.zeros((1, 30, 2), np.uint64), np.zeros((2, 29, 2), np.uint64)):
         with pytest.raises(ValueError, match="one bit per example"):
@@ -676,18 +689,18 @@ def test_a_mask_that_does_not_fit_the_workspace_is_refused(backend):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_out", [1, 10, 17])
 def test_what_each_thread_writes_at_every_batch_lies_on_lines_of_its_own(dtype, n_out):
-    """Each slice's copy of by (and its velocity and gradient) and each row of dl/dz
+    """Each slice's copy of by (and its state and gradient) and each row of dl/dz
     start on a cache line and fill whole lines, so two threads never write to one
     line; the kernel refuses a workspace laid out otherwise."""
-    net = epochs.sparse_net(30, 100, n_out, dtype, 2, momentum=True)
+    net = epochs.sparse_net(30, 100, n_out, dtype, 2, state=2)
     work = epochs.sparse_work(net, 8)
-    for a in (net.by, net.Vby, work.gby, work.dZ):
+    for a in (net.by, net.Vby, net.Sby, work.gby, work.dZ):
         assert a.ctypes.data % epochs.CACHE_LINE == 0
         assert a.strides[-2] % epochs.CACHE_LINE == 0 and a.shape[-1] >= n_out
     kern = backends.kernels("cython")
     X = np.ones((8, 30), dtype)
     rows = epochs.Rows(*kern.dense_to_csr(X))
-    args = (np.zeros(8, np.intp), None, np.arange(8), 8, epochs.SGD(0.1), epochs.Codes(0, 0))
+    args = (np.zeros(8, np.intp), None, np.arange(8), 8, epochs.Step(0.1), epochs.Codes(0, 0))
     assert kern.sparse_epoch(net, rows, *args, work, 2)[1] >= 0
     with pytest.raises(ValueError, match="padded to whole cache lines"):
         kern.sparse_epoch(net, rows, *args, work._replace(dZ=np.zeros((2, 8, n_out), dtype)), 2)
@@ -794,7 +807,7 @@ def test_a_workspace_that_cannot_hold_the_batches_is_refused(backend):
     labels, order = np.zeros(40, np.intp), np.arange(40)
 
     def epoch(work, batch, rows=rows):
-        return kern.sparse_epoch(net, rows, labels, None, order, batch, epochs.SGD(0.1), epochs.Codes(0, 0), work, 2)
+        return kern.sparse_epoch(net, rows, labels, None, order, batch, epochs.Step(0.1), epochs.Codes(0, 0), work, 2)
 
     WhT = net.WhT.copy()
     bad = [
@@ -853,11 +866,11 @@ def test_every_build_of_the_c_kernels_trains_as_the_reference(cy_levels, level, 
     perm = np.random.default_rng(1).permutation(len(X))
     for path, inputs in (("sparse", sp.csr_matrix(X)), ("sparse", X), ("blas", X)):
         for batch, opt in (
-            (1, epochs.SGD(0.05)),
-            (10, epochs.SGD(0.05)),
-            (70, epochs.SGD(0.05, 0.9, 1e-3, True)),
-            (300, epochs.SGD(0.2)),
-            (150, epochs.SGD(0.1, 0.5)),
+            (1, epochs.Step(0.05)),
+            (10, epochs.Step(0.05)),
+            (70, epochs.Step(0.05, 0.9, 1e-3, True)),
+            (300, epochs.Step(0.2)),
+            (150, epochs.Step(0.1, 0.5)),
         ):
             loss = "mse" if batch == 10 else "ce"
             expected = {k: v.copy() for k, v in p0.items()}
@@ -908,11 +921,11 @@ DEEP_KERNELS = [b for b in BACKENDS if "sparse" in backends.kernels(b).DEEP_PATH
     hidden=[(130, 70), (130, 70, 66)],  # every layer two groups or more in both dtypes: two threads busy
     dtype=DTYPES,
     batch_opt=[
-        (1, epochs.SGD(0.05)),
-        (10, epochs.SGD(0.05, 0.9, 1e-3, True)),
-        (64, epochs.SGD(0.05)),
-        (200, epochs.SGD(0.1)),  # more than the workspace's rows: in chunks, the gradient summed
-        (200, epochs.SGD(0.1, 0.5, 0.0, False, True)),
+        (1, epochs.Step(0.05)),
+        (10, epochs.Step(0.05, 0.9, 1e-3, True)),
+        (64, epochs.Step(0.05)),
+        (200, epochs.Step(0.1)),  # more than the workspace's rows: in chunks, the gradient summed
+        (200, epochs.Step(0.1, 0.5, 0.0, False, True)),
     ],
     activation=ACTIVATIONS,
 )
@@ -980,7 +993,7 @@ def test_a_deep_workspace_without_gradient_buffers_is_refused(backend):
     X, y, p = random_problem(20, 6, (8, 8), 3, np.float64, seed=2)
     runner = epochs.EpochRunner(backends.kernels(backend), p, X, y, batch_size=4, path="sparse")
     net, work = runner.block, runner.work
-    args = (runner.rows, y, None, np.arange(20), 4, epochs.SGD(0.1, 0.0, 1e-3), epochs.codes(), work, 1)
+    args = (runner.rows, y, None, np.arange(20), 4, epochs.Step(0.1, 0.0, 1e-3), epochs.codes(), work, 1)
     with pytest.raises(ValueError, match="lacks what the step needs"):
         runner.kernels.deep_epoch(net, *args)
     before = net.W.copy()
@@ -1004,7 +1017,7 @@ def test_every_build_of_the_c_kernels_trains_deep_networks_as_the_reference(cy_l
     assert cy.set_clone_level(level or 4) == level
     X, y, p0 = random_problem(300, 40, (100, 70), 7, dtype, seed=5, sparse=True)
     perm = np.random.default_rng(1).permutation(len(X))
-    for batch, opt in ((1, epochs.SGD(0.05)), (70, epochs.SGD(0.05, 0.9, 1e-3, True)), (300, epochs.SGD(0.2))):
+    for batch, opt in ((1, epochs.Step(0.05)), (70, epochs.Step(0.05, 0.9, 1e-3, True)), (300, epochs.Step(0.2))):
         expected = {k: v.copy() for k, v in p0.items()}
         v_ref = {k: np.zeros_like(v) for k, v in p0.items()}
         ref.train_epoch(

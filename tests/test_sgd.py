@@ -66,7 +66,7 @@ def test_300_steps_equal_torch_optim_sgd(kernel, nesterov, activation, hidden):
     )
     with epochs.blas_limits(True):
         for _ in range(5):
-            runner.epoch(np.arange(600), epochs.SGD(0.05, 0.9, 1e-3, nesterov))
+            runner.epoch(np.arange(600), epochs.Step(0.05, 0.9, 1e-3, nesterov))
     rtol = 1e-6 if path == "sparse" else 1e-9
     expected = fastmlp.MLP.from_torch(seq)
     assert model.params.keys() == expected.params.keys()
@@ -95,7 +95,7 @@ def test_momentum_decay_and_weights_match_the_reference(kernel, dtype, options, 
     ve = {k: np.zeros_like(v) for k, v in p0.items()}
     p = {k: v.copy() for k, v in p0.items()}
     v = {k: np.zeros_like(a) for k, a in p0.items()} if momentum else None
-    opt = epochs.SGD(0.01, momentum, decay, nesterov, by_weights)
+    opt = epochs.Step(0.01, momentum, decay, nesterov, by_weights)
     runner = epochs.EpochRunner(
         backends.kernels(backend),
         p,

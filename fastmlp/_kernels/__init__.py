@@ -32,12 +32,12 @@ them all::
                                             (compiled backends) the sparse path for a
                                             network of several hidden layers
     blas_epoch(P, X, labels, weights, order, batch, opt, codes, work, n_threads)
-    reference_epoch(P, X, labels, weights, order, batch, opt, codes, velocity)
+    reference_epoch(P, X, labels, weights, order, batch, opt, codes, velocity, second_moment)
                                             -> (loss_sum, n_correct): mini-batch SGD
                                             over the batches of the rows `order`, in
-                                            place on P (and its velocities), with the
-                                            step ``opt`` (epochs.SGD: lr, momentum,
-                                            decay, nesterov), the network's ``codes``
+                                            place on P (and its optimizer state), with
+                                            the step ``opt`` (epochs.Step: SGD or Adam,
+                                            and its settings), the network's ``codes``
                                             (epochs.Codes: activation, loss) and the
                                             sample weights (or None); the last batch
                                             averages over its own size (each backend

@@ -28,7 +28,7 @@ static FM_INLINE void FN(fm_gemm)(FT(fm_gemm_ptr) gemm, int ta, int tb, int M, i
     gemm(&cb, &ca, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
 }
 
-static FM_INLINE void FN(fm_blas_thread)(const FT(fm_dense) *net, const FT(fm_batches) *ex, const FT(fm_sgd) *opt,
+static FM_INLINE void FN(fm_blas_thread)(const FT(fm_dense) *net, const FT(fm_batches) *ex, const FT(fm_step) *opt,
                                          const FT(fm_bwork) *ws, FT(fm_gemm_ptr) gemm, int t, int nt,
                                          fm_tally *tally)
 {
@@ -66,7 +66,8 @@ static FM_INLINE void FN(fm_blas_thread)(const FT(fm_dense) *net, const FT(fm_ba
          * order, each row scaled by its share of the (weighted) batch mean */
         const double weight_sum = FN(fm_batch_weight)(ex->weights, ex->order, start, B);
         const REAL decay = FN(fm_batch_decay)(opt, weight_sum);
-        const int plain = opt->momentum == 0 && decay == 0;
+        const int plain = FN(fm_step_plain)(opt, decay);
+        const FT(fm_step) step = FN(fm_step_at)(opt, start / batch);
         for (ptrdiff_t b = r0; b < r1; b++) {
             REAL *dz = ws->dZ + b * nout;
             for (int o = 0; o < nout; o++) {
@@ -84,8 +85,8 @@ static FM_INLINE void FN(fm_blas_thread)(const FT(fm_dense) *net, const FT(fm_ba
         }
         FM_BARRIER(ws->sync, nt);
         /* per block: dH = (dZ Wy) * f'(H) before Wy changes, then the updates:
-         * plain SGD straight into the weights (GEMMs with beta = 1); with momentum
-         * or decay the gradients apart first, then the step of torch.optim.SGD */
+         * plain SGD straight into the weights (GEMMs with beta = 1); else the
+         * gradients apart first, then the step (fm_step_dense) */
         for (int j = j0; j < j1; j++) {
             const int u0 = net->block_unit[j], w = net->block_unit[j + 1] - u0;
             const REAL *H = ws->H + j * batch * net->block_max;
@@ -101,14 +102,16 @@ static FM_INLINE void FN(fm_blas_thread)(const FT(fm_dense) *net, const FT(fm_ba
             REAL *gWy = ws->GWy + u0, *gWh = ws->GWh + (ptrdiff_t)u0 * n_in, *gbh = ws->gb + u0;
             FN(fm_gemm)(gemm, 1, 0, nout, w, B, R(1), ws->dZ, nout, H, w, R(0), gWy, nh);
             for (int o = 0; o < nout; o++)
-                FN(fm_sgd_dense)(net->Wy + o * nh + u0, net->VWy ? net->VWy + o * nh + u0 : NULL, gWy + o * nh, w, opt, decay);
+                FN(fm_step_dense)(net->Wy + o * nh + u0, net->VWy ? net->VWy + o * nh + u0 : NULL,
+                                 net->SWy ? net->SWy + o * nh + u0 : NULL, gWy + o * nh, w, &step, decay);
             for (int c = 0; c < w; c++) gbh[c] = 0;
             for (int b = 0; b < B; b++)
                 for (int c = 0; c < w; c++) gbh[c] += dH[b * w + c];
-            FN(fm_sgd_dense)(net->bh + u0, net->Vbh ? net->Vbh + u0 : NULL, gbh, w, opt, R(0));
+            FN(fm_step_dense)(net->bh + u0, net->Vbh ? net->Vbh + u0 : NULL, net->Sbh ? net->Sbh + u0 : NULL, gbh, w, &step,
+                              R(0));
             FN(fm_gemm)(gemm, 1, 0, w, n_in, B, R(1), dH, w, Xb, n_in, R(0), gWh, n_in);
-            FN(fm_sgd_dense)(net->Wh + (ptrdiff_t)u0 * n_in, net->VWh ? net->VWh + (ptrdiff_t)u0 * n_in : NULL, gWh,
-                             (ptrdiff_t)w * n_in, opt, decay);
+            FN(fm_step_dense)(net->Wh + (ptrdiff_t)u0 * n_in, net->VWh ? net->VWh + (ptrdiff_t)u0 * n_in : NULL,
+                              net->SWh ? net->SWh + (ptrdiff_t)u0 * n_in : NULL, gWh, (ptrdiff_t)w * n_in, &step, decay);
         }
         if (t == 0) { /* read again only after the next batch's second barrier */
             if (plain) {
@@ -118,7 +121,7 @@ static FM_INLINE void FN(fm_blas_thread)(const FT(fm_dense) *net, const FT(fm_ba
                 for (int o = 0; o < nout; o++) gby[o] = 0;
                 for (int b = 0; b < B; b++)
                     for (int o = 0; o < nout; o++) gby[o] += ws->dZ[b * nout + o];
-                FN(fm_sgd_dense)(net->by, net->Vby, gby, nout, opt, R(0));
+                FN(fm_step_dense)(net->by, net->Vby, net->Sby, gby, nout, &step, R(0));
             }
             for (int b = 0; b < B; b++) {
                 tally->loss_sum += ws->row_loss[b];
@@ -128,15 +131,18 @@ static FM_INLINE void FN(fm_blas_thread)(const FT(fm_dense) *net, const FT(fm_ba
     }
 }
 
-FM_LEVEL_FN int FN(fm_blas_epoch)(const FT(fm_dense) *net, const FT(fm_batches) *ex, const FT(fm_sgd) *opt,
+FM_LEVEL_FN int FN(fm_blas_epoch)(const FT(fm_dense) *net, const FT(fm_batches) *ex, const FT(fm_step) *opt,
                                   const FT(fm_bwork) *ws, FT(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally)
 {
-    const int status = fm_check_codes(net->act, net->loss);
+    const int status = fm_check_codes(net->act, net->loss, opt->kind);
     if (status != FM_OK)
         return status;
-    if ((opt->momentum != 0 || opt->decay != 0) && !(ws->GWh && ws->GWy && ws->gb))
+    const int adam = opt->kind != FM_SGD;
+    if ((adam || opt->momentum != 0 || opt->decay != 0) && !(ws->GWh && ws->GWy && ws->gb))
         return FM_ERR_LAYOUT;
-    if (opt->momentum != 0 && !(net->VWh && net->Vbh && net->VWy && net->Vby))
+    if ((adam || opt->momentum != 0) && !(net->VWh && net->Vbh && net->VWy && net->Vby))
+        return FM_ERR_LAYOUT;
+    if (adam && !(net->SWh && net->Sbh && net->SWy && net->Sby))
         return FM_ERR_LAYOUT;
     n_threads = n_threads > net->n_blocks ? net->n_blocks : n_threads;
     n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);

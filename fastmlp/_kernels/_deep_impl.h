@@ -140,21 +140,23 @@ static FM_INLINE void FN(fm_deep_rows)(REAL *restrict target, REAL coef, const R
 }
 
 /* Thread t's share of the epoch. tally: thread 0's (the others count nothing). */
-static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, const FT(fm_sgd) *opt,
+static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, const FT(fm_step) *opt,
                                const FT(fm_dwork) *ws, FT(fm_gemm_ptr) gemm, int t, int nt, fm_tally *tally)
 {
     const int L = net->n_layers; /* layers of weights: L - 1 hidden layers */
     const int64_t *n = net->n, *s = net->s;
     const ptrdiff_t rows = ws->rows, nout = n[L], sout = s[L];
-    const int momentum = opt->momentum != 0;
-    const int plain = !momentum && opt->decay == 0;
-    /* this thread's dl/dz rows and its copy of the output biases (velocity, gradient) */
+    const int adam = opt->kind != FM_SGD, momentum = opt->momentum != 0 || adam;
+    const int plain = FN(fm_step_plain)(opt, opt->decay);
+    /* this thread's dl/dz rows and its copy of the output biases (state, gradient) */
     REAL *dZ = ws->own + t * FM_DEEP_OWN(rows, sout, DLANES), *by = dZ + rows * sout;
-    REAL *Vby = by + sout, *Gby = Vby + sout;
+    REAL *Vby = by + sout, *Sby = Vby + sout, *Gby = Sby + sout;
     memset(dZ, 0, (size_t)FM_DEEP_OWN(rows, sout, DLANES) * sizeof(REAL));
     memcpy(by, net->b + net->b_off[L - 1], (size_t)nout * sizeof(REAL));
     if (momentum)
         memcpy(Vby, net->Vb + net->b_off[L - 1], (size_t)nout * sizeof(REAL));
+    if (adam)
+        memcpy(Sby, net->Sb + net->b_off[L - 1], (size_t)nout * sizeof(REAL));
     fm_tally none = {0, 0};
     fm_tally *tl = tally ? tally : &none;
     int parity = 0;
@@ -163,6 +165,7 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
         const double weight_sum = FN(fm_batch_weight)(ex->weights, ex->order, start, B);
         const REAL decay = FN(fm_batch_decay)(opt, weight_sum);
         const int summed = !plain || B > rows; /* the gradient summed, the step after the batch */
+        const FT(fm_step) step = FN(fm_step_at)(opt, start / ex->batch);
         for (ptrdiff_t c0 = 0; c0 < B; c0 += rows) {
             const ptrdiff_t C = B - c0 < rows ? B - c0 : rows;
             const intptr_t *order = ex->order + start + c0;
@@ -300,52 +303,56 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
         }
         if (!summed)
             continue;
-        /* ---- the step of torch.optim.SGD from the batch's gradient, on what this thread owns ---- */
+        /* ---- the step (fm_step_dense) from the batch's gradient, on what this thread owns ---- */
         for (int k = 1; k <= L; k++) {
             ptrdiff_t j0, j1;
             FN(fm_deep_own)(s[k], t, nt, &j0, &j1); /* columns of WT_1 and of the hidden biases */
             REAL *W = net->W + net->w_off[k - 1], *G = ws->GW + net->w_off[k - 1];
-            REAL *V = momentum ? net->VW + net->w_off[k - 1] : NULL;
+            REAL *V = momentum ? net->VW + net->w_off[k - 1] : NULL, *S = adam ? net->SW + net->w_off[k - 1] : NULL;
             if (k == 1) {
                 for (ptrdiff_t i = 0; i < n[0]; i++) {
                     const ptrdiff_t at = i * s[1] + j0;
-                    FN(fm_sgd_dense)(W + at, V ? V + at : NULL, G + at, j1 - j0, opt, decay);
+                    FN(fm_step_dense)(W + at, V ? V + at : NULL, S ? S + at : NULL, G + at, j1 - j0, &step, decay);
                     memset(G + at, 0, (size_t)(j1 - j0) * sizeof(REAL));
                 }
             } else {
                 ptrdiff_t i0, i1;
                 FN(fm_deep_own)(s[k - 1], t, nt, &i0, &i1); /* rows of WT_k */
                 const ptrdiff_t at = i0 * s[k], len = (i1 - i0) * s[k];
-                FN(fm_sgd_dense)(W + at, V ? V + at : NULL, G + at, len, opt, decay);
+                FN(fm_step_dense)(W + at, V ? V + at : NULL, S ? S + at : NULL, G + at, len, &step, decay);
                 memset(G + at, 0, (size_t)len * sizeof(REAL));
             }
             if (k < L) {
                 const ptrdiff_t at = net->b_off[k - 1] + j0;
-                FN(fm_sgd_dense)(net->b + at, momentum ? net->Vb + at : NULL, ws->Gb + at, j1 - j0, opt, R(0));
+                FN(fm_step_dense)(net->b + at, momentum ? net->Vb + at : NULL, adam ? net->Sb + at : NULL, ws->Gb + at,
+                                  j1 - j0, &step, R(0));
                 memset(ws->Gb + at, 0, (size_t)(j1 - j0) * sizeof(REAL));
             }
         }
-        FN(fm_sgd_dense)(by, Vby, Gby, nout, opt, R(0));
+        FN(fm_step_dense)(by, Vby, Sby, Gby, nout, &step, R(0));
         memset(Gby, 0, (size_t)nout * sizeof(REAL));
     }
     if (t == 0) { /* every thread's copy of the output biases is the same */
         memcpy(net->b + net->b_off[L - 1], by, (size_t)nout * sizeof(REAL));
         if (momentum)
             memcpy(net->Vb + net->b_off[L - 1], Vby, (size_t)nout * sizeof(REAL));
+        if (adam)
+            memcpy(net->Sb + net->b_off[L - 1], Sby, (size_t)nout * sizeof(REAL));
     }
 }
 
-FM_LEVEL_FN int FN(fm_deep_epoch)(const FT(fm_deep) *net, const FT(fm_rows) *ex, const FT(fm_sgd) *opt,
+FM_LEVEL_FN int FN(fm_deep_epoch)(const FT(fm_deep) *net, const FT(fm_rows) *ex, const FT(fm_step) *opt,
                                   const FT(fm_dwork) *ws, FT(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally)
 {
-    const int status = fm_check_codes(net->act, net->loss);
+    const int status = fm_check_codes(net->act, net->loss, opt->kind);
     if (status != FM_OK)
         return status;
-    const int L = net->n_layers;
-    int bad = L < 2 || ws->rows < 1 || (opt->momentum != 0 && !(net->VW && net->Vb));
+    const int L = net->n_layers, adam = opt->kind != FM_SGD;
+    int bad = L < 2 || ws->rows < 1 || ((adam || opt->momentum != 0) && !(net->VW && net->Vb)) ||
+              (adam && !(net->SW && net->Sb));
     for (int k = 1; k <= L && !bad; k++)
         bad = net->s[k] % DLANES || net->s[k] < net->n[k] || (k < L && ws->n_iota < net->s[k]);
-    const int summed = opt->momentum != 0 || opt->decay != 0 || ws->rows < (ex->batch < ex->n ? ex->batch : ex->n);
+    const int summed = !FN(fm_step_plain)(opt, opt->decay) || ws->rows < (ex->batch < ex->n ? ex->batch : ex->n);
     n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);
     if (bad || (summed && !(ws->GW && ws->Gb)) || ws->n_own < n_threads ||
         (ws->mask && (ws->rows > FM_MASK_ROWS || ws->group_min < 1 || ws->n_mask < n_threads)))

@@ -140,8 +140,9 @@ int fm_set_clone_level(int level)
     return fm_clone_level();
 }
 
-/* Whether a code is in a table of _fused.h (fm_valid_act, fm_valid_loss), and its
- * name (fm_activation_name, fm_loss_name; NULL for an unknown code). */
+/* Whether a code is in a table of _fused.h (fm_valid_act, fm_valid_loss,
+ * fm_valid_opt), and its name (fm_activation_name, fm_loss_name,
+ * fm_optimizer_name; NULL for an unknown code). */
 #define FM_CASE_LABEL(code, name) case code:
 #define FM_CASE_NAME(code, name) case code: return #name;
 #define FM_TABLE_LOOKUPS(TABLE, valid, name_of)                                                    \
@@ -164,14 +165,15 @@ int fm_set_clone_level(int level)
     }
 FM_TABLE_LOOKUPS(FM_ACTIVATIONS, fm_valid_act, fm_activation_name)
 FM_TABLE_LOOKUPS(FM_LOSSES, fm_valid_loss, fm_loss_name)
+FM_TABLE_LOOKUPS(FM_OPTIMIZERS, fm_valid_opt, fm_optimizer_name)
 #undef FM_TABLE_LOOKUPS
 #undef FM_CASE_NAME
 #undef FM_CASE_LABEL
 
 /* FM_OK, or the error of the first unknown code. */
-static int fm_check_codes(int act, int loss)
+static int fm_check_codes(int act, int loss, int opt)
 {
-    return !fm_valid_act(act) ? FM_ERR_ACT : !fm_valid_loss(loss) ? FM_ERR_LOSS : FM_OK;
+    return !fm_valid_act(act) ? FM_ERR_ACT : !fm_valid_loss(loss) ? FM_ERR_LOSS : !fm_valid_opt(opt) ? FM_ERR_OPT : FM_OK;
 }
 
 int fm_max_threads(void)
@@ -240,7 +242,7 @@ int fm_max_threads(void)
 #endif
 
 #define FM_EXPORT(REAL, S)                                                                         \
-    int fm_blas_epoch_##S(const fm_dense_##S *net, const fm_batches_##S *ex, const fm_sgd_##S *opt,            \
+    int fm_blas_epoch_##S(const fm_dense_##S *net, const fm_batches_##S *ex, const fm_step_##S *opt,            \
                           const fm_bwork_##S *ws, fm_gemm_ptr_##S gemm, int n_threads, fm_tally *tally)    \
     {                                                                                              \
         FM_CALL(fm_blas_epoch_##S, (net, ex, opt, ws, gemm, n_threads, tally))                     \
@@ -267,12 +269,12 @@ int fm_max_threads(void)
     {                                                                                              \
         FM_CALL_VOID(fm_bias_update_##S, (b, D, B, n, lr))                                         \
     }                                                                                              \
-    int fm_deep_epoch_##S(const fm_deep_##S *net, const fm_rows_##S *ex, const fm_sgd_##S *opt,                \
+    int fm_deep_epoch_##S(const fm_deep_##S *net, const fm_rows_##S *ex, const fm_step_##S *opt,                \
                           const fm_dwork_##S *ws, fm_gemm_ptr_##S gemm, int n_threads, fm_tally *tally) \
     {                                                                                              \
         FM_CALL(fm_deep_epoch_##S, (net, ex, opt, ws, gemm, n_threads, tally))                     \
     }                                                                                              \
-    int fm_sparse_epoch_##S(const fm_net_##S *net, const fm_rows_##S *ex, const fm_sgd_##S *opt,               \
+    int fm_sparse_epoch_##S(const fm_net_##S *net, const fm_rows_##S *ex, const fm_step_##S *opt,               \
                             const fm_swork_##S *ws, int n_threads, fm_tally *tally)                \
     {                                                                                              \
         FM_CALL(fm_sparse_epoch_##S, (net, ex, opt, ws, n_threads, tally))                         \

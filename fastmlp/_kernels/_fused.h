@@ -13,9 +13,10 @@
 
 /* The tables of fastmlp/tables.py as the kernels know them: X(code, name) for each
  * activation and loss, name the suffix of its ops in _ops.h (fm_f_<name> and
- * fm_df_<name>, fm_loss_<name>). fm_activation_name and fm_loss_name give the
+ * fm_df_<name>, fm_loss_<name>), and each optimizer (its step: fm_step1 in
+ * _fused_impl.h). fm_activation_name, fm_loss_name and fm_optimizer_name give the
  * name of a code, so that a test checks these against the Python tables. A
- * function given any other code returns FM_ERR_ACT or FM_ERR_LOSS. */
+ * function given any other code returns FM_ERR_ACT, FM_ERR_LOSS or FM_ERR_OPT. */
 #define FM_ACTIVATIONS(X) \
     X(0, tanh)            \
     X(1, relu)            \
@@ -24,16 +25,22 @@
 #define FM_LOSSES(X) \
     X(0, ce)         \
     X(1, mse)
-enum { FM_OK = 0, FM_ERR_LOSS = -1, FM_ERR_LAYOUT = -2, FM_ERR_ACT = -3 };
+#define FM_OPTIMIZERS(X) \
+    X(0, sgd)            \
+    X(1, adam)           \
+    X(2, adamw)
+enum { FM_SGD = 0, FM_ADAM = 1, FM_ADAMW = 2 };
+enum { FM_OK = 0, FM_ERR_LOSS = -1, FM_ERR_LAYOUT = -2, FM_ERR_ACT = -3, FM_ERR_OPT = -4 };
 
 /* Bytes of a cache line: the unit of the hidden-unit padding and of the slices. */
 #define FM_LINE 64
 /* The most examples a workspace with a mask (fm_swork) may hold at a time. */
 #define FM_MASK_ROWS 256
 /* The scratch of each thread of a deep epoch (fm_dwork.own), in elements: its
- * dl/dz rows and its copy of the output biases, their velocity and gradient,
- * rounded up to whole cache lines of `lanes` elements. */
-#define FM_DEEP_OWN(rows, sout, lanes) (((rows) * (sout) + 3 * (sout) + (lanes) - 1) / (lanes) * (lanes))
+ * dl/dz rows and its copy of the output biases, their two state vectors (momentum
+ * velocity; Adam's moments) and gradient, rounded up to whole cache lines of
+ * `lanes` elements. */
+#define FM_DEEP_OWN(rows, sout, lanes) (((rows) * (sout) + 4 * (sout) + (lanes) - 1) / (lanes) * (lanes))
 /* The most threads an epoch runs on. */
 #define FM_MAX_THREADS 256
 
@@ -63,6 +70,7 @@ typedef struct {
  * an unknown one. */
 const char *fm_activation_name(int code);
 const char *fm_loss_name(int code);
+const char *fm_optimizer_name(int code);
 
 /* The number of threads an OpenMP parallel region would use here (1 where the
  * kernels were built without OpenMP). */

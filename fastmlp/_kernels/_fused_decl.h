@@ -2,15 +2,29 @@
  * _fused.h once per REAL, with REAL and FM_D (a name of this REAL: name_f or
  * name_d) defined. */
 
-/* One SGD step as torch.optim.SGD takes it (dampening 0): g = grad + decay * W
- * for the weights (not the biases), v = momentum * v + g, W -= lr * v (lr * (g +
- * momentum * v) with nesterov); without momentum W -= lr * g. With
- * decay_by_weight_sum the decay of a batch is decay / (sum of its sample weights)
- * (scikit-learn's alpha). grad is the batch's (weighted) mean gradient. */
+/* The step of each batch, by `kind` (a code of FM_OPTIMIZERS):
+ *
+ * - FM_SGD, torch.optim.SGD's (dampening 0): g = grad + decay * W for the weights
+ *   (not the biases), v = momentum * v + g, W -= lr * v (lr * (g + momentum * v)
+ *   with nesterov); without momentum W -= lr * g.
+ * - FM_ADAM, torch.optim.Adam's: g = grad + decay * W, m = m + (1 - beta1) (g - m),
+ *   v = beta2 v + (1 - beta2) g^2, W -= lr / (1 - beta1^t) m / (sqrt(v) /
+ *   sqrt(1 - beta2^t) + eps) at step t. With sklearn_eps, scikit-learn's: eps is
+ *   added to sqrt(v) before the bias correction (eps / sqrt(1 - beta2^t) above).
+ * - FM_ADAMW, torch.optim.AdamW's: W *= 1 - lr * decay, then Adam's step without decay.
+ *
+ * With decay_by_weight_sum the decay of a batch is decay / (sum of its sample
+ * weights) (scikit-learn's alpha). grad is the batch's (weighted) mean gradient.
+ * Batch i of a call is step t = steps + i + 1. step_size, bc2_sqrt and eps_t are
+ * not inputs: fm_step_at sets them for each batch, in a copy. */
 typedef struct {
     REAL lr, momentum, decay;
     int nesterov, decay_by_weight_sum;
-} FM_D(fm_sgd);
+    int kind, sklearn_eps;
+    REAL beta1, beta2, eps;
+    int64_t steps;
+    REAL step_size, bc2_sqrt, eps_t;
+} FM_D(fm_step);
 
 /* The network of the sparse epoch: the hidden activation and the loss (codes of
  * FM_ACTIVATIONS and FM_LOSSES), nh hidden units and nout outputs, and the
@@ -21,12 +35,14 @@ typedef struct {
  * stride) the transposed hidden weights, bh (n_slices, stride), Wy (n_slices,
  * nout, stride); by (n_slices, nout_pad) holds one copy of the output biases per
  * slice, nout_pad being nout rounded up to whole cache lines. Every block starts
- * on a cache line. VWhT, Vbh, VWy, Vby: their velocities, in the same layout
- * (NULL without momentum). */
+ * on a cache line. VWhT, Vbh, VWy, Vby: their velocities (or Adam's first
+ * moments), SWhT, Sbh, SWy, Sby Adam's second moments, in the same layout (NULL
+ * where the step keeps none). */
 typedef struct {
     int act, loss;
     REAL *WhT, *bh, *Wy, *by;
     REAL *VWhT, *Vbh, *VWy, *Vby;
+    REAL *SWhT, *Sbh, *SWy, *Sby;
     ptrdiff_t n_in, nh, nout, stride;
     int n_slices, n_groups;
     const int32_t *slice_group, *group_line;
@@ -88,11 +104,13 @@ typedef struct {
  * in the model's layout: Wh (nh, n_in), bh (nh,), Wy (nout, nh), by (nout,); the
  * hidden units cut into n_blocks blocks (block j: units block_unit[j] ..
  * block_unit[j + 1], at most block_max). VWh, Vbh, VWy, Vby: their velocities
- * (NULL without momentum). */
+ * (or Adam's first moments), SWh, Sbh, SWy, Sby Adam's second moments (NULL where
+ * the step keeps none). */
 typedef struct {
     int act, loss;
     REAL *Wh, *bh, *Wy, *by;
     REAL *VWh, *Vbh, *VWy, *Vby;
+    REAL *SWh, *Sbh, *SWy, *Sby;
     ptrdiff_t n_in, nh, nout;
     int n_blocks;
     const int32_t *block_unit;
@@ -104,7 +122,7 @@ typedef struct {
  * batch, block_max), each block's rows `width` apart; Zp (n_blocks, batch, nout)
  * the partial logits; dZ (batch, nout); row_loss, row_correct (batch,); GWh
  * (nh, n_in), GWy (nout, nh), gb (nh + nout,) the gradients, taken apart from the
- * weights with momentum or decay (else NULL); sync the threads' barrier (32
+ * weights for any step but plain SGD (else NULL); sync the threads' barrier (32
  * int32, zero-filled, cache aligned). */
 typedef struct {
     REAL *Xb, *H, *dH, *Zp, *dZ;
@@ -119,12 +137,13 @@ typedef struct {
  * outputs; s (n_layers + 1,) the same padded to whole cache lines (s[0] = n[0]);
  * layer k + 1's weights transposed, WT (s[k] rows, or n[0] for the first, by
  * s[k + 1]), at W + w_off[k], its biases (s[k + 1],) at b + b_off[k], each
- * cache-aligned; the padded rows and columns zero. VW, Vb: their velocities in
- * the same layout (NULL without momentum). */
+ * cache-aligned; the padded rows and columns zero. VW, Vb: their velocities (or
+ * Adam's first moments), SW, Sb Adam's second moments, in the same layout (NULL
+ * where the step keeps none). */
 typedef struct {
     int act, loss, n_layers;
     const int64_t *n, *s, *w_off, *b_off;
-    REAL *W, *b, *VW, *Vb;
+    REAL *W, *b, *VW, *Vb, *SW, *Sb;
 } FM_D(fm_deep);
 
 /* Workspace of the sparse epoch of several hidden layers, for `rows` examples at
@@ -132,7 +151,7 @@ typedef struct {
  * h_off[k - 1]; P two halves (one per chunk parity), p_half apart, of the partial
  * sums of layer k's inputs (groups of the layer below, rows, s[k]) at p_off[k - 1];
  * GW, Gb (zero-filled, the layout of W and b) the gradient where a step needs it
- * summed (momentum, decay, or a batch of more than `rows` examples), else NULL;
+ * summed (momentum, decay, Adam, or a batch of more than `rows` examples), else NULL;
  * own: n_own threads' scratch of FM_DEEP_OWN(rows, s[n_layers], lanes) each; iota
  * the integers 0 .. n_iota - 1 (at least the widest hidden layer's s[k]); zero four
  * cache lines of zeros (cache aligned); chunks of
@@ -158,9 +177,9 @@ typedef void (*FM_D(fm_gemm_ptr))(const char *, const char *, const int *, const
                                   const REAL *, const REAL *, const int *, const REAL *, const int *,
                                   const REAL *, REAL *, const int *);
 
-int FM_D(fm_deep_epoch)(const FM_D(fm_deep) *net, const FM_D(fm_rows) *ex, const FM_D(fm_sgd) *opt,
+int FM_D(fm_deep_epoch)(const FM_D(fm_deep) *net, const FM_D(fm_rows) *ex, const FM_D(fm_step) *opt,
                         const FM_D(fm_dwork) *ws, FM_D(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally);
-int FM_D(fm_blas_epoch)(const FM_D(fm_dense) *net, const FM_D(fm_batches) *ex, const FM_D(fm_sgd) *opt,
+int FM_D(fm_blas_epoch)(const FM_D(fm_dense) *net, const FM_D(fm_batches) *ex, const FM_D(fm_step) *opt,
                         const FM_D(fm_bwork) *ws, FM_D(fm_gemm_ptr) gemm, int n_threads, fm_tally *tally);
 int FM_D(fm_apply_act)(int act, REAL *x, ptrdiff_t n);
 int FM_D(fm_bias_act)(int act, REAL *H, const REAL *b, ptrdiff_t B, ptrdiff_t n);
@@ -169,7 +188,7 @@ int FM_D(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_
                        ptrdiff_t n, int loss, REAL scale, fm_tally *tally);
 int FM_D(fm_apply_act_grad)(int act, REAL *dH, const REAL *H, ptrdiff_t len);
 void FM_D(fm_bias_update)(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr);
-int FM_D(fm_sparse_epoch)(const FM_D(fm_net) *net, const FM_D(fm_rows) *ex, const FM_D(fm_sgd) *opt,
+int FM_D(fm_sparse_epoch)(const FM_D(fm_net) *net, const FM_D(fm_rows) *ex, const FM_D(fm_step) *opt,
                           const FM_D(fm_swork) *ws, int n_threads, fm_tally *tally);
 void FM_D(fm_row_passes)(const FM_D(fm_net) *net, const FM_D(fm_rows) *ex, const FM_D(fm_swork) *ws, int n_threads);
 void FM_D(fm_group_chunks)(const FM_D(fm_rows) *ex, ptrdiff_t rows, int64_t *cptr, uint16_t *crow, REAL *cval,

@@ -152,16 +152,38 @@ static FM_INLINE double FN(fm_batch_weight)(const REAL *weights, const intptr_t 
 
 /* The decay a batch's weights take: opt->decay, or decay / (the batch's weight
  * sum) for scikit-learn's alpha. */
-static FM_INLINE REAL FN(fm_batch_decay)(const FT(fm_sgd) *opt, double weight_sum)
+static FM_INLINE REAL FN(fm_batch_decay)(const FT(fm_step) *opt, double weight_sum)
 {
     if (!opt->decay_by_weight_sum)
         return opt->decay;
     return weight_sum > 0 ? (REAL)(opt->decay / weight_sum) : R(0);
 }
 
-/* p[0:n] -= lr * step, the step of torch.optim.SGD (fm_sgd1) from the gradient g
- * (NULL: zero), with `decay` for these parameters; v the velocities (used only
- * with momentum). One loop per form, so that each vectorises. */
+/* opt for batch i of a call (step t = opt->steps + i + 1), with Adam's factors of
+ * step t: step_size = lr / (1 - beta1^t), bc2_sqrt = sqrt(1 - beta2^t), and eps_t
+ * = eps (torch) or eps / bc2_sqrt (scikit-learn), all taken in double. */
+static FM_INLINE FT(fm_step) FN(fm_step_at)(const FT(fm_step) *opt, ptrdiff_t i)
+{
+    FT(fm_step) at = *opt;
+    if (opt->kind != FM_SGD) {
+        const double t = (double)(opt->steps + i + 1);
+        const double bc2_sqrt = sqrt(1.0 - pow((double)opt->beta2, t));
+        at.step_size = (REAL)((double)opt->lr / (1.0 - pow((double)opt->beta1, t)));
+        at.bc2_sqrt = (REAL)bc2_sqrt;
+        at.eps_t = opt->sklearn_eps ? (REAL)((double)opt->eps / bc2_sqrt) : opt->eps;
+    }
+    return at;
+}
+
+/* Whether a batch's step is plain SGD (W -= lr g, straight into the weights). */
+static FM_INLINE int FN(fm_step_plain)(const FT(fm_step) *opt, REAL decay)
+{
+    return opt->kind == FM_SGD && opt->momentum == 0 && decay == 0;
+}
+
+/* p[0:n] steps (fm_step) from the gradient g (NULL: zero; SGD only), with `decay`
+ * for these parameters; v the velocities (SGD with momentum) or Adam's first
+ * moments, s Adam's second moments. One loop per form, so that each vectorises. */
 #define FM_SGD_LOOP(MOMENTUM, NESTEROV, G, V)                                                      \
     _Pragma("omp simd") for (ptrdiff_t j = 0; j < n; j++)                                         \
         p[j] = FN(fm_sgd1)(p[j], V, G, lr, mu, decay, MOMENTUM, NESTEROV);
@@ -174,11 +196,18 @@ static FM_INLINE REAL FN(fm_batch_decay)(const FT(fm_sgd) *opt, double weight_su
         FM_SGD_LOOP(1, 0, G, v + j)                                                                \
     }
 
-static FM_INLINE void FN(fm_sgd_dense)(REAL *restrict p, REAL *restrict v, const REAL *restrict g, ptrdiff_t n,
-                                       const FT(fm_sgd) *opt, REAL decay)
+static FM_INLINE void FN(fm_step_dense)(REAL *restrict p, REAL *restrict v, REAL *restrict s, const REAL *restrict g,
+                                        ptrdiff_t n, const FT(fm_step) *opt, REAL decay)
 {
     const REAL lr = opt->lr, mu = opt->momentum;
-    if (g) {
+    if (opt->kind != FM_SGD) {
+        const REAL b1 = opt->beta1, b2 = opt->beta2, step = opt->step_size, bc2 = opt->bc2_sqrt, eps = opt->eps_t;
+        const int adamw = opt->kind == FM_ADAMW;
+        const REAL l2 = adamw ? R(0) : decay, shrink = adamw ? R(1) - lr * decay : R(1);
+#pragma omp simd
+        for (ptrdiff_t j = 0; j < n; j++)
+            p[j] = FN(fm_adam1)(p[j], v + j, s + j, g[j], b1, b2, step, bc2, eps, l2, shrink);
+    } else if (g) {
         FM_SGD_FORMS(g[j])
     } else {
         FM_SGD_FORMS(R(0))
@@ -189,7 +218,7 @@ static FM_INLINE void FN(fm_sgd_dense)(REAL *restrict p, REAL *restrict v, const
 
 /* The coefficient of the gradient in an SGD step, which is affine in it: the step
  * from g is the step from a zero gradient, then p -= c g (and v += g with momentum). */
-static FM_INLINE REAL FN(fm_sgd_coef)(const FT(fm_sgd) *opt)
+static FM_INLINE REAL FN(fm_step_coef)(const FT(fm_step) *opt)
 {
     return opt->nesterov ? opt->lr * (R(1) + opt->momentum) : opt->lr;
 }

@@ -503,6 +503,7 @@ def _loss_mse(Z, r, y, dZ, scale):
 LOSS_OPS = {0: _loss_ce, 1: _loss_mse}
 # the codes of fastmlp.tables this backend has ops for
 ACTIVATION_CODES, LOSS_CODES = frozenset(ACTIVATION_OPS), frozenset(LOSS_OPS)
+OPTIMIZER_CODES = frozenset((0, 1, 2))  # sgd (_sgd_row), adam and adamw (_step_row)
 
 
 @_jit
@@ -805,11 +806,50 @@ def _sgd_row(P, V, r, c, G, gr, n, lr, mu, decay, nesterov):
 
 
 @_jit
-def _sgd_vector(p, v, c, g, n, lr, mu, decay, nesterov):
-    """p[c : c + n] steps from the gradient g[:n], for a 1-D p (a bias)."""
+def _adam_at(step, i, like):
+    """Adam's factors of batch i of a call, step t = step.steps + i + 1 (_fused_impl.h
+    fm_step_at): (lr / (1 - beta1^t), sqrt(1 - beta2^t), eps or eps / that), in
+    the dtype of the array ``like``, taken in double."""
+    t = float(step.steps + i + 1)
+    bc2_sqrt = np.sqrt(1.0 - float(step.beta2) ** t)
+    eps = float(step.eps) / bc2_sqrt if step.sklearn_eps else float(step.eps)
+    real = like.dtype.type
+    return real(float(step.lr) / (1.0 - float(step.beta1) ** t)), real(bc2_sqrt), real(eps)
+
+
+@_jit
+def _step_row(P, V, S, r, c, G, gr, n, step, adam, decay):
+    """P[r, c : c + n] steps (epochs.Step; _fused_impl.h fm_step_dense) from the
+    gradient G[gr, :n] with `decay`: SGD by _sgd_row (V its velocity), Adam with V
+    and S its moments and ``adam`` the batch's factors (_adam_at)."""
+    if step.kind == 0:
+        _sgd_row(P, V, r, c, G, gr, n, step.lr, step.momentum, decay, step.nesterov)
+        return
+    one = P.dtype.type(1)
+    b1, b2 = step.beta1, step.beta2
+    step_size, bc2_sqrt, eps = adam
+    adamw = step.kind == 2
+    l2 = P.dtype.type(0) if adamw else decay
+    shrink = one - step.lr * decay if adamw else one
+    for j in range(n):
+        p = P[r, c + j] * shrink
+        gd = G[gr, j] + l2 * p
+        m = V[r, c + j]
+        m = m + (one - b1) * (gd - m)
+        v = b2 * S[r, c + j] + (one - b2) * gd * gd
+        V[r, c + j] = m
+        S[r, c + j] = v
+        P[r, c + j] = p - step_size * (m / (np.sqrt(v) / bc2_sqrt + eps))
+
+
+@_jit
+def _step_vector(p, v, sv, c, g, n, step, adam, decay):
+    """p[c : c + n] steps from the gradient g[:n], for a 1-D p (a bias); v, sv its
+    state (p where the step keeps none)."""
     P = p.reshape((1, p.size))
-    V = v.reshape((1, v.size)) if mu != 0 else P
-    _sgd_row(P, V, 0, c, g.reshape((1, g.size)), 0, n, lr, mu, decay, nesterov)
+    V = v.reshape((1, v.size)) if v.size else P
+    S = sv.reshape((1, sv.size)) if sv.size else P
+    _step_row(P, V, S, 0, c, g.reshape((1, g.size)), 0, n, step, adam, decay)
 
 
 @_jit
@@ -990,16 +1030,20 @@ def _output_grads(act, s, width, C, net, ws, dZt, fresh):
 
 
 @_jit_inline
-def _output_apply(s, width, net, ws, step, decay):
+def _output_apply(s, width, net, ws, step, adam, decay):
     """The steps of slice s's Wy (with decay), by and bh from the sums in gWy, gby and
     gbh (_sparse_impl.h fm_sparse_output_step)."""
-    lr, mu, nesterov = step.lr, step.momentum, step.nesterov
     zero = net.Wy.dtype.type(0)
-    Wy, VWy = net.Wy[s], net.VWy[s] if mu != 0 else net.Wy[s]
-    _sgd_row(net.by, net.Vby if mu != 0 else net.by, s, 0, ws.gby, s, net.Wy.shape[1], lr, mu, zero, nesterov)
+    state = step.kind != 0 or step.momentum != 0
+    moments = step.kind != 0
+    Wy = net.Wy[s]
+    VWy, SWy = net.VWy[s] if state else Wy, net.SWy[s] if moments else Wy
+    by_v, by_s = net.Vby if state else net.by, net.Sby if moments else net.by
+    _step_row(net.by, by_v, by_s, s, 0, ws.gby, s, net.Wy.shape[1], step, adam, zero)
     for o in range(net.Wy.shape[1]):
-        _sgd_row(Wy, VWy, o, 0, ws.gWy[s], o, width, lr, mu, decay, nesterov)
-    _sgd_row(net.bh, net.Vbh if mu != 0 else net.bh, s, 0, ws.gbh, s, width, lr, mu, zero, nesterov)
+        _step_row(Wy, VWy, SWy, o, 0, ws.gWy[s], o, width, step, adam, decay)
+    bh_v, bh_s = net.Vbh if state else net.bh, net.Sbh if moments else net.bh
+    _step_row(net.bh, bh_v, bh_s, s, 0, ws.gbh, s, width, step, adam, zero)
 
 
 @_jit
@@ -1085,7 +1129,7 @@ def _sparse_step(act, t, nt, net, ex, step, decay, ws, start, B, dZt, grouped, c
             _output_step_one(act, s, width, net, ws, dZt, lr)
         else:
             _output_grads(act, s, width, B, net, ws, dZt, True)
-            _output_apply(s, width, net, ws, step, decay)
+            _output_apply(s, width, net, ws, step, (lr, lr, lr), decay)  # SGD: no Adam factors
         if not plain:
             Vs = VWhT[s] if mu != 0 else WhT[s]
             for i in range(n_in):
@@ -1140,22 +1184,24 @@ def _sparse_accumulate(act, t, nt, net, ex, ws, start, C, dZt, fresh, grouped, c
 
 
 @_jit_inline
-def _sparse_apply(t, nt, net, step, decay, ws):
+def _sparse_apply(t, nt, net, step, adam, decay, ws):
     """The step of a batch taken in chunks, for thread t, from the gradients that
     _sparse_accumulate summed: every row of WhT steps with its row of gWhT (zeroed
     for the next batch), then Wy, by and bh (_sparse_impl.h fm_sparse_apply)."""
-    WhT, mu = net.WhT, step.momentum
+    WhT = net.WhT
+    state = step.kind != 0 or step.momentum != 0
     n_slices, n_in = WhT.shape[:2]
     lanes = 64 // WhT.itemsize
     for s in range(t, n_slices, nt):
         width = (net.group_line[net.slice_group[s + 1]] - net.group_line[net.slice_group[s]]) * lanes
         Ws, gWs = WhT[s], ws.gWhT[s]
-        Vs = net.VWhT[s] if mu != 0 else Ws
+        Vs = net.VWhT[s] if state else Ws
+        Ss = net.SWhT[s] if step.kind != 0 else Ws
         for i in range(n_in):
-            _sgd_row(Ws, Vs, i, 0, gWs, i, width, step.lr, mu, decay, step.nesterov)
+            _step_row(Ws, Vs, Ss, i, 0, gWs, i, width, step, adam, decay)
             for j in range(width):
                 gWs[i, j] = 0
-        _output_apply(s, width, net, ws, step, decay)
+        _output_apply(s, width, net, ws, step, adam, decay)
 
 
 @_jit
@@ -1201,7 +1247,9 @@ def _sparse_thread(act, loss, t, nt, net, ex, step, ws):
         d = step.decay
         if step.decay_by_weight_sum:
             d = WhT.dtype.type(step.decay / weight_sum) if weight_sum > 0 else WhT.dtype.type(0)
-        chunked = B > rows
+        # a step that is not affine in the gradient (Adam) sums every batch's
+        chunked = B > rows or step.kind != 0
+        adam = _adam_at(step, start // ex.batch, WhT)
         c0 = 0
         while c0 < B:
             C = min(rows, B - c0)
@@ -1247,7 +1295,7 @@ def _sparse_thread(act, loss, t, nt, net, ex, step, ws):
                 else:
                     _sparse_accumulate(act, t, nt, net, ex, ws, c_start, C, dZt, c0 == 0, grouped, cur)
                     if c0 + C == B:
-                        _sparse_apply(t, nt, net, step, d, ws)
+                        _sparse_apply(t, nt, net, step, adam, d, ws)
             parity ^= 1
             c0 += C
         start += B
@@ -1358,7 +1406,8 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
     group = 4 * lanes
     zero, one = W.dtype.type(0), W.dtype.type(1)
     mu = step.momentum
-    momentum = mu != 0
+    moments = step.kind != 0
+    momentum = mu != 0 or moments
     plain = not momentum and step.decay == 0
     # the first layer's arrays as one slice of the sparse epoch's layout, for its row passes
     W1 = W[: n_in * s1].reshape((1, n_in, s1))
@@ -1367,14 +1416,15 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
     D1 = ws.D[: rows * s1].reshape((1, rows, s1))
     G1 = ws.GW[: n_in * s1].reshape((1, n_in, s1)) if ws.GW.size else W1
     Gb = ws.Gb if ws.Gb.size else bias
-    # this thread's dl/dz rows and its copy of the output biases (velocity, gradient)
+    # this thread's dl/dz rows and its copy of the output biases (state, gradient)
     own = ws.own[t]
     own[:] = 0
     dz0, by0 = 0, rows * sout
-    vb0, gb0 = by0 + sout, by0 + 2 * sout
+    vb0, sb0, gb0 = by0 + sout, by0 + 2 * sout, by0 + 3 * sout
     for o in range(nout):
         own[by0 + o] = bias[b_off[L - 1] + o]
         own[vb0 + o] = net.Vb[b_off[L - 1] + o] if momentum else zero
+        own[sb0 + o] = net.Sb[b_off[L - 1] + o] if moments else zero
     ws_int, ws_char, ws_real = np.zeros(6, np.int32), np.zeros(2, np.uint8), np.zeros(2, W.dtype)
     loss_sum = 0.0
     correct = 0.0
@@ -1388,6 +1438,7 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
         if step.decay_by_weight_sum:
             decay = W.dtype.type(step.decay / weight_sum) if weight_sum > 0 else zero
         summed = not plain or B > rows
+        adam = _adam_at(step, start // ex.batch, W)
         for c0 in range(0, B, rows):
             C = min(rows, B - c0)
             first = start + c0
@@ -1497,34 +1548,36 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
         start += B
         if not summed:
             continue
-        # the step of torch.optim.SGD from the batch's gradient, on what this thread owns
-        V = net.VW if momentum else W
-        Vb = net.Vb if momentum else bias
+        # the step (_step_vector) from the batch's gradient, on what this thread owns
+        V, S = net.VW if momentum else W, net.SW if moments else W
+        Vb, Sb = net.Vb if momentum else bias, net.Sb if moments else bias
         for kk in range(1, L + 1):
             q0, q1 = _deep_own(s[kk], group, t, nt)
             w_at = w_off[kk - 1]
             if kk == 1:
                 for i in range(n_in):
                     at = w_at + i * s1
-                    _sgd_vector(W, V, at + q0, ws.GW[at + q0 : at + q1], q1 - q0, step.lr, mu, decay, step.nesterov)
+                    _step_vector(W, V, S, at + q0, ws.GW[at + q0 : at + q1], q1 - q0, step, adam, decay)
                     ws.GW[at + q0 : at + q1] = zero
             else:
                 i0, i1 = _deep_own(s[kk - 1], group, t, nt)
                 at, size = w_at + i0 * s[kk], (i1 - i0) * s[kk]
-                _sgd_vector(W, V, at, ws.GW[at : at + size], size, step.lr, mu, decay, step.nesterov)
+                _step_vector(W, V, S, at, ws.GW[at : at + size], size, step, adam, decay)
                 ws.GW[at : at + size] = zero
             if kk < L:
                 at = b_off[kk - 1] + q0
-                _sgd_vector(bias, Vb, at, ws.Gb[at : at + q1 - q0], q1 - q0, step.lr, mu, zero, step.nesterov)
+                _step_vector(bias, Vb, Sb, at, ws.Gb[at : at + q1 - q0], q1 - q0, step, adam, zero)
                 ws.Gb[at : at + q1 - q0] = zero
-        # own[sout:] puts the velocity where _sgd_vector reads it: at by0 + j
-        _sgd_vector(own, own[sout:], by0, own[gb0 : gb0 + nout], nout, step.lr, mu, zero, step.nesterov)
+        # own[sout:] and own[2 sout:] put the state where _step_vector reads it: at by0 + j
+        _step_vector(own, own[sout:], own[2 * sout :], by0, own[gb0 : gb0 + nout], nout, step, adam, zero)
         own[gb0 : gb0 + nout] = zero
     if t == 0:  # every thread's copy of the output biases is the same
         for o in range(nout):
             bias[b_off[L - 1] + o] = own[by0 + o]
             if momentum:
                 net.Vb[b_off[L - 1] + o] = own[vb0 + o]
+            if moments:
+                net.Sb[b_off[L - 1] + o] = own[sb0 + o]
     return loss_sum, correct
 
 
@@ -1562,8 +1615,9 @@ def _blas_epoch(act, loss, net, ex, step, ws, ws_int, ws_char, ws_real):
     blocks of hidden units as the C kernels' threads take (one GEMM each per step),
     their partial logits added in block order."""
     Wh, bh, Wy, by, VWh, Vbh, VWy, Vby = net.Wh, net.bh, net.Wy, net.by, net.VWh, net.Vbh, net.VWy, net.Vby
+    SWh, Sbh, SWy, Sby = net.SWh, net.Sbh, net.SWy, net.Sby
     X, perm, block_unit, H, dH, Zp, dZ, gb = ex.X, ex.order, net.block_unit, ws.H, ws.dH, ws.Zp, ws.dZ, ws.gb
-    lr, mu, nesterov = step.lr, step.momentum, step.nesterov
+    lr, mu = step.lr, step.momentum
     n_ex = perm.size
     n_in = X.shape[1]
     nh = Wh.shape[0]
@@ -1598,7 +1652,9 @@ def _blas_epoch(act, loss, net, ex, step, ws, ws_int, ws_char, ws_real):
         d = step.decay
         if step.decay_by_weight_sum:
             d = t(step.decay / weight_sum) if weight_sum > 0 else zero
-        plain = mu == 0 and d == 0
+        plain = step.kind == 0 and mu == 0 and d == 0
+        adam = _adam_at(step, start // ex.batch, Wh)
+        state = step.kind != 0 or mu != 0
         for b in range(B):
             for o in range(nout):
                 z = by[o]
@@ -1629,11 +1685,12 @@ def _blas_epoch(act, loss, net, ex, step, ws, ws_int, ws_char, ws_real):
                 _act_grad(act, dHj[r], Hj[r], gb[:w], t(1))
             _gemm(True, False, nout, w, B, t(1), dZ, nout, Hj, w, t(0), GWy[:, u0:], nh, ws_int, ws_char, ws_real)
             for o in range(nout):
-                _sgd_row(Wy, VWy if mu != 0 else Wy, o, u0, GWy[:, u0:], o, w, lr, mu, d, nesterov)
-            _sgd_vector(bh, Vbh, u0, gb, w, lr, mu, zero, nesterov)
+                _step_row(Wy, VWy if state else Wy, SWy if step.kind else Wy, o, u0, GWy[:, u0:], o, w, step, adam, d)
+            _step_vector(bh, Vbh, Sbh, u0, gb, w, step, adam, zero)
             _gemm(True, False, w, n_in, B, t(1), dHj, w, Xb, n_in, t(0), GWh[u0:], n_in, ws_int, ws_char, ws_real)
+            VWh_, SWh_ = VWh if state else Wh, SWh if step.kind else Wh
             for c in range(w):
-                _sgd_row(Wh, VWh if mu != 0 else Wh, u0 + c, 0, GWh, u0 + c, n_in, lr, mu, d, nesterov)
+                _step_row(Wh, VWh_, SWh_, u0 + c, 0, GWh, u0 + c, n_in, step, adam, d)
         if plain:
             for b in range(B):
                 for o in range(nout):
@@ -1644,7 +1701,7 @@ def _blas_epoch(act, loss, net, ex, step, ws, ws_int, ws_char, ws_real):
             for b in range(B):
                 for o in range(nout):
                     gb[o] += dZ[b, o]
-            _sgd_vector(by, Vby, 0, gb, nout, lr, mu, zero, nesterov)
+            _step_vector(by, Vby, Sby, 0, gb, nout, step, adam, zero)
         start += B
     return loss_sum, correct
 
@@ -1696,19 +1753,29 @@ class _Batches(NamedTuple):
 
 
 class _Step(NamedTuple):
-    """epochs.SGD in the parameters' dtype (_fused.h fm_sgd)."""
+    """epochs.Step in the parameters' dtype (_fused_decl.h fm_step)."""
 
     lr: np.floating
     momentum: np.floating
     decay: np.floating
     nesterov: bool
     decay_by_weight_sum: bool
+    kind: int  # the optimizer's code
+    sklearn_eps: bool
+    beta1: np.floating
+    beta2: np.floating
+    eps: np.floating
+    steps: int
 
 
 def _step(opt, dtype):
+    if opt.code not in OPTIMIZER_CODES:
+        raise ValueError(f"unknown optimizer code {opt.code!r}; known: {sorted(OPTIMIZER_CODES)}")
     with np.errstate(over="ignore"):  # a learning rate beyond float32's range is inf, as in C
         numbers = [dtype.type(x) for x in (opt.lr, opt.momentum, opt.decay)]
-    return _Step(*numbers, bool(opt.nesterov), bool(opt.decay_by_weight_sum))
+        adam = [dtype.type(x) for x in (opt.beta1, opt.beta2, opt.eps)]
+    flags = (bool(opt.nesterov), bool(opt.decay_by_weight_sum), int(opt.code), bool(opt.sklearn_eps))
+    return _Step(*numbers, *flags, *adam, int(opt.steps))
 
 
 def _weights(weights, dtype):
@@ -1800,8 +1867,10 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_thr
         return 0.0, 0.0
     _check_codes(codes)
     dtype = P.WhT.dtype
-    if opt.momentum and P.VWhT.size == 0:
-        raise ValueError("the parameter block has no velocities for a step with momentum")
+    if opt.state_blocks > (P.VWhT.size > 0) + (P.SWhT.size > 0):
+        raise ValueError("the parameter block has no room for the step's state (velocities, moments)")
+    if opt.optimizer != "sgd" and not work.gWhT.size:
+        raise ValueError("an Adam step needs the workspace's gWhT: every batch's gradient is summed")
     if work.H.shape[1] < min(batch, len(order)) and not work.gWhT.size:
         raise ValueError("a batch larger than the workspace's rows needs the workspace's gWhT")
     check_mask(P, work)
@@ -1843,8 +1912,9 @@ def deep_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_threa
     _check_codes(codes)
     dtype = P.W.dtype
     batch = min(batch, len(order))
-    summed = opt.momentum != 0 or opt.decay != 0 or work.rows < batch
-    if (opt.momentum and P.VW.size == 0) or (summed and work.GW.size == 0) or work.own.shape[0] < n_threads:
+    summed = not opt.plain or work.rows < batch
+    states = (P.VW.size > 0) + (P.SW.size > 0)
+    if opt.state_blocks > states or (summed and work.GW.size == 0) or work.own.shape[0] < n_threads:
         raise ValueError("the parameter block or workspace lacks what the step needs (velocities, gradients)")
     dense = rows.indptr is None
     indptr = np.zeros(1, np.int64) if dense else rows.indptr
@@ -1972,7 +2042,9 @@ def blas_epoch(P, X, labels, weights, order, batch, opt, codes, work, n_threads)
         return 0.0, 0.0
     _check_codes(codes)
     dtype = P.Wh.dtype
-    if not (opt.momentum == 0 and opt.decay == 0) and work.GWh.size == 0:
-        raise ValueError("the workspace has no room for the gradients a step with momentum or decay needs")
+    if not opt.plain and work.GWh.size == 0:
+        raise ValueError("the workspace has no room for the gradients a step other than plain SGD needs")
+    if opt.state_blocks > (P.VWh.size > 0) + (P.SWh.size > 0):
+        raise ValueError("the parameter block has no room for the step's state (velocities, moments)")
     ex = _Batches(X, labels, *_weights(weights, dtype), order, min(batch, len(order)))
     return _call(_blas_epoch, codes.act, codes.loss, P, ex, _step(opt, dtype), work, *_gemm_workspace(dtype))

@@ -18,6 +18,7 @@ SPARSE_CHUNK_ROWS = 0  # no sparse path
 _ACTIVATIONS = {row.code: name for name, row in tables.ACTIVATIONS.items()}
 _LOSSES = {row.code: name for name, row in tables.LOSSES.items()}
 ACTIVATION_CODES, LOSS_CODES = frozenset(_ACTIVATIONS), frozenset(_LOSSES)
+OPTIMIZER_CODES = frozenset(row.code for row in tables.OPTIMIZERS.values())
 
 
 def _name(table, what, code):
@@ -52,7 +53,7 @@ def backward_update(X, H, dZ, P, lr, act):
     return dH
 
 
-def reference_epoch(P, X, labels, weights, order, batch, opt, codes, velocity=None):
+def reference_epoch(P, X, labels, weights, order, batch, opt, codes, velocity=None, second_moment=None):
     params = P if isinstance(P, dict) else P._asdict()
     activation_name = _name(_ACTIVATIONS, "activation", codes.act)
     loss_name = _name(_LOSSES, "loss", codes.loss)
@@ -73,4 +74,8 @@ def reference_epoch(P, X, labels, weights, order, batch, opt, codes, velocity=No
             weights=weights,
             decay_by_weight_sum=opt.decay_by_weight_sum,
             activation=activation_name,
+            optimizer=opt.optimizer,
+            adam=opt.adam,
+            second_moment=second_moment,
+            steps=opt.steps,
         )

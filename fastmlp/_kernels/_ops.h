@@ -5,8 +5,8 @@
  *
  * The kernels' mechanics (_fused_impl.h, _sparse_impl.h, _blas_impl.h) reach
  * these only through fm_activate, fm_act_grad, fm_row_loss_grad and
- * fm_sgd_dense, whose switches are generated from the tables FM_ACTIVATIONS and
- * FM_LOSSES of _fused.h: a new activation is a line there and its two functions
+ * fm_step_dense, whose switches are generated from the tables FM_ACTIVATIONS,
+ * FM_LOSSES and FM_OPTIMIZERS of _fused.h: a new activation is a line there and its two functions
  * here.
  */
 
@@ -162,4 +162,22 @@ static FM_INLINE REAL FN(fm_sgd1)(REAL p, REAL *restrict v, REAL g, REAL lr, REA
     const REAL vn = mu * *v + gd;
     *v = vn;
     return p - lr * (nesterov ? gd + mu * vn : vn);
+}
+
+/* ---- the Adam step of one element (fm_step's FM_ADAM and FM_ADAMW) ----
+ * p *= shrink (AdamW's decoupled decay, 1 for Adam); g' = g + decay p (Adam's
+ * L2, 0 for AdamW); m += (1 - beta1) (g' - m) (torch's lerp); v = beta2 v +
+ * (1 - beta2) g'^2; p -= step_size m / (sqrt(v) / bc2_sqrt + eps). */
+static FM_INLINE REAL FN(fm_sqrt)(REAL x) { return sizeof(REAL) == sizeof(float) ? (REAL)sqrtf((float)x) : (REAL)sqrt((double)x); }
+
+static FM_INLINE REAL FN(fm_adam1)(REAL p, REAL *restrict m, REAL *restrict v, REAL g, REAL beta1, REAL beta2,
+                                   REAL step_size, REAL bc2_sqrt, REAL eps, REAL decay, REAL shrink)
+{
+    p *= shrink;
+    const REAL gd = g + decay * p;
+    const REAL mn = *m + (R(1) - beta1) * (gd - *m);
+    const REAL vn = beta2 * *v + (R(1) - beta2) * gd * gd;
+    *m = mn;
+    *v = vn;
+    return p - step_size * (mn / (FN(fm_sqrt)(vn) / bc2_sqrt + eps));
 }

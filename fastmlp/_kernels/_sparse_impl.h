@@ -474,17 +474,19 @@ static FM_INLINE void FN(fm_sparse_output_grads)(const FT(fm_net) *net, const FT
 }
 
 /* The steps of slice s's Wy (with decay), by and bh from the sums in gWy, gby, gbh. */
-static FM_INLINE void FN(fm_sparse_output_step)(const FT(fm_net) *net, const FT(fm_sgd) *opt, REAL decay,
+static FM_INLINE void FN(fm_sparse_output_step)(const FT(fm_net) *net, const FT(fm_step) *opt, REAL decay,
                                                 const FT(fm_swork) *ws, int s, ptrdiff_t width)
 {
     const ptrdiff_t nout = net->nout, ostride = OUT_STRIDE(nout), stride = net->stride;
     for (ptrdiff_t o = 0; o < nout; o++) {
-        FN(fm_sgd_dense)(net->by + s * ostride + o, net->Vby ? net->Vby + s * ostride + o : NULL, ws->gby + s * ostride + o, 1,
-                         opt, R(0));
-        FN(fm_sgd_dense)(net->Wy + (s * nout + o) * stride, net->VWy ? net->VWy + (s * nout + o) * stride : NULL,
-                         ws->gWy + (s * nout + o) * stride, width, opt, decay);
+        const ptrdiff_t at_b = s * ostride + o, at_w = (s * nout + o) * stride;
+        FN(fm_step_dense)(net->by + at_b, net->Vby ? net->Vby + at_b : NULL, net->Sby ? net->Sby + at_b : NULL,
+                          ws->gby + at_b, 1, opt, R(0));
+        FN(fm_step_dense)(net->Wy + at_w, net->VWy ? net->VWy + at_w : NULL, net->SWy ? net->SWy + at_w : NULL,
+                          ws->gWy + at_w, width, opt, decay);
     }
-    FN(fm_sgd_dense)(net->bh + s * stride, net->Vbh ? net->Vbh + s * stride : NULL, ws->gbh + s * stride, width, opt, R(0));
+    FN(fm_step_dense)(net->bh + s * stride, net->Vbh ? net->Vbh + s * stride : NULL,
+                      net->Sbh ? net->Sbh + s * stride : NULL, ws->gbh + s * stride, width, opt, R(0));
 }
 
 /* W[i, 0 : nl lines] += sum over e in [cp[i], cp[i + 1]) of val[e] d[row[e], 0 : nl
@@ -567,7 +569,7 @@ static FM_INLINE void FN(fm_sparse_accumulate)(const FT(fm_net) *net, const FT(f
 /* The step of a batch taken in chunks, for thread t, from the gradients summed
  * by fm_sparse_accumulate: every row of WhT steps with its row of gWhT (which is
  * zeroed for the next batch), then Wy, by and bh. */
-static FM_INLINE void FN(fm_sparse_apply)(const FT(fm_net) *net, const FT(fm_rows) *ex, const FT(fm_sgd) *opt,
+static FM_INLINE void FN(fm_sparse_apply)(const FT(fm_net) *net, const FT(fm_rows) *ex, const FT(fm_step) *opt,
                                           REAL decay, const FT(fm_swork) *ws, int t, int nt)
 {
     const ptrdiff_t n_in = ex->n_in, stride = net->stride;
@@ -576,8 +578,10 @@ static FM_INLINE void FN(fm_sparse_apply)(const FT(fm_net) *net, const FT(fm_row
         const ptrdiff_t width = GROUP_OFF(g1);
         REAL *restrict WhT = net->WhT + s * n_in * stride, *restrict gWhT = ws->gWhT + s * n_in * stride;
         REAL *VWhT = net->VWhT ? net->VWhT + s * n_in * stride : NULL;
+        REAL *SWhT = net->SWhT ? net->SWhT + s * n_in * stride : NULL;
         for (ptrdiff_t i = 0; i < n_in; i++) {
-            FN(fm_sgd_dense)(WhT + i * stride, VWhT ? VWhT + i * stride : NULL, gWhT + i * stride, width, opt, decay);
+            FN(fm_step_dense)(WhT + i * stride, VWhT ? VWhT + i * stride : NULL, SWhT ? SWhT + i * stride : NULL,
+                              gWhT + i * stride, width, opt, decay);
             for (ptrdiff_t j = 0; j < width; j++) gWhT[i * stride + j] = 0;
         }
         FN(fm_sparse_output_step)(net, opt, decay, ws, s, width);
@@ -590,15 +594,15 @@ static FM_INLINE void FN(fm_sparse_apply)(const FT(fm_net) *net, const FT(fm_row
  * The SGD step is affine in the gradient, and the gradient of row i of WhT is
  * decay w_i (every row) plus the batch's sum over its examples with input i
  * non-zero. So the step splits exactly into the step of every row with a zero
- * gradient (fm_sgd_dense without one; nothing to do for plain SGD) and, for the
+ * gradient (fm_step_dense without one; nothing to do for plain SGD) and, for the
  * touched rows only, the gradient's part: w -= c g and, with momentum, v += g
- * (c = fm_sgd_coef). */
-static FM_INLINE void FN(fm_sparse_step)(const FT(fm_net) *net, const FT(fm_rows) *ex, const FT(fm_sgd) *opt,
+ * (c = fm_step_coef). */
+static FM_INLINE void FN(fm_sparse_step)(const FT(fm_net) *net, const FT(fm_rows) *ex, const FT(fm_step) *opt,
                                          REAL decay, const FT(fm_swork) *ws, int t, int nt, ptrdiff_t start,
                                          ptrdiff_t B, const REAL *restrict dZ)
 {
     const ptrdiff_t n_in = ex->n_in, rows = ws->rows, nout = net->nout, stride = net->stride;
-    const REAL lr = opt->lr, c = FN(fm_sgd_coef)(opt);
+    const REAL lr = opt->lr, c = FN(fm_step_coef)(opt);
     const int plain = opt->momentum == 0 && decay == 0;
     for (int s = t; s < net->n_slices; s += nt) {
         const int g0 = net->slice_group[s], g1 = net->slice_group[s + 1];
@@ -647,7 +651,7 @@ static FM_INLINE void FN(fm_sparse_step)(const FT(fm_net) *net, const FT(fm_rows
 
         if (!plain)
             for (ptrdiff_t i = 0; i < n_in; i++)
-                FN(fm_sgd_dense)(WhT + i * stride, VWhT ? VWhT + i * stride : NULL, NULL, width, opt, decay);
+                FN(fm_step_dense)(WhT + i * stride, VWhT ? VWhT + i * stride : NULL, NULL, NULL, width, opt, decay);
         if (FM_GROUPED(ws, B)) {
             FN(fm_grouped_slice)(net, ex, ws, t, nt, s, WhT, VWhT, c, start, B, dH);
             continue;
@@ -676,7 +680,7 @@ static FM_INLINE void FN(fm_sparse_step)(const FT(fm_net) *net, const FT(fm_rows
 /* One thread's share of an epoch (see the top of this file): thread t of nt owns
  * the slices t, t + nt, ... Every thread runs the same sequence of barriers.
  * Inlined into the parallel region. */
-static FM_INLINE void FN(fm_sparse_thread)(const FT(fm_net) *net, const FT(fm_rows) *ex, const FT(fm_sgd) *opt,
+static FM_INLINE void FN(fm_sparse_thread)(const FT(fm_net) *net, const FT(fm_rows) *ex, const FT(fm_step) *opt,
                                            const FT(fm_swork) *ws, int t, int nt, fm_tally *tally)
 {
     const ptrdiff_t n_in = ex->n_in, n = ex->n, batch = ex->batch, rows = ws->rows, nout = net->nout, stride = net->stride;
@@ -701,9 +705,11 @@ static FM_INLINE void FN(fm_sparse_thread)(const FT(fm_net) *net, const FT(fm_ro
         const ptrdiff_t B = n - start < batch ? n - start : batch;
         const double weight_sum = FN(fm_batch_weight)(ex->weights, ex->order, start, B);
         const REAL decay = FN(fm_batch_decay)(opt, weight_sum);
+        const FT(fm_step) step = FN(fm_step_at)(opt, start / batch);
         /* a batch larger than the workspace is taken in chunks of `rows` examples,
-         * its gradients summed (fm_sparse_accumulate) and the step taken at the end */
-        const int chunked = B > rows;
+         * its gradients summed (fm_sparse_accumulate) and the step taken at the end;
+         * so is every batch of a step that is not affine in the gradient (Adam) */
+        const int chunked = B > rows || opt->kind != FM_SGD;
         for (ptrdiff_t c0 = 0; c0 < B; c0 += rows, parity ^= 1) {
             const ptrdiff_t C = B - c0 < rows ? B - c0 : rows, c_start = start + c0;
             REAL *restrict Zp = ws->Zp + parity * rows * n_groups * nout;
@@ -779,23 +785,25 @@ static FM_INLINE void FN(fm_sparse_thread)(const FT(fm_net) *net, const FT(fm_ro
             if (!dZ)
                 continue;
             if (!chunked) {
-                FN(fm_sparse_step)(net, ex, opt, decay, ws, t, nt, start, B, dz_rows);
+                FN(fm_sparse_step)(net, ex, &step, decay, ws, t, nt, start, B, dz_rows);
             } else {
                 FN(fm_sparse_accumulate)(net, ex, ws, t, nt, c_start, C, dz_rows, c0 == 0);
                 if (c0 + C == B)
-                    FN(fm_sparse_apply)(net, ex, opt, decay, ws, t, nt);
+                    FN(fm_sparse_apply)(net, ex, &step, decay, ws, t, nt);
             }
         }
     }
 }
 
-FM_LEVEL_FN int FN(fm_sparse_epoch)(const FT(fm_net) *net, const FT(fm_rows) *ex, const FT(fm_sgd) *opt,
+FM_LEVEL_FN int FN(fm_sparse_epoch)(const FT(fm_net) *net, const FT(fm_rows) *ex, const FT(fm_step) *opt,
                                     const FT(fm_swork) *ws, int n_threads, fm_tally *tally)
 {
-    const int status = fm_check_codes(net->act, net->loss);
+    const int status = fm_check_codes(net->act, net->loss, opt->kind);
     if (status != FM_OK)
         return status;
-    if (net->stride % LANES || (opt->momentum != 0 && !(net->VWhT && net->Vbh && net->VWy && net->Vby)) ||
+    const int adam = opt->kind != FM_SGD;
+    if (net->stride % LANES || ((adam || opt->momentum != 0) && !(net->VWhT && net->Vbh && net->VWy && net->Vby)) ||
+        (adam && !(net->SWhT && net->Sbh && net->SWy && net->Sby && ws->gWhT)) ||
         ws->rows < 1 || (ws->rows < (ex->batch < ex->n ? ex->batch : ex->n) && !ws->gWhT) ||
         (ws->cptr && (!ws->gWhT || !ex->indptr || ex->batch < ex->n || ws->rows > 65536)) ||
         (ws->mask && (ws->rows > FM_MASK_ROWS || ws->group_min < 1)))

@@ -267,22 +267,56 @@ thread (or leaves it to its default) for the duration of a training (see _BlasTh
 # ---- layouts: parameter blocks, rows, workspaces ----
 
 
-class SGD(NamedTuple):
-    """One SGD step as ``torch.optim.SGD`` takes it (dampening 0): the gradient of the
-    weights Wh and Wy (not the biases) gets ``decay * W``; with ``momentum`` the
-    velocity ``v = momentum * v + g`` and ``p -= lr * v`` (``lr * (g + momentum * v)``
-    with ``nesterov``); without, ``p -= lr * g``. With ``decay_by_weight_sum`` a
-    batch's decay is ``decay / (sum of its sample weights)``: scikit-learn's alpha."""
+class Step(NamedTuple):
+    """The step of each batch (_fused_decl.h fm_step), by ``optimizer`` (a name of
+    ``fastmlp.tables.OPTIMIZERS``):
+
+    - "sgd", ``torch.optim.SGD``'s (dampening 0): the gradient of the weights (not
+      the biases) gets ``decay * W``; with ``momentum`` the velocity ``v = momentum
+      * v + g`` and ``p -= lr * v`` (``lr * (g + momentum * v)`` with ``nesterov``);
+      without, ``p -= lr * g``;
+    - "adam" and "adamw", ``torch.optim.Adam`` and ``AdamW``'s with ``beta1``,
+      ``beta2``, ``eps`` (scikit-learn's form of eps with ``sklearn_eps``, see
+      ``fastmlp.reference.adam_step``); batch i of a call is step ``steps + i + 1``.
+
+    With ``decay_by_weight_sum`` a batch's decay is ``decay / (sum of its sample
+    weights)``: scikit-learn's alpha."""
 
     lr: float
     momentum: float = 0.0
     decay: float = 0.0
     nesterov: bool = False
     decay_by_weight_sum: bool = False
+    optimizer: str = "sgd"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    sklearn_eps: bool = False
+    steps: int = 0
 
     @property
     def plain(self):
-        return self.momentum == 0 and self.decay == 0
+        """Plain SGD: the updates go straight into the weights."""
+        return self.optimizer == "sgd" and self.momentum == 0 and self.decay == 0
+
+    @property
+    def code(self):
+        return tables.optimizer(self.optimizer).code
+
+    @property
+    def state_blocks(self):
+        """How many blocks of the parameters' layout its state takes (0, 1 or 2)."""
+        return tables.optimizer(self.optimizer).state_blocks(self._asdict())
+
+    @property
+    def adam(self):
+        """Adam's settings as ``fastmlp.reference.adam_step`` takes them."""
+        return dict(beta1=self.beta1, beta2=self.beta2, eps=self.eps, sklearn_eps=self.sklearn_eps)
+
+
+def as_step(opt):
+    """``opt`` as a ``Step``: a learning rate is plain SGD's."""
+    return opt if isinstance(opt, Step) else Step(float(opt))
 
 
 class Params(NamedTuple):
@@ -306,8 +340,9 @@ class SparseNet(NamedTuple):
     the end); slice s, one per thread, holds groups ``slice_group[s]`` to
     ``slice_group[s + 1]`` in blocks of its own: ``WhT[s]`` (n_in, stride) Wh's
     columns of its units, transposed, ``bh[s]``, ``Wy[s]`` (n_out, stride) and a copy
-    of ``by`` per slice; ``V*`` their velocities in the same layout (empty without
-    momentum). The padded units have no weights in or out, and the kernels apply
+    of ``by`` per slice; ``V*`` their velocities (or Adam's first moments) and
+    ``S*`` Adam's second moments in the same layout (empty where the step keeps
+    none). The padded units have no weights in or out, and the kernels apply
     the activation to the hidden units only, so they stay zero through every step
     whatever f(0) is."""
 
@@ -319,6 +354,10 @@ class SparseNet(NamedTuple):
     Vbh: np.ndarray
     VWy: np.ndarray
     Vby: np.ndarray
+    SWhT: np.ndarray
+    Sbh: np.ndarray
+    SWy: np.ndarray
+    Sby: np.ndarray
     slice_group: np.ndarray  # (n_slices + 1,) int32
     group_line: np.ndarray  # (n_groups + 1,) int32
     n_hidden: int  # the hidden units, padding excluded
@@ -362,7 +401,8 @@ class SparseWork(NamedTuple):
 
 class BlasNet(NamedTuple):
     """The parameters in the model's layout for the BLAS path, their velocities
-    (empty without momentum), and the blocks of hidden units its threads own
+    (or Adam's first moments) and Adam's second moments (empty where the step keeps
+    none), and the blocks of hidden units its threads own
     (``block_unit``: the first unit of each block and the end; fixed by n_hidden
     alone, so results do not depend on the thread count)."""
 
@@ -374,6 +414,10 @@ class BlasNet(NamedTuple):
     Vbh: np.ndarray
     VWy: np.ndarray
     Vby: np.ndarray
+    SWh: np.ndarray
+    Sbh: np.ndarray
+    SWy: np.ndarray
+    Sby: np.ndarray
     block_unit: np.ndarray  # (n_blocks + 1,) int32
 
 
@@ -388,7 +432,7 @@ class BlasWork(NamedTuple):
     dZ: np.ndarray  # (batch, n_out)
     row_loss: np.ndarray  # (batch,) float64
     row_correct: np.ndarray  # (batch,) float64
-    GWh: np.ndarray  # (nh, n_in) the gradients apart from the weights (momentum or decay; else empty)
+    GWh: np.ndarray  # (nh, n_in) the gradients apart from the weights (any step but plain SGD; else empty)
     GWy: np.ndarray  # (n_out, nh)
     gb: np.ndarray  # (nh + n_out,)
     sync: np.ndarray  # (32,) int32 the threads' barrier
@@ -427,9 +471,10 @@ def slice_groups(group_line, n_slices):
     return np.asarray(bounds, dtype=np.int32)
 
 
-def sparse_net(n_in, n_hidden, n_out, dtype, n_threads, momentum=False):
+def sparse_net(n_in, n_hidden, n_out, dtype, n_threads, state=0):
     """A zeroed SparseNet for ``n_threads`` threads (fewer slices if there are fewer
-    groups of units), with velocities if ``momentum``."""
+    groups of units), with ``state`` blocks of optimizer state (1: velocities; 2:
+    Adam's two moments)."""
     itemsize = np.dtype(dtype).itemsize
     group_line = hidden_groups(n_hidden, itemsize)
     n_slices = max(1, min(n_threads, len(group_line) - 1))
@@ -438,8 +483,8 @@ def sparse_net(n_in, n_hidden, n_out, dtype, n_threads, momentum=False):
     out_pad = padded_width(n_out, itemsize)  # each slice's copy of by on lines of its own
     shapes = ((n_slices, n_in, stride), (n_slices, stride), (n_slices, n_out, stride), (n_slices, out_pad))
     arrays = [aligned_zeros(shape, dtype) for shape in shapes]
-    velocities = [aligned_zeros(shape if momentum else (0,) * len(shape), dtype) for shape in shapes]
-    return SparseNet(*arrays, *velocities, slice_group, group_line, int(n_hidden))
+    states = [aligned_zeros(shape if state > k else (0,) * len(shape), dtype) for k in (0, 1) for shape in shapes]
+    return SparseNet(*arrays, *states, slice_group, group_line, int(n_hidden))
 
 
 def slice_units(net, s, n_hidden):
@@ -450,7 +495,7 @@ def slice_units(net, s, n_hidden):
     return min(first, n_hidden), min(last, n_hidden)
 
 
-def sparse_work(net, batch, chunk_rows=0, group=None, nnz_per_row=0.0):
+def sparse_work(net, batch, chunk_rows=0, group=None, nnz_per_row=0.0, summed=False):
     """The workspace of ``net`` for batches of up to ``batch`` examples.
 
     With ``chunk_rows`` (a backend's SPARSE_CHUNK_ROWS), a batch of more examples
@@ -473,7 +518,10 @@ def sparse_work(net, batch, chunk_rows=0, group=None, nnz_per_row=0.0):
     inputs in order. It needs up to SPARSE_MASK_ROWS examples at a time and pays a
     walk over every input per batch, so it is set up where that walk costs no more
     than the batch's non-zeros (``n_in <= rows * nnz_per_row``, the mean non-zeros
-    of a row)."""
+    of a row).
+
+    With ``summed`` (a step that is not affine in the gradient: Adam), every batch's
+    gradient of WhT is summed in that buffer and the step taken from it."""
     n_slices, n_in, stride = net.WhT.shape
     n_out, dtype = net.Wy.shape[1], net.WhT.dtype
     n_groups = len(net.group_line) - 1
@@ -490,7 +538,7 @@ def sparse_work(net, batch, chunk_rows=0, group=None, nnz_per_row=0.0):
         aligned_zeros((n_slices, n_out, stride), dtype),
         aligned_zeros((n_slices, stride), dtype),
         aligned_zeros((n_slices, out_pad), dtype),
-        aligned_zeros((n_slices, n_in, stride) if chunked else (0,), dtype),
+        aligned_zeros((n_slices, n_in, stride) if chunked or summed else (0,), dtype),
         np.zeros(rows, np.float64),
         np.zeros(rows, np.float64),
         aligned_zeros(CACHE_LINE // 2, np.int32),
@@ -535,13 +583,16 @@ class DeepNet(NamedTuple):
     inputs by its units padded to whole cache lines, ``s[k]``), one after the other
     in ``W`` from ``w_off[k - 1]``, the biases (``s[k]`` each) in ``b`` from
     ``b_off[k - 1]``, every block cache-aligned, the padding zero; ``VW``, ``Vb``
-    their velocities (empty without momentum). ``n``: the widths (n_in, n_1, ...,
+    their velocities (or Adam's first moments), ``SW``, ``Sb`` Adam's second moments
+    (empty where the step keeps none). ``n``: the widths (n_in, n_1, ...,
     n_out). The layout does not depend on the thread count."""
 
     W: np.ndarray
     b: np.ndarray
     VW: np.ndarray
     Vb: np.ndarray
+    SW: np.ndarray
+    Sb: np.ndarray
     n: np.ndarray  # int64 (n_layers + 1,)
     s: np.ndarray  # int64 (n_layers + 1,): n padded to whole cache lines (s[0] = n_in)
     w_off: np.ndarray  # int64 (n_layers,)
@@ -557,7 +608,7 @@ class DeepWork(NamedTuple):
     P: np.ndarray  # (2, p_half): per parity, each layer's partial sums (groups below, rows, s[k])
     GW: np.ndarray  # the gradient in W's layout where a step sums it, else empty
     Gb: np.ndarray  # and in b's
-    own: np.ndarray  # (threads, rows * s_out + 3 s_out) each thread's dl/dz rows and output biases
+    own: np.ndarray  # (threads, rows * s_out + 4 s_out) each thread's dl/dz rows and output biases
     h_off: np.ndarray  # int64
     p_off: np.ndarray  # int64
     rows: int
@@ -572,9 +623,9 @@ class DeepWork(NamedTuple):
 DEEP_GROUP_LINES = 4  # cache lines of units per group of a hidden layer (_deep_impl.h DGROUP)
 
 
-def deep_net(sizes, dtype, momentum=False):
+def deep_net(sizes, dtype, state=0):
     """A zeroed DeepNet of layer widths ``sizes`` (n_in, n_1, ..., n_out), with
-    velocities if ``momentum``."""
+    ``state`` blocks of optimizer state (1: velocities; 2: Adam's two moments)."""
     itemsize = np.dtype(dtype).itemsize
     n = np.asarray(sizes, np.int64)
     s = np.asarray([n[0]] + [padded_width(int(k), itemsize) for k in n[1:]], np.int64)
@@ -582,8 +633,8 @@ def deep_net(sizes, dtype, momentum=False):
     w_off = np.concatenate([[0], np.cumsum(blocks)[:-1]]).astype(np.int64)
     b_off = np.concatenate([[0], np.cumsum(s[1:])[:-1]]).astype(np.int64)
     W, b = aligned_zeros((sum(blocks),), dtype), aligned_zeros((int(s[1:].sum()),), dtype)
-    VW, Vb = (aligned_zeros(a.shape if momentum else (0,), dtype) for a in (W, b))
-    return DeepNet(W, b, VW, Vb, n, s, w_off, b_off)
+    VW, Vb, SW, Sb = (aligned_zeros(a.shape if state > k else (0,), dtype) for k in (0, 1) for a in (W, b))
+    return DeepNet(W, b, VW, Vb, SW, Sb, n, s, w_off, b_off)
 
 
 def deep_views(net, W, b):
@@ -607,8 +658,8 @@ def deep_groups(net):
 def deep_work(net, batch, n_threads, chunk_rows, summed=False, gemm_min=0, grouping=None):
     """The workspace of ``net`` for batches of up to ``batch`` examples on up to
     ``n_threads`` threads, ``chunk_rows`` (a backend's SPARSE_CHUNK_ROWS) examples
-    at a time at most, with the gradient buffers where ``summed`` (a step with
-    momentum or decay, or a batch larger than that); chunks of ``gemm_min`` examples
+    at a time at most, with the gradient buffers where ``summed`` (any step but
+    plain SGD, or a batch larger than that); chunks of ``gemm_min`` examples
     or more (a backend's DEEP_GEMM_MIN; 0: never) take the dense layers by GEMMs;
     with ``grouping`` (a backend's SPARSE_GROUP_MIN, SPARSE_MASK_ROWS), chunks of at
     least that many examples update each touched row of the first layer once."""
@@ -620,7 +671,7 @@ def deep_work(net, batch, n_threads, chunk_rows, summed=False, gemm_min=0, group
     h_off = np.concatenate([[0], np.cumsum(h_sizes)[:-1]]).astype(np.int64)
     p_off = np.concatenate([[0], np.cumsum(p_sizes)[:-1]]).astype(np.int64)
     p_half = padded_width(sum(p_sizes), dtype.itemsize)
-    own = padded_width(rows * int(s[L]) + 3 * int(s[L]), dtype.itemsize)  # _fused.h FM_DEEP_OWN
+    own = padded_width(rows * int(s[L]) + 4 * int(s[L]), dtype.itemsize)  # _fused.h FM_DEEP_OWN
     summed = summed or batch > rows
     grouped = grouping is not None and 0 < grouping[0] <= rows <= grouping[1]
     return DeepWork(
@@ -656,7 +707,7 @@ def blas_blocks(n_hidden):
 
 def blas_work(net, batch, n_in, gathered, gradients):
     """The BLAS path's workspace: room for gathered batches if ``gathered``, for the
-    gradients apart from the weights if ``gradients`` (momentum or decay)."""
+    gradients apart from the weights if ``gradients`` (any step but plain SGD)."""
     n_blocks, width = len(net.block_unit) - 1, int(np.diff(net.block_unit).max())
     nh, n_out, dtype = net.Wh.shape[0], net.Wy.shape[0], net.Wh.dtype
     g = 1 if gradients else 0
@@ -726,8 +777,10 @@ class EpochRunner:
     """Mini-batch SGD epochs of one training run, on one backend.
 
     ``params`` are the model's live arrays ({"Wh", "bh", "Wy", "by"}, C-contiguous,
-    one floating dtype), updated in place; ``velocity`` the momentum buffers in
-    the same layout (None: the training takes no momentum), updated in place too.
+    one floating dtype), updated in place; the optimizer's state in the same
+    layout, updated in place too: ``velocity`` the momentum buffers (SGD) or Adam's
+    first moments, ``second_moment`` Adam's second moments (None where the step
+    keeps none).
     ``activation`` and ``loss`` name rows of ``fastmlp.tables``. ``X``
     (C-contiguous in that dtype, or a canonical scipy.sparse CSR matrix of it),
     ``labels`` (``np.intp``) and ``weights`` (per row, the parameters' dtype, or
@@ -749,9 +802,13 @@ class EpochRunner:
         n_threads=None,
         weights=None,
         velocity=None,
+        second_moment=None,
     ):
         self.kernels = kernels
-        self.params, self.velocity = params, velocity
+        self.params, self.velocity, self.second_moment = params, velocity, second_moment
+        self.n_state = (velocity is not None) + (second_moment is not None)
+        if second_moment is not None and velocity is None:
+            raise ValueError("second_moment needs the first moments too (velocity)")
         self.X, self.labels, self.weights = X, labels, weights
         self.n_rows = X.shape[0]
         self.batch_size = int(batch_size)
@@ -769,15 +826,21 @@ class EpochRunner:
             self.rows = self._rows(rows)
             if self.deep:
                 sizes = [params["W1"].shape[1]] + [params[f"b{k}"].shape[0] for k in range(1, len(params) // 2 + 1)]
-                self._deep_net = deep_net(sizes, params["W1"].dtype, momentum=velocity is not None)
+                self._deep_net = deep_net(sizes, params["W1"].dtype, state=self.n_state)
             self.block, self.work = self._layout(1)
         elif self.path == "blas":
             empty = [np.empty((0,) * params[k].ndim, params[k].dtype) for k in PARAM_NAMES]
-            velocities = [velocity[k] for k in PARAM_NAMES] if velocity is not None else empty
-            self.block = BlasNet(*(params[k] for k in PARAM_NAMES), *velocities, blas_blocks(params["bh"].shape[0]))
+            states = [[state[k] for k in PARAM_NAMES] if state is not None else empty for state in self._states()]
+            self.block = BlasNet(
+                *(params[k] for k in PARAM_NAMES), *states[0], *states[1], blas_blocks(params["bh"].shape[0])
+            )
             self.work = blas_work(self.block, self.batch, X.shape[1], gathered=False, gradients=False)
         else:  # the reference: the parameters by name, at any depth
             self.block = dict(params)
+
+    def _states(self):
+        """(velocity, second_moment): the optimizer's state blocks by name, or None."""
+        return self.velocity, self.second_moment
 
     def _rows(self, layout):
         X = self.X
@@ -817,7 +880,7 @@ class EpochRunner:
                 self.batch,
                 n_threads,
                 self.kernels.SPARSE_CHUNK_ROWS,
-                summed=self.velocity is not None,
+                summed=self.n_state > 0,
                 gemm_min=self.kernels.DEEP_GEMM_MIN,
                 grouping=self._group(),
             )
@@ -830,27 +893,29 @@ class EpochRunner:
                 self.params["Wy"].shape[0],
                 self.params["Wh"].dtype,
                 n_threads,
-                momentum=self.velocity is not None,
+                state=self.n_state,
             )
             group = self._group()
             nnz_per_row = self.rows.indptr[-1] / max(1, self.n_rows) if self.rows.indptr is not None else n_in
-            work = sparse_work(net, self.batch, self.kernels.SPARSE_CHUNK_ROWS, group, nnz_per_row)
+            work = sparse_work(
+                net, self.batch, self.kernels.SPARSE_CHUNK_ROWS, group, nnz_per_row, summed=self.n_state == 2
+            )
             self._layouts[n_threads] = (net, work)
         return self._layouts[n_threads]
 
     def _slice_views(self):
         """(the model's array, the block's array) view pairs that cover each slice's
-        share of every parameter and velocity (each slice holds its own copy of by)."""
+        share of every parameter and state (each slice holds its own copy of by)."""
         net = self.block
-        sources = [self.params] + ([self.velocity] if self.velocity is not None else [])
+        sources = [self.params] + [state for state in self._states() if state is not None]
         if self.deep:
-            for source, (W, b) in zip(sources, ((net.W, net.b), (net.VW, net.Vb)), strict=False):
+            for source, (W, b) in zip(sources, ((net.W, net.b), (net.VW, net.Vb), (net.SW, net.Sb)), strict=False):
                 layers = list(source.values())
                 for (WT, bk), Wm, bm in zip(deep_views(net, W, b), layers[0::2], layers[1::2], strict=True):
                     yield Wm.T, WT
                     yield bm, bk
             return
-        for source, (WhT, bhs, Wys, bys) in zip(sources, (net[:4], net[4:8]), strict=False):
+        for source, (WhT, bhs, Wys, bys) in zip(sources, (net[:4], net[4:8], net[8:12]), strict=False):
             Wh, bh, Wy, by = (source[k] for k in PARAM_NAMES)
             for s in range(net.WhT.shape[0]):
                 u0, u1 = slice_units(net, s, len(bh))
@@ -872,14 +937,17 @@ class EpochRunner:
     # -- one compiled call --
 
     def run(self, order, opt):
-        """SGD over the batches of ``X[order]`` in one compiled call on the current
-        block, with the step ``opt`` (``SGD``, or a learning rate for plain SGD);
-        returns (loss_sum, correct) measured in each batch's forward pass."""
+        """The batches of ``X[order]`` in one compiled call on the current block, with
+        the step ``opt`` (``Step``, or a learning rate for plain SGD); returns
+        (loss_sum, correct) measured in each batch's forward pass."""
         if len(order) == 0:
             return 0.0, 0
-        opt = opt if isinstance(opt, SGD) else SGD(float(opt))
-        if opt.momentum and self.velocity is None:
-            raise ValueError("a step with momentum needs the runner's velocity buffers")
+        opt = as_step(opt)
+        if opt.state_blocks > self.n_state:
+            raise ValueError(
+                f"a {opt.optimizer} step with these settings keeps {opt.state_blocks} blocks of state; "
+                f"the runner has {self.n_state} (velocity, second_moment)"
+            )
         if self.path == "sparse" and self.deep:
             order = np.ascontiguousarray(order, dtype=np.intp)
             if not opt.plain and self.work.GW.size == 0:
@@ -898,9 +966,8 @@ class EpochRunner:
             args = (self.labels, self.weights, order, self.batch_size, opt, self.codes, work, self.threads)
             return self.kernels.sparse_epoch(self.block, self.rows, *args)
         if self.path == "reference":
-            return self.kernels.reference_epoch(
-                self.block, self.X, self.labels, self.weights, order, self.batch_size, opt, self.codes, self.velocity
-            )
+            args = (self.X, self.labels, self.weights, order, self.batch_size, opt, self.codes)
+            return self.kernels.reference_epoch(self.block, *args, self.velocity, self.second_moment)
         order, in_order = batch_order(order, self.n_rows, self.batch_size)
         order = np.ascontiguousarray(order, dtype=np.intp)
         gradients = not opt.plain
@@ -919,7 +986,8 @@ class EpochRunner:
 
     def epoch(self, perm, opt):
         """One epoch over ``X[perm]`` in compiled chunks of whole batches with the step
-        ``opt`` (``SGD``, or a learning rate for plain SGD); returns (loss_sum, correct).
+        ``opt`` (``Step``, or a learning rate for plain SGD; its ``steps``, the steps
+        taken before this epoch); returns (loss_sum, correct).
 
         The epoch works on the path's block, loaded from the model's arrays at the
         start and stored back at the end (also when it raises). Each chunk asks the
@@ -933,7 +1001,7 @@ class EpochRunner:
         """
         self._load()
         try:
-            return self._chunks(perm, opt)
+            return self._chunks(perm, as_step(opt))
         finally:
             self._store()
 
@@ -972,7 +1040,7 @@ class EpochRunner:
                 self._use_threads(threads)
                 before = self._snapshot()
                 try:
-                    ls, nc = self.run(perm[start : start + chunk], opt)
+                    ls, nc = self.run(perm[start : start + chunk], self._at(opt, start))
                 except KeyboardInterrupt:
                     self._restore(before)
                     raise
@@ -983,12 +1051,11 @@ class EpochRunner:
         return loss_sum, n_correct
 
     def _arrays(self):
-        """The arrays a step changes: the parameters and their velocities."""
+        """The arrays a step changes: the parameters and their optimizer state."""
         if self.path == "reference":
-            return list(self.params.values()) + (list(self.velocity.values()) if self.velocity is not None else [])
-        if self.deep:
-            return list(self.block[: 4 if self.velocity is not None else 2])
-        return list(self.block[: 8 if self.velocity is not None else 4])
+            return [a for d in (self.params, *self._states()) if d is not None for a in d.values()]
+        per_block = 2 if self.deep else 4
+        return list(self.block[: per_block * (1 + self.n_state)])
 
     def _snapshot(self):
         return [a.copy() for a in self._arrays()]
@@ -1000,11 +1067,15 @@ class EpochRunner:
     def _finite(self):
         return all(np.isfinite(a).all() for a in self._arrays())
 
+    def _at(self, opt, start):
+        """``opt`` for the batches from example ``start`` of the epoch on (Adam's step count)."""
+        return opt._replace(steps=opt.steps + start // self.batch_size) if start else opt
+
     def _locate_divergence(self, perm, start, chunk, opt, before):
         self._restore(before)
         for b0 in range(start, min(start + chunk, len(perm)), self.batch_size):
             saved = self._snapshot()
-            ls, _ = self.run(perm[b0 : b0 + self.batch_size], opt)
+            ls, _ = self.run(perm[b0 : b0 + self.batch_size], self._at(opt, b0))
             if not (np.isfinite(ls) and self._finite()):
                 self._restore(saved)
                 raise Diverged(b0 // self.batch_size)
@@ -1013,9 +1084,9 @@ class EpochRunner:
 
 def train_epoch(kernels, X, labels, perm, params, opt, batch_size, loss="ce", path="auto", **options):
     """One epoch over ``X[perm]`` with backend module ``kernels``, updating the
-    arrays of ``params`` (and ``velocity``) in place; ``opt`` an ``SGD`` or a learning
+    arrays of ``params`` (and the optimizer state) in place; ``opt`` a ``Step`` or a learning
     rate; ``options`` the other keywords of ``EpochRunner`` (``activation``,
-    ``n_threads``, ``weights``, ``velocity``); returns (loss_sum, correct). Raises ``Diverged`` as
+    ``n_threads``, ``weights``, ``velocity``, ``second_moment``); returns (loss_sum, correct). Raises ``Diverged`` as
     ``EpochRunner.epoch`` does. For tests and benchmarks; training runs keep one
     ``EpochRunner``."""
     runner = EpochRunner(kernels, params, X, labels, batch_size=batch_size, loss=loss, path=path, **options)
