@@ -224,7 +224,7 @@ static int make_layout(int lanes, int n_slices, int32_t *group_line, int32_t *sl
                           n_groups, slice_group, group_line};                                   \
         fm_rows_##S ex = {csr ? vals : &x[0][0], csr ? cols : iota, csr ? indptr : NULL, labels, order, \
                           NULL, N_IN, N, batch < N ? batch : N};                                \
-        fm_step_##S opt = {(REAL)0.5, 0, 0, 0, 0};                                               \
+        fm_step_##S opt = {.lr = (REAL)0.5, .kind = FM_SGD};                                     \
         const int rows = chunk > 0 ? chunk : N;                                                 \
         fm_swork_##S ws = {aligned_zeros(n_slices * rows * stride * sizeof(REAL)),               \
                           aligned_zeros(n_slices * rows * stride * sizeof(REAL)),               \
