@@ -1,18 +1,19 @@
-"""A drop-in for scikit-learn's ``MLPClassifier(solver="sgd")`` (needs the optional
-extra: ``pip install fastmlp[sklearn]``).
+"""A drop-in for scikit-learn's ``MLPClassifier`` (needs the optional extra: ``pip
+install fastmlp[sklearn]``).
 
     from fastmlp.sklearn import MLPClassifier       # instead of sklearn.neural_network
-    clf = MLPClassifier(hidden_layer_sizes=(100,), learning_rate_init=0.01, max_iter=20)
+    clf = MLPClassifier(hidden_layer_sizes=(100,), max_iter=20)
     clf.fit(X, y).score(X_test, y_test)
 
-The parameters are scikit-learn's, with their meanings, and the update rules
-follow scikit-learn's code (its initialisation, momentum and Nesterov momentum,
-the L2 term ``alpha``, the "constant", "invscaling" and "adaptive" learning rates,
-the stopping rules), so the same settings give the same kind of training; every
-activation ("identity", "logistic", "tanh", "relu") has scikit-learn's meaning.
-The defaults are scikit-learn's except ``activation="tanh"`` and
-``solver="sgd"``. ``hidden_layer_sizes`` takes any number of hidden layers.
-Where it differs: the output
+The parameters are scikit-learn's, with their meanings and defaults (relu, Adam
+with learning rate 0.001, batches of ``min(200, n_samples)``), and the update
+rules follow scikit-learn's code (its initialisation, its Adam step, momentum and
+Nesterov momentum for "sgd", the L2 term ``alpha``, the "constant",
+"invscaling" and "adaptive" learning rates, the stopping rules), so the same
+settings give the same kind of training; every activation ("identity",
+"logistic", "tanh", "relu") has scikit-learn's meaning. ``hidden_layer_sizes``
+takes any number of hidden layers. The solvers are "adam" and "sgd" ("lbfgs" is
+not available yet). Where it differs: the output
 is a softmax over every class (scikit-learn uses one logistic unit for two
 classes); float32 (``dtype``) and the compiled kernels' order of operations
 change the last bits; the loss curve adds the L2 term at the epoch's end weights.
@@ -45,22 +46,27 @@ __all__ = [
 
 
 class MLPClassifier(ClassifierMixin, BaseEstimator):
-    """Multilayer perceptron with a softmax output, trained by mini-batch SGD.
+    """Multilayer perceptron with a softmax output, trained by Adam or mini-batch SGD.
 
     Parameters
     ----------
     hidden_layer_sizes : int or tuple of int, default (100,)
         The width of each hidden layer: ``(256, 128)`` is two hidden layers.
-    activation : {"identity", "logistic", "tanh", "relu"}, default "tanh"
+    activation : {"identity", "logistic", "tanh", "relu"}, default "relu"
         The hidden activation, as scikit-learn's ("logistic" is the sigmoid).
-    solver : {"sgd"}, default "sgd"
+    solver : {"adam", "sgd"}, default "adam"
+        "adam": scikit-learn's Adam (``beta_1``, ``beta_2``, ``epsilon``, eps added to
+        sqrt(v) before the bias correction), its moments and step count kept
+        through ``partial_fit`` calls and reset by ``fit``; the learning rate stays
+        ``learning_rate_init``. "sgd": with ``momentum``, ``nesterovs_momentum`` and
+        the ``learning_rate`` schedules.
     alpha : float, default 1e-4
         Strength of the L2 term: each step adds ``alpha * W / (sum of the batch's
         sample weights)`` to the gradients of the weights, as scikit-learn does.
     batch_size : int or "auto", default "auto"
         "auto" is ``min(200, n_samples)``; larger values are clipped.
     learning_rate : {"constant", "invscaling", "adaptive"}, default "constant"
-        "invscaling": ``learning_rate_init / (t + 1) ** power_t`` with ``t`` the samples
+        For "sgd" only. "invscaling": ``learning_rate_init / (t + 1) ** power_t`` with ``t`` the samples
         seen; "adaptive": divided by 5 each time ``n_iter_no_change`` epochs fail to
         improve by ``tol`` (stops below 1e-6).
     learning_rate_init : float, default 0.001
@@ -76,11 +82,17 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     warm_start : bool, default False
         Continue from the previous fit's weights.
     momentum : float, default 0.9
+        For "sgd" only.
     nesterovs_momentum : bool, default True
+        For "sgd" only.
     early_stopping : bool, default False
         Hold out ``validation_fraction`` (stratified) and stop when its accuracy has
         not improved by ``tol`` for ``n_iter_no_change`` epochs; keep the best epoch.
     validation_fraction : float, default 0.1
+    beta_1, beta_2 : float, default 0.9, 0.999
+        Adam's decay rates of the first and second moments, in [0, 1).
+    epsilon : float, default 1e-8
+        Adam's term for numerical stability, > 0.
     n_iter_no_change : int, default 10
     max_fun : int, default 15000
         Accepted and unused, as by scikit-learn's SGD.
@@ -104,7 +116,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     >>> from sklearn.datasets import load_digits
     >>> from fastmlp.sklearn import MLPClassifier
     >>> X, y = load_digits(return_X_y=True)
-    >>> clf = MLPClassifier(hidden_layer_sizes=(50,), learning_rate_init=0.01, max_iter=20,
+    >>> clf = MLPClassifier(hidden_layer_sizes=(50,), max_iter=30,
     ...                     random_state=0).fit(X[:1500] / 16, y[:1500])
     >>> clf.score(X[1500:] / 16, y[1500:]) > 0.85
     True
@@ -113,9 +125,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         hidden_layer_sizes=(100,),
-        activation="tanh",
+        activation="relu",
         *,
-        solver="sgd",
+        solver="adam",
         alpha=0.0001,
         batch_size="auto",
         learning_rate="constant",
@@ -131,6 +143,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         nesterovs_momentum=True,
         early_stopping=False,
         validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
         n_iter_no_change=10,
         max_fun=15000,
         class_weight=None,
@@ -157,6 +172,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.nesterovs_momentum = nesterovs_momentum
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
         self.class_weight = class_weight
@@ -175,8 +193,14 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         n_hidden = tuple(check_positive_int(n, f"hidden_layer_sizes[{k}]") for k, n in enumerate(sizes))
         if self.activation not in tables.ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(tables.ACTIVATIONS)}, got {self.activation!r}")
-        if self.solver != "sgd":
-            raise ValueError(f'solver must be "sgd" (fastmlp trains by SGD), got {self.solver!r}')
+        if self.solver not in ("adam", "sgd"):
+            raise ValueError(f'solver must be "adam" or "sgd" ("lbfgs" is not available yet), got {self.solver!r}')
+        for name in ("beta_1", "beta_2"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not 0 <= value < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if not isinstance(self.epsilon, numbers.Real) or not self.epsilon > 0:
+            raise ValueError(f"epsilon must be a positive number, got {self.epsilon!r}")
         if self.learning_rate not in ("constant", "invscaling", "adaptive"):
             raise ValueError(
                 f'learning_rate must be "constant", "invscaling" or "adaptive", got {self.learning_rate!r}'
@@ -252,10 +276,16 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.best_validation_score_ = -np.inf
         self.n_iter_ = 0
         self.t_ = 0
-        self._velocity = None
-        self._learning_rate = float(self.learning_rate_init)
+        self._reset_optimizer()
         self._no_improvement_count = 0
         self._best = None
+
+    def _reset_optimizer(self):
+        """A new optimizer, as scikit-learn makes for each ``fit`` (and the first
+        ``partial_fit``): zero velocities or moments, no steps, the initial rate."""
+        self._velocity = self._second_moment = None
+        self._steps = 0
+        self._learning_rate = float(self.learning_rate_init)
 
     def fit(self, X: Inputs, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None) -> MLPClassifier:
         """Train for up to ``max_iter`` epochs (from scratch unless ``warm_start``)."""
@@ -272,6 +302,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         ):
             self.classes_ = np.unique(y)
             self._initialise(X.shape[1], n_hidden, rng)
+        else:
+            self._reset_optimizer()
         self._fit_stochastic(X, self._encode(y), sample_weight, rng, self.max_iter, self.early_stopping)
         return self
 
@@ -317,6 +349,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 )
         n = X.shape[0]
         batch = min(200, n) if self.batch_size == "auto" else int(np.clip(self.batch_size, 1, n))
+        adam = self.solver == "adam"
         order = np.arange(n)
 
         def permutations():
@@ -340,16 +373,24 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             shuffle=bool(self.shuffle),
             permutations=permutations,
             n_threads=self.n_threads,
-            momentum=float(self.momentum),
-            nesterov=bool(self.nesterovs_momentum) and self.momentum > 0,
+            momentum=0.0 if adam else float(self.momentum),
+            nesterov=not adam and bool(self.nesterovs_momentum) and self.momentum > 0,
             weight_decay=self.alpha,
             sample_weight=sample_weight,
             class_weight=self._class_weight(),
             decay_by_weight_sum=True,
+            optimizer=self.solver,
+            beta1=float(self.beta_1),
+            beta2=float(self.beta_2),
+            eps=float(self.epsilon),
+            sklearn_eps=True,
         )
-        if self._velocity is not None and training.velocity is not None:
-            for k, v in training.velocity.items():
-                v[...] = self._velocity[k]
+        # the optimizer's state from the last partial_fit call
+        for saved, state in ((self._velocity, training.velocity), (self._second_moment, training.second_moment)):
+            if saved is not None and state is not None:
+                for k, v in state.items():
+                    v[...] = saved[k]
+        training.steps = self._steps
         n_batches = -(-n // batch)
         with training:
             for _ in range(max_iter):
@@ -368,11 +409,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                     w_val if early_stopping else None,
                 )
                 old = self._learning_rate
-                if self.learning_rate == "invscaling":
+                if self.learning_rate == "invscaling" and not adam:
                     self._learning_rate = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
                 stop = False
                 if self._no_improvement_count > self.n_iter_no_change:
-                    if early_stopping or self.learning_rate != "adaptive" or self._learning_rate <= 1e-6:
+                    if early_stopping or adam or self.learning_rate != "adaptive" or self._learning_rate <= 1e-6:
                         stop = True
                     else:
                         self._learning_rate /= 5.0
@@ -385,6 +426,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 if stop:
                     break
         self._velocity = {k: v.copy() for k, v in training.velocity.items()} if training.velocity is not None else None
+        second = training.second_moment
+        self._second_moment = {k: v.copy() for k, v in second.items()} if second is not None else None
+        self._steps = training.steps
         if early_stopping and self._best is not None:
             for k, v in self._best.items():
                 self.model_.params[k][...] = v
