@@ -114,7 +114,7 @@ def cmd_train(args):
     print(
         f"fastmlp {__version__}: {args.dataset} {shape} {args.activation}, "
         f"{len(X)} train / {len(X_test)} test, batch {args.batch_size}, lr {args.lr}, "
-        f"loss {args.loss}, {args.dtype}, backend {backend}"
+        f"loss {args.loss}, {args.optimizer}, {args.dtype}, backend {backend}"
     )
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     history = train(
@@ -133,6 +133,7 @@ def cmd_train(args):
         momentum=args.momentum,
         nesterov=args.nesterov,
         weight_decay=args.weight_decay,
+        optimizer=args.optimizer,
         lr_schedule=args.lr_schedule,
     )
     for e in range(history.epochs):
@@ -407,6 +408,12 @@ def _add_sgd_options(p, lists=False):
             help=f"comma-separated schedules: {', '.join(schedules.NAMES)}",
         )
     else:
+        p.add_argument(
+            "--optimizer",
+            choices=("sgd", "adam", "adamw"),
+            default="sgd",
+            help="the step: torch.optim.SGD's, Adam's or AdamW's (default: sgd)",
+        )
         p.add_argument("--momentum", type=_momentum, default=0.0, help="momentum (torch.optim.SGD's), in [0, 1)")
         p.add_argument(
             "--weight-decay",

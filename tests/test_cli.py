@@ -49,9 +49,11 @@ def test_train_options_are_honoured():
         "200",
         "--activation",
         "relu",
+        "--optimizer",
+        "adam",
     )
     assert out.returncode == 0, out.stderr
-    assert "2-4-2 relu" in out.stdout and "batch 7, lr 0.5, loss mse, float64, backend numpy" in out.stdout
+    assert "2-4-2 relu" in out.stdout and "batch 7, lr 0.5, loss mse, adam, float64, backend numpy" in out.stdout
     assert len(re.findall(r"^epoch ", out.stdout, re.M)) == 3
 
 
