@@ -205,20 +205,23 @@ _TORCH_OPS = {
 
 
 class TorchTrainer:
-    """The same network and SGD in PyTorch, in two styles.
+    """The same network and step in PyTorch, in two styles.
 
     ``style="autograd"``: ``torch.nn.Sequential(Linear, f, Linear)``,
-    ``CrossEntropyLoss`` and ``torch.optim.SGD`` — what a PyTorch user writes.
-    ``style="manual"``: the forward and backward passes by hand with tensor ops and
-    in-place ``addmm_`` updates — PyTorch at its leanest. f is the ``activation``.
+    ``CrossEntropyLoss`` and ``torch.optim.SGD`` (or ``Adam``, kept through the
+    epochs) — what a PyTorch user writes. ``style="manual"``: the forward and
+    backward passes by hand with tensor ops and in-place ``addmm_`` updates (Adam's
+    step in in-place tensor ops) — PyTorch at its leanest. f is the ``activation``;
+    ``optimizer`` "sgd" (plain) or "adam" (torch's default betas and eps).
     """
 
-    def __init__(self, params, style="autograd", activation="tanh"):
+    def __init__(self, params, style="autograd", activation="tanh", optimizer="sgd"):
         import torch
 
         from . import tables
 
-        self.torch, self.style = torch, style
+        self.torch, self.style, self.optimizer = torch, style, optimizer
+        self.opt, self.state, self.steps = None, {}, 0
         self.f, self.df = _TORCH_OPS[activation]
         self.names = list(params)
         t = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
@@ -250,7 +253,9 @@ class TorchTrainer:
         labels = torch.as_tensor(labels)
         perm = torch.as_tensor(perm)
         if self.style == "autograd":
-            opt = torch.optim.SGD(self.net.parameters(), lr=lr)
+            if self.optimizer == "adam":
+                self.opt = self.opt or torch.optim.Adam(self.net.parameters(), lr=lr)
+            opt = self.opt or torch.optim.SGD(self.net.parameters(), lr=lr)
             for s in range(0, len(perm), batch_size):
                 idx = perm[s : s + batch_size]
                 opt.zero_grad()
@@ -269,12 +274,25 @@ class TorchTrainer:
                 d = torch.softmax(torch.addmm(by, inputs[-1], Wy.T), dim=1)
                 d[torch.arange(len(idx)), yb] -= 1
                 d /= len(idx)
+                self.steps += 1
                 for k in range(len(layers) - 1, -1, -1):
                     W, b = layers[k]
                     below = (d @ W).mul_(self.df(torch, inputs[k])) if k else None
-                    W.addmm_(d.T, inputs[k], alpha=-lr)
-                    b.sub_(d.sum(0), alpha=lr)
+                    if self.optimizer == "adam":
+                        self._adam(W, d.T @ inputs[k], lr)
+                        self._adam(b, d.sum(0), lr)
+                    else:
+                        W.addmm_(d.T, inputs[k], alpha=-lr)
+                        b.sub_(d.sum(0), alpha=lr)
                     d = below
+
+    def _adam(self, p, g, lr, beta1=0.9, beta2=0.999, eps=1e-8):
+        """torch.optim.Adam's step of ``p`` from ``g``, in place, by hand."""
+        m, v = self.state.setdefault(id(p), (self.torch.zeros_like(p), self.torch.zeros_like(p)))
+        m.lerp_(g, 1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        denom = v.sqrt().div_((1 - beta2**self.steps) ** 0.5).add_(eps)
+        p.addcdiv_(m, denom, value=-lr / (1 - beta1**self.steps))
 
 
 # ---- the epoch table ----
@@ -289,12 +307,12 @@ def sklearn_available():
 
 
 class SklearnTrainer:
-    """scikit-learn's ``MLPClassifier(solver="sgd", momentum=0)`` on the same network:
-    the same hidden activation (scikit-learn names them as fastmlp does), plain SGD at
-    a constant learning rate, no L2 term; an epoch is one ``partial_fit`` over the
-    rows in the given order."""
+    """scikit-learn's ``MLPClassifier(solver="sgd", momentum=0)`` on the same network
+    (``solver="adam"`` for ``optimizer="adam"``): the same hidden activation
+    (scikit-learn names them as fastmlp does), a constant learning rate, no L2 term;
+    an epoch is one ``partial_fit`` over the rows in the given order."""
 
-    def __init__(self, params, batch_size, lr, activation="tanh"):
+    def __init__(self, params, batch_size, lr, activation="tanh", optimizer="sgd"):
         import warnings
 
         from sklearn.neural_network import MLPClassifier
@@ -302,7 +320,7 @@ class SklearnTrainer:
         self.clf = MLPClassifier(
             hidden_layer_sizes=tuple(W.shape[0] for W, _ in ref.layers(params)[:-1]),
             activation=activation,
-            solver="sgd",
+            solver=optimizer,
             momentum=0.0,
             nesterovs_momentum=False,
             alpha=0.0,
@@ -319,25 +337,31 @@ class SklearnTrainer:
             self.clf.partial_fit(X[perm], labels[perm], classes=np.arange(self.n_out))
 
 
-def _runner(name, params, X, labels, batch_size, lr, n_threads=None, activation="tanh"):
+def _runner(name, params, X, labels, batch_size, lr, n_threads=None, activation="tanh", optimizer="sgd"):
     """(a function that runs one epoch (or its prefix) over a permutation and returns
-    what ran, whether it wants OpenBLAS on one thread)."""
+    what ran, whether it wants OpenBLAS on one thread); ``optimizer`` "sgd" (plain)
+    or "adam"."""
     if name.startswith("torch-"):
-        trainer = TorchTrainer(params, name.split("-", 1)[1], activation)
+        trainer = TorchTrainer(params, name.split("-", 1)[1], activation, optimizer)
         import torch
 
         Xt, yt = torch.from_numpy(X), torch.from_numpy(labels.astype(np.int64))
         return (lambda perm: trainer.epoch(Xt, yt, torch.from_numpy(perm), batch_size, lr)), False
     if name == "sklearn":
-        trainer = SklearnTrainer(params, batch_size, lr, activation)
+        trainer = SklearnTrainer(params, batch_size, lr, activation, optimizer)
         return (lambda perm: trainer.epoch(X, labels, perm)), False
     p = {k: v.copy() for k, v in params.items()}
+    state = [{k: np.zeros_like(v) for k, v in p.items()} for _ in range(2 if optimizer == "adam" else 0)]
     runner = epochs.EpochRunner(
-        backends.kernels(name), p, X, labels, batch_size=batch_size, n_threads=n_threads, activation=activation
-    )
+        backends.kernels(name), p, X, labels, batch_size=batch_size, n_threads=n_threads, activation=activation,
+        velocity=state[0] if state else None, second_moment=state[1] if state else None,
+    )  # fmt: skip
+    step = epochs.Step(lr, optimizer=optimizer)
 
     def run(perm):
-        runner.epoch(perm, lr)
+        nonlocal step
+        runner.epoch(perm, step)
+        step = step._replace(steps=step.steps + -(-len(perm) // batch_size))
         return runner.path, runner.threads
 
     return run, epochs.wants_one_blas_thread(runner.path, batch_size)
@@ -381,7 +405,9 @@ def _warm_up(run, perm, batch_size, budget):
     return ran, n
 
 
-def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, perm=None, activation="tanh"):
+def time_epoch(
+    name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, perm=None, activation="tanh", optimizer="sgd"
+):
     """(seconds per epoch, extrapolated?, (path, threads) or None) for backend ``name``
     training the network of ``params`` with the hidden ``activation``.
 
@@ -392,7 +418,7 @@ def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, p
     n = len(X)
     if perm is None:
         perm = np.random.default_rng(0).permutation(n)
-    run, one_blas_thread = _runner(name, params, X, labels, batch_size, lr, activation=activation)
+    run, one_blas_thread = _runner(name, params, X, labels, batch_size, lr, activation=activation, optimizer=optimizer)
     with epochs.blas_limits(one_blas_thread):
         ran, m = _warm_up(run, perm, batch_size, budget)
         if m < n:
@@ -401,8 +427,9 @@ def time_epoch(name, params, X, labels, batch_size, lr, budget=1.0, repeats=3, p
 
 
 def thread_speedup(
-    name, params, X, labels, batch_size, lr, n_threads, budget=1.0, repeats=5, perm=None, activation="tanh"
-):
+    name, params, X, labels, batch_size, lr, n_threads, budget=1.0, repeats=5, perm=None, activation="tanh",
+    optimizer="sgd",
+):  # fmt: skip
     """(seconds per epoch on one thread, on ``n_threads``, (path, threads) of the
     latter) for the compiled backend ``name``: the two epochs timed in turns,
     ``repeats`` times each, so that the machine's noise falls on both alike;
@@ -411,8 +438,9 @@ def thread_speedup(
     n = len(X)
     if perm is None:
         perm = np.random.default_rng(0).permutation(n)
-    one, one_blas_thread = _runner(name, params, X, labels, batch_size, lr, n_threads=1, activation=activation)
-    many, _ = _runner(name, params, X, labels, batch_size, lr, n_threads=n_threads, activation=activation)
+    kw = dict(activation=activation, optimizer=optimizer)
+    one, one_blas_thread = _runner(name, params, X, labels, batch_size, lr, n_threads=1, **kw)
+    many, _ = _runner(name, params, X, labels, batch_size, lr, n_threads=n_threads, **kw)
     with epochs.blas_limits(one_blas_thread):
         _, m = _warm_up(one, perm, batch_size, budget)
         ran, _ = _warm_up(many, perm, batch_size, budget)
@@ -620,10 +648,12 @@ def networks(data_dir=None, which=("mnist", "circles"), hidden=None):
 
 def run(
     nets, batch_sizes=(1, 10, 64, 256, "full"), dtype=np.float32, names=None, budget=1.0, out=None,
-    activation="tanh",
+    activation="tanh", optimizer="sgd",
 ):  # fmt: skip
     """Time every backend and peer on every network and batch size, every one training
-    the hidden ``activation``; print and return the table rows. A row's "x peer" is
+    the hidden ``activation`` with ``optimizer``: plain SGD (lr 0.01 at batch 1, 0.1
+    above) or Adam (scikit-learn's and PyTorch's defaults: lr 0.001, betas 0.9 and
+    0.999, eps 1e-8); print and return the table rows. A row's "x peer" is
     the speed-up over the fastest peer (the NumPy loop, PyTorch two ways,
     scikit-learn) in the same run; "% floor" the row-pass floor of the same data on
     the same threads over the epoch (sparse path); "x 1 thr" a compiled backend's
@@ -631,6 +661,8 @@ def run(
     (``thread_speedup``). After each network, the slowest epoch from batch 10 up
     over the fastest, per backend (``batch_spread``). The table goes to ``out``
     (``sys.stdout`` at the time of the call by default)."""
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     out = sys.stdout if out is None else out
     if names is None:
         names = (
@@ -644,6 +676,7 @@ def run(
     compiled = [n for n in backends.available_backends() if n != "numpy"]
     print(
         f"fastmlp bench: {time.strftime('%Y-%m-%d')}, {np.dtype(dtype).name}, {activation} hidden units, "
+        f"{'plain SGD' if optimizer == 'sgd' else 'Adam'}, "
         f"seconds per epoch (median; ~ = timed on part of the epoch and scaled)",
         file=out,
     )
@@ -677,11 +710,12 @@ def run(
         print(header, file=out)
         for b in batch_sizes:
             bs = len(X) if b == "full" else int(b)
-            lr = 0.01 if bs == 1 else 0.1
+            lr = 1e-3 if optimizer == "adam" else 0.01 if bs == 1 else 0.1
+            kw = dict(activation=activation, optimizer=optimizer)
             floor = row_pass_floor(X, labels, shape, bs, all_threads)
-            times = {name: time_epoch(name, params, X, labels, bs, lr, budget, activation=activation) for name in names}
+            times = {name: time_epoch(name, params, X, labels, bs, lr, budget, **kw) for name in names}
             scaling = {
-                name: thread_speedup(name, params, X, labels, bs, lr, all_threads, budget, activation=activation)
+                name: thread_speedup(name, params, X, labels, bs, lr, all_threads, budget, **kw)
                 for name in names
                 if name in compiled and all_threads > 1
             }
@@ -695,6 +729,7 @@ def run(
                     network=net,
                     shape=shape_name(shape),
                     activation=activation,
+                    optimizer=optimizer,
                     batch=b,
                     backend=name,
                     seconds=t,

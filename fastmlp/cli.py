@@ -267,7 +267,13 @@ def cmd_bench(args):
         _check_output_dir(args.json, "--json")
     nets = bench.networks(args.data_dir, args.networks.split(","), tuple(args.hidden) if args.hidden else None)
     rows = bench.run(
-        nets, args.batch_sizes, np.dtype(args.dtype), names, budget=args.budget, activation=args.activation
+        nets,
+        args.batch_sizes,
+        np.dtype(args.dtype),
+        names,
+        budget=args.budget,
+        activation=args.activation,
+        optimizer=args.optimizer,
     )
     if args.json is not None:
         bench.write_json(args.json, bench.environment(np.dtype(args.dtype)), rows)
@@ -514,6 +520,12 @@ def build_parser():
         "--backends", default=None, help="comma-separated (default: every available one, and torch if installed)"
     )
     b.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    b.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="plain SGD, or Adam at scikit-learn's and PyTorch's defaults (lr 0.001), every peer alike",
+    )
     _add_activation(b)
     b.add_argument(
         "--budget", type=positive_float, default=1.0, help="seconds: slower epochs are timed on a prefix and scaled"

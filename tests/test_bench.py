@@ -111,3 +111,35 @@ def test_bench_runs_a_deep_network_with_every_backend_and_names_its_shape(monkey
         if r["backend"] in ("cython", "numba"):
             assert r["path"] == "sparse" and r["floor"] is not None
         assert r["gflops"] == pytest.approx(bench.flop_per_example(*shape) * len(X) / r["seconds"] / 1e9)
+
+
+@pytest.mark.parametrize("style", ["autograd", "manual"])
+def test_the_torch_peers_take_the_same_adam_steps_as_the_reference(style):
+    """Two epochs: the peers' Adam keeps its moments and step count between them."""
+    torch = pytest.importorskip("torch")
+    X, labels, _ = sparse_net(200)
+    X = X[:, :50].astype(np.float64)
+    params = bench.init_params((50, 24, 16, 10), np.float64)
+    expected = {k: v.copy() for k, v in params.items()}
+    m, v = ({k: np.zeros_like(a) for k, a in params.items()} for _ in range(2))
+    trainer = bench.TorchTrainer(params, style, "relu", optimizer="adam")
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(labels.astype(np.int64))
+    for epoch in range(2):
+        ref.train_epoch(expected, X, labels, np.arange(200), 10, 1e-3, activation="relu", optimizer="adam",
+                        velocity=m, second_moment=v, steps=20 * epoch)  # fmt: skip
+        trainer.epoch(Xt, yt, torch.arange(200), 10, 1e-3)
+    got = trainer.params()
+    for k in expected:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-9, atol=1e-12)
+
+
+def test_bench_times_adam_on_every_backend_and_says_so(monkeypatch):
+    monkeypatch.setattr(bench, "numba_first_call_seconds", lambda: (0.0, 0.0))
+    X, labels, shape = sparse_net(400)
+    names = backends.available_backends() + (["sklearn"] if bench.sklearn_available() else [])
+    out = io.StringIO()
+    rows = bench.run({"synthetic": (X, labels, shape)}, (1, 200), names=names, out=out, optimizer="adam")
+    assert "relu" not in out.getvalue() and ", Adam, seconds per epoch" in out.getvalue()
+    assert {r["optimizer"] for r in rows} == {"adam"} and {r["backend"] for r in rows} == set(names)
+    with pytest.raises(ValueError, match="optimizer must be 'sgd' or 'adam'"):
+        bench.run({"synthetic": (X, labels, shape)}, (1,), names=names, out=out, optimizer="lbfgs")

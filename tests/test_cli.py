@@ -177,11 +177,13 @@ def test_bench_json_holds_the_printed_rows_and_the_machine(tmp_path):
         "--no-gil",
         "--activation",
         "logistic",
+        "--optimizer",
+        "adam",
         "--json",
         str(path),
     )
     assert out.returncode == 0, out.stderr
-    assert "logistic hidden units" in out.stdout
+    assert "logistic hidden units, Adam" in out.stdout
     data = json.loads(path.read_text())
     env = data["environment"]
     assert env["fastmlp"] == fastmlp.__version__ and env["dtype"] == "float32" and env["cores"] >= 1
@@ -194,6 +196,7 @@ def test_bench_json_holds_the_printed_rows_and_the_machine(tmp_path):
     assert set(rows) == {(1, "numpy"), (1, "cython"), (64, "numpy"), (64, "cython")}
     for (batch, backend), r in rows.items():
         assert r["network"] == "circles" and r["activation"] == "logistic" and r["seconds"] > 0
+        assert r["optimizer"] == "adam"
         # circles runs on one thread: no ratio of one thread to all of them
         assert r["threads_speedup"] is None and r["one_thread_seconds"] is None
         printed = re.search(rf"^\s+{batch}\s+{backend}\s+~?([0-9.e+-]+)\s", out.stdout, re.M)
