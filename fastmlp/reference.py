@@ -59,6 +59,7 @@ __all__ = [
     "param_grads",
     "sgd_step",
     "adam_step",
+    "objective",
     "train_epoch",
     "row_losses",
 ]
@@ -350,6 +351,32 @@ def adam_step(
     return params
 
 
+def objective(
+    params: Params,
+    X: np.ndarray,
+    y: np.ndarray,
+    loss: str = "ce",
+    alpha: float = 0.0,
+    weights: np.ndarray | None = None,
+    activation: str = "tanh",
+) -> tuple[float, dict[str, np.ndarray]]:
+    """The full-batch objective and its gradient by name, as scikit-learn's
+    ``solver="lbfgs"`` defines them: the (weighted) mean loss over X plus ``alpha /
+    2 * sum of the squared weights / n`` (n the number of rows, or the weights'
+    sum), whose gradient adds ``alpha / n * W`` to each weight's.
+    ``fastmlp.train(optimizer="lbfgs")`` minimises it."""
+    out = forward(params, X, activation)
+    row_loss, _ = row_losses(out, y, loss)
+    total = float(len(row_loss) if weights is None else weights.sum())
+    value = float(row_loss.sum() if weights is None else np.dot(weights, row_loss)) / total
+    grads = backward(params, out, y, loss, weights, activation)
+    for name, p in params.items():
+        if is_weight(name) and alpha:
+            value += 0.5 * alpha * float(np.vdot(p, p)) / total
+            grads[name] = grads[name] + (alpha / total) * p
+    return value, grads
+
+
 def train_epoch(
     params: dict[str, np.ndarray],
     X: np.ndarray,
@@ -385,7 +412,8 @@ def train_epoch(
     ``optimizer`` "adam" or "adamw" takes ``adam_step`` instead, with ``velocity``
     the first moments, ``second_moment`` the second, ``adam`` its other settings
     (``beta1``, ``beta2``, ``eps``, ``sklearn_eps``) and ``steps`` the steps taken
-    before this epoch (batch i is step ``steps + i + 1``).
+    before this epoch (batch i is step ``steps + i + 1``). "gradient" takes no step:
+    ``velocity`` gets each batch's gradient (with its decay) and the parameters stay.
     """
     loss_sum, correct = 0.0, 0
     for start in range(0, len(perm), batch_size):
@@ -408,6 +436,10 @@ def train_epoch(
         grads = backward(params, out, yb, loss, wb, activation)
         if optimizer == "sgd":
             sgd_step(params, grads, lr, momentum, nesterov, decay, velocity)
+        elif optimizer == "gradient":
+            step = tables.optimizer(optimizer).step
+            for name in params:
+                step(params[name], grads[name], velocity[name], decay=decay if is_weight(name) else 0.0)
         else:
             t = steps + start // batch_size + 1
             decoupled = tables.optimizer(optimizer).name == "adamw"

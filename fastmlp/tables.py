@@ -175,6 +175,13 @@ def _adamw_step(p, g, state, lr, beta1=0.9, beta2=0.999, eps=1e-8, decay=0.0, t=
     _adam_step(p, g, state, lr, beta1, beta2, eps, 0.0, t, sklearn_eps)
 
 
+def _gradient_step(p, g, state, lr=0.0, decay=0.0, **_):
+    """In place: no step. ``state`` (a block like ``p``) takes the gradient with its
+    decay, ``g + decay p``, and ``p`` stays: the loss-and-gradient primitive of the
+    full-batch optimizers (``fastmlp.train(optimizer="lbfgs")``)."""
+    state[...] = g + decay * p if decay else g
+
+
 @dataclass(frozen=True)
 class Optimizer:
     """A step rule.
@@ -186,7 +193,8 @@ class Optimizer:
     state) - c g``): the sparse path may then take every row's step without the
     gradient and add the gradient's part only to the rows the batch touched; a step
     that is not (Adam) moves every weight's state every step, from the batch's
-    summed gradient.
+    summed gradient. ``per_batch`` is False for a row that only the package's own
+    drivers take (not a name ``fastmlp.train`` accepts).
     """
 
     name: str
@@ -195,6 +203,7 @@ class Optimizer:
     state_blocks: Callable[[dict], int]
     linear: bool
     description: str = ""
+    per_batch: bool = True
 
 
 OPTIMIZERS = {
@@ -203,6 +212,7 @@ OPTIMIZERS = {
         Optimizer("sgd", 0, _sgd_step, lambda s: 1 if s.get("momentum") else 0, True, "torch.optim.SGD"),
         Optimizer("adam", 1, _adam_step, lambda s: 2, False, "torch.optim.Adam (L2 decay in the gradient)"),
         Optimizer("adamw", 2, _adamw_step, lambda s: 2, False, "torch.optim.AdamW (decoupled weight decay)"),
+        Optimizer("gradient", 3, _gradient_step, lambda s: 1, False, "the gradient into the state, no step", False),
     )
 }
 

@@ -137,10 +137,10 @@ FM_LEVEL_FN int FN(fm_blas_epoch)(const FT(fm_dense) *net, const FT(fm_batches) 
     const int status = fm_check_codes(net->act, net->loss, opt->kind);
     if (status != FM_OK)
         return status;
-    const int adam = opt->kind != FM_SGD;
-    if ((adam || opt->momentum != 0 || opt->decay != 0) && !(ws->GWh && ws->GWy && ws->gb))
+    const int summed = opt->kind != FM_SGD, adam = FM_SECOND_MOMENT(opt->kind);
+    if ((summed || opt->momentum != 0 || opt->decay != 0) && !(ws->GWh && ws->GWy && ws->gb))
         return FM_ERR_LAYOUT;
-    if ((adam || opt->momentum != 0) && !(net->VWh && net->Vbh && net->VWy && net->Vby))
+    if ((summed || opt->momentum != 0) && !(net->VWh && net->Vbh && net->VWy && net->Vby))
         return FM_ERR_LAYOUT;
     if (adam && !(net->SWh && net->Sbh && net->SWy && net->Sby))
         return FM_ERR_LAYOUT;

@@ -146,7 +146,7 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
     const int L = net->n_layers; /* layers of weights: L - 1 hidden layers */
     const int64_t *n = net->n, *s = net->s;
     const ptrdiff_t rows = ws->rows, nout = n[L], sout = s[L];
-    const int adam = opt->kind != FM_SGD, momentum = opt->momentum != 0 || adam;
+    const int adam = FM_SECOND_MOMENT(opt->kind), momentum = opt->momentum != 0 || opt->kind != FM_SGD;
     const int plain = FN(fm_step_plain)(opt, opt->decay);
     /* this thread's dl/dz rows and its copy of the output biases (state, gradient) */
     REAL *dZ = ws->own + t * FM_DEEP_OWN(rows, sout, DLANES), *by = dZ + rows * sout;
@@ -347,8 +347,8 @@ FM_LEVEL_FN int FN(fm_deep_epoch)(const FT(fm_deep) *net, const FT(fm_rows) *ex,
     const int status = fm_check_codes(net->act, net->loss, opt->kind);
     if (status != FM_OK)
         return status;
-    const int L = net->n_layers, adam = opt->kind != FM_SGD;
-    int bad = L < 2 || ws->rows < 1 || ((adam || opt->momentum != 0) && !(net->VW && net->Vb)) ||
+    const int L = net->n_layers, adam = FM_SECOND_MOMENT(opt->kind);
+    int bad = L < 2 || ws->rows < 1 || ((opt->kind != FM_SGD || opt->momentum != 0) && !(net->VW && net->Vb)) ||
               (adam && !(net->SW && net->Sb));
     for (int k = 1; k <= L && !bad; k++)
         bad = net->s[k] % DLANES || net->s[k] < net->n[k] || (k < L && ws->n_iota < net->s[k]);

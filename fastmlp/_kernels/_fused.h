@@ -28,8 +28,11 @@
 #define FM_OPTIMIZERS(X) \
     X(0, sgd)            \
     X(1, adam)           \
-    X(2, adamw)
-enum { FM_SGD = 0, FM_ADAM = 1, FM_ADAMW = 2 };
+    X(2, adamw)          \
+    X(3, gradient)
+enum { FM_SGD = 0, FM_ADAM = 1, FM_ADAMW = 2, FM_GRADIENT = 3 };
+/* Whether a step keeps Adam's second moments (its S blocks) */
+#define FM_SECOND_MOMENT(kind) ((kind) == FM_ADAM || (kind) == FM_ADAMW)
 enum { FM_OK = 0, FM_ERR_LOSS = -1, FM_ERR_LAYOUT = -2, FM_ERR_ACT = -3, FM_ERR_OPT = -4 };
 
 /* Bytes of a cache line: the unit of the hidden-unit padding and of the slices. */

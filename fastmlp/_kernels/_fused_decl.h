@@ -12,6 +12,9 @@
  *   sqrt(1 - beta2^t) + eps) at step t. With sklearn_eps, scikit-learn's: eps is
  *   added to sqrt(v) before the bias correction (eps / sqrt(1 - beta2^t) above).
  * - FM_ADAMW, torch.optim.AdamW's: W *= 1 - lr * decay, then Adam's step without decay.
+ * - FM_GRADIENT, no step: the parameters stay, and their state v (the velocity
+ *   block) takes the batch's gradient, grad + decay * W for the weights: the
+ *   loss-and-gradient primitive of full-batch optimizers (L-BFGS).
  *
  * With decay_by_weight_sum the decay of a batch is decay / (sum of its sample
  * weights) (scikit-learn's alpha). grad is the batch's (weighted) mean gradient.

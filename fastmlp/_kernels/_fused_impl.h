@@ -165,7 +165,7 @@ static FM_INLINE REAL FN(fm_batch_decay)(const FT(fm_step) *opt, double weight_s
 static FM_INLINE FT(fm_step) FN(fm_step_at)(const FT(fm_step) *opt, ptrdiff_t i)
 {
     FT(fm_step) at = *opt;
-    if (opt->kind != FM_SGD) {
+    if (FM_SECOND_MOMENT(opt->kind)) {
         const double t = (double)(opt->steps + i + 1);
         const double bc2_sqrt = sqrt(1.0 - pow((double)opt->beta2, t));
         at.step_size = (REAL)((double)opt->lr / (1.0 - pow((double)opt->beta1, t)));
@@ -183,7 +183,8 @@ static FM_INLINE int FN(fm_step_plain)(const FT(fm_step) *opt, REAL decay)
 
 /* p[0:n] steps (fm_step) from the gradient g (NULL: zero; SGD only), with `decay`
  * for these parameters; v the velocities (SGD with momentum) or Adam's first
- * moments, s Adam's second moments. One loop per form, so that each vectorises. */
+ * moments, s Adam's second moments; FM_GRADIENT writes g + decay p into v and
+ * leaves p. One loop per form, so that each vectorises. */
 #define FM_SGD_LOOP(MOMENTUM, NESTEROV, G, V)                                                      \
     _Pragma("omp simd") for (ptrdiff_t j = 0; j < n; j++)                                         \
         p[j] = FN(fm_sgd1)(p[j], V, G, lr, mu, decay, MOMENTUM, NESTEROV);
@@ -200,7 +201,11 @@ static FM_INLINE void FN(fm_step_dense)(REAL *restrict p, REAL *restrict v, REAL
                                         ptrdiff_t n, const FT(fm_step) *opt, REAL decay)
 {
     const REAL lr = opt->lr, mu = opt->momentum;
-    if (opt->kind != FM_SGD) {
+    if (opt->kind == FM_GRADIENT) {
+#pragma omp simd
+        for (ptrdiff_t j = 0; j < n; j++)
+            v[j] = g[j] + decay * p[j];
+    } else if (opt->kind != FM_SGD) {
         const REAL b1 = opt->beta1, b2 = opt->beta2, step = opt->step_size, bc2 = opt->bc2_sqrt, eps = opt->eps_t;
         const int adamw = opt->kind == FM_ADAMW;
         const REAL l2 = adamw ? R(0) : decay, shrink = adamw ? R(1) - lr * decay : R(1);

@@ -503,7 +503,7 @@ def _loss_mse(Z, r, y, dZ, scale):
 LOSS_OPS = {0: _loss_ce, 1: _loss_mse}
 # the codes of fastmlp.tables this backend has ops for
 ACTIVATION_CODES, LOSS_CODES = frozenset(ACTIVATION_OPS), frozenset(LOSS_OPS)
-OPTIMIZER_CODES = frozenset((0, 1, 2))  # sgd (_sgd_row), adam and adamw (_step_row)
+OPTIMIZER_CODES = frozenset((0, 1, 2, 3))  # sgd (_sgd_row), adam, adamw and gradient (_step_row)
 
 
 @_jit
@@ -818,12 +818,23 @@ def _adam_at(step, i, like):
 
 
 @_jit
+def _second_moment(step):
+    """Whether the step keeps Adam's second moments (_fused.h FM_SECOND_MOMENT)."""
+    return step.kind == 1 or step.kind == 2
+
+
+@_jit
 def _step_row(P, V, S, r, c, G, gr, n, step, adam, decay):
     """P[r, c : c + n] steps (epochs.Step; _fused_impl.h fm_step_dense) from the
     gradient G[gr, :n] with `decay`: SGD by _sgd_row (V its velocity), Adam with V
-    and S its moments and ``adam`` the batch's factors (_adam_at)."""
+    and S its moments and ``adam`` the batch's factors (_adam_at); "gradient" (code
+    3) writes the gradient with its decay into V and leaves P."""
     if step.kind == 0:
         _sgd_row(P, V, r, c, G, gr, n, step.lr, step.momentum, decay, step.nesterov)
+        return
+    if step.kind == 3:
+        for j in range(n):
+            V[r, c + j] = G[gr, j] + decay * P[r, c + j]
         return
     one = P.dtype.type(1)
     b1, b2 = step.beta1, step.beta2
@@ -1035,7 +1046,7 @@ def _output_apply(s, width, net, ws, step, adam, decay):
     gbh (_sparse_impl.h fm_sparse_output_step)."""
     zero = net.Wy.dtype.type(0)
     state = step.kind != 0 or step.momentum != 0
-    moments = step.kind != 0
+    moments = _second_moment(step)
     Wy = net.Wy[s]
     VWy, SWy = net.VWy[s] if state else Wy, net.SWy[s] if moments else Wy
     by_v, by_s = net.Vby if state else net.by, net.Sby if moments else net.by
@@ -1196,7 +1207,7 @@ def _sparse_apply(t, nt, net, step, adam, decay, ws):
         width = (net.group_line[net.slice_group[s + 1]] - net.group_line[net.slice_group[s]]) * lanes
         Ws, gWs = WhT[s], ws.gWhT[s]
         Vs = net.VWhT[s] if state else Ws
-        Ss = net.SWhT[s] if step.kind != 0 else Ws
+        Ss = net.SWhT[s] if _second_moment(step) else Ws
         for i in range(n_in):
             _step_row(Ws, Vs, Ss, i, 0, gWs, i, width, step, adam, decay)
             for j in range(width):
@@ -1406,8 +1417,8 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
     group = 4 * lanes
     zero, one = W.dtype.type(0), W.dtype.type(1)
     mu = step.momentum
-    moments = step.kind != 0
-    momentum = mu != 0 or moments
+    moments = _second_moment(step)
+    momentum = mu != 0 or step.kind != 0
     plain = not momentum and step.decay == 0
     # the first layer's arrays as one slice of the sparse epoch's layout, for its row passes
     W1 = W[: n_in * s1].reshape((1, n_in, s1))
@@ -1655,6 +1666,7 @@ def _blas_epoch(act, loss, net, ex, step, ws, ws_int, ws_char, ws_real):
         plain = step.kind == 0 and mu == 0 and d == 0
         adam = _adam_at(step, start // ex.batch, Wh)
         state = step.kind != 0 or mu != 0
+        SWy_ = SWy if _second_moment(step) else Wy
         for b in range(B):
             for o in range(nout):
                 z = by[o]
@@ -1685,10 +1697,10 @@ def _blas_epoch(act, loss, net, ex, step, ws, ws_int, ws_char, ws_real):
                 _act_grad(act, dHj[r], Hj[r], gb[:w], t(1))
             _gemm(True, False, nout, w, B, t(1), dZ, nout, Hj, w, t(0), GWy[:, u0:], nh, ws_int, ws_char, ws_real)
             for o in range(nout):
-                _step_row(Wy, VWy if state else Wy, SWy if step.kind else Wy, o, u0, GWy[:, u0:], o, w, step, adam, d)
+                _step_row(Wy, VWy if state else Wy, SWy_, o, u0, GWy[:, u0:], o, w, step, adam, d)
             _step_vector(bh, Vbh, Sbh, u0, gb, w, step, adam, zero)
             _gemm(True, False, w, n_in, B, t(1), dHj, w, Xb, n_in, t(0), GWh[u0:], n_in, ws_int, ws_char, ws_real)
-            VWh_, SWh_ = VWh if state else Wh, SWh if step.kind else Wh
+            VWh_, SWh_ = VWh if state else Wh, SWh if _second_moment(step) else Wh
             for c in range(w):
                 _step_row(Wh, VWh_, SWh_, u0 + c, 0, GWh, u0 + c, n_in, step, adam, d)
         if plain:
@@ -1870,7 +1882,7 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_thr
     if opt.state_blocks > (P.VWhT.size > 0) + (P.SWhT.size > 0):
         raise ValueError("the parameter block has no room for the step's state (velocities, moments)")
     if opt.optimizer != "sgd" and not work.gWhT.size:
-        raise ValueError("an Adam step needs the workspace's gWhT: every batch's gradient is summed")
+        raise ValueError(f"a {opt.optimizer} step needs the workspace's gWhT: every batch's gradient is summed")
     if work.H.shape[1] < min(batch, len(order)) and not work.gWhT.size:
         raise ValueError("a batch larger than the workspace's rows needs the workspace's gWhT")
     check_mask(P, work)

@@ -708,7 +708,7 @@ static FM_INLINE void FN(fm_sparse_thread)(const FT(fm_net) *net, const FT(fm_ro
         const FT(fm_step) step = FN(fm_step_at)(opt, start / batch);
         /* a batch larger than the workspace is taken in chunks of `rows` examples,
          * its gradients summed (fm_sparse_accumulate) and the step taken at the end;
-         * so is every batch of a step that is not affine in the gradient (Adam) */
+         * so is every batch of a step that is not affine in the gradient (Adam, FM_GRADIENT) */
         const int chunked = B > rows || opt->kind != FM_SGD;
         for (ptrdiff_t c0 = 0; c0 < B; c0 += rows, parity ^= 1) {
             const ptrdiff_t C = B - c0 < rows ? B - c0 : rows, c_start = start + c0;
@@ -801,9 +801,9 @@ FM_LEVEL_FN int FN(fm_sparse_epoch)(const FT(fm_net) *net, const FT(fm_rows) *ex
     const int status = fm_check_codes(net->act, net->loss, opt->kind);
     if (status != FM_OK)
         return status;
-    const int adam = opt->kind != FM_SGD;
-    if (net->stride % LANES || ((adam || opt->momentum != 0) && !(net->VWhT && net->Vbh && net->VWy && net->Vby)) ||
-        (adam && !(net->SWhT && net->Sbh && net->SWy && net->Sby && ws->gWhT)) ||
+    const int summed = opt->kind != FM_SGD, adam = FM_SECOND_MOMENT(opt->kind);
+    if (net->stride % LANES || ((summed || opt->momentum != 0) && !(net->VWhT && net->Vbh && net->VWy && net->Vby)) ||
+        (summed && !ws->gWhT) || (adam && !(net->SWhT && net->Sbh && net->SWy && net->Sby)) ||
         ws->rows < 1 || (ws->rows < (ex->batch < ex->n ? ex->batch : ex->n) && !ws->gWhT) ||
         (ws->cptr && (!ws->gWhT || !ex->indptr || ex->batch < ex->n || ws->rows > 65536)) ||
         (ws->mask && (ws->rows > FM_MASK_ROWS || ws->group_min < 1)))

@@ -520,7 +520,7 @@ def sparse_work(net, batch, chunk_rows=0, group=None, nnz_per_row=0.0, summed=Fa
     than the batch's non-zeros (``n_in <= rows * nnz_per_row``, the mean non-zeros
     of a row).
 
-    With ``summed`` (a step that is not affine in the gradient: Adam), every batch's
+    With ``summed`` (a step that is not affine in the gradient: Adam, "gradient"), every batch's
     gradient of WhT is summed in that buffer and the step taken from it."""
     n_slices, n_in, stride = net.WhT.shape
     n_out, dtype = net.Wy.shape[1], net.WhT.dtype
@@ -786,6 +786,9 @@ class EpochRunner:
     ``labels`` (``np.intp``) and ``weights`` (per row, the parameters' dtype, or
     None) are trusted (``fastmlp.train`` validates them). The path and the rows'
     layout are chosen once, here; the parameter layout per thread count.
+    ``summed``: the steps it will take are not affine in the gradient (Adam, or
+    "gradient"), so that the sparse path sums every batch's gradient before its
+    step; by default, where the runner keeps Adam's two blocks of state.
     """
 
     def __init__(
@@ -803,10 +806,12 @@ class EpochRunner:
         weights=None,
         velocity=None,
         second_moment=None,
+        summed=None,
     ):
         self.kernels = kernels
         self.params, self.velocity, self.second_moment = params, velocity, second_moment
         self.n_state = (velocity is not None) + (second_moment is not None)
+        self.summed = self.n_state == 2 if summed is None else bool(summed)
         if second_moment is not None and velocity is None:
             raise ValueError("second_moment needs the first moments too (velocity)")
         self.X, self.labels, self.weights = X, labels, weights
@@ -897,9 +902,7 @@ class EpochRunner:
             )
             group = self._group()
             nnz_per_row = self.rows.indptr[-1] / max(1, self.n_rows) if self.rows.indptr is not None else n_in
-            work = sparse_work(
-                net, self.batch, self.kernels.SPARSE_CHUNK_ROWS, group, nnz_per_row, summed=self.n_state == 2
-            )
+            work = sparse_work(net, self.batch, self.kernels.SPARSE_CHUNK_ROWS, group, nnz_per_row, summed=self.summed)
             self._layouts[n_threads] = (net, work)
         return self._layouts[n_threads]
 
