@@ -12,8 +12,9 @@ Nesterov momentum for "sgd", the L2 term ``alpha``, the "constant",
 "invscaling" and "adaptive" learning rates, the stopping rules), so the same
 settings give the same kind of training; every activation ("identity",
 "logistic", "tanh", "relu") has scikit-learn's meaning. ``hidden_layer_sizes``
-takes any number of hidden layers. The solvers are "adam" and "sgd" ("lbfgs" is
-not available yet). Where it differs: the output
+takes any number of hidden layers. The solvers are "adam", "sgd" and "lbfgs"
+(scipy's L-BFGS-B over the compiled kernels' full-batch gradient). Where it
+differs: the output
 is a softmax over every class (scikit-learn uses one logistic unit for two
 classes); float32 (``dtype``) and the compiled kernels' order of operations
 change the last bits; the loss curve adds the L2 term at the epoch's end weights.
@@ -25,12 +26,15 @@ Beyond scikit-learn: ``class_weight``, ``loss``, ``dtype``, ``backend`` and
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 import numpy.typing as npt
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
+from sklearn.utils._available_if import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
@@ -54,12 +58,14 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         The width of each hidden layer: ``(256, 128)`` is two hidden layers.
     activation : {"identity", "logistic", "tanh", "relu"}, default "relu"
         The hidden activation, as scikit-learn's ("logistic" is the sigmoid).
-    solver : {"adam", "sgd"}, default "adam"
+    solver : {"adam", "sgd", "lbfgs"}, default "adam"
         "adam": scikit-learn's Adam (``beta_1``, ``beta_2``, ``epsilon``, eps added to
         sqrt(v) before the bias correction), its moments and step count kept
         through ``partial_fit`` calls and reset by ``fit``; the learning rate stays
         ``learning_rate_init``. "sgd": with ``momentum``, ``nesterovs_momentum`` and
-        the ``learning_rate`` schedules.
+        the ``learning_rate`` schedules. "lbfgs": scipy's L-BFGS-B on the whole
+        training set with ``max_iter``, ``max_fun`` and ``tol``, as scikit-learn's
+        (no ``partial_fit``, no batches, no early stopping).
     alpha : float, default 1e-4
         Strength of the L2 term: each step adds ``alpha * W / (sum of the batch's
         sample weights)`` to the gradients of the weights, as scikit-learn does.
@@ -72,7 +78,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     learning_rate_init : float, default 0.001
     power_t : float, default 0.5
     max_iter : int, default 200
-        Epochs.
+        Epochs ("lbfgs": iterations).
     shuffle : bool, default True
     random_state : int, RandomState or None
         Seeds the initialisation, the shuffling and the early-stopping split.
@@ -95,7 +101,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         Adam's term for numerical stability, > 0.
     n_iter_no_change : int, default 10
     max_fun : int, default 15000
-        Accepted and unused, as by scikit-learn's SGD.
+        "lbfgs": the most loss-and-gradient evaluations.
     class_weight : dict, "balanced" or None
         Weights per class, multiplied into ``sample_weight``.
     loss : {"ce", "mse"}, default "ce"
@@ -193,8 +199,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         n_hidden = tuple(check_positive_int(n, f"hidden_layer_sizes[{k}]") for k, n in enumerate(sizes))
         if self.activation not in tables.ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(tables.ACTIVATIONS)}, got {self.activation!r}")
-        if self.solver not in ("adam", "sgd"):
-            raise ValueError(f'solver must be "adam" or "sgd" ("lbfgs" is not available yet), got {self.solver!r}')
+        if self.solver not in ("adam", "sgd", "lbfgs"):
+            raise ValueError(f'solver must be "adam", "sgd" or "lbfgs", got {self.solver!r}')
         for name in ("beta_1", "beta_2"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or not 0 <= value < 1:
@@ -304,9 +310,55 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             self._initialise(X.shape[1], n_hidden, rng)
         else:
             self._reset_optimizer()
-        self._fit_stochastic(X, self._encode(y), sample_weight, rng, self.max_iter, self.early_stopping)
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(X, self._encode(y), sample_weight)
+        else:
+            self._fit_stochastic(X, self._encode(y), sample_weight, rng, self.max_iter, self.early_stopping)
         return self
 
+    def _stochastic(self):
+        if self.solver == "lbfgs":
+            raise AttributeError(
+                f"partial_fit is only available for stochastic optimizers. {self.solver} is not stochastic."
+            )
+        return True
+
+    def _fit_lbfgs(self, X, labels, sample_weight):
+        """scikit-learn's solver="lbfgs": L-BFGS-B on the mean loss plus ``alpha / 2 *
+        sum W**2 / n``, its gradient from the kernels; ``loss_`` is that objective at
+        the end, ``n_iter_`` the iterations."""
+        training = _Training(
+            self.model_,
+            X,
+            labels,
+            lr=float(self.learning_rate_init),
+            loss=self.loss,
+            backend=self.backend,
+            n_threads=self.n_threads,
+            weight_decay=self.alpha,
+            sample_weight=sample_weight,
+            class_weight=self._class_weight(),
+            decay_by_weight_sum=True,
+            optimizer="lbfgs",
+        )
+
+        def report(fun):
+            if self.verbose:
+                print(f"Iteration {training.epoch}, loss = {fun:.8f}")
+
+        with training:
+            result = training.run_lbfgs(self.max_iter, self.max_fun, self.tol, report)
+        self.n_iter_ = int(result.nit)
+        self.loss_ = float(result.fun)
+        if result.status != 0:
+            warnings.warn(
+                f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status={result.status}): "
+                f"{result.message}. Increase the number of iterations (max_iter) or scale the data.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    @available_if(_stochastic)
     def partial_fit(
         self,
         X: Inputs,

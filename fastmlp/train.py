@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from . import backends, schedules
+from . import _full_batch, backends, schedules, tables
 from . import reference as ref
 from ._kernels.epochs import Diverged, EpochRunner, Step, blas_limits, wants_one_blas_thread
 from ._progress import Progress
@@ -60,6 +60,10 @@ class History:
     validation data). ``seconds`` is the wall time of each epoch's training.
     ``backend``, ``path`` and ``threads`` say what ran: the backend, its epoch path
     ("sparse", "blas" or "reference") and the threads of the last epoch.
+    With ``optimizer="lbfgs"`` each entry is an iteration, its loss and accuracy
+    measured at the new iterate over the whole training set; ``evaluations``
+    counts the loss-and-gradient evaluations and ``message`` is why L-BFGS-B
+    stopped (scipy's words).
 
     Examples
     --------
@@ -77,6 +81,8 @@ class History:
     backend: str = ""
     path: str = ""
     threads: int = 0
+    evaluations: int = 0
+    message: str = ""
 
     @property
     def epochs(self) -> int:
@@ -131,7 +137,8 @@ class DivergenceError(FloatingPointError):
 CHECKPOINT_VERSION = 4  # 2: with the momentum buffers and the optimizer settings; 3: model format 2; 4: Adam
 # The optimizer settings a checkpoint of version 2 or 3 was written with (SGD was the only one).
 _SGD_SETTINGS = dict(optimizer="sgd", beta1=0.9, beta2=0.999, eps=1e-8)
-OPTIMIZERS = ("sgd", "adam", "adamw")
+# The steps ``train`` takes per batch, and "lbfgs": scipy's L-BFGS-B over full-batch gradients
+OPTIMIZERS = (*(name for name, row in tables.OPTIMIZERS.items() if row.per_batch), "lbfgs")
 # The per-epoch lists of a History, as a checkpoint stores them.
 _HISTORY_SERIES = ("loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
@@ -164,8 +171,10 @@ def train(
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-8,
+    max_fun: int = 15000,
+    tol: float = 1e-4,
 ) -> History:
-    """Train ``model`` in place by mini-batch SGD (or Adam) and return its ``History``.
+    """Train ``model`` in place by mini-batch SGD (or Adam, or L-BFGS) and return its ``History``.
 
     Each step applies ``p -= lr * (mean over the batch of dl/dp)`` (with the
     options below, the step of ``torch.optim.SGD``; with ``optimizer="adam"``,
@@ -237,16 +246,27 @@ def train(
     class_weight : dict or "balanced", optional
         Weights per class (label -> weight), multiplied into ``sample_weight``;
         "balanced" gives each class n_samples / (n_classes * its count).
-    optimizer : {"sgd", "adam", "adamw"}
+    optimizer : {"sgd", "adam", "adamw", "lbfgs"}
         "sgd": ``torch.optim.SGD`` (with momentum, nesterov, weight_decay). "adam"
         and "adamw": ``torch.optim.Adam`` and ``AdamW`` with ``beta1``, ``beta2``,
         ``eps`` and ``weight_decay``; the moments of every parameter advance every
         step (on the sparse path too), start at zero, live through the epochs of
-        this call and are saved in checkpoints with the step count.
+        this call and are saved in checkpoints with the step count. "lbfgs":
+        scipy's L-BFGS-B on the full-batch objective of scikit-learn's
+        ``solver="lbfgs"``, the mean loss plus ``weight_decay / 2 * sum W**2``
+        (``fastmlp.reference.objective``), its gradient from the compiled kernels
+        on every thread; ``epochs`` is the most iterations, each one an entry of the
+        history; ``batch_size``, ``lr``, the schedule and ``shuffle`` do not apply,
+        nor do checkpoints (L-BFGS-B's state lives inside scipy).
     beta1, beta2 : float
         Adam's decay rates of the first and second moments, in [0, 1).
     eps : float
         Adam's term added to the denominator, > 0.
+    max_fun : int
+        "lbfgs": the most loss-and-gradient evaluations.
+    tol : float
+        "lbfgs": stop where every component of the gradient is at most ``tol`` in
+        absolute value (scipy's ``gtol``).
 
     Returns
     -------
@@ -291,10 +311,25 @@ def train(
     ...                         lr=0.01, optimizer="adam", validation_data=(X_test, y_test))
     >>> history.val_accuracy[-1] > 0.95
     True
+
+    With L-BFGS on the whole training set, as scikit-learn's ``solver="lbfgs"``:
+
+    >>> history = fastmlp.train(fastmlp.MLP(2, 10, 2, seed=0), X, y, epochs=100, optimizer="lbfgs",
+    ...                         validation_data=(X_test, y_test))
+    >>> history.val_accuracy[-1] > 0.95
+    True
     """
     model = _check_model(model)
     epochs = check_nonnegative_int(epochs, "epochs")
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+    if optimizer == "lbfgs":
+        max_fun = check_positive_int(max_fun, "max_fun")
+        tol = check_nonnegative_float(tol, "tol")
+        for value, name in ((checkpoint, "checkpoint"), (resume, "resume")):
+            if value is not None:
+                raise ValueError(
+                    f"{name} is not available with optimizer='lbfgs' (L-BFGS-B's state lives inside scipy)"
+                )
     if checkpoint is not None:
         _check_writable_dir(checkpoint, "checkpoint")
     check_bool(progress, "progress")
@@ -331,6 +366,12 @@ def train(
     if resume is not None:
         training.restore(_read_checkpoint(resume, model, settings))
     first = training.epoch
+    if training.lbfgs:
+        with training, Progress(epochs, "iteration", enabled=progress) as bar:
+            if epochs:
+                update = (lambda fun: bar.update(**_epoch_stats(training.history, training.n))) if bar.enabled else None
+                training.run_lbfgs(epochs, max_fun, tol, update)
+        return training.history
     if first < epochs:
         _check_lr_at(schedule, first)  # before any work
     with training:
@@ -416,12 +457,14 @@ class _Training:
         beta1, beta2 = check_fraction(beta1, "beta1"), check_fraction(beta2, "beta2")
         eps = check_positive_float(eps, "eps")
         if optimizer != "sgd" and momentum:
-            raise ValueError(
-                f"momentum is a setting of optimizer='sgd'; {optimizer!r} has beta1 (its momentum) and beta2"
-            )
+            has = "beta1 (its momentum) and beta2" if optimizer.startswith("adam") else "no momentum"
+            raise ValueError(f"momentum is a setting of optimizer='sgd'; {optimizer!r} has {has}")
+        self.lbfgs = optimizer == "lbfgs"
         self.X = check_X(X, "X", model.n_in, model.dtype)
         self.labels = check_y(y, self.X.shape[0], model.n_out, "y")
         self.n = self.X.shape[0]
+        if self.lbfgs:  # one batch of every row: the primitive's gradient is the full batch's
+            self.batch_size = max(1, self.n)
         weights = check_sample_weight(sample_weight, self.n, "sample_weight")
         cw = check_class_weight(class_weight, self.labels, model.n_out)
         if cw is not None:
@@ -438,7 +481,7 @@ class _Training:
             weight_decay,
             self.nesterov,
             decay_by_weight_sum,
-            optimizer,
+            "gradient" if self.lbfgs else optimizer,
             beta1,
             beta2,
             eps,
@@ -508,6 +551,7 @@ class _Training:
                 weights=self.weights,
                 velocity=self.velocity,
                 second_moment=self.second_moment,
+                summed=not tables.optimizer(self.step.optimizer).linear,
             )
             self.history.path = self.runner.path
             self._blas = blas_limits(wants_one_blas_thread(self.runner.path, self.batch_size))
@@ -522,6 +566,38 @@ class _Training:
             self._blas.__exit__(*exc)
         finally:
             self.model._training.release()
+
+    def run_lbfgs(self, max_iter, max_fun, tol, on_iteration=None):
+        """Up to ``max_iter`` iterations of L-BFGS-B (``_full_batch.minimize``), each
+        appended to the history as an epoch (its loss and accuracy measured at the
+        new iterate); returns scipy's ``OptimizeResult``."""
+        total = self.n if self.weights is None else float(self.weights.sum())
+        objective = _full_batch.Objective(self.runner, self.model.params, self.velocity, self.step, total)
+        h = self.history
+        t0 = [time.perf_counter()]
+
+        def iteration(fun):
+            h.seconds.append(time.perf_counter() - t0[0])
+            h.threads = self.runner.threads
+            h.loss.append(float(objective.last[0]))
+            h.accuracy.append(float(objective.last[1]))
+            if self.val is not None:
+                vl, va = _evaluate(self.model, *self.val, self.loss)
+                h.val_loss.append(vl)
+                h.val_accuracy.append(va)
+            self.epoch += 1
+            if on_iteration is not None:
+                on_iteration(fun)
+            t0[0] = time.perf_counter()
+
+        try:
+            result = _full_batch.minimize(objective, max_iter, max_fun, tol, iteration)
+        except Diverged as exc:
+            raise DivergenceError(exc.batch, 0, h) from None
+        finally:
+            h.evaluations += objective.evaluations
+        h.message = str(result.message)
+        return result
 
     def run_epoch(self, lr):
         """One epoch at learning rate ``lr``; appends to the history."""

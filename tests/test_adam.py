@@ -228,7 +228,7 @@ def test_a_resumed_adam_run_ends_with_the_uninterrupted_runs_parameters(tmp_path
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(optimizer="rmsprop"), r"optimizer must be one of \('sgd', 'adam', 'adamw'\), got str 'rmsprop'"),
+        (dict(optimizer="rmsprop"), r"optimizer must be one of \('sgd', 'adam', 'adamw', 'lbfgs'\), got str 'rmsprop'"),
         (dict(optimizer="adam", momentum=0.9), "momentum is a setting of optimizer='sgd'"),
         (dict(optimizer="adam", beta1=1.0), r"beta1 must be a number in \[0, 1\)"),
         (dict(optimizer="adam", beta2=-0.1), r"beta2 must be a number in \[0, 1\)"),

@@ -314,7 +314,7 @@ def test_the_estimator_refuses_what_fastmlp_does_not_train():
     for kwargs, message in [
         (dict(hidden_layer_sizes=(10, 0)), r"hidden_layer_sizes\[1\] must be a positive integer"),
         (dict(activation="softplus"), "activation must be one of"),
-        (dict(solver="lbfgs"), 'solver must be "adam" or "sgd"'),
+        (dict(solver="newton"), 'solver must be "adam", "sgd" or "lbfgs"'),
         (dict(beta_1=1.0), r"beta_1 must be in \[0, 1\)"),
         (dict(epsilon=0), "epsilon must be a positive number"),
         (dict(learning_rate=0.1), "learning_rate must be"),
