@@ -416,9 +416,10 @@ def _add_sgd_options(p, lists=False):
     else:
         p.add_argument(
             "--optimizer",
-            choices=("sgd", "adam", "adamw"),
+            choices=("sgd", "adam", "adamw", "lbfgs"),
             default="sgd",
-            help="the step: torch.optim.SGD's, Adam's or AdamW's (default: sgd)",
+            help="the step: torch.optim.SGD's, Adam's or AdamW's; or lbfgs, L-BFGS on the whole training set "
+            "with --epochs its iterations (default: sgd)",
         )
         p.add_argument("--momentum", type=_momentum, default=0.0, help="momentum (torch.optim.SGD's), in [0, 1)")
         p.add_argument(

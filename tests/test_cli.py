@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
-from helpers import MNIST_DIR
+from helpers import BACKENDS, MNIST_DIR
 
 import fastmlp
 from fastmlp import backends
@@ -55,6 +55,14 @@ def test_train_options_are_honoured():
     assert out.returncode == 0, out.stderr
     assert "2-4-2 relu" in out.stdout and "batch 7, lr 0.5, loss mse, adam, float64, backend numpy" in out.stdout
     assert len(re.findall(r"^epoch ", out.stdout, re.M)) == 3
+
+
+def test_train_with_lbfgs_prints_an_entry_per_iteration():
+    out = run("train", "--optimizer", "lbfgs", "--epochs", "40", "--backend", BACKENDS[-1])
+    assert out.returncode == 0, out.stderr
+    assert ", lbfgs, " in out.stdout
+    assert len(re.findall(r"^epoch ", out.stdout, re.M)) == 40
+    assert float(re.search(r"^test accuracy ([0-9.]+)", out.stdout, re.M).group(1)) > 0.95
 
 
 def test_the_activation_is_trained_and_saved(tmp_path):
