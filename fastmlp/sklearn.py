@@ -99,7 +99,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         Adam's decay rates of the first and second moments, in [0, 1).
     epsilon : float, default 1e-8
         Adam's term for numerical stability, > 0.
-    n_iter_no_change : int, default 10
+    n_iter_no_change : int or np.inf, default 10
     max_fun : int, default 15000
         "lbfgs": the most loss-and-gradient evaluations.
     class_weight : dict, "balanced" or None
@@ -215,8 +215,10 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             check_nonnegative_float(getattr(self, name), name)
         if not isinstance(self.learning_rate_init, numbers.Real) or not self.learning_rate_init > 0:
             raise ValueError(f"learning_rate_init must be a positive number, got {self.learning_rate_init!r}")
-        for name in ("max_iter", "n_iter_no_change", "max_fun"):
+        for name in ("max_iter", "max_fun"):
             check_positive_int(getattr(self, name), name)
+        if self.n_iter_no_change != np.inf:  # scikit-learn's way to never stop on a plateau
+            check_positive_int(self.n_iter_no_change, "n_iter_no_change")
         if not isinstance(self.momentum, numbers.Real) or not 0 <= self.momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum!r}")
         if not isinstance(self.validation_fraction, numbers.Real) or not 0 < self.validation_fraction < 1:
@@ -380,10 +382,12 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             self._initialise(X.shape[1], n_hidden, rng)
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise ValueError(f"classes={classes!r} differs from the classes of the first call {self.classes_}")
-        self._fit_stochastic(X, self._encode(y), sample_weight, rng, 1, False)
+        self._fit_stochastic(X, self._encode(y), sample_weight, rng, 1, False, incremental=True)
         return self
 
-    def _fit_stochastic(self, X, labels, sample_weight, rng, max_iter, early_stopping):
+    def _fit_stochastic(self, X, labels, sample_weight, rng, max_iter, early_stopping, incremental=False):
+        """Up to ``max_iter`` epochs; ``n_iter_`` counts this call's, as scikit-learn's
+        does (``t_`` and ``loss_curve_`` go on through warm starts and ``partial_fit``)."""
         if early_stopping:
             parts = train_test_split(
                 X,
@@ -444,6 +448,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                     v[...] = saved[k]
         training.steps = self._steps
         n_batches = -(-n // batch)
+        self.n_iter_ = 0
         with training:
             for _ in range(max_iter):
                 history = training.run_epoch(self._learning_rate)
@@ -477,6 +482,13 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                     training.scale_velocity(old / self._learning_rate)
                 if stop:
                     break
+                if not incremental and self.n_iter_ == max_iter:
+                    warnings.warn(
+                        f"Stochastic Optimizer: Maximum iterations ({max_iter}) reached and the optimization "
+                        "hasn't converged yet.",
+                        ConvergenceWarning,
+                        stacklevel=3,
+                    )
         self._velocity = {k: v.copy() for k, v in training.velocity.items()} if training.velocity is not None else None
         second = training.second_moment
         self._second_moment = {k: v.copy() for k, v in second.items()} if second is not None else None
