@@ -85,9 +85,9 @@ def minimize(objective, max_iter, max_fun, tol, on_iteration=None):
     def callback(intermediate_result):
         state["iterations"] += 1
         state["x"] = intermediate_result.x.copy()
-        if not np.array_equal(state["x"], objective.last_x):  # the statistics of this iterate
+        # the model and objective.last are at the last evaluated point: usually this iterate
+        if not np.array_equal(state["x"], objective.last_x):
             objective(state["x"])
-        objective.unpack(state["x"])
         if on_iteration is not None:
             on_iteration(float(intermediate_result.fun))
 

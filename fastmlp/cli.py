@@ -12,7 +12,7 @@ from . import backends, datasets
 from ._kernels import epochs
 from ._version import __version__
 from .model import MLP
-from .train import evaluate, train
+from .train import OPTIMIZERS, evaluate, train
 
 # Per-dataset defaults: the practical's settings for circles, the usual ones for MNIST.
 DEFAULTS = {
@@ -416,7 +416,7 @@ def _add_sgd_options(p, lists=False):
     else:
         p.add_argument(
             "--optimizer",
-            choices=("sgd", "adam", "adamw", "lbfgs"),
+            choices=OPTIMIZERS,
             default="sgd",
             help="the step: torch.optim.SGD's, Adam's or AdamW's; or lbfgs, L-BFGS on the whole training set "
             "with --epochs its iterations (default: sgd)",
