@@ -180,6 +180,35 @@ def check_y(y, n_samples, n_out, name="y"):
     return np.ascontiguousarray(labels, dtype=np.intp)
 
 
+def check_targets(y, n_samples, n_out, loss, dtype, name="y"):
+    """What the loss ``loss`` (a row of ``fastmlp.tables.LOSSES``) compares the
+    outputs with: class labels (``check_y``) or a matrix of target values (N,
+    n_out) -> C-contiguous in ``dtype`` (a vector is one column), of the values
+    the loss takes (finite; 0/1 for "bce"; non-negative for "poisson")."""
+    from . import tables
+
+    row = tables.loss(loss)
+    if row.targets == "labels":
+        return check_y(y, n_samples, n_out, name)
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real target values for loss {loss!r}, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be target values (N,) or (N, n_out) for loss {loss!r}, got shape {arr.shape}")
+    if arr.shape[0] != n_samples:
+        raise ValueError(f"{name} has {arr.shape[0]} rows but X has {n_samples}")
+    if arr.shape[1] != n_out:
+        raise ValueError(f"{name} must have {n_out} columns (the model's n_out), got shape {arr.shape}")
+    with np.errstate(over="ignore"):  # a value beyond dtype's range is refused as not finite
+        out = np.ascontiguousarray(arr, dtype=dtype)
+    problem = row.check(out) if out.size else None
+    if problem is not None:
+        raise ValueError(f"{name} must hold {problem} for loss {loss!r}")
+    return out
+
+
 def check_sparse_X(X, name="X", n_features=None, dtype=np.float64):
     """A scipy.sparse matrix or array (any format: CSC, COO and the others are
     converted to CSR once) as a new canonical ``scipy.sparse.csr_matrix`` of

@@ -49,13 +49,15 @@ _PREDICT_CHUNK = 8192
 
 
 class MLP:
-    """Multilayer perceptron: ``H = f(X Wh^T + bh)``, ``y^ = softmax(H Wy^T + by)``
-    with one hidden layer; ``H_k = f(H_{k-1} W_k^T + b_k)`` for each of several.
+    """Multilayer perceptron: ``H = f(X Wh^T + bh)``, ``y^ = g(H Wy^T + by)``
+    with one hidden layer, g the output of the loss (softmax by default);
+    ``H_k = f(H_{k-1} W_k^T + b_k)`` for each of several.
 
     Parameters
     ----------
     n_in, n_out : int
-        Input features, classes (n_out >= 2).
+        Input features; outputs: classes (n_out >= 2) for the losses over class
+        labels ("ce", "mse"), else one per label or target value (n_out >= 1).
     n_hidden : int or tuple of int
         Hidden units: an int for one hidden layer, a tuple of widths for one or
         more (``(256, 128)``: two hidden layers, scikit-learn's ``hidden_layer_sizes``).
@@ -69,6 +71,9 @@ class MLP:
         "normal": every parameter ~ N(0, 0.3^2), the practical's scheme.
     seed : int
         Seed of the initialisation.
+    loss : str
+        The output and its loss (``fastmlp.tables.LOSSES``), which ``predict``
+        follows; ``fastmlp.train`` sets the one it trains with.
 
     The parameters live in one cache-line-aligned block (``fastmlp.network``);
     ``coefs`` and ``intercepts`` are its per-layer views, in scikit-learn's order
@@ -110,8 +115,9 @@ class MLP:
         init: str = "xavier",
         seed: int = 0,
         activation: str = "tanh",
+        loss: str = "ce",
     ) -> None:
-        network = Network((n_in, *_widths(n_hidden), n_out), activation=activation, dtype=dtype)
+        network = Network((n_in, *_widths(n_hidden), n_out), activation=activation, loss=loss, dtype=dtype)
         check_choice(init, "init", ref.INITS)
         seed = check_nonnegative_int(seed, "seed")
         self._use(network)
@@ -213,7 +219,10 @@ class MLP:
 
     def __repr__(self):
         act = "" if self.activation == "tanh" else f", activation={self.activation!r}"
-        return f"MLP(n_in={self.n_in}, n_hidden={self.n_hidden!r}, n_out={self.n_out}{act}, dtype={self.dtype.name})"
+        loss = "" if self.loss == "ce" else f", loss={self.loss!r}"
+        return (
+            f"MLP(n_in={self.n_in}, n_hidden={self.n_hidden!r}, n_out={self.n_out}{act}{loss}, dtype={self.dtype.name})"
+        )
 
     # ---- prediction ----
 
@@ -230,12 +239,27 @@ class MLP:
         return out
 
     def predict_proba(self, X: Inputs) -> np.ndarray:
-        """Class probabilities ``softmax(Z)``, (n_samples, n_out)."""
-        return ref.softmax(self.logits(X))
+        """Probabilities, (n_samples, n_out): of each class, ``softmax(Z)``, for the
+        losses "ce" and "mse"; of each output being 1, ``logistic(Z)``, for "bce".
+        A model of a regression loss has none (``predict`` gives its values)."""
+        row = tables.loss(self.loss)
+        if not row.classifies:
+            raise ValueError(f"a model of loss {self.loss!r} predicts values, not probabilities: use predict")
+        return row.output(self.logits(X))
 
     def predict(self, X: Inputs) -> np.ndarray:
-        """The most probable class of each row (the first on ties), (n_samples,)."""
-        return self.logits(X).argmax(axis=1)
+        """What the model's loss predicts: for "ce" and "mse" the most probable class
+        of each row (the first on ties), (n_samples,); for "bce" 1 where an output's
+        probability exceeds 1/2, else 0, (n_samples, n_out) integers; for
+        "squared_error" the outputs Z and for "poisson" the means exp(Z),
+        (n_samples, n_out)."""
+        Z = self.logits(X)
+        row = tables.loss(self.loss)
+        if row.targets == "labels":
+            return Z.argmax(axis=1)
+        if row.classifies:
+            return (Z > 0).astype(np.intp)
+        return row.output(Z)
 
     # ---- PyTorch (optional: pip install fastmlp[bench] or any torch) ----
 
@@ -357,14 +381,12 @@ class MLP:
             raise ValueError(
                 f"{path!r} names an unknown activation {activation!r}; expected one of {tuple(tables.ACTIVATIONS)}"
             )
-        model = cls(sizes[0], sizes[1:-1], sizes[-1], dtype=Ws[0].dtype, activation=activation)
+        loss = str(data["loss"]) if "loss" in data else "ce"
+        if loss not in tables.LOSSES:
+            raise ValueError(f"{path!r} names an unknown loss {loss!r}; expected one of {tuple(tables.LOSSES)}")
+        model = cls(sizes[0], sizes[1:-1], sizes[-1], dtype=Ws[0].dtype, activation=activation, loss=loss)
         for name, value in zip(model._network.param_names(), values, strict=True):
             model._set(name, value)
-        if "loss" in data:
-            loss = str(data["loss"])
-            if loss not in tables.LOSSES:
-                raise ValueError(f"{path!r} names an unknown loss {loss!r}; expected one of {tuple(tables.LOSSES)}")
-            model.loss = loss
         return model
 
 

@@ -86,10 +86,9 @@ class Network:
             raise ValueError(f"sizes must be (n_in, n_1, ..., n_out) with one hidden layer or more, got {self.sizes!r}")
         names = ("n_in",) + tuple(f"hidden[{k}]" for k in range(len(sizes) - 2)) + ("n_out",)
         sizes = tuple(check_positive_int(n, name) for n, name in zip(sizes, names, strict=True))
-        if sizes[-1] < 2:
-            raise ValueError(f"n_out must be at least 2 (classes), got {sizes[-1]!r}")
         tables.activation(self.activation)
-        tables.loss(self.loss)
+        if tables.loss(self.loss).targets == "labels" and sizes[-1] < 2:
+            raise ValueError(f"n_out must be at least 2 (classes) for loss {self.loss!r}, got {sizes[-1]!r}")
         object.__setattr__(self, "sizes", sizes)
         object.__setattr__(self, "dtype", check_dtype(self.dtype))
 

@@ -49,6 +49,7 @@ __all__ = [
     "softmax",
     "one_hot",
     "as_labels",
+    "as_targets",
     "hidden_layer",
     "output_layer",
     "forward",
@@ -82,7 +83,7 @@ class Outputs(NamedTuple):
     X: np.ndarray  # (B, n_in) inputs
     H: np.ndarray  # (B, n_L) the last hidden layer's activations f(h~)
     Z: np.ndarray  # (B, n_out) logits y~
-    Y_hat: np.ndarray  # (B, n_out) softmax(y~)
+    Y_hat: np.ndarray  # (B, n_out) the loss's output of y~ (softmax for "ce" and "mse")
     hidden: tuple = ()  # every hidden layer's activations, first to last (H is the last)
 
 
@@ -164,6 +165,16 @@ def as_labels(y: npt.ArrayLike) -> np.ndarray:
     return y.argmax(axis=1) if y.ndim == 2 else y.astype(np.intp, copy=False)
 
 
+def as_targets(y: npt.ArrayLike, loss: str = "ce") -> np.ndarray:
+    """What ``loss`` compares the outputs with: integer labels (B,) for a loss over
+    class labels (from labels or one-hot rows), else the target values as a
+    matrix (B, n_out) (a vector is one column)."""
+    if tables.loss(loss).targets == "labels":
+        return as_labels(y)
+    y = np.asarray(y)
+    return y.reshape(len(y), -1)
+
+
 def hidden_layer(X: np.ndarray, Wh: np.ndarray, bh: np.ndarray, activation: str = "tanh") -> np.ndarray:
     """``H = f(X Wh^T + bh)``, f the ``activation``."""
     return tables.activation(activation).f(X @ Wh.T + bh)
@@ -174,9 +185,10 @@ def output_layer(H: np.ndarray, Wy: np.ndarray, by: np.ndarray) -> np.ndarray:
     return H @ Wy.T + by
 
 
-def forward(params: Params, X: np.ndarray, activation: str = "tanh") -> Outputs:
-    """Forward pass: ``H = f(X Wh^T + bh)``, ``Z = H Wy^T + by``, ``Y_hat = softmax(Z)``;
-    with several hidden layers ``H_k = f(H_{k-1} W_k^T + b_k)`` from ``H_0 = X``.
+def forward(params: Params, X: np.ndarray, activation: str = "tanh", loss: str = "ce") -> Outputs:
+    """Forward pass: ``H = f(X Wh^T + bh)``, ``Z = H Wy^T + by``, ``Y_hat`` the
+    output of ``loss`` (``softmax(Z)`` for "ce" and "mse"); with several hidden
+    layers ``H_k = f(H_{k-1} W_k^T + b_k)`` from ``H_0 = X``.
 
     Returns
     -------
@@ -200,13 +212,13 @@ def forward(params: Params, X: np.ndarray, activation: str = "tanh") -> Outputs:
         H = hidden_layer(H, W, b, activation)
         hidden.append(H)
     Z = output_layer(H, Wy, by)
-    return Outputs(X, H, Z, softmax(Z), tuple(hidden))
+    return Outputs(X, H, Z, tables.loss(loss).output(Z), tuple(hidden))
 
 
 def loss_accuracy(
     y_hat: np.ndarray, y: np.ndarray, loss: str = "ce", logits: np.ndarray | None = None
 ) -> tuple[float, float]:
-    """Mean loss over the batch and the fraction of rows whose argmax is the label.
+    """Mean loss over the batch and the fraction of rows predicted right.
 
     ``"ce"``
         Mean of ``-log y^_label``, computed as ``logsumexp(Z) - Z_label`` when the
@@ -214,33 +226,39 @@ def loss_accuracy(
         normal number.
     ``"mse"``
         Mean of ``0.5 * sum_i (y^_i - y_i)^2``.
+    ``"bce"``, ``"squared_error"``, ``"poisson"``
+        Mean of the rows' losses (``tables.LOSSES``), from the logits, which these
+        need.
 
-    ``y`` is integer labels (B,) or one-hot (B, n_out). Ties in the argmax go to
-    the lowest class index, as ``np.argmax`` does.
+    ``y`` is integer labels (B,) or one-hot (B, n_out) for "ce" and "mse" (ties in
+    the argmax go to the lowest class index, as ``np.argmax`` does), else the target
+    values (B, n_out). A row of "bce" is right when every output is on the side of
+    1/2 of its target (subset accuracy); a regression loss has accuracy 0.
     """
-    labels = as_labels(y)
     row = tables.loss(loss)
-    scores = y_hat if logits is None else logits
-    accuracy = float(np.mean(scores.argmax(axis=1) == labels))
-    if logits is None and loss == "ce":
-        nll = -np.log(np.maximum(y_hat[np.arange(len(labels)), labels], np.finfo(y_hat.dtype).tiny))
-        return float(np.mean(nll)), accuracy
+    t = as_targets(y, loss)
     if logits is None:
-        diff = y_hat - one_hot(labels, y_hat.shape[1], y_hat.dtype)
+        if row.targets != "labels":
+            raise ValueError(f"loss {loss!r} needs the logits")
+        accuracy = float(np.mean(y_hat.argmax(axis=1) == t))
+        if loss == "ce":
+            nll = -np.log(np.maximum(y_hat[np.arange(len(t)), t], np.finfo(y_hat.dtype).tiny))
+            return float(np.mean(nll)), accuracy
+        diff = y_hat - one_hot(t, y_hat.shape[1], y_hat.dtype)
         return float(np.mean(0.5 * np.sum(diff * diff, axis=1))), accuracy
-    return float(np.mean(row.rows(logits, labels))), accuracy
+    return float(np.mean(row.rows(logits, t))), float(np.mean(row.correct(logits, t)))
 
 
 def output_delta(y_hat: np.ndarray, y: np.ndarray, loss: str = "ce") -> np.ndarray:
     """dl/dy~ per example, the error signal that enters the output layer.
 
-    ``"ce"``
-        ``y^ - y``.
+    ``"ce"``, ``"bce"``, ``"squared_error"``, ``"poisson"``
+        ``y^ - y``: each is its output's canonical loss.
     ``"mse"``
         ``J^T (y^ - y)`` with the softmax Jacobian ``J = diag(y^) - y^ y^T``, which
         is symmetric, so ``y^ * (g - sum(y^ * g))`` with ``g = y^ - y``.
     """
-    return tables.loss(loss).delta(y_hat, as_labels(y))
+    return tables.loss(loss).delta(y_hat, as_targets(y, loss)).astype(y_hat.dtype, copy=False)
 
 
 def backward(
@@ -262,7 +280,8 @@ def backward(
     row b's dl/dy~ is scaled by ``w_b / sum(w)`` instead of ``1 / B`` (no update
     where the weights sum to 0).
     """
-    X, _, _, Y_hat, hidden = outputs
+    X, _, Z, _, hidden = outputs
+    Y_hat = tables.loss(loss).output(Z)
     delta = output_delta(Y_hat, y, loss)
     if weights is None:
         d = delta / Y_hat.shape[0]
@@ -365,7 +384,7 @@ def objective(
     2 * sum of the squared weights / n`` (n the number of rows, or the weights'
     sum), whose gradient adds ``alpha / n * W`` to each weight's.
     ``fastmlp.train(optimizer="lbfgs")`` minimises it."""
-    out = forward(params, X, activation)
+    out = forward(params, X, activation, loss)
     row_loss, _ = row_losses(out, y, loss)
     total = float(len(row_loss) if weights is None else weights.sum())
     value = float(row_loss.sum() if weights is None else np.dot(weights, row_loss)) / total
@@ -420,7 +439,7 @@ def train_epoch(
         idx = perm[start : start + batch_size]
         Xb, yb = X[idx], labels[idx]
         wb = None if weights is None else weights[idx]
-        out = forward(params, Xb, activation)
+        out = forward(params, Xb, activation, loss)
         if wb is None:
             batch_loss, batch_acc = loss_accuracy(out.Y_hat, yb, loss, logits=out.Z)
             loss_sum += batch_loss * len(idx)
@@ -448,7 +467,6 @@ def train_epoch(
 
 
 def row_losses(outputs: Outputs, y: np.ndarray, loss: str = "ce") -> tuple[np.ndarray, np.ndarray]:
-    """(loss of each row, 1.0 where its argmax is the label else 0.0)."""
-    labels = as_labels(y)
-    correct = (outputs.Z.argmax(axis=1) == labels).astype(np.float64)
-    return tables.loss(loss).rows(outputs.Z, labels).astype(np.float64), correct
+    """(loss of each row, 1.0 where it is predicted right else 0.0): see ``loss_accuracy``."""
+    row, t = tables.loss(loss), as_targets(y, loss)
+    return row.rows(outputs.Z, t).astype(np.float64), row.correct(outputs.Z, t)

@@ -8,6 +8,8 @@ Each row holds what the rest of the package needs to know about one choice, once
   ``fastmlp/_kernels/_nb.py``) and rejects any other code;
 - the NumPy definition, which the reference (``fastmlp/reference.py``) uses;
 - the PyTorch equivalent, for ``MLP.to_torch`` and the tests against autograd;
+- for a loss, the output it pairs with and what its targets are (class labels or
+  a matrix of values);
 - the facts the kernels rely on.
 
 Adding an activation is a row of ``ACTIVATIONS`` and its op in each backend: the
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit
+from scipy.special import expit, xlogy
 
 __all__ = [
     "Activation",
@@ -110,13 +112,70 @@ def _mse_delta(Y_hat, labels):
     return Y_hat * (g - np.sum(Y_hat * g, axis=1, keepdims=True))
 
 
+def _argmax_correct(Z, labels):
+    return (Z.argmax(axis=1) == labels).astype(np.float64)
+
+
+def _bce_rows(Z, T):
+    # -t log s(z) - (1 - t) log(1 - s(z)) = max(z, 0) - t z + log(1 + exp(-|z|)), stable
+    return np.sum(np.maximum(Z, 0) - T * Z + np.log1p(np.exp(-np.abs(Z))), axis=1)
+
+
+def _bce_correct(Z, T):
+    # every output on the right side of 1/2: scikit-learn's subset accuracy
+    return np.all((Z > 0) == (T > 0.5), axis=1).astype(np.float64)
+
+
+def _squared_rows(Z, T):
+    d = Z - T
+    return 0.5 * np.sum(d * d, axis=1)
+
+
+def _poisson_rows(Z, T):
+    # half the Poisson deviance of the mean exp(z): t log(t / exp(z)) - t + exp(z)
+    return np.sum(xlogy(T, T) - T * Z - T + np.exp(Z), axis=1)
+
+
+def _no_correct(Z, T):
+    return np.zeros(len(Z))
+
+
+def _delta(Y_hat, T):
+    return Y_hat - T
+
+
+def _check_binary(T):
+    if not np.all((T == 0) | (T == 1)):
+        return "indicator targets of 0 and 1"
+    return None
+
+
+def _check_finite(T):
+    if not np.all(np.isfinite(T)):
+        return "finite target values"
+    return None
+
+
+def _check_counts(T):
+    if not np.all(np.isfinite(T)) or np.any(T < 0):
+        return "finite, non-negative target values"
+    return None
+
+
 @dataclass(frozen=True)
 class Loss:
-    """An output and its loss over class labels.
+    """An output and its loss.
 
-    ``output(Z)`` turns logits into the model's outputs ``y^``; ``rows(Z, labels)``
-    is each row's loss from the logits (computed stably); ``delta(Y_hat, labels)``
-    is ``dl/dz`` per row.
+    ``output(Z)`` turns logits into the model's outputs ``y^``; ``rows(Z, y)``
+    is each row's loss from the logits (computed stably); ``delta(Y_hat, y)`` is
+    ``dl/dz`` per row; ``correct(Z, y)`` is 1.0 for each row predicted right, else
+    0.0 (always 0.0 for a regression loss). ``targets`` says what ``y`` is:
+    ``"labels"``, integer class labels (n,), or ``"values"``, a float matrix (n,
+    n_out) of one column per output. ``classifies`` says whether the model
+    predicts classes (labels, or 0/1 per output) and so has an accuracy.
+    ``check(T)``, for value targets, says what the values must be when ``T`` is
+    not that (None when it is). ``torch`` names the ``torch.nn`` module of the
+    output, None for the identity.
     """
 
     name: str
@@ -125,6 +184,11 @@ class Loss:
     rows: Callable[[np.ndarray, np.ndarray], np.ndarray]
     delta: Callable[[np.ndarray, np.ndarray], np.ndarray]
     description: str
+    targets: str = "labels"
+    classifies: bool = True
+    correct: Callable[[np.ndarray, np.ndarray], np.ndarray] = _argmax_correct
+    check: Callable[[np.ndarray], str | None] | None = None
+    torch: str | None = "Softmax"
 
 
 LOSSES = {
@@ -132,6 +196,45 @@ LOSSES = {
     for row in (
         Loss("ce", 0, _softmax, _ce_rows, _ce_delta, "softmax output, cross-entropy"),
         Loss("mse", 1, _softmax, _mse_rows, _mse_delta, "softmax output, squared error 0.5 |y^ - y|^2"),
+        Loss(
+            "bce",
+            2,
+            expit,
+            _bce_rows,
+            _delta,
+            "logistic output per column, binary cross-entropy (two classes, multilabel)",
+            "values",
+            True,
+            _bce_correct,
+            _check_binary,
+            "Sigmoid",
+        ),
+        Loss(
+            "squared_error",
+            3,
+            lambda Z: Z,
+            _squared_rows,
+            _delta,
+            "identity output, squared error 0.5 |y^ - y|^2 (regression)",
+            "values",
+            False,
+            _no_correct,
+            _check_finite,
+            None,
+        ),
+        Loss(
+            "poisson",
+            4,
+            np.exp,
+            _poisson_rows,
+            _delta,
+            "exp output, half Poisson deviance y log(y / y^) - y + y^ (counts)",
+            "values",
+            False,
+            _no_correct,
+            _check_counts,
+            None,
+        ),
     )
 }
 

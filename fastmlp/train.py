@@ -9,6 +9,7 @@ compiled primitives.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -33,8 +34,8 @@ from ._validation import (
     check_positive_float,
     check_positive_int,
     check_sample_weight,
+    check_targets,
     check_X,
-    check_y,
     is_finite_real,
 )
 
@@ -55,7 +56,10 @@ class History:
     """What ``train`` measured, one entry per epoch.
 
     ``loss`` and ``accuracy`` are running figures over the epoch: each batch's
-    loss and correct count measured in its forward pass, before its update.
+    loss and correct count measured in its forward pass, before its update. A
+    row is correct when its most probable class is its label, or, with "bce",
+    when every output is on its target's side of 1/2; the accuracy of a
+    regression loss ("squared_error", "poisson") is NaN.
     ``val_loss``/``val_accuracy`` are measured after the epoch (empty without
     validation data). ``seconds`` is the wall time of each epoch's training.
     ``backend``, ``path`` and ``threads`` say what ran: the backend, its epoch path
@@ -98,13 +102,13 @@ def _check_model(model):
     return model
 
 
-def _check_validation_data(validation_data, model):
+def _check_validation_data(validation_data, model, loss):
     if validation_data is None:
         return None
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
         raise ValueError("validation_data must be a pair (X_val, y_val)")
     X_val = check_X(validation_data[0], "validation_data[0]", model.n_in, model.dtype)
-    y_val = check_y(validation_data[1], X_val.shape[0], model.n_out, "validation_data[1]")
+    y_val = check_targets(validation_data[1], X_val.shape[0], model.n_out, loss, model.dtype, "validation_data[1]")
     return X_val, y_val
 
 
@@ -192,14 +196,22 @@ def train(
         once per call (``fastmlp info`` shows the rule). The caller's arrays are
         never modified.
     y : array
-        Integer class labels (n_samples,) in [0, n_out) or one-hot rows (n_samples, n_out).
+        For "ce" and "mse": integer class labels (n_samples,) in [0, n_out) or
+        one-hot rows (n_samples, n_out). For the other losses: the target values
+        (n_samples, n_out), a vector for one output: 0 or 1 ("bce"), finite
+        ("squared_error"), finite and non-negative ("poisson").
     epochs : int
         Total number of epochs (with ``resume``: including those already done).
     batch_size : int
     lr : float
         The learning rate (of the first epoch, under a schedule).
-    loss : {"ce", "mse"}
-        Cross-entropy, or squared error on the softmax output.
+    loss : {"ce", "mse", "bce", "squared_error", "poisson"}
+        The output and its loss (``fastmlp.tables.LOSSES``): softmax with
+        cross-entropy or squared error over class labels; a logistic per output
+        with binary cross-entropy (two classes, or several labels per row, as 0/1
+        columns); the identity with squared error (regression); exp with the half
+        Poisson deviance (counts). The model keeps it (``MLP.loss``), and its
+        ``predict`` and ``predict_proba`` follow it.
     backend : {"auto", "numpy", "cython", "numba"}
         "auto" takes the compiled Cython kernels where they load.
     shuffle : bool
@@ -443,6 +455,7 @@ class _Training:
         self.batch_size = check_positive_int(batch_size, "batch_size")
         check_positive_float(lr, "lr")
         check_choice(loss, "loss", ref.LOSSES)
+        model.network.replace(loss=loss)  # the model's outputs fit the loss (n_out >= 2 for classes)
         check_choice(backend, "backend", backends.NAMES)
         check_nonnegative_int(seed, "seed")
         if n_threads is not None:
@@ -461,16 +474,19 @@ class _Training:
             raise ValueError(f"momentum is a setting of optimizer='sgd'; {optimizer!r} has {has}")
         self.lbfgs = optimizer == "lbfgs"
         self.X = check_X(X, "X", model.n_in, model.dtype)
-        self.labels = check_y(y, self.X.shape[0], model.n_out, "y")
+        self.labels = check_targets(y, self.X.shape[0], model.n_out, loss, model.dtype, "y")
         self.n = self.X.shape[0]
+        self.classifies = tables.loss(loss).classifies
         if self.lbfgs:  # one batch of every row: the primitive's gradient is the full batch's
             self.batch_size = max(1, self.n)
         weights = check_sample_weight(sample_weight, self.n, "sample_weight")
+        if class_weight is not None and tables.loss(loss).targets != "labels":
+            raise ValueError(f"class_weight weighs class labels; loss {loss!r} takes target values")
         cw = check_class_weight(class_weight, self.labels, model.n_out)
         if cw is not None:
             weights = cw[self.labels] if weights is None else weights * cw[self.labels]
         self.weights = None if weights is None else np.ascontiguousarray(weights, dtype=model.dtype)
-        self.val = _check_validation_data(validation_data, model)
+        self.val = _check_validation_data(validation_data, model, loss)
         self.backend = backends.resolve(backend, deep=model.network.deep)
         self.loss, self.shuffle, self.seed, self.n_threads = loss, bool(shuffle), seed, n_threads
         self.momentum, self.nesterov, self.weight_decay = momentum, bool(nesterov), weight_decay
@@ -580,7 +596,7 @@ class _Training:
             h.seconds.append(time.perf_counter() - t0[0])
             h.threads = self.runner.threads
             h.loss.append(float(objective.last[0]))
-            h.accuracy.append(float(objective.last[1]))
+            h.accuracy.append(float(objective.last[1]) if self.classifies else math.nan)
             if self.val is not None:
                 vl, va = _evaluate(self.model, *self.val, self.loss)
                 h.val_loss.append(vl)
@@ -618,7 +634,7 @@ class _Training:
         h.threads = self.runner.threads
         total = n if self.weights is None else float(self.weights.sum())
         h.loss.append(loss_sum / total if total > 0 else 0.0)
-        h.accuracy.append(correct / total if total > 0 else 0.0)
+        h.accuracy.append((correct / total if total > 0 else 0.0) if self.classifies else math.nan)
         if self.val is not None:
             vl, va = _evaluate(self.model, *self.val, self.loss)
             h.val_loss.append(vl)
@@ -703,16 +719,18 @@ def _read_checkpoint(path, model, settings):
     )
 
 
-def _evaluate(model, X, labels, loss, weights=None):
+def _evaluate(model, X, targets, loss, weights=None):
     Z = model._logits(X)
+    row = tables.loss(loss)
+    outputs = ref.Outputs(None, None, Z, row.output(Z))
+    row_loss, row_correct = ref.row_losses(outputs, targets, loss)
     if weights is None:
-        return ref.loss_accuracy(ref.softmax(Z), labels, loss, logits=Z)
-    outputs = ref.Outputs(None, None, Z, ref.softmax(Z))
-    row_loss, row_correct = ref.row_losses(outputs, labels, loss)
+        weights = np.ones(len(Z))
     total = float(weights.sum())
     if total <= 0:
         raise ValueError("sample_weight must not all be zero")
-    return float(np.dot(weights, row_loss) / total), float(np.dot(weights, row_correct) / total)
+    accuracy = float(np.dot(weights, row_correct) / total) if row.classifies else math.nan
+    return float(np.dot(weights, row_loss) / total), accuracy
 
 
 def evaluate(
@@ -726,7 +744,8 @@ def evaluate(
     X : array or scipy.sparse matrix (n_samples, n_in)
     y : array
         Integer labels (n_samples,) or one-hot rows (n_samples, n_out).
-    loss : {"ce", "mse"}
+    loss : {"ce", "mse", "bce", "squared_error", "poisson"}
+        As in ``train``; ``y`` as that loss takes it.
     sample_weight : array (n_samples,), optional
         With weights: the weighted mean loss and the weighted fraction correct.
 
@@ -744,6 +763,6 @@ def evaluate(
     model = _check_model(model)
     check_choice(loss, "loss", ref.LOSSES)
     X = check_X(X, "X", model.n_in, model.dtype)
-    labels = check_y(y, X.shape[0], model.n_out, "y")
+    targets = check_targets(y, X.shape[0], model.n_out, loss, model.dtype, "y")
     weights = check_sample_weight(sample_weight, X.shape[0], "sample_weight")
-    return _evaluate(model, X, labels, loss, weights)
+    return _evaluate(model, X, targets, loss, weights)

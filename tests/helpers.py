@@ -44,14 +44,41 @@ def _id(value):
     return str(value)
 
 
-def random_problem(n, n_in, n_hidden, n_out, dtype, seed=0, sparse=False):
-    """A small random dataset and initial parameters."""
+def random_targets(loss, n, n_out, dtype, rng):
+    """Targets of ``n`` rows for ``loss``: class labels in [0, n_out) (np.intp), or
+    target values (n, n_out) in ``dtype``: indicators (bce), normal values
+    (squared_error), Poisson counts (poisson)."""
+    if fastmlp.tables.loss(loss).targets == "labels":
+        return rng.integers(0, n_out, size=n).astype(np.intp)
+    if loss == "bce":
+        values = rng.random((n, n_out)) < 0.4
+    elif loss == "poisson":
+        values = rng.poisson(1.0, size=(n, n_out))
+    else:
+        values = rng.normal(size=(n, n_out))
+    return np.ascontiguousarray(values, dtype=dtype)
+
+
+def step_size(loss, lr):
+    """A test's learning rate ``lr`` for ``loss``: a tenth of it for the losses of
+    target values, whose unbounded outputs (identity, exp) diverge at the rates
+    the softmax takes."""
+    return lr if fastmlp.tables.loss(loss).targets == "labels" else lr / 10
+
+
+def random_problem(n, n_in, n_hidden, n_out, dtype, seed=0, sparse=False, loss="ce", init=None):
+    """A small random dataset, its targets for ``loss`` and initial parameters
+    (``init`` as ``reference.init_params`` takes it; by default see below)."""
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, n_in))
     if sparse:
         X[rng.random(X.shape) < 0.7] = 0.0
-    y = rng.integers(0, n_out, size=n).astype(np.intp)
-    params = fastmlp.reference.init_params(n_in, n_hidden, n_out, "normal", dtype, seed + 1)
+    y = random_targets(loss, n, n_out, dtype, rng)
+    # the outputs of a regression or of a logistic per output are unbounded: Glorot's
+    # scale keeps its first steps finite (exp(z) of the Poisson loss above all)
+    if init is None:
+        init = "normal" if fastmlp.tables.loss(loss).targets == "labels" else "xavier"
+    params = fastmlp.reference.init_params(n_in, n_hidden, n_out, init, dtype, seed + 1)
     return X.astype(dtype), y, params
 
 

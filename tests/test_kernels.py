@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ACTIVATIONS, BACKENDS, DTYPES, hidden_tuple, pairwise, random_problem, trains
+from helpers import ACTIVATIONS, BACKENDS, DTYPES, hidden_tuple, pairwise, random_problem, step_size, trains
 
 from fastmlp import backends, tables
 from fastmlp import reference as ref
@@ -64,8 +64,8 @@ def test_forward_hidden_and_logits(kern, dtype, shape, activation):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_loss_grad(kern, dtype, shape, loss):
-    X, y, p = random_problem(*shape, dtype, seed=2)
-    out = ref.forward(p, X)
+    X, y, p = random_problem(*shape, dtype, seed=2, loss=loss)
+    out = ref.forward(p, X, loss=loss)
     dZ, loss_sum, n_correct = kern.loss_grad(out.Z, y, epochs.loss_code(loss))
     mean_loss, acc = ref.loss_accuracy(out.Y_hat, y, loss, logits=out.Z)
     assert dZ.dtype == dtype
@@ -159,12 +159,13 @@ def test_train_epoch_matches_reference(kernel, loss, dtype, shape_batch, activat
 
     (backend, path, inputs), (shape, batch) = kernel, shape_batch
     kern = backends.kernels(backend)
-    X, y, p = random_problem(*shape, dtype, seed=7, sparse=inputs != "dense")
+    X, y, p = random_problem(*shape, dtype, seed=7, sparse=inputs != "dense", loss=loss)
     expected = {k: v.copy() for k, v in p.items()}
     perm = np.random.default_rng(0).permutation(len(X))
-    r_loss, r_correct = ref.train_epoch(expected, X, y, perm, batch, 0.05, loss, activation=activation)
+    lr = step_size(loss, 0.05)
+    r_loss, r_correct = ref.train_epoch(expected, X, y, perm, batch, lr, loss, activation=activation)
     k_loss, k_correct = epochs.train_epoch(
-        kern, sp.csr_matrix(X) if inputs == "csr" else X, y, perm, p, 0.05, batch, loss, path, activation=activation
+        kern, sp.csr_matrix(X) if inputs == "csr" else X, y, perm, p, lr, batch, loss, path, activation=activation
     )
     assert k_correct == r_correct
     deep = len(hidden_tuple(shape[2])) > 1
@@ -177,13 +178,13 @@ def test_train_epoch_matches_reference(kernel, loss, dtype, shape_batch, activat
 def test_200_steps_match_reference_float64(kernel, loss, activation, hidden):
     """200 steps in order (shuffle=False): errors must not accumulate, at any depth."""
     backend, path = kernel
-    X, y, p = random_problem(400, 20, hidden, 4, np.float64, seed=11)
+    X, y, p = random_problem(400, 20, hidden, 4, np.float64, seed=11, loss=loss)
     expected = {k: v.copy() for k, v in p.items()}
     perm = np.arange(len(X), dtype=np.intp)
     kern = backends.kernels(backend)
     for _ in range(2):  # 2 epochs x 100 batches of 4
-        ref.train_epoch(expected, X, y, perm, 4, 0.2, loss, activation=activation)
-        epochs.train_epoch(kern, X, y, perm, p, 0.2, 4, loss, path, activation=activation)
+        ref.train_epoch(expected, X, y, perm, 4, step_size(loss, 0.2), loss, activation=activation)
+        epochs.train_epoch(kern, X, y, perm, p, step_size(loss, 0.2), 4, loss, path, activation=activation)
     for k in expected:
         np.testing.assert_allclose(p[k], expected[k], rtol=1e-8, atol=1e-12)
 
@@ -430,7 +431,7 @@ def test_chunked_batches_match_the_reference(
 
     (momentum, nesterov, decay, weighted), (chunk, batch) = options, chunk_batch
     kern = _chunking_kernels(monkeypatch, chunk, backend)
-    X, y, p = random_problem(100, 13, 40, 4, dtype, seed=3, sparse=True)
+    X, y, p = random_problem(100, 13, 40, 4, dtype, seed=3, sparse=True, loss=loss)
     w = np.random.default_rng(1).random(100).astype(dtype) * 2 if weighted else None
     expected = {k: v.copy() for k, v in p.items()}
     ve = {k: np.zeros_like(v) for k, v in p.items()}
@@ -449,7 +450,7 @@ def test_chunked_batches_match_the_reference(
         velocity=v,
     )
     assert runner.work.gWhT.size > 0 and runner.work.H.shape[1] == min(chunk, batch)
-    opt = epochs.Step(0.05, momentum, decay, nesterov, weighted)
+    opt = epochs.Step(step_size(loss, 0.05), momentum, decay, nesterov, weighted)
     _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, batch, opt, loss, dtype)
 
 
@@ -512,7 +513,7 @@ def test_grouped_updates_match_the_reference(monkeypatch, backend, rows, loss, d
     batch's examples: the reference's step, for every option, on CSR and dense rows."""
     momentum, nesterov, decay, weighted = options
     kern = _grouping_kernels(monkeypatch, 2, backend)
-    X, y, p = random_problem(300, 13, 40, 4, dtype, seed=3, sparse=rows == "csr")
+    X, y, p = random_problem(300, 13, 40, 4, dtype, seed=3, sparse=rows == "csr", loss=loss)
     # weights in [0.5, 1.5): with decay / (the batch's weight sum), a batch of two
     # near-zero weights would take a step that amplifies any rounding (either update)
     w = 0.5 + np.random.default_rng(1).random(300).astype(dtype) if weighted else None
@@ -609,7 +610,7 @@ def test_grouped_chunks_of_a_batch_too_large_for_the_mask_match_the_reference(
 ):
     momentum, nesterov, decay, weighted = options
     kern = _small_mask_kernels(monkeypatch, backend)
-    X, y, p = random_problem(300, 60, 40, 4, dtype, seed=5, sparse=True)  # 60 inputs > 40 examples
+    X, y, p = random_problem(300, 60, 40, 4, dtype, seed=5, sparse=True, loss=loss)  # 60 inputs > 40 examples
     w = 0.5 + np.random.default_rng(1).random(300).astype(dtype) if weighted else None
     expected = {k: v.copy() for k, v in p.items()}
     ve = {k: np.zeros_like(v) for k, v in p.items()}
@@ -994,7 +995,7 @@ def test_a_deep_workspace_without_gradient_buffers_is_refused(backend):
     runner = epochs.EpochRunner(backends.kernels(backend), p, X, y, batch_size=4, path="sparse")
     net, work = runner.block, runner.work
     args = (runner.rows, y, None, np.arange(20), 4, epochs.Step(0.1, 0.0, 1e-3), epochs.codes(), work, 1)
-    with pytest.raises(ValueError, match="lacks what the step needs"):
+    with pytest.raises(ValueError, match="what the step needs"):
         runner.kernels.deep_epoch(net, *args)
     before = net.W.copy()
     with pytest.raises(ValueError, match="activation code"):
@@ -1032,3 +1033,26 @@ def test_every_build_of_the_c_kernels_trains_deep_networks_as_the_reference(cy_l
         for k in p0:
             np.testing.assert_allclose(runs[0][k], expected[k], **tol(dtype, deep=True), err_msg=f"{batch} {k}")
             np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=f"{batch} {k}")
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "numpy"])
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_targets_of_the_other_kind_are_refused_before_any_work(backend, loss):
+    """A loss over class labels given target values, or the reverse, is refused by
+    each compiled primitive (the C kernels' FM_ERR_LAYOUT, Numba's check), the
+    parameters untouched."""
+    kern = backends.kernels(backend)
+    X, y, p = random_problem(20, 5, 8, 3, np.float64, seed=1, loss=loss)
+    other = random_problem(20, 5, 8, 3, np.float64, seed=1, loss="ce" if loss == "bce" else "bce")[1]
+    Z = ref.forward(p, X).Z
+    with pytest.raises(ValueError, match="class labels or target values"):
+        kern.loss_grad(Z, other, epochs.loss_code(loss))
+    with pytest.raises(ValueError, match="takes"):
+        epochs.EpochRunner(kern, p, X, other, batch_size=4, loss=loss)
+    before = {k: v.copy() for k, v in p.items()}
+    runner = epochs.EpochRunner(kern, p, X, y, batch_size=4, loss=loss, path="sparse")
+    runner.labels = other  # past the runner's own check: the kernels refuse it too
+    with pytest.raises(ValueError, match="class labels or target values"):
+        runner.epoch(np.arange(20), epochs.Step(0.1))
+    for k in p:
+        np.testing.assert_array_equal(p[k], before[k])

@@ -2,31 +2,32 @@
 
 import numpy as np
 import pytest
-from helpers import ACTIVATIONS, random_problem
+from helpers import ACTIVATIONS, LOSSES, random_problem
 
+import fastmlp
 from fastmlp import reference as ref
 
 
 def _loss(params, X, y, loss, activation="tanh"):
-    out = ref.forward(params, X, activation)
+    out = ref.forward(params, X, activation, loss)
     return ref.loss_accuracy(out.Y_hat, y, loss, logits=out.Z)[0]
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize(
     "shape", [(7, 5, 4, 3), (1, 1, 1, 2), (12, 3, 8, 2), (7, 5, (4, 6), 3), (6, 4, (5, 3, 4), 3)], ids=str
 )
 def test_backward_matches_central_differences(loss, shape, activation):
     """One, two and three hidden layers: every gradient against central differences."""
     n, n_in, nh, n_out = shape
-    X, y, params = random_problem(n, n_in, nh, n_out, np.float64, seed=3)
+    X, y, params = random_problem(n, n_in, nh, n_out, np.float64, seed=3, loss=loss, init="normal")
     # no pre-activation within the steps of a kink (relu at 0): the derivative is one-sided there
     H = X
     for W, b in ref.layers(params)[:-1]:
         assert np.abs(H @ W.T + b).min() > 1e-4
         H = ref.hidden_layer(H, W, b, activation)
-    grads = ref.backward(params, ref.forward(params, X, activation), y, loss, activation=activation)
+    grads = ref.backward(params, ref.forward(params, X, activation, loss), y, loss, activation=activation)
     assert grads.keys() == params.keys()
     eps = 1e-6
     for name in params:
@@ -45,9 +46,9 @@ def test_backward_matches_central_differences(loss, shape, activation):
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("loss", ["ce", "mse"])
+@pytest.mark.parametrize("loss", LOSSES)
 def test_float32_backward_agrees_with_float64(loss, activation):
-    X, y, p64 = random_problem(20, 6, 5, 3, np.float64, seed=4)
+    X, y, p64 = random_problem(20, 6, 5, 3, np.float64, seed=4, loss=loss)
     p32 = {k: v.astype(np.float32) for k, v in p64.items()}
     g64 = ref.backward(p64, ref.forward(p64, X, activation), y, loss, activation=activation)
     g32 = ref.backward(p32, ref.forward(p32, X.astype(np.float32), activation), y, loss, activation=activation)
@@ -126,3 +127,48 @@ def test_train_epoch_last_batch_averages_over_its_own_size():
         ref.sgd_step(manual, ref.backward(manual, ref.forward(manual, X[idx]), y[idx]), 0.1)
     for k in ref.PARAM_NAMES:
         np.testing.assert_allclose(params[k], manual[k], rtol=1e-14)
+
+
+def _torch_rows(torch, Z, y, loss):
+    """Each row's loss written with torch's own functions."""
+    F = torch.nn.functional
+    if loss == "ce":
+        return F.cross_entropy(Z, y, reduction="none")
+    if loss == "mse":
+        return 0.5 * ((torch.softmax(Z, 1) - F.one_hot(y, Z.shape[1])) ** 2).sum(1)
+    if loss == "bce":
+        return F.binary_cross_entropy_with_logits(Z, y, reduction="none").sum(1)
+    if loss == "squared_error":
+        return 0.5 * F.mse_loss(Z, y, reduction="none").sum(1)
+    # poisson_nll_loss(log_input) is exp(z) - t z: the deviance adds t log t - t
+    return (F.poisson_nll_loss(Z, y, log_input=True, reduction="none") + torch.special.xlogy(y, y) - y).sum(1)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("hidden", [5, (5, 4)])
+def test_every_loss_and_its_gradients_equal_torch_autograd(loss, hidden):
+    """The loss of each row of the output table, its accuracy and the gradients of
+    the weighted batch mean, against torch's own loss functions and autograd."""
+    torch = pytest.importorskip("torch")
+    X, y, p = random_problem(30, 6, hidden, 3, np.float64, seed=9, loss=loss)
+    w = np.random.default_rng(3).random(30)
+    model = fastmlp.MLP(6, hidden, 3, dtype=np.float64, activation="relu")
+    for k, value in p.items():
+        model.params[k][...] = value
+    seq = model.to_torch()
+    target = torch.from_numpy(y.astype(np.int64) if y.ndim == 1 else y)
+    rows = _torch_rows(torch, seq(torch.from_numpy(X)), target, loss)
+    wt = torch.from_numpy(w)
+    ((wt * rows).sum() / wt.sum()).backward()
+    out = ref.forward(p, X, "relu", loss)
+    got_rows, correct = ref.row_losses(out, y, loss)
+    np.testing.assert_allclose(got_rows, rows.detach().numpy(), rtol=1e-12)
+    grads = ref.backward(p, out, y, loss, w, "relu")
+    for k, q in zip(p, [q for m in seq[0::2] for q in (m.weight, m.bias)], strict=True):
+        np.testing.assert_allclose(grads[k], q.grad.numpy(), rtol=1e-10, atol=1e-14)
+    if fastmlp.tables.loss(loss).classifies:
+        Z = out.Z
+        expected = Z.argmax(1) == y if y.ndim == 1 else ((Z > 0) == (y > 0.5)).all(1)
+        np.testing.assert_array_equal(correct, expected)
+    else:
+        assert not correct.any()

@@ -78,8 +78,8 @@ static FM_INLINE void FN(fm_blas_thread)(const FT(fm_dense) *net, const FT(fm_ba
             const intptr_t r = ex->order[start + b];
             const double w = ex->weights ? (double)ex->weights[r] : 1.0;
             fm_tally row = {0, 0};
-            FN(fm_row_loss_grad)(net->loss, dz, ex->labels[r], dz, nout, weight_sum > 0 ? (REAL)(w / weight_sum) : R(0),
-                                 w, &row);
+            FN(fm_row_loss_grad)(net->loss, dz, ex->labels, ex->targets, r, dz, nout,
+                                 weight_sum > 0 ? (REAL)(w / weight_sum) : R(0), w, &row);
             ws->row_loss[b] = row.loss_sum;
             ws->row_correct[b] = row.correct;
         }
@@ -142,7 +142,8 @@ FM_LEVEL_FN int FN(fm_blas_epoch)(const FT(fm_dense) *net, const FT(fm_batches) 
         return FM_ERR_LAYOUT;
     if ((summed || opt->momentum != 0) && !(net->VWh && net->Vbh && net->VWy && net->Vby))
         return FM_ERR_LAYOUT;
-    if (adam && !(net->SWh && net->Sbh && net->SWy && net->Sby))
+    if ((adam && !(net->SWh && net->Sbh && net->SWy && net->Sby)) ||
+        fm_check_targets(net->loss, ex->labels, ex->targets) != FM_OK)
         return FM_ERR_LAYOUT;
     n_threads = n_threads > net->n_blocks ? net->n_blocks : n_threads;
     n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);

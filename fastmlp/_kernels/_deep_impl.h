@@ -225,7 +225,8 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
                             FN(fm_axpy)(z, R(1), P + (g * rows + r) * sk, nout);
                         const REAL w = ex->weights ? ex->weights[order[r]] : R(1);
                         const REAL scale = weight_sum > 0 ? (REAL)(w / weight_sum) : R(0);
-                        FN(fm_row_loss_grad)(net->loss, z, ex->labels[order[r]], z, nout, scale, (double)w, tl);
+                        FN(fm_row_loss_grad)(net->loss, z, ex->labels, ex->targets, order[r], z, nout, scale, (double)w,
+                                             tl);
                     }
                 }
             }
@@ -349,7 +350,7 @@ FM_LEVEL_FN int FN(fm_deep_epoch)(const FT(fm_deep) *net, const FT(fm_rows) *ex,
         return status;
     const int L = net->n_layers, adam = FM_SECOND_MOMENT(opt->kind);
     int bad = L < 2 || ws->rows < 1 || ((opt->kind != FM_SGD || opt->momentum != 0) && !(net->VW && net->Vb)) ||
-              (adam && !(net->SW && net->Sb));
+              (adam && !(net->SW && net->Sb)) || fm_check_targets(net->loss, ex->labels, ex->targets) != FM_OK;
     for (int k = 1; k <= L && !bad; k++)
         bad = net->s[k] % DLANES || net->s[k] < net->n[k] || (k < L && ws->n_iota < net->s[k]);
     const int summed = !FN(fm_step_plain)(opt, opt->decay) || ws->rows < (ex->batch < ex->n ? ex->batch : ex->n);

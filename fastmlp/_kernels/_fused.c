@@ -176,6 +176,12 @@ static int fm_check_codes(int act, int loss, int opt)
     return !fm_valid_act(act) ? FM_ERR_ACT : !fm_valid_loss(loss) ? FM_ERR_LOSS : !fm_valid_opt(opt) ? FM_ERR_OPT : FM_OK;
 }
 
+/* FM_ERR_LAYOUT where the targets the loss reads are missing, else FM_OK. */
+static int fm_check_targets(int loss, const void *labels, const void *targets)
+{
+    return (FM_VALUE_TARGETS(loss) ? targets : labels) ? FM_OK : FM_ERR_LAYOUT;
+}
+
 int fm_max_threads(void)
 {
 #ifdef _OPENMP
@@ -256,10 +262,10 @@ int fm_max_threads(void)
     {                                                                                              \
         FM_CALL_VOID(fm_bias_add_##S, (Z, b, B, n))                                                \
     }                                                                                              \
-    int fm_loss_grad_##S(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B, ptrdiff_t n, int loss, \
-                         REAL scale, fm_tally *tally)                                              \
+    int fm_loss_grad_##S(const REAL *Z, const intptr_t *labels, const REAL *targets, REAL *dZ, ptrdiff_t B, \
+                         ptrdiff_t n, int loss, REAL scale, fm_tally *tally)                       \
     {                                                                                              \
-        FM_CALL(fm_loss_grad_##S, (Z, labels, dZ, B, n, loss, scale, tally))                       \
+        FM_CALL(fm_loss_grad_##S, (Z, labels, targets, dZ, B, n, loss, scale, tally))              \
     }                                                                                              \
     int fm_apply_act_grad_##S(int act, REAL *dH, const REAL *H, ptrdiff_t len)                     \
     {                                                                                              \

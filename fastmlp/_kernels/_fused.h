@@ -22,9 +22,15 @@
     X(1, relu)            \
     X(2, logistic)        \
     X(3, identity)
-#define FM_LOSSES(X) \
-    X(0, ce)         \
-    X(1, mse)
+#define FM_LOSSES(X)   \
+    X(0, ce)           \
+    X(1, mse)          \
+    X(2, bce)          \
+    X(3, squared_error) \
+    X(4, poisson)
+/* Whether a loss compares the outputs with target values (a row of nout REALs per
+ * example: fm_rows.targets) rather than a class label (fm_rows.labels). */
+#define FM_VALUE_TARGETS(loss) ((loss) >= 2)
 #define FM_OPTIMIZERS(X) \
     X(0, sgd)            \
     X(1, adam)           \

@@ -54,7 +54,10 @@ typedef struct {
 /* The examples: rows order[0 .. n) of the data, batch at a time (the last batch
  * may be smaller). CSR rows: row r's values data[indptr[r] .. indptr[r + 1]] at
  * inputs indices[...]; with indptr NULL, dense rows of n_in values and indices
- * 0 .. n_in - 1. weights: each row's sample weight (NULL: all 1). */
+ * 0 .. n_in - 1. weights: each row's sample weight (NULL: all 1). What the loss
+ * compares row r's outputs with: its class label labels[r], or, for a loss of
+ * value targets (FM_VALUE_TARGETS), its nout values targets[r * nout ...]; the
+ * other may be NULL. */
 typedef struct {
     const REAL *data;
     const int32_t *indices;
@@ -62,6 +65,7 @@ typedef struct {
     const intptr_t *labels, *order;
     const REAL *weights;
     ptrdiff_t n_in, n, batch;
+    const REAL *targets;
 } FM_D(fm_rows);
 
 /* Workspace of the sparse epoch, for `rows` examples at a time (the batch, or
@@ -95,12 +99,14 @@ typedef struct {
 } FM_D(fm_swork);
 
 /* The examples of a dense epoch: rows order[0 .. n) of X (n_rows, n_in), batch
- * at a time (the last batch may be smaller); weights as in fm_rows. */
+ * at a time (the last batch may be smaller); weights, labels and targets as in
+ * fm_rows. */
 typedef struct {
     const REAL *X;
     const intptr_t *labels, *order;
     const REAL *weights;
     ptrdiff_t n_in, n, batch;
+    const REAL *targets;
 } FM_D(fm_batches);
 
 /* The network of the BLAS epoch: the activation and loss codes, the parameters
@@ -187,7 +193,7 @@ int FM_D(fm_blas_epoch)(const FM_D(fm_dense) *net, const FM_D(fm_batches) *ex, c
 int FM_D(fm_apply_act)(int act, REAL *x, ptrdiff_t n);
 int FM_D(fm_bias_act)(int act, REAL *H, const REAL *b, ptrdiff_t B, ptrdiff_t n);
 void FM_D(fm_bias_add)(REAL *Z, const REAL *b, ptrdiff_t B, ptrdiff_t n);
-int FM_D(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B,
+int FM_D(fm_loss_grad)(const REAL *Z, const intptr_t *labels, const REAL *targets, REAL *dZ, ptrdiff_t B,
                        ptrdiff_t n, int loss, REAL scale, fm_tally *tally);
 int FM_D(fm_apply_act_grad)(int act, REAL *dH, const REAL *H, ptrdiff_t len);
 void FM_D(fm_bias_update)(REAL *b, const REAL *D, ptrdiff_t B, ptrdiff_t n, REAL lr);

@@ -54,24 +54,28 @@ static FM_INLINE void FN(fm_act_grad_axpy)(int act, REAL *restrict d, const REAL
     }
 }
 
-/* One row of logits z -> dz = scale * dl/dz (z and dz may be the same row) for the
- * loss `loss` (a code of FM_LOSSES, checked by the caller); adds the row's loss
- * and whether its argmax (first on ties) is the label, both times `weight`. */
-static FM_INLINE void FN(fm_row_loss_grad)(int loss, const REAL *z, intptr_t y, REAL *dz, ptrdiff_t n, REAL scale,
-                                           double weight, fm_tally *tally)
+/* One row of logits z, of example r, -> dz = scale * dl/dz (z and dz may be the
+ * same row) for the loss `loss` (a code of FM_LOSSES, checked by the caller, as
+ * that the labels or the targets it reads are given: fm_rows); adds the row's
+ * loss and whether it is predicted right, both times `weight`. */
+static FM_INLINE void FN(fm_row_loss_grad)(int loss, const REAL *z, const intptr_t *labels, const REAL *targets,
+                                           intptr_t r, REAL *dz, ptrdiff_t n, REAL scale, double weight,
+                                           fm_tally *tally)
 {
-    ptrdiff_t am = 0;
+    const intptr_t y = labels ? labels[r] : 0;
+    const REAL *t = targets ? targets + r * n : NULL;
+    int correct = 0;
     double l = 0;
     switch (loss) {
 #define FM_CASE(code, name)                                                                        \
     case code:                                                                                     \
-        l = FN(fm_loss_##name)(z, y, dz, n, scale, &am);                                           \
+        l = FN(fm_loss_##name)(z, y, t, dz, n, scale, &correct);                                   \
         break;
         FM_LOSSES(FM_CASE)
 #undef FM_CASE
     }
     tally->loss_sum += weight * l;
-    tally->correct += weight * (am == y);
+    tally->correct += weight * correct;
 }
 
 /* The exported forms of the activation ops: FM_ERR_ACT for an unknown code. */
@@ -119,13 +123,15 @@ FM_LEVEL_FN void FN(fm_bias_add)(REAL *restrict Z, const REAL *restrict b, ptrdi
             Z[r * n + j] += b[j];
 }
 
-FM_LEVEL_FN int FN(fm_loss_grad)(const REAL *Z, const intptr_t *labels, REAL *dZ, ptrdiff_t B,
-                                 ptrdiff_t n, int loss, REAL scale, fm_tally *tally)
+FM_LEVEL_FN int FN(fm_loss_grad)(const REAL *Z, const intptr_t *labels, const REAL *targets, REAL *dZ,
+                                 ptrdiff_t B, ptrdiff_t n, int loss, REAL scale, fm_tally *tally)
 {
     if (!fm_valid_loss(loss))
         return FM_ERR_LOSS;
+    if (fm_check_targets(loss, labels, targets) != FM_OK)
+        return FM_ERR_LAYOUT;
     for (ptrdiff_t r = 0; r < B; r++)
-        FN(fm_row_loss_grad)(loss, Z + r * n, labels[r], dZ + r * n, n, scale, 1.0, tally);
+        FN(fm_row_loss_grad)(loss, Z + r * n, labels, targets, r, dZ + r * n, n, scale, 1.0, tally);
     return FM_OK;
 }
 

@@ -469,19 +469,24 @@ def _softmax_row(Z, r, dZ):
     return s, m, am
 
 
+# Each loss takes row r of Z to row r of dZ, from the label y or from row tr of the
+# target values T (_ops.h: a loss over labels reads y, a loss of values T), and
+# returns (the row's loss, 1 if the row is predicted right else 0).
+
+
 @_jit
-def _loss_ce(Z, r, y, dZ, scale):
+def _loss_ce(Z, r, y, T, tr, dZ, scale):
     """softmax + cross-entropy: l = log sum exp(z - m) - (z_y - m); dl/dz = softmax(z) - onehot(y)."""
     zy = Z[r, y]
     s, m, am = _softmax_row(Z, r, dZ)
     inv_s = Z.dtype.type(1) / s
     for i in range(Z.shape[1]):
         dZ[r, i] = (dZ[r, i] * inv_s - (_F(1) if i == y else _F(0))) * scale
-    return float(np.log(s)) - float(zy - m), am
+    return float(np.log(s)) - float(zy - m), 1 if am == y else 0
 
 
 @_jit
-def _loss_mse(Z, r, y, dZ, scale):
+def _loss_mse(Z, r, y, T, tr, dZ, scale):
     """softmax + squared error: l = 0.5 |p - y|^2; dl/dz = p * (g - p.g), g = p - onehot(y)."""
     t = Z.dtype.type
     s, m, am = _softmax_row(Z, r, dZ)
@@ -496,28 +501,73 @@ def _loss_mse(Z, r, y, dZ, scale):
         pg += p * g
     for i in range(Z.shape[1]):
         dZ[r, i] = dZ[r, i] * ((dZ[r, i] - (_F(1) if i == y else _F(0))) - pg) * scale
-    return 0.5 * float(l2), am
+    return 0.5 * float(l2), 1 if am == y else 0
+
+
+@_jit
+def _loss_bce(Z, r, y, T, tr, dZ, scale):
+    """logistic per output + binary cross-entropy: l = sum_i max(z, 0) - t z + log(1 +
+    exp(-|z|)); dl/dz = s(z) - t; right where every output is on t's side of 1/2."""
+    loss = 0.0
+    right = 1
+    for i in range(Z.shape[1]):
+        x, ti = Z[r, i], T[tr, i]
+        a = min(abs(float(x)), 708.0)
+        loss += max(float(x), 0.0) - float(ti) * float(x) + np.log1p(_exp_f64(-a))
+        if (x > 0) != (ti > 0.5):
+            right = 0
+        dZ[r, i] = (_logistic(x) - ti) * scale
+    return loss, right
+
+
+@_jit
+def _loss_squared_error(Z, r, y, T, tr, dZ, scale):
+    """identity + squared error: l = 0.5 |z - t|^2; dl/dz = z - t; no accuracy."""
+    loss = 0.0
+    for i in range(Z.shape[1]):
+        d = Z[r, i] - T[tr, i]
+        loss += float(d) * float(d)
+        dZ[r, i] = d * scale
+    return 0.5 * loss, 0
+
+
+@_jit
+def _loss_poisson(Z, r, y, T, tr, dZ, scale):
+    """exp + half Poisson deviance: l = sum_i t log(t / mu) - t + mu, mu = exp(z);
+    dl/dz = mu - t; no accuracy."""
+    loss = 0.0
+    for i in range(Z.shape[1]):
+        x, ti = Z[r, i], T[tr, i]
+        mu = np.exp(x)
+        loss += (float(ti) * np.log(float(ti)) if ti > 0 else 0.0) - float(ti) * float(x) - float(ti) + float(mu)
+        dZ[r, i] = (mu - ti) * scale
+    return loss, 0
 
 
 # fastmlp.tables.LOSSES by code
-LOSS_OPS = {0: _loss_ce, 1: _loss_mse}
+LOSS_OPS = {0: _loss_ce, 1: _loss_mse, 2: _loss_bce, 3: _loss_squared_error, 4: _loss_poisson}
 # the codes of fastmlp.tables this backend has ops for
 ACTIVATION_CODES, LOSS_CODES = frozenset(ACTIVATION_OPS), frozenset(LOSS_OPS)
 OPTIMIZER_CODES = frozenset((0, 1, 2, 3))  # sgd (_sgd_row), adam, adamw and gradient (_step_row)
 
 
 @_jit
-def _row_loss_grad(loss, Z, r, y, dZ, scale):
-    """Row r of the logits Z -> row r of dZ = scale * dl/dz (Z and dZ may be the same
-    array) for the loss of code ``loss`` (checked by the caller). Returns (loss,
+def _row_loss_grad(loss, Z, r, labels, T, ex_row, dZ, scale):
+    """Row r of the logits Z, of example ex_row, -> row r of dZ = scale * dl/dz (Z and
+    dZ may be the same array) for the loss of code ``loss`` (checked by the caller),
+    from the example's label (labels) or its target values (T). Returns (loss,
     correct) of the row; argmax ties go to the first index. Rows are indexed in 2-D:
     a row view would cost reference-count updates."""
-    row_loss, am = 0.0, -1
-    if loss == 0:
-        row_loss, am = _loss_ce(Z, r, y, dZ, scale)
-    elif loss == 1:
-        row_loss, am = _loss_mse(Z, r, y, dZ, scale)
-    return row_loss, 1 if am == y else 0
+    if loss < 2:
+        y = labels[ex_row]
+        if loss == 0:
+            return _loss_ce(Z, r, y, T, 0, dZ, scale)
+        return _loss_mse(Z, r, y, T, 0, dZ, scale)
+    if loss == 2:
+        return _loss_bce(Z, r, 0, T, ex_row, dZ, scale)
+    if loss == 3:
+        return _loss_squared_error(Z, r, 0, T, ex_row, dZ, scale)
+    return _loss_poisson(Z, r, 0, T, ex_row, dZ, scale)
 
 
 @_jit
@@ -538,6 +588,17 @@ def _check_codes(codes):
         raise ValueError(f"unknown activation code {codes.act!r}; known: {sorted(ACTIVATION_OPS)}")
     if codes.loss not in LOSS_OPS:
         raise ValueError(f"unknown loss code {codes.loss!r}; known: {sorted(LOSS_OPS)}")
+
+
+def _check_targets(loss, y):
+    """ValueError where an epoch's targets are not what the loss reads (class labels
+    (n,) for the losses 0 and 1, target values (n, n_out) for the others: _fused.h
+    FM_VALUE_TARGETS), as the C kernels refuse them."""
+    if (np.ndim(y) == 2) != (loss >= 2):
+        raise ValueError(
+            "the parameter block, workspace or targets lack what the step needs "
+            "(state, gradients, the loss's class labels or target values)"
+        )
 
 
 # ---- the sparse epoch (see _sparse_impl.h: the same algorithm and layout) ----
@@ -1114,7 +1175,7 @@ def _sparse_dz(loss, t, net, ex, Zp, dZt, start, C, weight_sum):
         r = ex.order[start + b]
         w = ex.weights[r] if ex.has_weights else 1.0
         scale = dZt.dtype.type(w / weight_sum) if weight_sum > 0 else dZt.dtype.type(0)
-        rl, rc = _row_loss_grad(loss, dZt, b, ex.labels[r], dZt, scale)
+        rl, rc = _row_loss_grad(loss, dZt, b, ex.labels, ex.targets, r, dZt, scale)
         loss_sum += w * rl
         correct += w * rc
     return loss_sum, correct
@@ -1504,7 +1565,7 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
                         row = order[first + r]
                         w = ex.weights[row] if ex.has_weights else 1.0
                         scale = W.dtype.type(w / weight_sum) if weight_sum > 0 else zero
-                        rl, rc = _row_loss_grad(loss, Z, r, ex.labels[row], Z, scale)
+                        rl, rc = _row_loss_grad(loss, Z, r, ex.labels, ex.targets, row, Z, scale)
                         loss_sum += w * rl
                         correct += w * rc
             parity ^= 1
@@ -1675,7 +1736,8 @@ def _blas_epoch(act, loss, net, ex, step, ws, ws_int, ws_char, ws_real):
                 dZ[b, o] = z
             r = perm[start + b]
             wt = ex.weights[r] if ex.has_weights else 1.0
-            rl, rc = _row_loss_grad(loss, dZ, b, ex.labels[r], dZ, t(wt / weight_sum) if weight_sum > 0 else zero)
+            scale = t(wt / weight_sum) if weight_sum > 0 else zero
+            rl, rc = _row_loss_grad(loss, dZ, b, ex.labels, ex.targets, r, dZ, scale)
             loss_sum += wt * rl
             correct += wt * rc
         for j in range(nb):
@@ -1723,12 +1785,12 @@ def _gemm_workspace(dtype):
 
 
 @_jit
-def _loss_grad(Z, labels, dZ, loss):
+def _loss_grad(Z, labels, T, dZ, loss):
     scale = Z.dtype.type(1) / Z.dtype.type(Z.shape[0])
     loss_sum = 0.0
     n_correct = 0
     for r in range(Z.shape[0]):
-        rl, rc = _row_loss_grad(loss, Z, r, labels[r], dZ, scale)
+        rl, rc = _row_loss_grad(loss, Z, r, labels, T, r, dZ, scale)
         loss_sum += rl
         n_correct += rc
     return loss_sum, n_correct
@@ -1747,6 +1809,7 @@ class _Rows(NamedTuple):
     indptr: np.ndarray
     dense: bool
     labels: np.ndarray
+    targets: np.ndarray
     weights: np.ndarray
     has_weights: bool
     order: np.ndarray
@@ -1758,6 +1821,7 @@ class _Batches(NamedTuple):
 
     X: np.ndarray
     labels: np.ndarray
+    targets: np.ndarray
     weights: np.ndarray
     has_weights: bool
     order: np.ndarray
@@ -1837,11 +1901,21 @@ def forward_logits(H, Wy, by):
     return Z
 
 
-def loss_grad(Z, labels, loss):
-    """(dZ, loss_sum, n_correct): dZ = dl/dZ / B, the summed loss, the correct count."""
+def _targets(y, dtype):
+    """(labels, target values) of an epoch's targets ``y``: class labels (n,) or
+    target values (n, n_out); the other an empty stand-in of its type."""
+    if y.ndim == 1:
+        return y, np.zeros((0, 1), dtype)
+    return np.zeros(0, np.intp), y
+
+
+def loss_grad(Z, y, loss):
+    """(dZ, loss_sum, n_correct): dZ = dl/dZ / B, the summed loss, the correct count;
+    y the labels (B,) or the target values (B, n_out) in Z's dtype."""
     _check_codes(_codes(0, loss))
+    _check_targets(loss, y)
     dZ = np.empty_like(Z)
-    return (dZ, *_call(_loss_grad, Z, labels, dZ, loss))
+    return (dZ, *_call(_loss_grad, Z, *_targets(y, Z.dtype), dZ, loss))
 
 
 def backward_update(X, H, dZ, P, lr, act):
@@ -1878,6 +1952,7 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_thr
     if len(order) == 0:
         return 0.0, 0.0
     _check_codes(codes)
+    _check_targets(codes.loss, labels)
     dtype = P.WhT.dtype
     if opt.state_blocks > (P.VWhT.size > 0) + (P.SWhT.size > 0):
         raise ValueError("the parameter block has no room for the step's state (velocities, moments)")
@@ -1897,7 +1972,7 @@ def sparse_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_thr
         rows.indices,
         np.zeros(1, np.int64) if dense else rows.indptr,
         dense,
-        labels,
+        *_targets(labels, dtype),
         *_weights(weights, dtype),
         order,
         min(batch, len(order)),
@@ -1922,6 +1997,7 @@ def deep_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_threa
     if len(order) == 0:
         return 0.0, 0.0
     _check_codes(codes)
+    _check_targets(codes.loss, labels)
     dtype = P.W.dtype
     batch = min(batch, len(order))
     summed = not opt.plain or work.rows < batch
@@ -1930,7 +2006,8 @@ def deep_epoch(P, rows, labels, weights, order, batch, opt, codes, work, n_threa
         raise ValueError("the parameter block or workspace lacks what the step needs (velocities, gradients)")
     dense = rows.indptr is None
     indptr = np.zeros(1, np.int64) if dense else rows.indptr
-    ex = _Rows(rows.data, rows.indices, indptr, dense, labels, *_weights(weights, dtype), order, batch)
+    targets = _targets(labels, dtype)
+    ex = _Rows(rows.data, rows.indices, indptr, dense, *targets, *_weights(weights, dtype), order, batch)
     ws = work._replace(
         GW=work.GW if work.GW.size else np.zeros(0, dtype),
         Gb=work.Gb if work.Gb.size else np.zeros(0, dtype),
@@ -2053,10 +2130,11 @@ def blas_epoch(P, X, labels, weights, order, batch, opt, codes, work, n_threads)
     if len(order) == 0:
         return 0.0, 0.0
     _check_codes(codes)
+    _check_targets(codes.loss, labels)
     dtype = P.Wh.dtype
     if not opt.plain and work.GWh.size == 0:
         raise ValueError("the workspace has no room for the gradients a step other than plain SGD needs")
     if opt.state_blocks > (P.VWh.size > 0) + (P.SWh.size > 0):
         raise ValueError("the parameter block has no room for the step's state (velocities, moments)")
-    ex = _Batches(X, labels, *_weights(weights, dtype), order, min(batch, len(order)))
+    ex = _Batches(X, *_targets(labels, dtype), *_weights(weights, dtype), order, min(batch, len(order)))
     return _call(_blas_epoch, codes.act, codes.loss, P, ex, _step(opt, dtype), work, *_gemm_workspace(dtype))

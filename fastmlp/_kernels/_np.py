@@ -41,7 +41,7 @@ forward_logits = ref.output_layer
 
 def loss_grad(Z, labels, loss):
     name = _name(_LOSSES, "loss", loss)
-    Y_hat = ref.softmax(Z)
+    Y_hat = tables.LOSSES[name].output(Z)
     mean_loss, accuracy = ref.loss_accuracy(Y_hat, labels, name, logits=Z)
     dZ = ref.output_delta(Y_hat, labels, name) / len(Z)
     return dZ, mean_loss * len(Z), round(accuracy * len(Z))

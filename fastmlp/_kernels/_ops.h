@@ -95,7 +95,10 @@ static FM_INLINE REAL FN(fm_df_identity)(REAL h)
     return R(1);
 }
 
-/* ---- losses: one row of logits z -> dz = scale * dl/dz ---- */
+/* ---- losses: one row of logits z -> dz = scale * dl/dz (z and dz may be the
+ * same row); each returns the row's loss and sets *correct to whether the row is
+ * predicted right. A loss over class labels reads the label y (and not t), a loss
+ * of value targets the row t of n targets (and not y). ---- */
 
 /* The softmax of row z into p (which may be z itself): returns the sum s of
  * exp(z - m); *m is the row's max, *am its first argmax. float: exp in double
@@ -123,21 +126,29 @@ static FM_INLINE REAL FN(fm_softmax_row)(const REAL *z, REAL *p, ptrdiff_t n, RE
 }
 
 /* softmax + cross-entropy: l = log sum exp(z - m) - (z_y - m); dl/dz = softmax(z) - onehot(y) */
-static FM_INLINE double FN(fm_loss_ce)(const REAL *z, intptr_t y, REAL *dz, ptrdiff_t n, REAL scale, ptrdiff_t *am)
+static FM_INLINE double FN(fm_loss_ce)(const REAL *z, intptr_t y, const REAL *t, REAL *dz, ptrdiff_t n, REAL scale,
+                                       int *correct)
 {
+    (void)t;
     REAL m;
+    ptrdiff_t am;
     const REAL zy = z[y]; /* z and dz may be the same row */
-    const REAL s = FN(fm_softmax_row)(z, dz, n, &m, am), inv_s = R(1) / s;
+    const REAL s = FN(fm_softmax_row)(z, dz, n, &m, &am), inv_s = R(1) / s;
     for (ptrdiff_t i = 0; i < n; i++)
         dz[i] = (dz[i] * inv_s - (i == y)) * scale;
+    *correct = am == y;
     return (double)LOG(s) - (double)(zy - m);
 }
 
 /* softmax + squared error: l = 0.5 |p - y|^2; dl/dz = J^T g = p * (g - p.g), g = p - onehot(y) */
-static FM_INLINE double FN(fm_loss_mse)(const REAL *z, intptr_t y, REAL *dz, ptrdiff_t n, REAL scale, ptrdiff_t *am)
+static FM_INLINE double FN(fm_loss_mse)(const REAL *z, intptr_t y, const REAL *t, REAL *dz, ptrdiff_t n, REAL scale,
+                                        int *correct)
 {
+    (void)t;
     REAL m, l = 0, pg = 0;
-    const REAL inv_s = R(1) / FN(fm_softmax_row)(z, dz, n, &m, am);
+    ptrdiff_t am;
+    const REAL inv_s = R(1) / FN(fm_softmax_row)(z, dz, n, &m, &am);
+    *correct = am == y;
     for (ptrdiff_t i = 0; i < n; i++) {
         const REAL p = dz[i] * inv_s, g = p - (i == y);
         dz[i] = p;
@@ -147,6 +158,58 @@ static FM_INLINE double FN(fm_loss_mse)(const REAL *z, intptr_t y, REAL *dz, ptr
     for (ptrdiff_t i = 0; i < n; i++)
         dz[i] = dz[i] * ((dz[i] - (i == y)) - pg) * scale;
     return 0.5 * (double)l;
+}
+
+/* logistic per output + binary cross-entropy: l = sum_i max(z_i, 0) - t_i z_i +
+ * log(1 + exp(-|z_i|)) (-t log s(z) - (1 - t) log(1 - s(z)), stably);
+ * dl/dz = s(z) - t. Right where every output is on the side of 1/2 of its target
+ * (scikit-learn's subset accuracy). */
+static FM_INLINE double FN(fm_loss_bce)(const REAL *z, intptr_t y, const REAL *t, REAL *dz, ptrdiff_t n, REAL scale,
+                                        int *correct)
+{
+    (void)y;
+    double l = 0;
+    int right = 1;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const REAL x = z[i], ti = t[i];
+        const double a = x < 0 ? -(double)x : (double)x;
+        l += (x > 0 ? (double)x : 0.0) - (double)ti * (double)x + log1p(FN(fm_exp_d)(-(a < 708.0 ? a : 708.0)));
+        right &= (x > 0) == (ti > R(0.5));
+        dz[i] = (FN(fm_f_logistic)(x) - ti) * scale;
+    }
+    *correct = right;
+    return l;
+}
+
+/* identity + squared error: l = 0.5 |z - t|^2; dl/dz = z - t. No accuracy. */
+static FM_INLINE double FN(fm_loss_squared_error)(const REAL *z, intptr_t y, const REAL *t, REAL *dz, ptrdiff_t n,
+                                                  REAL scale, int *correct)
+{
+    (void)y;
+    double l = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const REAL d = z[i] - t[i];
+        l += (double)d * (double)d;
+        dz[i] = d * scale;
+    }
+    *correct = 0;
+    return 0.5 * l;
+}
+
+/* exp + half Poisson deviance: mu = exp(z), l = sum_i t_i log(t_i / mu_i) - t_i +
+ * mu_i (0 log 0 = 0); dl/dz = mu - t. No accuracy. */
+static FM_INLINE double FN(fm_loss_poisson)(const REAL *z, intptr_t y, const REAL *t, REAL *dz, ptrdiff_t n,
+                                            REAL scale, int *correct)
+{
+    (void)y;
+    double l = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const REAL x = z[i], ti = t[i], mu = EXP(x);
+        l += (ti > 0 ? (double)ti * log((double)ti) : 0.0) - (double)ti * (double)x - (double)ti + (double)mu;
+        dz[i] = (mu - ti) * scale;
+    }
+    *correct = 0;
+    return l;
 }
 
 /* ---- the SGD step of one element, as torch.optim.SGD takes it (dampening 0) ----

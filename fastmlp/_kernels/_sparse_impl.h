@@ -383,7 +383,7 @@ static FM_INLINE void FN(fm_sparse_dz)(const FT(fm_net) *net, const FT(fm_rows) 
         const double w = ex->weights ? (double)ex->weights[r] : 1.0;
         const REAL scale = weight_sum > 0 ? (REAL)(w / weight_sum) : R(0);
         fm_tally row = {0, 0};
-        FN(fm_row_loss_grad)(net->loss, dz, ex->labels[r], dz, nout, scale, w, row_loss ? &row : tally);
+        FN(fm_row_loss_grad)(net->loss, dz, ex->labels, ex->targets, r, dz, nout, scale, w, row_loss ? &row : tally);
         if (row_loss) {
             row_loss[b] = row.loss_sum;
             row_correct[b] = row.correct;
@@ -806,7 +806,8 @@ FM_LEVEL_FN int FN(fm_sparse_epoch)(const FT(fm_net) *net, const FT(fm_rows) *ex
         (summed && !ws->gWhT) || (adam && !(net->SWhT && net->Sbh && net->SWy && net->Sby)) ||
         ws->rows < 1 || (ws->rows < (ex->batch < ex->n ? ex->batch : ex->n) && !ws->gWhT) ||
         (ws->cptr && (!ws->gWhT || !ex->indptr || ex->batch < ex->n || ws->rows > 65536)) ||
-        (ws->mask && (ws->rows > FM_MASK_ROWS || ws->group_min < 1)))
+        (ws->mask && (ws->rows > FM_MASK_ROWS || ws->group_min < 1)) ||
+        fm_check_targets(net->loss, ex->labels, ex->targets) != FM_OK)
         return FM_ERR_LAYOUT;
     n_threads = n_threads < 1 ? 1 : (n_threads > FM_MAX_THREADS ? FM_MAX_THREADS : n_threads);
 #ifdef _OPENMP

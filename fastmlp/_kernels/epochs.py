@@ -783,8 +783,10 @@ class EpochRunner:
     keeps none).
     ``activation`` and ``loss`` name rows of ``fastmlp.tables``. ``X``
     (C-contiguous in that dtype, or a canonical scipy.sparse CSR matrix of it),
-    ``labels`` (``np.intp``) and ``weights`` (per row, the parameters' dtype, or
-    None) are trusted (``fastmlp.train`` validates them). The path and the rows'
+    ``labels`` (class labels, ``np.intp``, or for a loss of target values those
+    values, (n_rows, n_out) C-contiguous in the parameters' dtype) and ``weights``
+    (per row, the parameters' dtype, or None) are trusted (``fastmlp.train``
+    validates them). The path and the rows'
     layout are chosen once, here; the parameter layout per thread count.
     ``summed``: the steps it will take are not affine in the gradient (Adam, or
     "gradient"), so that the sparse path sums every batch's gradient before its
@@ -814,6 +816,8 @@ class EpochRunner:
         self.summed = self.n_state == 2 if summed is None else bool(summed)
         if second_moment is not None and velocity is None:
             raise ValueError("second_moment needs the first moments too (velocity)")
+        if (np.ndim(labels) == 2) != (tables.loss(loss).targets == "values"):
+            raise ValueError(f"loss {loss!r} takes {tables.loss(loss).targets} as targets")
         self.X, self.labels, self.weights = X, labels, weights
         self.n_rows = X.shape[0]
         self.batch_size = int(batch_size)
