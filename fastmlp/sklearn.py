@@ -1,7 +1,7 @@
-"""A drop-in for scikit-learn's ``MLPClassifier`` (needs the optional extra: ``pip
-install fastmlp[sklearn]``).
+"""Drop-ins for scikit-learn's ``MLPClassifier`` and ``MLPRegressor`` (needs the
+optional extra: ``pip install fastmlp[sklearn]``).
 
-    from fastmlp.sklearn import MLPClassifier       # instead of sklearn.neural_network
+    from fastmlp.sklearn import MLPClassifier, MLPRegressor  # instead of sklearn.neural_network
     clf = MLPClassifier(hidden_layer_sizes=(100,), max_iter=20)
     clf.fit(X, y).score(X_test, y_test)
 
@@ -13,14 +13,18 @@ Nesterov momentum for "sgd", the L2 term ``alpha``, the "constant",
 settings give the same kind of training; every activation ("identity",
 "logistic", "tanh", "relu") has scikit-learn's meaning. ``hidden_layer_sizes``
 takes any number of hidden layers. The solvers are "adam", "sgd" and "lbfgs"
-(scipy's L-BFGS-B over the compiled kernels' full-batch gradient). Where it
-differs: the output
-is a softmax over every class (scikit-learn uses one logistic unit for two
-classes); float32 (``dtype``) and the compiled kernels' order of operations
-change the last bits; the loss curve adds the L2 term at the epoch's end weights.
-Beyond scikit-learn: ``class_weight``, ``loss``, ``dtype``, ``backend`` and
-``n_threads``. It passes scikit-learn's estimator checks and works in
-``Pipeline`` and ``GridSearchCV``, with dense or sparse inputs.
+(scipy's L-BFGS-B over the compiled kernels' full-batch gradient). The outputs are
+scikit-learn's: a softmax over the classes of a multiclass target, one logistic
+unit for two classes and one per label of a multilabel indicator matrix, the
+identity (``loss="squared_error"``) or exp (``loss="poisson"``) for regression.
+Where it differs: float32 (``dtype``) and the compiled kernels' order of
+operations change the last bits; the loss curve adds the L2 term at the epoch's
+end weights; with several regression targets, "lbfgs" minimises the mean over
+rows of ``0.5 * sum of squared errors`` (the objective whose gradient
+scikit-learn's lbfgs takes) while ``loss_`` reports scikit-learn's mean over the
+targets too. Beyond scikit-learn: ``class_weight``, the classifier's ``loss``,
+``dtype``, ``backend`` and ``n_threads``. Both pass scikit-learn's estimator
+checks and work in ``Pipeline`` and ``GridSearchCV``, with dense or sparse inputs.
 """
 
 from __future__ import annotations
@@ -30,30 +34,35 @@ import warnings
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import r2_score
 from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 from sklearn.utils._available_if import available_if
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, column_or_1d, validate_data
 
 from . import tables
 from ._typing import Inputs
 from ._validation import check_nonnegative_float, check_positive_int, check_X
 from .model import MLP
-from .train import _evaluate, _Training
+from .train import DivergenceError, _evaluate, _Training
+
+# scikit-learn's error for a network whose weights are no longer finite
+_NON_FINITE = (
+    "Solver produced non-finite parameter weights. The input data may contain large values and need to be preprocessed."
+)
 
 __all__ = [
     "MLPClassifier",
+    "MLPRegressor",
 ]
 
 
-class MLPClassifier(ClassifierMixin, BaseEstimator):
-    """Multilayer perceptron with a softmax output, trained by Adam or mini-batch SGD.
-
-    Parameters
-    ----------
+_SHARED_PARAMETERS = """
     hidden_layer_sizes : int or tuple of int, default (100,)
         The width of each hidden layer: ``(256, 128)`` is two hidden layers.
     activation : {"identity", "logistic", "tanh", "relu"}, default "relu"
@@ -92,8 +101,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     nesterovs_momentum : bool, default True
         For "sgd" only.
     early_stopping : bool, default False
-        Hold out ``validation_fraction`` (stratified) and stop when its accuracy has
-        not improved by ``tol`` for ``n_iter_no_change`` epochs; keep the best epoch.
+        Hold out ``validation_fraction`` (stratified for class labels) and stop when
+        its score (``score``) has not improved by ``tol`` for ``n_iter_no_change``
+        epochs; keep the best epoch.
     validation_fraction : float, default 0.1
     beta_1, beta_2 : float, default 0.9, 0.999
         Adam's decay rates of the first and second moments, in [0, 1).
@@ -101,64 +111,53 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         Adam's term for numerical stability, > 0.
     n_iter_no_change : int or np.inf, default 10
     max_fun : int, default 15000
-        "lbfgs": the most loss-and-gradient evaluations.
-    class_weight : dict, "balanced" or None
-        Weights per class, multiplied into ``sample_weight``.
-    loss : {"ce", "mse"}, default "ce"
-    dtype : {"float64", "float32"}, default "float64"
+        "lbfgs": the most loss-and-gradient evaluations."""
+
+_SHARED_EXTRAS = """
+    dtype : {"float64", "float32"} or None, default None
+        The dtype of the parameters and the arithmetic; None: X's (float32 input
+        trains in float32, anything else in float64), as scikit-learn's.
     backend : {"auto", "numpy", "cython", "numba"}, default "auto"
     n_threads : int or None
-        Threads of the compiled kernels (None: the cores available).
+        Threads of the compiled kernels (None: the cores available)."""
 
-    Attributes
-    ----------
-    classes_, n_features_in_, model_ (fastmlp.MLP), coefs_, intercepts_, n_iter_,
-    t_, loss_, loss_curve_, best_loss_, validation_scores_, best_validation_score_,
-    n_layers_, n_outputs_, out_activation_
-        As scikit-learn's ``MLPClassifier``; ``model_`` is the trained network.
 
-    Examples
-    --------
-    >>> from sklearn.datasets import load_digits
-    >>> from fastmlp.sklearn import MLPClassifier
-    >>> X, y = load_digits(return_X_y=True)
-    >>> clf = MLPClassifier(hidden_layer_sizes=(50,), max_iter=30,
-    ...                     random_state=0).fit(X[:1500] / 16, y[:1500])
-    >>> clf.score(X[1500:] / 16, y[1500:]) > 0.85
-    True
-    """
+class _BaseMLP(BaseEstimator):
+    """What the two estimators share: scikit-learn's parameters, its initialisation,
+    its solvers and stopping rules over ``fastmlp.train``'s machinery. A subclass
+    says what its targets are (``_targets``), which loss trains them
+    (``_train_loss``) and how a held-out set is scored (``_validation_score``)."""
 
     def __init__(
         self,
-        hidden_layer_sizes=(100,),
-        activation="relu",
+        hidden_layer_sizes,
+        activation,
         *,
-        solver="adam",
-        alpha=0.0001,
-        batch_size="auto",
-        learning_rate="constant",
-        learning_rate_init=0.001,
-        power_t=0.5,
-        max_iter=200,
-        shuffle=True,
-        random_state=None,
-        tol=1e-4,
-        verbose=False,
-        warm_start=False,
-        momentum=0.9,
-        nesterovs_momentum=True,
-        early_stopping=False,
-        validation_fraction=0.1,
-        beta_1=0.9,
-        beta_2=0.999,
-        epsilon=1e-8,
-        n_iter_no_change=10,
-        max_fun=15000,
-        class_weight=None,
-        loss="ce",
-        dtype="float64",
-        backend="auto",
-        n_threads=None,
+        solver,
+        alpha,
+        batch_size,
+        learning_rate,
+        learning_rate_init,
+        power_t,
+        max_iter,
+        shuffle,
+        random_state,
+        tol,
+        verbose,
+        warm_start,
+        momentum,
+        nesterovs_momentum,
+        early_stopping,
+        validation_fraction,
+        beta_1,
+        beta_2,
+        epsilon,
+        n_iter_no_change,
+        max_fun,
+        loss,
+        dtype,
+        backend,
+        n_threads,
     ):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
@@ -183,7 +182,6 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.epsilon = epsilon
         self.n_iter_no_change = n_iter_no_change
         self.max_fun = max_fun
-        self.class_weight = class_weight
         self.loss = loss
         self.dtype = dtype
         self.backend = backend
@@ -201,6 +199,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"activation must be one of {tuple(tables.ACTIVATIONS)}, got {self.activation!r}")
         if self.solver not in ("adam", "sgd", "lbfgs"):
             raise ValueError(f'solver must be "adam", "sgd" or "lbfgs", got {self.solver!r}')
+        if self.loss not in self._LOSSES:
+            raise ValueError(f"loss must be one of {self._LOSSES}, got {self.loss!r}")
         for name in ("beta_1", "beta_2"):
             value = getattr(self, name)
             if not isinstance(value, numbers.Real) or not 0 <= value < 1:
@@ -231,47 +231,34 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f'batch_size must be a positive integer or "auto", got {self.batch_size!r}')
         return n_hidden
 
-    # ---- fitting ----
+    # ---- what a subclass says ----
 
     def _validate(self, X, y, reset):
         X, y = validate_data(
-            self, X, y, reset=reset, dtype=[np.float64, np.float32], accept_sparse=["csr", "csc", "coo"]
+            self,
+            X,
+            y,
+            reset=reset,
+            dtype=[np.float64, np.float32],
+            accept_sparse=["csr", "csc", "coo"],
+            multi_output=True,
+            y_numeric=not is_classifier(self),
         )
-        y = column_or_1d(y, warn=True)
-        check_classification_targets(y)
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
         return X, y
 
-    def _encode(self, y):
-        index = np.searchsorted(self.classes_, y)
-        index = np.minimum(index, len(self.classes_) - 1)
-        unknown = self.classes_[index] != y
-        if unknown.any():
-            raise ValueError(f"y contains labels not seen in classes: {np.unique(y[unknown])[:10]}")
-        return index
-
     def _class_weight(self):
-        """class_weight keyed by position in classes_ (train() takes class indices)."""
-        if self.class_weight is None or isinstance(self.class_weight, str):
-            return self.class_weight
-        if not isinstance(self.class_weight, dict):
-            raise TypeError(
-                f'class_weight must be a dict {{class: weight}}, "balanced" or None, got {self.class_weight!r}'
-            )
-        unknown = [c for c in self.class_weight if c not in set(self.classes_.tolist())]
-        if unknown:
-            raise ValueError(
-                f"class_weight names unknown classes {unknown[:10]}; the classes are {self.classes_.tolist()[:10]}"
-            )
-        return {int(np.searchsorted(self.classes_, c)): w for c, w in self.class_weight.items()}
+        return None
+
+    # ---- fitting ----
 
     def _initialise(self, n_features, n_hidden, rng):
         """scikit-learn's initialisation, drawn from the same RandomState in the same
         order: per layer, weights then biases ~ U(-b, b), b = sqrt(6 / (fan_in +
         fan_out)), sqrt(2 / ...) for logistic units."""
-        if len(self.classes_) < 2:
-            raise ValueError(f"MLPClassifier needs samples of at least 2 classes; got 1 class: {self.classes_}")
-        n_out = len(self.classes_)
-        self.model_ = MLP(n_features, n_hidden, n_out, dtype=self.dtype, activation=self.activation)
+        loss = self._train_loss()
+        self.model_ = MLP(n_features, n_hidden, self._n_out(), dtype=self._dtype, activation=self.activation, loss=loss)
         factor = 2.0 if self.activation == "logistic" else 6.0
         sizes = self.model_.network.sizes
         for W, b, fan_in, fan_out in zip(self.model_.coefs, self.model_.intercepts, sizes[:-1], sizes[1:], strict=True):
@@ -279,9 +266,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             W[...] = rng.uniform(-bound, bound, (fan_in, fan_out)).T
             b[...] = rng.uniform(-bound, bound, fan_out)
         self.loss_curve_ = []
-        self.validation_scores_ = []
-        self.best_loss_ = np.inf
-        self.best_validation_score_ = -np.inf
+        # as scikit-learn's: the figures of the stopping rule in use, None for the other
+        if self.early_stopping:
+            self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
+        else:
+            self.validation_scores_, self.best_validation_score_, self.best_loss_ = None, None, np.inf
         self.n_iter_ = 0
         self.t_ = 0
         self._reset_optimizer()
@@ -295,27 +284,42 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self._steps = 0
         self._learning_rate = float(self.learning_rate_init)
 
-    def fit(self, X: Inputs, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None) -> MLPClassifier:
+    def _warm(self, n_hidden):
+        """Whether ``fit`` continues from the fitted network (``warm_start``)."""
+        return (
+            self.warm_start
+            and hasattr(self, "model_")
+            and self.model_.hidden == n_hidden
+            and self.model_.activation == self.activation
+            and self.model_.loss == self._train_loss()
+            and self.model_.n_out == self._n_out()
+        )
+
+    def _fit_dtype(self, X, warm):
+        """The parameters' dtype: the fitted network's when it goes on, else ``dtype``,
+        else X's where it is float32 (float64 otherwise)."""
+        if warm:
+            return self.model_.dtype
+        if self.dtype is not None:
+            return np.dtype(self.dtype)
+        return np.dtype(np.float32 if X.dtype == np.float32 else np.float64)
+
+    def fit(self, X: Inputs, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None):
         """Train for up to ``max_iter`` epochs (from scratch unless ``warm_start``)."""
         n_hidden = self._check_params()
         X, y = self._validate(X, y, reset=True)
         sample_weight = None if sample_weight is None else _check_sample_weight(sample_weight, X)
         rng = check_random_state(self.random_state)
-        if not (
-            self.warm_start
-            and hasattr(self, "model_")
-            and np.array_equal(np.unique(y), self.classes_)
-            and self.model_.hidden == n_hidden
-            and self.model_.activation == self.activation
-        ):
-            self.classes_ = np.unique(y)
-            self._initialise(X.shape[1], n_hidden, rng)
-        else:
+        self._dtype = self._fit_dtype(X, warm=self._warm(n_hidden))
+        targets = self._targets(y, first=not self.warm_start)
+        if self._warm(n_hidden):
             self._reset_optimizer()
-        if self.solver == "lbfgs":
-            self._fit_lbfgs(X, self._encode(y), sample_weight)
         else:
-            self._fit_stochastic(X, self._encode(y), sample_weight, rng, self.max_iter, self.early_stopping)
+            self._initialise(X.shape[1], n_hidden, rng)
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(X, targets, sample_weight)
+        else:
+            self._fit_stochastic(X, targets, sample_weight, rng, self.max_iter, self.early_stopping)
         return self
 
     def _stochastic(self):
@@ -325,33 +329,49 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             )
         return True
 
-    def _fit_lbfgs(self, X, labels, sample_weight):
-        """scikit-learn's solver="lbfgs": L-BFGS-B on the mean loss plus ``alpha / 2 *
-        sum W**2 / n``, its gradient from the kernels; ``loss_`` is that objective at
-        the end, ``n_iter_`` the iterations."""
-        training = _Training(
+    def _training(self, X, targets, sample_weight, **settings):
+        """``fastmlp.train``'s run over the fitted network: the estimator's loss, L2
+        term (scikit-learn's alpha, per sample weight), backend and threads."""
+        return _Training(
             self.model_,
             X,
-            labels,
-            lr=float(self.learning_rate_init),
-            loss=self.loss,
+            targets,
+            loss=self._train_loss(),
             backend=self.backend,
             n_threads=self.n_threads,
             weight_decay=self.alpha,
             sample_weight=sample_weight,
             class_weight=self._class_weight(),
             decay_by_weight_sum=True,
-            optimizer="lbfgs",
+            **settings,
         )
+
+    def _reported(self, data_loss, total):
+        """scikit-learn's ``loss_`` from the mean data loss: its squared error is
+        also a mean over the targets (the gradient is not), and the L2 term
+        ``alpha / 2 * sum W**2 / total``."""
+        scale = 1.0 / self.model_.n_out if self._train_loss() == "squared_error" else 1.0
+        l2 = 0.5 * self.alpha * sum(float(np.sum(W * W)) for W in self.model_.coefs) / total
+        return data_loss * scale + l2
+
+    def _fit_lbfgs(self, X, targets, sample_weight):
+        """scikit-learn's solver="lbfgs": L-BFGS-B on the mean loss plus ``alpha / 2 *
+        sum W**2 / n``, its gradient from the kernels; ``loss_`` is that objective at
+        the end, ``n_iter_`` the iterations."""
+        training = self._training(X, targets, sample_weight, lr=float(self.learning_rate_init), optimizer="lbfgs")
 
         def report(fun):
             if self.verbose:
                 print(f"Iteration {training.epoch}, loss = {fun:.8f}")
 
         with training:
-            result = training.run_lbfgs(self.max_iter, self.max_fun, self.tol, report)
+            try:
+                result = training.run_lbfgs(self.max_iter, self.max_fun, self.tol, report)
+            except DivergenceError as error:
+                raise ValueError(_NON_FINITE) from error
         self.n_iter_ = int(result.nit)
-        self.loss_ = float(result.fun)
+        total = X.shape[0] if sample_weight is None else float(np.sum(sample_weight))
+        self.loss_ = self._reported(training.history.loss[-1], total) if training.history.loss else float(result.fun)
         if result.status != 0:
             warnings.warn(
                 f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status={result.status}): "
@@ -360,44 +380,37 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 stacklevel=3,
             )
 
-    @available_if(_stochastic)
-    def partial_fit(
-        self,
-        X: Inputs,
-        y: npt.ArrayLike,
-        sample_weight: npt.ArrayLike | None = None,
-        classes: npt.ArrayLike | None = None,
-    ) -> MLPClassifier:
-        """One epoch over (X, y), continuing from the current parameters and optimizer
-        state. ``classes`` (all labels that will ever be seen) is required first."""
+    def _partial_fit(self, X, y, sample_weight, classes):
         n_hidden = self._check_params()
-        first = not hasattr(self, "classes_")
+        if self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        first = not hasattr(self, "model_")
         X, y = self._validate(X, y, reset=first)
         sample_weight = None if sample_weight is None else _check_sample_weight(sample_weight, X)
         rng = check_random_state(self.random_state)
+        self._dtype = self._fit_dtype(X, warm=not first)
+        targets = self._targets(y, first=first, classes=classes, incremental=True)
         if first:
-            if classes is None:
-                raise ValueError("classes must be passed on the first call to partial_fit")
-            self.classes_ = np.unique(np.asarray(classes))
             self._initialise(X.shape[1], n_hidden, rng)
-        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-            raise ValueError(f"classes={classes!r} differs from the classes of the first call {self.classes_}")
-        self._fit_stochastic(X, self._encode(y), sample_weight, rng, 1, False, incremental=True)
+        self._fit_stochastic(X, targets, sample_weight, rng, 1, False, incremental=True)
         return self
 
-    def _fit_stochastic(self, X, labels, sample_weight, rng, max_iter, early_stopping, incremental=False):
+    def _fit_stochastic(self, X, targets, sample_weight, rng, max_iter, early_stopping, incremental=False):
         """Up to ``max_iter`` epochs; ``n_iter_`` counts this call's, as scikit-learn's
         does (``t_`` and ``loss_curve_`` go on through warm starts and ``partial_fit``)."""
         if early_stopping:
+            # as scikit-learn: stratified by class for a classifier of one output (two classes)
+            one = is_classifier(self) and self.model_.n_out == 1
+            stratify = targets.astype(bool) if one else None  # its (n, 1) booleans
             parts = train_test_split(
                 X,
-                labels,
+                targets,
                 *([] if sample_weight is None else [sample_weight]),
                 random_state=rng,
                 test_size=self.validation_fraction,
-                stratify=labels,
+                stratify=stratify,
             )
-            X, X_val, labels, y_val = parts[:4]
+            X, X_val, targets, y_val = parts[:4]
             sample_weight, w_val = (parts[4], parts[5]) if sample_weight is not None else (None, None)
             if X_val.shape[0] < 2:
                 raise ValueError(
@@ -418,23 +431,16 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                 order = order[indices]
             return order
 
-        training = _Training(
-            self.model_,
+        training = self._training(
             X,
-            labels,
+            targets,
+            sample_weight,
             batch_size=batch,
             lr=self._learning_rate,
-            loss=self.loss,
-            backend=self.backend,
             shuffle=bool(self.shuffle),
             permutations=permutations,
-            n_threads=self.n_threads,
             momentum=0.0 if adam else float(self.momentum),
             nesterov=not adam and bool(self.nesterovs_momentum) and self.momentum > 0,
-            weight_decay=self.alpha,
-            sample_weight=sample_weight,
-            class_weight=self._class_weight(),
-            decay_by_weight_sum=True,
             optimizer=self.solver,
             beta1=float(self.beta_1),
             beta2=float(self.beta_2),
@@ -451,11 +457,20 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = 0
         with training:
             for _ in range(max_iter):
-                history = training.run_epoch(self._learning_rate)
+                try:
+                    history = training.run_epoch(self._learning_rate)
+                except DivergenceError as error:
+                    # scikit-learn's network would go on with non-finite weights: its
+                    # fit fails, or with early stopping keeps the best epoch scored
+                    # before (its last validation score NaN)
+                    if not early_stopping:
+                        raise ValueError(_NON_FINITE) from error
+                    self.validation_scores_.append(np.nan)
+                    break
                 self.n_iter_ += 1
                 self.t_ += n
-                l2 = 0.5 * self.alpha * sum(float(np.sum(W * W)) for W in self.model_.coefs) * n_batches / n
-                self.loss_ = history.loss[-1] + l2
+                # scikit-learn adds each batch's L2 term over its own size: n_batches / n in all
+                self.loss_ = self._reported(history.loss[-1], n / n_batches)
                 self.loss_curve_.append(self.loss_)
                 if self.verbose:
                     print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
@@ -499,13 +514,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
 
     def _update_no_improvement_count(self, early_stopping, X_val, y_val, w_val):
         if early_stopping:
-            score = _evaluate(
-                self.model_,
-                check_X(X_val, "X", self.model_.n_in, self.model_.dtype),
-                y_val,
-                self.loss,
-                None if w_val is None else np.asarray(w_val, np.float64),
-            )[1]
+            X_val = check_X(X_val, "X", self.model_.n_in, self.model_.dtype)
+            score = self._validation_score(X_val, y_val, None if w_val is None else np.asarray(w_val, np.float64))
             self.validation_scores_.append(score)
             if self.verbose:
                 print(f"Validation score: {score:f}")
@@ -545,30 +555,395 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         return len(self.model_.network.sizes)
 
-    out_activation_ = property(lambda self: "softmax")
-
     @property
     def n_outputs_(self) -> int:
-        """Number of outputs: one per class."""
+        """Output units, as scikit-learn's: one per class of a multiclass target, one
+        for two classes, one per label or regression target."""
         check_is_fitted(self)
-        return len(self.classes_)
+        return self.model_.n_out
 
-    # ---- prediction ----
+    @property
+    def out_activation_(self) -> str:
+        """The output activation, scikit-learn's name: "softmax", "logistic", "identity" or "exp"."""
+        check_is_fitted(self)
+        return _OUT_ACTIVATIONS[self.model_.loss]
 
-    def predict_proba(self, X: Inputs) -> np.ndarray:
-        """Class probabilities, columns in the order of ``classes_``."""
+    def _outputs(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32], accept_sparse=["csr", "csc", "coo"])
-        return self.model_.predict_proba(X)
+        return tables.loss(self.model_.loss).output(self.model_.logits(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = True
+        return tags
+
+
+# scikit-learn's name of the output activation of each loss
+_OUT_ACTIVATIONS = {"ce": "softmax", "mse": "softmax", "bce": "logistic", "squared_error": "identity", "poisson": "exp"}
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    __doc__ = (
+        """Multilayer perceptron classifier, trained by Adam, mini-batch SGD or L-BFGS.
+
+    A multiclass target gets a softmax over its classes; two classes get one
+    logistic unit, and a multilabel indicator matrix one per label (each label's
+    binary cross-entropy), as scikit-learn's.
+
+    Parameters
+    ----------"""
+        + _SHARED_PARAMETERS
+        + """
+    class_weight : dict, "balanced" or None
+        Weights per class, multiplied into ``sample_weight`` (not for multilabel targets).
+    loss : {"ce", "mse"}, default "ce"
+        "ce": scikit-learn's log loss (softmax cross-entropy, or the binary
+        cross-entropy of the logistic units). "mse": squared error on a softmax
+        over the classes, two classes too (not for multilabel targets)."""
+        + _SHARED_EXTRAS
+        + """
+
+    Attributes
+    ----------
+    classes_, n_features_in_, model_ (fastmlp.MLP), coefs_, intercepts_, n_iter_,
+    t_, loss_, loss_curve_, best_loss_, validation_scores_, best_validation_score_,
+    n_layers_, n_outputs_, out_activation_
+        As scikit-learn's ``MLPClassifier``; ``model_`` is the trained network.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> from fastmlp.sklearn import MLPClassifier
+    >>> X, y = load_digits(return_X_y=True)
+    >>> clf = MLPClassifier(hidden_layer_sizes=(50,), max_iter=30,
+    ...                     random_state=0).fit(X[:1500] / 16, y[:1500])
+    >>> clf.score(X[1500:] / 16, y[1500:]) > 0.85
+    True
+    """
+    )
+    _LOSSES = ("ce", "mse")
+
+    def __init__(
+        self,
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        class_weight=None,
+        loss="ce",
+        dtype=None,
+        backend="auto",
+        n_threads=None,
+    ):
+        super().__init__(
+            hidden_layer_sizes,
+            activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+            loss=loss,
+            dtype=dtype,
+            backend=backend,
+            n_threads=n_threads,
+        )
+        self.class_weight = class_weight
+
+    # ---- targets ----
+
+    def _targets(self, y, first, classes=None, incremental=False):
+        """The classes of y (set on a first fit, else checked against ``classes_``), and
+        y as the training loss takes them: class indices, or 0/1 columns."""
+        check_classification_targets(y)
+        kind = type_of_target(y)
+        if first or not hasattr(self, "classes_"):
+            if incremental and classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit")
+            binarizer = LabelBinarizer()
+            binarizer.fit(y if not incremental or kind.startswith("multilabel") else np.asarray(classes))
+            if binarizer.y_type_.startswith("multilabel") and self.loss != "ce":
+                raise ValueError(f'loss={self.loss!r} models one class per sample; a multilabel target needs loss="ce"')
+            self._label_binarizer = binarizer
+            self.classes_ = binarizer.classes_
+            unknown = (
+                np.setdiff1d(unique_labels(y), self.classes_) if incremental and kind != "multilabel-indicator" else []
+            )
+            if len(unknown):
+                raise ValueError(f"`y` has classes not in `classes`: {unknown[:10]}; classes={self.classes_}")
+        else:
+            if classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
+                raise ValueError(f"classes={classes!r} differs from the classes of the first call {self.classes_}")
+            seen = np.arange(y.shape[1]) if kind.startswith("multilabel") else unique_labels(y)
+            if self.warm_start and not incremental:
+                if set(seen.tolist()) != set(self.classes_.tolist()):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same classes as in the previous call to "
+                        f"fit. Previously got {self.classes_}, `y` has {seen}"
+                    )
+            elif len(np.setdiff1d(seen, self.classes_)):
+                raise ValueError(
+                    f"`y` has classes not in `self.classes_`. `self.classes_` has {self.classes_}. 'y' has {seen}."
+                )
+        if self._train_loss() == "bce":
+            columns = self._label_binarizer.transform(y)
+            return np.ascontiguousarray(columns, dtype=self._dtype)
+        return np.searchsorted(self.classes_, y)
+
+    def _train_loss(self):
+        kind = self._label_binarizer.y_type_
+        return "bce" if self.loss == "ce" and kind in ("binary", "multilabel-indicator") else self.loss
+
+    def _n_out(self):
+        """One logistic unit for two classes, else one output per class or label."""
+        if self._train_loss() == "bce" and not self._multilabel():
+            return 1
+        return len(self.classes_)
+
+    def _multilabel(self):
+        return self._label_binarizer.y_type_.startswith("multilabel")
+
+    def _class_weight(self):
+        """class_weight keyed by position in classes_ (train() takes class indices)."""
+        if self.class_weight is None:
+            return None
+        if self._train_loss() == "bce":
+            return None  # taken into the sample weights (_sample_weight)
+        if isinstance(self.class_weight, str):
+            return self.class_weight
+        self._check_class_weight()
+        return {int(np.searchsorted(self.classes_, c)): w for c, w in self.class_weight.items()}
+
+    def _check_class_weight(self):
+        if not isinstance(self.class_weight, (dict, str)):
+            raise TypeError(
+                f'class_weight must be a dict {{class: weight}}, "balanced" or None, got {self.class_weight!r}'
+            )
+        if isinstance(self.class_weight, dict):
+            unknown = [c for c in self.class_weight if c not in set(self.classes_.tolist())]
+            if unknown:
+                raise ValueError(
+                    f"class_weight names unknown classes {unknown[:10]}; the classes are {self.classes_.tolist()[:10]}"
+                )
+
+    def _training(self, X, targets, sample_weight, **settings):
+        if self.class_weight is not None and self._train_loss() == "bce":
+            if self._multilabel():
+                raise ValueError("class_weight weighs the classes of one label per sample, not a multilabel target")
+            self._check_class_weight()
+            y = self.classes_[targets[:, 0].astype(np.intp)]
+            weights = compute_sample_weight(self.class_weight, y)
+            sample_weight = weights if sample_weight is None else sample_weight * weights
+        return super()._training(X, targets, sample_weight, **settings)
+
+    def _validation_score(self, X_val, y_val, w_val):
+        return _evaluate(self.model_, X_val, y_val, self.model_.loss, w_val)[1]
+
+    # ---- fitting and prediction ----
+
+    @available_if(_BaseMLP._stochastic)
+    def partial_fit(
+        self,
+        X: Inputs,
+        y: npt.ArrayLike,
+        sample_weight: npt.ArrayLike | None = None,
+        classes: npt.ArrayLike | None = None,
+    ) -> MLPClassifier:
+        """One epoch over (X, y), continuing from the current parameters and optimizer
+        state. ``classes`` (all labels that will ever be seen) is required first,
+        except for a multilabel target."""
+        return self._partial_fit(X, y, sample_weight, classes)
+
+    def predict_proba(self, X: Inputs) -> np.ndarray:
+        """Class probabilities, columns in the order of ``classes_``: (n_samples, 2) for
+        two classes (``1 - p, p``), each label's own probability for a multilabel
+        target."""
+        P = self._outputs(X)
+        if P.shape[1] == 1:
+            return np.hstack([1 - P, P])
+        return P
+
+    def predict_log_proba(self, X: Inputs) -> np.ndarray:
+        """The logarithm of ``predict_proba``."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
 
     def predict(self, X: Inputs) -> np.ndarray:
-        """The most probable class of each sample."""
-        check_is_fitted(self)
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        """The most probable class of each sample, or each label whose probability
+        exceeds 1/2 (a multilabel indicator row)."""
+        P = self._outputs(X)
+        if self.model_.loss == "bce":
+            return self._label_binarizer.inverse_transform(P.astype(np.float64), threshold=0.5)
+        return self.classes_[P.argmax(axis=1)]
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_class = True
-        tags.input_tags.allow_nan = False
-        tags.input_tags.sparse = True
+        tags.classifier_tags.multi_label = True
         return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    __doc__ = (
+        """Multilayer perceptron regressor, trained by Adam, mini-batch SGD or L-BFGS.
+
+    One output per target: the identity with the (half) squared error, or exp with
+    the half Poisson deviance (``loss="poisson"``, targets >= 0), as scikit-learn's.
+
+    Parameters
+    ----------
+    loss : {"squared_error", "poisson"}, default "squared_error\""""
+        + _SHARED_PARAMETERS
+        + _SHARED_EXTRAS
+        + """
+
+    Attributes
+    ----------
+    n_features_in_, model_ (fastmlp.MLP), coefs_, intercepts_, n_iter_, t_, loss_,
+    loss_curve_, best_loss_, validation_scores_, best_validation_score_,
+    n_layers_, n_outputs_, out_activation_
+        As scikit-learn's ``MLPRegressor``; ``model_`` is the trained network.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_regression
+    >>> from fastmlp.sklearn import MLPRegressor
+    >>> X, y = make_regression(n_samples=400, n_features=8, noise=1.0, random_state=0)
+    >>> reg = MLPRegressor(hidden_layer_sizes=(50,), max_iter=500, learning_rate_init=0.01,
+    ...                    random_state=0).fit(X[:300], y[:300])
+    >>> reg.score(X[300:], y[300:]) > 0.9
+    True
+    """
+    )
+    _LOSSES = ("squared_error", "poisson")
+
+    def __init__(
+        self,
+        loss="squared_error",
+        hidden_layer_sizes=(100,),
+        activation="relu",
+        *,
+        solver="adam",
+        alpha=0.0001,
+        batch_size="auto",
+        learning_rate="constant",
+        learning_rate_init=0.001,
+        power_t=0.5,
+        max_iter=200,
+        shuffle=True,
+        random_state=None,
+        tol=1e-4,
+        verbose=False,
+        warm_start=False,
+        momentum=0.9,
+        nesterovs_momentum=True,
+        early_stopping=False,
+        validation_fraction=0.1,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-8,
+        n_iter_no_change=10,
+        max_fun=15000,
+        dtype=None,
+        backend="auto",
+        n_threads=None,
+    ):
+        super().__init__(
+            hidden_layer_sizes,
+            activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            max_fun=max_fun,
+            loss=loss,
+            dtype=dtype,
+            backend=backend,
+            n_threads=n_threads,
+        )
+
+    def _targets(self, y, first, classes=None, incremental=False):
+        """y as a matrix of one column per target, in the estimator's dtype (checked
+        by ``fastmlp.train``: finite, and >= 0 for "poisson")."""
+        Y = y.reshape(len(y), -1)
+        if not first and hasattr(self, "model_") and Y.shape[1] != self.model_.n_out:
+            raise ValueError(f"y has {Y.shape[1]} targets; the fitted network has {self.model_.n_out}")
+        self._n_targets = Y.shape[1]
+        return np.ascontiguousarray(Y, dtype=self._dtype)
+
+    def _train_loss(self):
+        return self.loss
+
+    def _n_out(self):
+        return self._n_targets
+
+    def _validation_score(self, X_val, y_val, w_val):
+        with np.errstate(over="ignore", invalid="ignore"):
+            pred = tables.loss(self.model_.loss).output(self.model_._logits(X_val))
+        if not np.isfinite(pred).all():  # a diverging network: no score, as scikit-learn's
+            return np.nan
+        return float(r2_score(y_val, pred, sample_weight=w_val))
+
+    @available_if(_BaseMLP._stochastic)
+    def partial_fit(self, X: Inputs, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None) -> MLPRegressor:
+        """One epoch over (X, y), continuing from the current parameters and optimizer state."""
+        return self._partial_fit(X, y, sample_weight, None)
+
+    def predict(self, X: Inputs) -> np.ndarray:
+        """The predicted values: (n_samples,) for one target, else (n_samples, n_outputs)."""
+        Y = self._outputs(X)
+        return Y.ravel() if Y.shape[1] == 1 else Y

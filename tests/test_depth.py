@@ -171,8 +171,8 @@ def test_sklearn_hidden_layer_sizes_takes_several_layers():
     X, y = fastmlp.datasets.circles(500, noise=0.1, seed=0)
     clf = MLPClassifier(hidden_layer_sizes=(16, 8), activation="relu", learning_rate_init=0.05, max_iter=60)
     clf.fit(X, y)
-    assert [W.shape for W in clf.coefs_] == [(2, 16), (16, 8), (8, 2)]
-    assert [b.shape for b in clf.intercepts_] == [(16,), (8,), (2,)]
+    assert [W.shape for W in clf.coefs_] == [(2, 16), (16, 8), (8, 1)]  # one logistic unit for two classes
+    assert [b.shape for b in clf.intercepts_] == [(16,), (8,), (1,)]
     assert clf.n_layers_ == 4
     assert clf.score(X, y) > 0.95
     assert len(clf.loss_curve_) == clf.n_iter_
@@ -191,8 +191,9 @@ def test_sklearn_draws_the_initial_weights_as_sklearn_does_at_depth_two():
     ours = MLPClassifier(**kw, learning_rate_init=1e-12, momentum=0.0, dtype=np.float64)
     theirs = SkMLP(**kw, learning_rate_init=1e-12, momentum=0.0)
     with pytest.warns(Warning):
-        theirs.fit(X, np.eye(2)[y])  # two output units, as fastmlp's softmax has
+        theirs.fit(X, y)
     ours.fit(X, y)
+    assert ours.n_outputs_ == theirs.n_outputs_ == 1
     for a, b in zip(ours.coefs_, theirs.coefs_, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-9)
 
