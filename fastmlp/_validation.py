@@ -13,6 +13,8 @@ import numbers
 
 import numpy as np
 
+from . import tables
+
 
 def _describe(value):
     if isinstance(value, np.ndarray):
@@ -185,8 +187,6 @@ def check_targets(y, n_samples, n_out, loss, dtype, name="y"):
     outputs with: class labels (``check_y``) or a matrix of target values (N,
     n_out) -> C-contiguous in ``dtype`` (a vector is one column), of the values
     the loss takes (finite; 0/1 for "bce"; non-negative for "poisson")."""
-    from . import tables
-
     row = tables.loss(loss)
     if row.targets == "labels":
         return check_y(y, n_samples, n_out, name)

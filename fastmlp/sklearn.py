@@ -310,9 +310,12 @@ class _BaseMLP(BaseEstimator):
         X, y = self._validate(X, y, reset=True)
         sample_weight = None if sample_weight is None else _check_sample_weight(sample_weight, X)
         rng = check_random_state(self.random_state)
-        self._dtype = self._fit_dtype(X, warm=self._warm(n_hidden))
+        # with warm_start the classes (and so the outputs) stay those of the last fit,
+        # or _targets refuses y: whether the network goes on is known before y is read
+        warm = self._warm(n_hidden)
+        self._dtype = self._fit_dtype(X, warm)
         targets = self._targets(y, first=not self.warm_start)
-        if self._warm(n_hidden):
+        if warm:
             self._reset_optimizer()
         else:
             self._initialise(X.shape[1], n_hidden, rng)
@@ -694,25 +697,23 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """The classes of y (set on a first fit, else checked against ``classes_``), and
         y as the training loss takes them: class indices, or 0/1 columns."""
         check_classification_targets(y)
-        kind = type_of_target(y)
+        multilabel = type_of_target(y) == "multilabel-indicator"
         if first or not hasattr(self, "classes_"):
             if incremental and classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit")
             binarizer = LabelBinarizer()
-            binarizer.fit(y if not incremental or kind.startswith("multilabel") else np.asarray(classes))
-            if binarizer.y_type_.startswith("multilabel") and self.loss != "ce":
+            binarizer.fit(y if not incremental or multilabel else np.asarray(classes))
+            if multilabel and self.loss != "ce":
                 raise ValueError(f'loss={self.loss!r} models one class per sample; a multilabel target needs loss="ce"')
             self._label_binarizer = binarizer
             self.classes_ = binarizer.classes_
-            unknown = (
-                np.setdiff1d(unique_labels(y), self.classes_) if incremental and kind != "multilabel-indicator" else []
-            )
+            unknown = np.setdiff1d(unique_labels(y), self.classes_) if incremental and not multilabel else []
             if len(unknown):
                 raise ValueError(f"`y` has classes not in `classes`: {unknown[:10]}; classes={self.classes_}")
         else:
             if classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
                 raise ValueError(f"classes={classes!r} differs from the classes of the first call {self.classes_}")
-            seen = np.arange(y.shape[1]) if kind.startswith("multilabel") else unique_labels(y)
+            seen = np.arange(y.shape[1]) if multilabel else unique_labels(y)
             if self.warm_start and not incremental:
                 if set(seen.tolist()) != set(self.classes_.tolist()):
                     raise ValueError(
@@ -739,14 +740,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return len(self.classes_)
 
     def _multilabel(self):
-        return self._label_binarizer.y_type_.startswith("multilabel")
+        return self._label_binarizer.y_type_ == "multilabel-indicator"
 
     def _class_weight(self):
         """class_weight keyed by position in classes_ (train() takes class indices)."""
         if self.class_weight is None:
             return None
         if self._train_loss() == "bce":
-            return None  # taken into the sample weights (_sample_weight)
+            return None  # taken into the sample weights (_training)
         if isinstance(self.class_weight, str):
             return self.class_weight
         self._check_class_weight()
