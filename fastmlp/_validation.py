@@ -130,9 +130,34 @@ def is_sparse(X):
     return hasattr(X, "tocsr") and hasattr(X, "nnz")
 
 
-def check_X(X, name="X", n_features=None, dtype=np.float64):
+def count_nonfinite(a):
+    """The number of NaN and infinite entries of float array ``a``: one compiled pass
+    on every thread where the Cython kernels are built, else NumPy's."""
+    a = np.ascontiguousarray(a)
+    if a.dtype in (np.float32, np.float64):
+        try:
+            from ._kernels import _cy
+        except ImportError:
+            pass
+        else:
+            return int(_cy.count_nonfinite(a))
+    return int(a.size - np.count_nonzero(np.isfinite(a)))
+
+
+def raise_nonfinite(X, name, dtype):
+    """Raises the error of ``check_X`` for an ``X`` whose values in ``dtype`` are not
+    all finite: NaN or infinity in X, or values beyond ``dtype``'s range."""
+    arr = np.asarray(X)
+    if arr.dtype.kind == "f" and count_nonfinite(arr):
+        raise ValueError(f"{name} contains NaN or infinity")
+    raise ValueError(f"{name} has values too large for {np.dtype(dtype).name}")
+
+
+def check_X(X, name="X", n_features=None, dtype=np.float64, finite=True):
     """A finite, non-empty 2-D numeric array as C-contiguous ``dtype``; a
-    scipy.sparse matrix or array as a canonical CSR matrix (``check_sparse_X``)."""
+    scipy.sparse matrix or array as a canonical CSR matrix (``check_sparse_X``).
+    With ``finite=False`` a dense X's values are left for the caller to check
+    (``fastmlp.train`` checks them in the pass that converts X to CSR)."""
     if is_sparse(X):
         return check_sparse_X(X, name, n_features, dtype)
     arr = np.asarray(X)
@@ -144,12 +169,12 @@ def check_X(X, name="X", n_features=None, dtype=np.float64):
         raise ValueError(f"{name} must have at least one row, got shape {arr.shape}")
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(f"{name} must have {n_features} columns (the model's n_in), got shape {arr.shape}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinity")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         out = np.ascontiguousarray(arr, dtype=dtype)
-    if out.dtype != arr.dtype and not np.isfinite(out).all():
-        raise ValueError(f"{name} has values too large for {np.dtype(dtype).name}")
+    # integers are finite in either dtype; NaN, infinity and values beyond dtype's
+    # range are not finite in ``out``
+    if finite and arr.dtype.kind == "f" and count_nonfinite(out):
+        raise_nonfinite(arr, name, dtype)
     return out
 
 
@@ -242,12 +267,15 @@ def check_sparse_X(X, name="X", n_features=None, dtype=np.float64):
     indices, data = indices[:nnz], data[:nnz]
     if nnz and (indices.min() < 0 or indices.max() >= n_cols):
         raise ValueError(f"{name} has column indices outside [0, {n_cols}): from {indices.min()} to {indices.max()}")
-    if data.dtype.kind == "f" and not np.isfinite(data).all():
+    if data.dtype.kind == "f" and count_nonfinite(data):
         raise ValueError(f"{name} contains NaN or infinity")
     with np.errstate(over="ignore"):
-        values = data.astype(dtype)
-    if not np.isfinite(values).all():
+        values = data.astype(dtype, copy=False)
+    if count_nonfinite(values):
         raise ValueError(f"{name} has values too large for {np.dtype(dtype).name}")
-    out = sp.csr_matrix((values, indices.copy(), indptr.copy()), shape=(n_rows, n_cols))
-    out.sum_duplicates()  # also sorts each row's indices
+    # the caller's arrays are shared, never written: the kernels only read them
+    out = sp.csr_matrix((values, indices, indptr), shape=(n_rows, n_cols), copy=False)
+    if not out.has_canonical_format:
+        out = out.copy()
+        out.sum_duplicates()  # also sorts each row's indices
     return out

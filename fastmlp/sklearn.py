@@ -243,6 +243,7 @@ class _BaseMLP(BaseEstimator):
             accept_sparse=["csr", "csc", "coo"],
             multi_output=True,
             y_numeric=not is_classifier(self),
+            ensure_all_finite=False,  # fastmlp.train checks X in its conversion pass, before any step
         )
         if y.ndim == 2 and y.shape[1] == 1:
             y = column_or_1d(y, warn=True)

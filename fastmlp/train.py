@@ -37,6 +37,7 @@ from ._validation import (
     check_targets,
     check_X,
     is_finite_real,
+    raise_nonfinite,
 )
 
 if TYPE_CHECKING:
@@ -473,7 +474,10 @@ class _Training:
             has = "beta1 (its momentum) and beta2" if optimizer.startswith("adam") else "no momentum"
             raise ValueError(f"momentum is a setting of optimizer='sgd'; {optimizer!r} has {has}")
         self.lbfgs = optimizer == "lbfgs"
-        self.X = check_X(X, "X", model.n_in, model.dtype)
+        # a dense X's values are checked in the pass that converts it to CSR, on
+        # entering (raise_nonfinite), before any step
+        self.X = check_X(X, "X", model.n_in, model.dtype, finite=False)
+        self._X_given = X
         self.labels = check_targets(y, self.X.shape[0], model.n_out, loss, model.dtype, "y")
         self.n = self.X.shape[0]
         self.classifies = tables.loss(loss).classifies
@@ -569,6 +573,8 @@ class _Training:
                 second_moment=self.second_moment,
                 summed=not tables.optimizer(self.step.optimizer).linear,
             )
+            if self.runner.nonfinite_inputs():
+                raise_nonfinite(self._X_given, "X", self.model.dtype)
             self.history.path = self.runner.path
             self._blas = blas_limits(wants_one_blas_thread(self.runner.path, self.batch_size))
             self._blas.__enter__()

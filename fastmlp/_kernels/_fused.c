@@ -30,6 +30,9 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && __GNUC__ >= 11
 #define FM_HAS_LEVELS 1
 #endif
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#include <immintrin.h> /* the compress and shuffle instructions of the x86 levels (dense -> CSR) */
+#endif
 /* the exported kernels of one level, called by the dispatchers at the end */
 #define FM_LEVEL_FN static
 
@@ -302,6 +305,10 @@ int fm_max_threads(void)
                          REAL *data)                                                               \
     {                                                                                              \
         FM_CALL_VOID(fm_csr_fill_##S, (X, n_rows, n_in, indptr, indices, data))                    \
+    }                                                                                              \
+    ptrdiff_t fm_count_nonfinite_##S(const REAL *x, ptrdiff_t n)                                   \
+    {                                                                                              \
+        FM_CALL(fm_count_nonfinite_##S, (x, n))                                                    \
     }
 
 FM_EXPORT(float, f)

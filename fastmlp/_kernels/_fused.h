@@ -52,6 +52,9 @@ enum { FM_OK = 0, FM_ERR_LOSS = -1, FM_ERR_LAYOUT = -2, FM_ERR_ACT = -3, FM_ERR_
 #define FM_DEEP_OWN(rows, sout, lanes) (((rows) * (sout) + 4 * (sout) + (lanes) - 1) / (lanes) * (lanes))
 /* The most threads an epoch runs on. */
 #define FM_MAX_THREADS 256
+/* Whole-array passes (finite checks) run on every thread from this many elements;
+ * below, starting the threads costs more than the pass. */
+#define FM_PARALLEL_MIN (1 << 16)
 
 /* What an epoch measured in each batch's forward pass: the loss summed over its
  * examples and how many were classified correctly, each example counted with

@@ -205,3 +205,4 @@ void FM_D(fm_group_chunks)(const FM_D(fm_rows) *ex, ptrdiff_t rows, int64_t *cpt
 void FM_D(fm_csr_counts)(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_t *counts);
 void FM_D(fm_csr_fill)(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *indptr,
                        int32_t *indices, REAL *data);
+ptrdiff_t FM_D(fm_count_nonfinite)(const REAL *x, ptrdiff_t n);

@@ -28,12 +28,13 @@ import functools
 import importlib
 import os
 import threading
+import time
 from typing import NamedTuple
 
 import numpy as np
 
 from .. import tables
-from .._validation import is_sparse
+from .._validation import count_nonfinite, is_sparse
 from ..network import CACHE_LINE, aligned_zeros
 
 # ---- the network's codes ----
@@ -248,15 +249,23 @@ class _BlasThreads:
                 self._apply()
 
     def _apply(self):
-        from threadpoolctl import threadpool_limits
-
         one = any(self._wants)
         if self._limiter is not None and (not self._wants or one != self._one):
             self._limiter.restore_original_limits()
             self._limiter = None
         if self._wants and self._limiter is None:
             self._one = one
-            self._limiter = threadpool_limits(limits=1 if one else None, user_api="blas")
+            self._limiter = blas_controller().limit(limits=1 if one else None, user_api="blas")
+
+
+@functools.cache
+def blas_controller():
+    """threadpoolctl's controller of the thread pools loaded once the kernels' BLAS
+    is (finding the libraries reads the process's memory map: once, not per call)."""
+    from threadpoolctl import ThreadpoolController
+
+    importlib.import_module("scipy.linalg.cython_blas")
+    return ThreadpoolController()
 
 
 blas_limits = _BlasThreads()
@@ -762,6 +771,14 @@ def batch_order(perm, n_rows, batch_size):
 # that Ctrl-C and divergence are noticed within milliseconds, long enough that the
 # per-call overhead stays under 1%.
 CHUNK_EXAMPLES = 8192
+# Before each chunk the parameters are saved (to hand back on Ctrl-C or locate a
+# divergence) and after it checked. Where that costs more than this fraction of
+# the first chunk's compiled time (many weights, few examples: wide sparse inputs),
+# the next chunks are longer, by the rate the first one measured: as many whole
+# runs of CHUNK_EXAMPLES as keep the saving at that fraction, up to
+# CHUNK_SECONDS_MAX of compiled time each, so Ctrl-C is still answered within a second.
+CHUNK_OVERHEAD_MAX = 0.02
+CHUNK_SECONDS_MAX = 0.2
 
 
 class Diverged(FloatingPointError):
@@ -830,13 +847,20 @@ class EpochRunner:
         self.n_threads = n_threads
         self._layouts = {}
         self._full_batch = None  # a full batch's chunks grouped by input, once built
+        self._saved = []  # the parameters and state from before the current chunk (not sparse)
+        self._stored = True  # the model's arrays hold the block's values
+        self._chunk_scale = 1  # chunks of this many times CHUNK_EXAMPLES (_rescale)
+        self._rescaled = False
         self.threads = 1  # until an epoch asks for more
         if self.path == "sparse":
             self.rows = self._rows(rows)
             if self.deep:
                 sizes = [params["W1"].shape[1]] + [params[f"b{k}"].shape[0] for k in range(1, len(params) // 2 + 1)]
                 self._deep_net = deep_net(sizes, params["W1"].dtype, state=self.n_state)
-            self.block, self.work = self._layout(1)
+            # the layout for the threads the first chunk asks for: moving to another
+            # costs a copy of every parameter
+            self.threads = self._usable(wanted_threads(n_threads, kernels))
+            self.block, self.work = self._layout(self.threads)
         elif self.path == "blas":
             empty = [np.empty((0,) * params[k].ndim, params[k].dtype) for k in PARAM_NAMES]
             states = [[state[k] for k in PARAM_NAMES] if state is not None else empty for state in self._states()]
@@ -846,6 +870,16 @@ class EpochRunner:
             self.work = blas_work(self.block, self.batch, X.shape[1], gathered=False, gradients=False)
         else:  # the reference: the parameters by name, at any depth
             self.block = dict(params)
+
+    def nonfinite_inputs(self):
+        """The number of NaN and infinite values in X, counted where it is cheapest:
+        in the non-zeros of the rows converted to CSR (each non-finite entry is one),
+        else in X. For a caller that left X's values unchecked."""
+        if is_sparse(self.X):
+            return count_nonfinite(self.X.data)
+        if self.path == "sparse" and self.rows.indptr is not None:
+            return count_nonfinite(self.rows.data)
+        return count_nonfinite(self.X)
 
     def _states(self):
         """(velocity, second_moment): the optimizer's state blocks by name, or None."""
@@ -935,11 +969,14 @@ class EpochRunner:
         if self.path == "sparse":
             for model, block in self._slice_views():
                 block[...] = model
+        self._stored = True
 
     def _store(self):
-        if self.path == "sparse":
+        """The block's values into the model's arrays (where they differ)."""
+        if self.path == "sparse" and not self._stored:
             for model, block in self._slice_views():
                 model[...] = block
+        self._stored = True
 
     # -- one compiled call --
 
@@ -950,6 +987,7 @@ class EpochRunner:
         if len(order) == 0:
             return 0.0, 0
         opt = as_step(opt)
+        self._stored = self.path != "sparse"  # the steps change the block
         if opt.state_blocks > self.n_state:
             raise ValueError(
                 f"a {opt.optimizer} step with these settings keeps {opt.state_blocks} blocks of state; "
@@ -1039,23 +1077,42 @@ class EpochRunner:
         self.threads = threads
 
     def _chunks(self, perm, opt):
-        chunk = max(1, CHUNK_EXAMPLES // self.batch_size) * self.batch_size
+        base = max(1, CHUNK_EXAMPLES // self.batch_size) * self.batch_size
         wanted = self._usable(wanted_threads(self.n_threads, self.kernels))
         loss_sum, n_correct = 0.0, 0
-        for start in range(0, len(perm), chunk):
+        start = 0
+        while start < len(perm):
+            chunk = base * self._chunk_scale  # chunks start at multiples of base
             with thread_budget(wanted) as threads:
                 self._use_threads(threads)
+                t0 = time.perf_counter()
                 before = self._snapshot()
+                t1 = time.perf_counter()
                 try:
                     ls, nc = self.run(perm[start : start + chunk], self._at(opt, start))
                 except KeyboardInterrupt:
                     self._restore(before)
                     raise
+                t2 = time.perf_counter()
                 if not (np.isfinite(ls) and self._finite()):
                     self._locate_divergence(perm, start, chunk, opt, before)
+                if start + chunk < len(perm):
+                    self._rescale(t1 - t0 + time.perf_counter() - t2, t2 - t1)
             loss_sum += ls
             n_correct += nc
+            start += chunk
         return loss_sum, n_correct
+
+    def _rescale(self, overhead, compiled):
+        """After a chunk of the current length that took ``compiled`` seconds in the
+        kernels and ``overhead`` to save and check: the length of the next ones (see
+        CHUNK_OVERHEAD_MAX), set once per run."""
+        if self._rescaled or overhead <= CHUNK_OVERHEAD_MAX * compiled:
+            return
+        self._rescaled = True
+        wanted = overhead / max(CHUNK_OVERHEAD_MAX * compiled, 1e-12)
+        affordable = CHUNK_SECONDS_MAX / max(compiled, 1e-9)
+        self._chunk_scale = max(1, int(min(wanted, affordable)) * self._chunk_scale)
 
     def _arrays(self):
         """The arrays a step changes: the parameters and their optimizer state."""
@@ -1065,14 +1122,28 @@ class EpochRunner:
         return list(self.block[: per_block * (1 + self.n_state)])
 
     def _snapshot(self):
-        return [a.copy() for a in self._arrays()]
+        """What ``_restore`` takes back to: on the sparse path, the model's arrays,
+        which its layout is stored into (no memory beyond the model's); on the others,
+        whose block is the model's arrays, a copy in buffers allocated once."""
+        if self.path == "sparse":
+            self._store()
+            return None
+        arrays = self._arrays()
+        if [b.shape for b in self._saved] != [a.shape for a in arrays]:
+            self._saved = [np.empty_like(a) for a in arrays]
+        for a, b in zip(arrays, self._saved, strict=True):
+            np.copyto(b, a)
+        return self._saved
 
     def _restore(self, saved):
+        if saved is None:
+            self._load()
+            return
         for a, b in zip(self._arrays(), saved, strict=True):
             a[...] = b
 
     def _finite(self):
-        return all(np.isfinite(a).all() for a in self._arrays())
+        return all(count_nonfinite(a) == 0 for a in self._arrays())
 
     def _at(self, opt, start):
         """``opt`` for the batches from example ``start`` of the epoch on (Adam's step count)."""
@@ -1081,7 +1152,7 @@ class EpochRunner:
     def _locate_divergence(self, perm, start, chunk, opt, before):
         self._restore(before)
         for b0 in range(start, min(start + chunk, len(perm)), self.batch_size):
-            saved = self._snapshot()
+            saved = [a.copy() for a in self._arrays()]
             ls, _ = self.run(perm[b0 : b0 + self.batch_size], self._at(opt, b0))
             if not (np.isfinite(ls) and self._finite()):
                 self._restore(saved)
