@@ -293,9 +293,10 @@ def train(
         A step made the loss or a parameter non-finite; the model keeps the
         parameters from before that step.
     KeyboardInterrupt
-        Passed on within milliseconds; the model holds the parameters from the start
-        of the interrupted chunk of the epoch (at most CHUNK_EXAMPLES examples back),
-        never a half-applied step.
+        Passed on within a fraction of a second; the model holds the parameters from
+        the start of the interrupted compiled chunk of the epoch (8,192 examples, or
+        more where the parameters far outnumber them, at most 0.2 s of compiled work
+        back), never a half-applied step.
     RuntimeError
         The model is being trained by another thread at the same time.
 
