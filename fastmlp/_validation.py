@@ -267,12 +267,10 @@ def check_sparse_X(X, name="X", n_features=None, dtype=np.float64):
     indices, data = indices[:nnz], data[:nnz]
     if nnz and (indices.min() < 0 or indices.max() >= n_cols):
         raise ValueError(f"{name} has column indices outside [0, {n_cols}): from {indices.min()} to {indices.max()}")
-    if data.dtype.kind == "f" and count_nonfinite(data):
-        raise ValueError(f"{name} contains NaN or infinity")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         values = data.astype(dtype, copy=False)
-    if count_nonfinite(values):
-        raise ValueError(f"{name} has values too large for {np.dtype(dtype).name}")
+    if data.dtype.kind == "f" and count_nonfinite(values):  # as check_X: one pass unless it fails
+        raise_nonfinite(data, name, dtype)
     # the caller's arrays are shared, never written: the kernels only read them
     out = sp.csr_matrix((values, indices, indptr), shape=(n_rows, n_cols), copy=False)
     if not out.has_canonical_format:

@@ -37,6 +37,7 @@ from ._validation import (
     check_targets,
     check_X,
     is_finite_real,
+    is_sparse,
     raise_nonfinite,
 )
 
@@ -574,7 +575,7 @@ class _Training:
                 second_moment=self.second_moment,
                 summed=not tables.optimizer(self.step.optimizer).linear,
             )
-            if self.runner.nonfinite_inputs():
+            if not is_sparse(self.X) and self.runner.nonfinite_inputs():  # a sparse X's were checked
                 raise_nonfinite(self._X_given, "X", self.model.dtype)
             self.history.path = self.runner.path
             self._blas = blas_limits(wants_one_blas_thread(self.runner.path, self.batch_size))

@@ -88,12 +88,9 @@ _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 def blas_has_avx512_kernels():
     """True unless the OpenBLAS that scipy loaded runs a kernel without AVX-512
     (True also for other BLAS libraries: no measurements say otherwise)."""
-    from threadpoolctl import threadpool_info
-
-    importlib.import_module("scipy.linalg.cython_blas")  # the BLAS the kernels call is loaded
     kernels = {
         str(pool.get("architecture", "")).lower()
-        for pool in threadpool_info()
+        for pool in blas_controller().info()
         if pool.get("internal_api") == "openblas"
     }
     return not kernels or bool(kernels & _AVX512_KERNELS)
@@ -851,7 +848,7 @@ class EpochRunner:
         self._stored = True  # the model's arrays hold the block's values
         self._chunk_scale = 1  # chunks of this many times CHUNK_EXAMPLES (_rescale)
         self._rescaled = False
-        self.threads = 1  # until an epoch asks for more
+        self.threads = 1  # until an epoch asks for more (the sparse path: below)
         if self.path == "sparse":
             self.rows = self._rows(rows)
             if self.deep:
@@ -873,10 +870,8 @@ class EpochRunner:
 
     def nonfinite_inputs(self):
         """The number of NaN and infinite values in X, counted where it is cheapest:
-        in the non-zeros of the rows converted to CSR (each non-finite entry is one),
-        else in X. For a caller that left X's values unchecked."""
-        if is_sparse(self.X):
-            return count_nonfinite(self.X.data)
+        in the non-zeros of the CSR rows (each non-finite entry is one), else in X.
+        For a caller that left a dense X's values unchecked."""
         if self.path == "sparse" and self.rows.indptr is not None:
             return count_nonfinite(self.rows.data)
         return count_nonfinite(self.X)
