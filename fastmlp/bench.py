@@ -29,7 +29,7 @@ import numpy as np
 
 from . import backends
 from . import reference as ref
-from ._kernels import epochs
+from ._kernels import caches, epochs
 
 __all__ = [
     "OPENBLAS_VARS",
@@ -162,6 +162,7 @@ def environment(dtype=np.float32):
         "simd": simd,
         "c_kernels": kernel_build(),
         "cores": epochs.available_cpus(),
+        "caches": caches.caches()._asdict(),
         "threads": epochs.wanted_threads(None, backends.kernels("auto")),
         "blas": blas_description(),
         "openblas_env": {k: os.environ[k] for k in OPENBLAS_VARS if k in os.environ},
@@ -681,7 +682,11 @@ def run(
         file=out,
     )
     model, simd = cpu_description()
-    print(f"CPU: {model} ({simd}), {epochs.available_cpus()} cores; C kernels: {kernel_build()} build", file=out)
+    print(
+        f"CPU: {model} ({simd}), {epochs.available_cpus()} cores, {caches.describe()}; "
+        f"C kernels: {kernel_build()} build",
+        file=out,
+    )
     print(f"BLAS: {blas_description()}; fastmlp's threads: {all_threads}", file=out)
     print(
         f"measured float32 GEMM peak: {peak:.0f} GFLOP/s" + (f"; torch threads: {threads}" if threads else ""), file=out

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 
-from . import backends, datasets
-from ._kernels import epochs
+from . import backends, datasets, network
+from ._kernels import caches, epochs
 from ._version import __version__
 from .model import MLP
 from .train import OPTIMIZERS, evaluate, train
@@ -206,20 +206,25 @@ def cmd_info(args):
         f"sparse inputs: scipy.sparse always, dense inputs with at most {epochs.SPARSE_DENSITY_MAX:.0%} "
         f"non-zero entries, or {epochs.MIDDLE_DENSITY_MAX:.0%} {middle} (converted to CSR once per fit)"
     )
-    chunk = getattr(kern, "SPARSE_CHUNK_ROWS", 0)
-    print(
-        f"large batches on the sparse path: taken {chunk} examples at a time (gradient summed, one step) where "
-        f"the inputs are no more than the batch's examples, or where the batch is too large for the grouped "
-        f"update and its chunks are not"
-        if chunk
-        else "large batches on the sparse path: taken whole"
-    )
-    group = getattr(kern, "SPARSE_GROUP_MIN", 0)
+    print(f"caches: {caches.describe()}; L1d sets the sparse path's blocks of examples (below)")
+    chunk, group = getattr(kern, "SPARSE_CHUNK_ROWS", 0), getattr(kern, "SPARSE_GROUP_MIN", 0)
     if group:
+        block = {lines: caches.block_rows(lines * network.CACHE_LINE, group, kern.SPARSE_MASK_ROWS) for lines in (4, 1)}
         print(
             f"batches of {group}+ examples on the sparse path: each touched row of Wh updated once with the "
-            f"batch's sum, where the batch's non-zeros are at least the inputs"
+            f"batch's sum, where the batch's non-zeros are at least the inputs; with one hidden layer, up to "
+            f"{block[4]} examples at a time (their dl/dh~ for a group of four cache lines of hidden units, "
+            f"{block[4]} x 256 bytes, fits in {caches.L1D_SHARE:.0%} of L1d; {block[1]} for groups of one line)"
         )
+    if chunk:
+        taken = f"{min(chunk, block[4])} (one hidden layer; several: {chunk})" if group else f"{chunk}"
+        print(
+            f"large batches on the sparse path: taken {taken} examples at a time (gradient summed, one step) "
+            f"where the inputs are no more than the batch's examples, or where the batch is larger than the "
+            f"grouped update takes at once and its blocks are not"
+        )
+    else:
+        print("large batches on the sparse path: taken whole")
     print("epoch path of the compiled backends (auto), by batch size and input density:")
     for batch in (1, 4, 10, 32, 64, 256, 60000):
         for kind, density in (("dense", 1.0), ("40% non-zero", 0.4), ("19% non-zero (MNIST)", 0.19)):

@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from helpers import MNIST_DIR  # noqa: E402
 
 import fastmlp  # noqa: E402
+from fastmlp._kernels import caches  # noqa: E402
 
 
 def pytest_report_header(config):
@@ -24,3 +25,21 @@ def mnist():
     if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST not found in {MNIST_DIR} (set FASTMLP_MNIST_DIR)")
     return fastmlp.datasets.load_mnist(MNIST_DIR)
+
+
+@pytest.fixture
+def cache_env(monkeypatch):
+    """Sets the cache-size variables (FASTMLP_L1D_CACHE, FASTMLP_L2_CACHE) for one
+    test; the kernels' blocks are derived from them afresh."""
+
+    def set_sizes(l1d=None, l2=None):
+        for var, value in ((caches.L1D_VAR, l1d), (caches.L2_VAR, l2)):
+            if value is None:
+                monkeypatch.delenv(var, raising=False)
+            else:
+                monkeypatch.setenv(var, value)
+        caches.caches.cache_clear()
+
+    yield set_sizes
+    monkeypatch.undo()
+    caches.caches.cache_clear()

@@ -5,11 +5,12 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from helpers import BACKENDS, MNIST_DIR
 
 import fastmlp
 from fastmlp import backends
-from fastmlp._kernels import epochs
+from fastmlp._kernels import caches, epochs
 
 
 def run(*args):
@@ -86,10 +87,18 @@ def test_info_lists_backends_and_blas():
     assert f"fastmlp {fastmlp.__version__}" in out.stdout
     assert re.search(r"^backends available: numpy, cython(, numba)?$", out.stdout, re.M)
     assert "threadpool" in out.stdout and "kernel=" in out.stdout
-    chunk = backends.kernels("auto").SPARSE_CHUNK_ROWS
-    assert f"large batches on the sparse path: taken {chunk} examples at a time" in out.stdout
-    group = getattr(backends.kernels("auto"), "SPARSE_GROUP_MIN", 0)
+    kern = backends.kernels("auto")
+    chunk, group = kern.SPARSE_CHUNK_ROWS, getattr(kern, "SPARSE_GROUP_MIN", 0)
     assert (f"batches of {group}+ examples on the sparse path: each touched row" in out.stdout) == bool(group)
+    # the caches, where they came from, and the block of examples they set
+    assert re.search(r"^caches: L1d [\d.]+ KiB, L2 [\d.]+ [KM]iB per core \(.+\); L1d sets", out.stdout, re.M)
+    if group:
+        block = caches.block_rows(256, group, kern.SPARSE_MASK_ROWS)
+        assert f"with one hidden layer, up to {block} examples at a time" in out.stdout
+        taken = f"{min(chunk, block)} (one hidden layer; several: {chunk})"
+    else:
+        taken = f"{chunk}"
+    assert f"large batches on the sparse path: taken {taken} examples at a time" in out.stdout
     # the densities that go to CSR, as auto_path takes them on this machine's BLAS
     middle = "at every batch size" if not epochs.blas_has_avx512_kernels() else "at batches up to 4 and from 32"
     assert f"dense inputs with at most 35% non-zero entries, or 50% {middle}" in out.stdout
@@ -101,6 +110,20 @@ def test_info_lists_backends_and_blas():
     for batch in (1, 10, 64, 256, 60000):
         for kind in ("dense", "19% non-zero"):
             assert re.search(rf"^  batch +{batch}, {kind}.* (sparse|blas) +\S", out.stdout, re.M), (batch, kind)
+
+
+def test_info_shows_the_cache_sizes_the_environment_sets(monkeypatch):
+    if not getattr(backends.kernels("auto"), "SPARSE_GROUP_MIN", 0):
+        pytest.skip("no backend with the grouped update")
+    monkeypatch.setenv("FASTMLP_L1D_CACHE", "32K")
+    monkeypatch.setenv("FASTMLP_L2_CACHE", "512K")
+    out = run("info")
+    assert out.returncode == 0, out.stderr
+    assert "caches: L1d 32 KiB, L2 512 KiB per core (FASTMLP_L1D_CACHE and FASTMLP_L2_CACHE)" in out.stdout
+    assert "with one hidden layer, up to 64 examples at a time" in out.stdout
+    monkeypatch.setenv("FASTMLP_L1D_CACHE", "big")
+    bad = run("info")
+    assert bad.returncode != 0 and "FASTMLP_L1D_CACHE must be a positive size" in bad.stderr
 
 
 def test_errors_are_one_line_without_traceback(tmp_path):

@@ -36,6 +36,7 @@ import numpy as np
 from .. import tables
 from .._validation import count_nonfinite, is_sparse
 from ..network import CACHE_LINE, aligned_zeros
+from . import caches
 
 # ---- the network's codes ----
 
@@ -905,14 +906,24 @@ class EpochRunner:
             return min(n_threads, len(hidden_groups(self.params["bh"].shape[0], self.params["bh"].itemsize)) - 1)
         return min(n_threads, len(self.block.block_unit) - 1)
 
-    def _group(self):
-        """(SPARSE_GROUP_MIN, SPARSE_MASK_ROWS) of a backend that groups updates, else None."""
-        group_min = getattr(self.kernels, "SPARSE_GROUP_MIN", 0)
-        return (group_min, self.kernels.SPARSE_MASK_ROWS) if group_min else None
+    def _blocks(self, group_bytes):
+        """(chunk rows, (group_min, most rows grouped at once) or None) of the sparse
+        path for hidden-unit groups of ``group_bytes``: the backend's bounds
+        (SPARSE_CHUNK_ROWS; SPARSE_GROUP_MIN, SPARSE_MASK_ROWS), and within them the
+        block whose slice of dl/dh~ stays in this CPU's L1 (``caches.block_rows``).
+        A larger batch is taken a block at a time, its gradient summed."""
+        chunk, group_min = self.kernels.SPARSE_CHUNK_ROWS, getattr(self.kernels, "SPARSE_GROUP_MIN", 0)
+        if not group_min:
+            return chunk, None
+        rows = caches.block_rows(group_bytes, group_min, self.kernels.SPARSE_MASK_ROWS)
+        return min(chunk, rows), (group_min, rows)
 
     def _layout(self, n_threads):
         if n_threads not in self._layouts and self.deep:
             net = self._deep_net
+            # The backend's block, not the L1 one: a chunk of a smaller block than the
+            # batch costs a pass over every layer's weights (docs/design/kernels.md).
+            group_min = getattr(self.kernels, "SPARSE_GROUP_MIN", 0)
             work = deep_work(
                 net,
                 self.batch,
@@ -920,7 +931,7 @@ class EpochRunner:
                 self.kernels.SPARSE_CHUNK_ROWS,
                 summed=self.n_state > 0,
                 gemm_min=self.kernels.DEEP_GEMM_MIN,
-                grouping=self._group(),
+                grouping=(group_min, self.kernels.SPARSE_MASK_ROWS) if group_min else None,
             )
             self._layouts[n_threads] = (net, work)
         if n_threads not in self._layouts:
@@ -933,9 +944,9 @@ class EpochRunner:
                 n_threads,
                 state=self.n_state,
             )
-            group = self._group()
+            chunk, group = self._blocks(int(np.diff(net.group_line).max()) * CACHE_LINE)
             nnz_per_row = self.rows.indptr[-1] / max(1, self.n_rows) if self.rows.indptr is not None else n_in
-            work = sparse_work(net, self.batch, self.kernels.SPARSE_CHUNK_ROWS, group, nnz_per_row, summed=self.summed)
+            work = sparse_work(net, self.batch, chunk, group, nnz_per_row, summed=self.summed)
             self._layouts[n_threads] = (net, work)
         return self._layouts[n_threads]
 
