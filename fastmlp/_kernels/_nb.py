@@ -851,19 +851,20 @@ def _dot_rows(H, Wy, s, b, o, off, n):
 def _sgd_row(P, V, r, c, G, gr, n, lr, mu, decay, nesterov):
     """P[r, c : c + n] steps from the gradient G[gr, :n] (a G with no rows: a zero
     gradient) by _sgd1, with `decay`; V the velocity (used only with momentum).
-    One loop per form, so that each vectorises."""
+    One loop per form, so that each vectorises; on row slices (see _axpy)."""
     zero = P.dtype.type(0)
+    p, v = P[r, c : c + n], V[r, c : c + n]
+    has_g = G.shape[0] > 0
+    g = G[gr if has_g else 0, :n] if has_g else p  # p: never read
     if mu == 0:
         for j in range(n):
-            P[r, c + j] = _sgd1(P[r, c + j], zero, G[gr, j] if G.shape[0] else zero, lr, mu, decay, False, False)[0]
+            p[j] = _sgd1(p[j], zero, g[j] if has_g else zero, lr, mu, decay, False, False)[0]
     elif nesterov:
         for j in range(n):
-            g = G[gr, j] if G.shape[0] else zero
-            P[r, c + j], V[r, c + j] = _sgd1(P[r, c + j], V[r, c + j], g, lr, mu, decay, True, True)
+            p[j], v[j] = _sgd1(p[j], v[j], g[j] if has_g else zero, lr, mu, decay, True, True)
     else:
         for j in range(n):
-            g = G[gr, j] if G.shape[0] else zero
-            P[r, c + j], V[r, c + j] = _sgd1(P[r, c + j], V[r, c + j], g, lr, mu, decay, True, False)
+            p[j], v[j] = _sgd1(p[j], v[j], g[j] if has_g else zero, lr, mu, decay, True, False)
 
 
 @_jit
@@ -893,10 +894,12 @@ def _step_row(P, V, S, r, c, G, gr, n, step, adam, decay):
     if step.kind == 0:
         _sgd_row(P, V, r, c, G, gr, n, step.lr, step.momentum, decay, step.nesterov)
         return
+    ps, vs, g = P[r, c : c + n], V[r, c : c + n], G[gr, :n]  # row slices (see _axpy)
     if step.kind == 3:
         for j in range(n):
-            V[r, c + j] = G[gr, j] + decay * P[r, c + j]
+            vs[j] = g[j] + decay * ps[j]
         return
+    ss = S[r, c : c + n]
     one = P.dtype.type(1)
     b1, b2 = step.beta1, step.beta2
     step_size, bc2_sqrt, eps = adam
@@ -904,14 +907,14 @@ def _step_row(P, V, S, r, c, G, gr, n, step, adam, decay):
     l2 = P.dtype.type(0) if adamw else decay
     shrink = one - step.lr * decay if adamw else one
     for j in range(n):
-        p = P[r, c + j] * shrink
-        gd = G[gr, j] + l2 * p
-        m = V[r, c + j]
+        p = ps[j] * shrink
+        gd = g[j] + l2 * p
+        m = vs[j]
         m = m + (one - b1) * (gd - m)
-        v = b2 * S[r, c + j] + (one - b2) * gd * gd
-        V[r, c + j] = m
-        S[r, c + j] = v
-        P[r, c + j] = p - step_size * (m / (np.sqrt(v) / bc2_sqrt + eps))
+        v = b2 * ss[j] + (one - b2) * gd * gd
+        vs[j] = m
+        ss[j] = v
+        ps[j] = p - step_size * (m / (np.sqrt(v) / bc2_sqrt + eps))
 
 
 @_jit
@@ -1447,18 +1450,21 @@ def _grad_times(act, d, h):
 
 @_jit
 def _axpy(y, yo, a, x, xo, n):
-    """y[yo : yo + n] += a x[xo : xo + n]"""
+    """y[yo : yo + n] += a x[xo : xo + n] (on slices: indexed by ``yo + j``, each
+    load would check for a negative index, and the loop would not vectorise)"""
+    ys, xs = y[yo : yo + n], x[xo : xo + n]
     for j in range(n):
-        y[yo + j] += a * x[xo + j]
+        ys[j] += a * xs[j]
 
 
 @_jit_fast_reduce
 def _dot_flat(x, xo, y, yo, n):
     """x[xo : xo + n] . y[yo : yo + n] (the order may change: it vectorises, the same
     in every thread)"""
+    xs, ys = x[xo : xo + n], y[yo : yo + n]
     acc = x.dtype.type(0)
     for j in range(n):
-        acc += x[xo + j] * y[yo + j]
+        acc += xs[j] * ys[j]
     return acc
 
 
@@ -1539,8 +1545,7 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
                         continue
                     for r in range(C):
                         p = p_at + (g * rows + r) * sk
-                        for j in range(sk):
-                            P[p + j] = zero
+                        P[p : p + sk] = zero
                         for i in range(a, e):
                             _axpy(P, p, ws.H[h_in + r * sin + i], W, w_at + i * sk, sk)
                 if nt > 1:
@@ -1550,8 +1555,7 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
                     h_at, bk = ws.h_off[kk - 1], b_off[kk - 1]
                     for r in range(C):
                         h = h_at + r * sk
-                        for j in range(q0, q1):
-                            ws.H[h + j] = bias[bk + j]
+                        ws.H[h + q0 : h + q1] = bias[bk + q0 : bk + q1]
                         for g in range(n_groups):
                             _axpy(ws.H, h + q0, one, P, p_at + (g * rows + r) * sk + q0, q1 - q0)
                         _deep_activate(act, ws.H[h : h + sk], q0, q1, n[kk])
