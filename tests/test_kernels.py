@@ -604,12 +604,23 @@ def _small_mask_kernels(monkeypatch, backend="cython"):
     return kern
 
 
-@pairwise(backend=CHUNKING_BACKENDS, loss=LOSSES, dtype=DTYPES, options=SGD_OPTIONS, activation=ACTIVATIONS)
-def test_grouped_chunks_of_a_batch_too_large_for_the_mask_match_the_reference(
-    monkeypatch, backend, loss, dtype, options, activation
+@pairwise(
+    backend=CHUNKING_BACKENDS, loss=LOSSES, dtype=DTYPES, options=SGD_OPTIONS, activation=ACTIVATIONS,
+    limit=["mask", "l1d"],
+)  # fmt: skip
+def test_grouped_blocks_of_a_batch_too_large_to_group_whole_match_the_reference(
+    monkeypatch, cache_env, backend, loss, dtype, options, activation, limit
 ):
+    """A batch of 40 taken 8 examples at a time, each block grouped, the gradient
+    summed: the reference's step. The limit is the mask's 16 examples (chunks of 8),
+    or an L1d that holds dl/dh~ of only 8 examples (40 hidden units in groups of at
+    most three cache lines, 192 bytes a row, in either dtype; L1d set to 3 KiB)."""
     momentum, nesterov, decay, weighted = options
-    kern = _small_mask_kernels(monkeypatch, backend)
+    if limit == "mask":
+        kern = _small_mask_kernels(monkeypatch, backend)
+    else:
+        cache_env(l1d="3K")
+        kern = _grouping_kernels(monkeypatch, 2, backend)
     X, y, p = random_problem(300, 60, 40, 4, dtype, seed=5, sparse=True, loss=loss)  # 60 inputs > 40 examples
     w = 0.5 + np.random.default_rng(1).random(300).astype(dtype) if weighted else None
     expected = {k: v.copy() for k, v in p.items()}
@@ -623,29 +634,6 @@ def test_grouped_chunks_of_a_batch_too_large_for_the_mask_match_the_reference(
     opt = epochs.Step(0.01, momentum, decay, nesterov, weighted)
     _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, 40, opt, loss, dtype)
     assert not runner.work.mask.any()  # every bit cleared for the next batch
-
-
-@pairwise(backend=CHUNKING_BACKENDS, loss=LOSSES, dtype=DTYPES, options=SGD_OPTIONS, activation=ACTIVATIONS)
-def test_blocks_of_a_small_l1_match_the_reference(monkeypatch, cache_env, backend, loss, dtype, options, activation):
-    """A CPU whose L1d holds dl/dh~ of only 8 examples (40 hidden units in groups of at
-    most three cache lines, 192 bytes a row, in either dtype; L1d set to 3 KiB): batches of 40
-    are taken 8 examples at a time, each block grouped, the gradient summed: the
-    reference's step."""
-    momentum, nesterov, decay, weighted = options
-    cache_env(l1d="3K")
-    kern = _grouping_kernels(monkeypatch, 2, backend)
-    X, y, p = random_problem(300, 60, 40, 4, dtype, seed=5, sparse=True, loss=loss)  # 60 inputs > 40 examples
-    w = 0.5 + np.random.default_rng(1).random(300).astype(dtype) if weighted else None
-    expected = {k: v.copy() for k, v in p.items()}
-    ve = {k: np.zeros_like(v) for k, v in p.items()}
-    v = {k: np.zeros_like(a) for k, a in p.items()} if momentum else None
-    runner = epochs.EpochRunner(
-        kern, p, X, y, batch_size=40, path="sparse", n_threads=2, loss=loss, activation=activation, weights=w,
-        velocity=v,
-    )  # fmt: skip
-    assert runner.work.H.shape[1] == 8 and runner.work.gWhT.size > 0 and runner.work.mask.size > 0
-    opt = epochs.Step(0.01, momentum, decay, nesterov, weighted)
-    _check_two_epochs_against_the_reference(runner, p, v, expected, ve, X, y, w, 40, opt, loss, dtype)
 
 
 @pytest.mark.parametrize("backend", GROUPING_BACKENDS)
