@@ -209,15 +209,18 @@ def cmd_info(args):
     print(f"caches: {caches.describe()}; L1d sets the sparse path's blocks of examples (below)")
     chunk, group = getattr(kern, "SPARSE_CHUNK_ROWS", 0), getattr(kern, "SPARSE_GROUP_MIN", 0)
     if group:
-        block = {lines: caches.block_rows(lines * network.CACHE_LINE, group, kern.SPARSE_MASK_ROWS) for lines in (4, 1)}
+        group_bytes = epochs.GROUP_LINES * network.CACHE_LINE
+        chunk_rows, (_, block) = epochs.sparse_blocks(kern, group_bytes)
+        narrow = epochs.sparse_blocks(kern, network.CACHE_LINE)[1][1]
         print(
             f"batches of {group}+ examples on the sparse path: each touched row of Wh updated once with the "
             f"batch's sum, where the batch's non-zeros are at least the inputs; with one hidden layer, up to "
-            f"{block[4]} examples at a time (their dl/dh~ for a group of four cache lines of hidden units, "
-            f"{block[4]} x 256 bytes, fits in {caches.L1D_SHARE:.0%} of L1d; {block[1]} for groups of one line)"
+            f"{block} examples at a time (their dl/dh~ for a group of {epochs.GROUP_LINES} cache lines of hidden "
+            f"units, {block} x {group_bytes} bytes, fits in {caches.L1D_SHARE:.0%} of L1d; {narrow} for groups of "
+            f"one line)"
         )
     if chunk:
-        taken = f"{min(chunk, block[4])} (one hidden layer; several: {chunk})" if group else f"{chunk}"
+        taken = f"{chunk_rows} (one hidden layer; several: {chunk})" if group else chunk
         print(
             f"large batches on the sparse path: taken {taken} examples at a time (gradient summed, one step) "
             f"where the inputs are no more than the batch's examples, or where the batch is larger than the "

@@ -855,7 +855,7 @@ def _sgd_row(P, V, r, c, G, gr, n, lr, mu, decay, nesterov):
     zero = P.dtype.type(0)
     p, v = P[r, c : c + n], V[r, c : c + n]
     has_g = G.shape[0] > 0
-    g = G[gr if has_g else 0, :n] if has_g else p  # p: never read
+    g = G[gr, :n] if has_g else p  # p: never read
     if mu == 0:
         for j in range(n):
             p[j] = _sgd1(p[j], zero, g[j] if has_g else zero, lr, mu, decay, False, False)[0]

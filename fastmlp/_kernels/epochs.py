@@ -502,6 +502,20 @@ def slice_units(net, s, n_hidden):
     return min(first, n_hidden), min(last, n_hidden)
 
 
+def sparse_blocks(kernels, group_bytes):
+    """(chunk rows, (group_min, most rows grouped at once) or None) of one hidden
+    layer on the sparse path of ``kernels`` for hidden-unit groups of ``group_bytes``:
+    the backend's bounds (SPARSE_CHUNK_ROWS; SPARSE_GROUP_MIN, SPARSE_MASK_ROWS), and
+    within them the block whose slice of dl/dh~ stays in this CPU's L1
+    (``caches.block_rows``). A larger batch is taken a block at a time, its gradient
+    summed (``sparse_work``)."""
+    chunk, group_min = kernels.SPARSE_CHUNK_ROWS, getattr(kernels, "SPARSE_GROUP_MIN", 0)
+    if not group_min:
+        return chunk, None
+    rows = caches.block_rows(group_bytes, group_min, kernels.SPARSE_MASK_ROWS)
+    return min(chunk, rows), (group_min, rows)
+
+
 def sparse_work(net, batch, chunk_rows=0, group=None, nnz_per_row=0.0, summed=False):
     """The workspace of ``net`` for batches of up to ``batch`` examples.
 
@@ -906,24 +920,16 @@ class EpochRunner:
             return min(n_threads, len(hidden_groups(self.params["bh"].shape[0], self.params["bh"].itemsize)) - 1)
         return min(n_threads, len(self.block.block_unit) - 1)
 
-    def _blocks(self, group_bytes):
-        """(chunk rows, (group_min, most rows grouped at once) or None) of the sparse
-        path for hidden-unit groups of ``group_bytes``: the backend's bounds
-        (SPARSE_CHUNK_ROWS; SPARSE_GROUP_MIN, SPARSE_MASK_ROWS), and within them the
-        block whose slice of dl/dh~ stays in this CPU's L1 (``caches.block_rows``).
-        A larger batch is taken a block at a time, its gradient summed."""
-        chunk, group_min = self.kernels.SPARSE_CHUNK_ROWS, getattr(self.kernels, "SPARSE_GROUP_MIN", 0)
-        if not group_min:
-            return chunk, None
-        rows = caches.block_rows(group_bytes, group_min, self.kernels.SPARSE_MASK_ROWS)
-        return min(chunk, rows), (group_min, rows)
+    def _group(self):
+        """(SPARSE_GROUP_MIN, SPARSE_MASK_ROWS) of a backend that groups updates, else None."""
+        group_min = getattr(self.kernels, "SPARSE_GROUP_MIN", 0)
+        return (group_min, self.kernels.SPARSE_MASK_ROWS) if group_min else None
 
     def _layout(self, n_threads):
         if n_threads not in self._layouts and self.deep:
             net = self._deep_net
             # The backend's block, not the L1 one: a chunk of a smaller block than the
             # batch costs a pass over every layer's weights (docs/design/kernels.md).
-            group_min = getattr(self.kernels, "SPARSE_GROUP_MIN", 0)
             work = deep_work(
                 net,
                 self.batch,
@@ -931,7 +937,7 @@ class EpochRunner:
                 self.kernels.SPARSE_CHUNK_ROWS,
                 summed=self.n_state > 0,
                 gemm_min=self.kernels.DEEP_GEMM_MIN,
-                grouping=(group_min, self.kernels.SPARSE_MASK_ROWS) if group_min else None,
+                grouping=self._group(),
             )
             self._layouts[n_threads] = (net, work)
         if n_threads not in self._layouts:
@@ -944,7 +950,7 @@ class EpochRunner:
                 n_threads,
                 state=self.n_state,
             )
-            chunk, group = self._blocks(int(np.diff(net.group_line).max()) * CACHE_LINE)
+            chunk, group = sparse_blocks(self.kernels, int(np.diff(net.group_line).max()) * CACHE_LINE)
             nnz_per_row = self.rows.indptr[-1] / max(1, self.n_rows) if self.rows.indptr is not None else n_in
             work = sparse_work(net, self.batch, chunk, group, nnz_per_row, summed=self.summed)
             self._layouts[n_threads] = (net, work)
