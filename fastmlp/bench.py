@@ -522,7 +522,10 @@ def explain_paths(
                     epoch = functools.partial(runner.epoch, perm, 0.01)
                     seconds = statistics.median(_timed(epoch) for _ in range(repeats))
                 times[path] = seconds * 60_000 / n
-            auto = epochs.auto_path(bs, measured_density)[0]
+            crossing = None
+            if epochs.needs_crossing(bs, measured_density):
+                crossing = epochs.dense_rows_crossing(kern, dtype, n_threads)
+            auto = epochs.auto_path(bs, measured_density, crossing=crossing)[0]
             ran = {k: v for k, v in times.items() if v is not None}
             fastest = min(ran, key=ran.get)
             rows.append(

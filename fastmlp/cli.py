@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from . import backends, datasets, network
-from ._kernels import caches, epochs
+from ._kernels import caches, epochs, tuning
 from ._version import __version__
 from .model import MLP
 from .train import OPTIMIZERS, evaluate, train
@@ -228,10 +228,21 @@ def cmd_info(args):
         )
     else:
         print("large batches on the sparse path: taken whole")
+    crossing = None
+    if "blas" in kern.PATHS:
+        if tuning.cached(kern, np.float32, epochs.wanted_threads(None, kern)) is None:
+            print("measuring where GEMMs overtake dense rows (once on this machine, a few seconds)...", flush=True)
+        crossing = epochs.dense_rows_crossing(kern, np.float32)
+        print(
+            f"dense inputs (over {epochs.MIDDLE_DENSITY_MAX:.0%} non-zero), float32: row by row on the sparse path "
+            f"up to batch {crossing.rows_max}, GEMMs above ({crossing.source}; {tuning.VAR} pins it)"
+        )
     print("epoch path of the compiled backends (auto), by batch size and input density:")
     for batch in (1, 4, 10, 32, 64, 256, 60000):
         for kind, density in (("dense", 1.0), ("40% non-zero", 0.4), ("19% non-zero (MNIST)", 0.19)):
-            path, _, why = epochs.auto_path(batch, density)
+            if crossing is None and epochs.needs_crossing(batch, density):
+                continue
+            path, _, why = epochs.auto_path(batch, density, crossing=crossing)
             print(f"  batch {batch:>5}, {kind:<20} {path:<6} {why}")
     for pool in threadpool_info():
         print(

@@ -106,6 +106,12 @@ def test_info_lists_backends_and_blas():
     level = backends.kernels("cython").clone_level()
     clone = {0: "built once", 4: "runs x86-64-v4", 3: "runs x86-64-v3", 1: "runs the x86-64 baseline"}
     assert re.search(rf"^C kernels: .*{clone[level]}", out.stdout, re.M)
+    # where dense inputs leave the rows for GEMMs, and where that came from (pinned here)
+    crossing = epochs.dense_rows_crossing(backends.kernels("auto"), np.float32)
+    assert (
+        f"row by row on the sparse path up to batch {crossing.rows_max}, GEMMs above (FASTMLP_DENSE_ROWS_MAX"
+        in out.stdout
+    )
     # the path of every batch size, with the reason, as the driver decides it
     for batch in (1, 10, 64, 256, 60000):
         for kind in ("dense", "19% non-zero"):
@@ -253,7 +259,10 @@ def test_info_explain_times_both_paths_where_auto_chooses():
     assert len(rows) == 4 * 7
     for density, batch, sparse, blas, auto, fastest, ratio in rows:
         bs = 4000 if batch == "full" else int(batch)
-        assert auto == fastmlp._kernels.epochs.auto_path(bs, float(density))[0] or abs(float(density) - 0.5) < 0.01
+        kern = backends.kernels("auto")
+        crossing = epochs.dense_rows_crossing(kern, np.float32)  # the suite's pin (conftest)
+        chosen = fastmlp._kernels.epochs.auto_path(bs, float(density), crossing=crossing)[0]
+        assert auto == chosen or abs(float(density) - 0.5) < 0.01
         assert (blas == "-") == (bs == 1)
         times = {"sparse": float(sparse), "blas": float(blas) if blas != "-" else None}
         # the table prints three decimals, so two paths can print the same time

@@ -11,7 +11,7 @@ from helpers import ACTIVATIONS, BACKENDS, DTYPES, hidden_tuple, pairwise, rando
 
 from fastmlp import backends, tables
 from fastmlp import reference as ref
-from fastmlp._kernels import _np, epochs
+from fastmlp._kernels import _np, caches, epochs
 
 # (n, n_in, n_hidden, n_out): degenerate sizes, odd sizes, MNIST-like widths
 SHAPES = [(1, 1, 1, 2), (5, 1, 3, 2), (9, 7, 1, 3), (33, 13, 17, 5), (64, 784, 100, 10)]
@@ -260,8 +260,9 @@ def test_auto_path_choice():
     """The driver's rule: sparse inputs, and dense ones with few non-zeros, take the
     sparse path (as CSR) at every batch size; inputs up to half non-zero take it at
     small and large batches (and at all where OpenBLAS lacks AVX-512 kernels); denser
-    inputs take it row by row for small batches and the BLAS path above; explicit
-    paths are obeyed."""
+    inputs take it row by row up to the batch where GEMMs overtake the rows (measured
+    on a user's machine, pinned in the suite) and the BLAS path above; explicit paths
+    are obeyed."""
     import scipy.sparse as sp
 
     rng = np.random.default_rng(0)
@@ -273,9 +274,9 @@ def test_auto_path_choice():
         assert epochs.choose_path(kern, "auto", batch, sp.csr_matrix(dense)) == ("sparse", "csr")
         assert epochs.choose_path(kern, "sparse", batch, dense) == ("sparse", "dense")
         assert epochs.choose_path(kern, "blas", batch, sparse) == ("blas", None)
-    rows_max = (
-        epochs.DENSE_ROWS_BATCH_MAX if epochs.blas_has_avx512_kernels() else epochs.DENSE_ROWS_BATCH_MAX_NO_AVX512
-    )
+    crossing = epochs.dense_rows_crossing(kern, dense.dtype)  # the suite pins it (conftest)
+    rows_max = crossing.rows_max
+    assert epochs.choose_path(kern, "auto", 1, dense) == ("sparse", "dense")
     assert epochs.choose_path(kern, "auto", rows_max, dense) == ("sparse", "dense")
     assert epochs.choose_path(kern, "auto", rows_max + 1, dense) == ("blas", None)
     middling = dense * (rng.random(dense.shape) < 0.45)
@@ -296,8 +297,10 @@ def test_auto_path_choice():
     assert epochs.input_density(np.zeros((0, 3))) == 0.0
     for batch in (1, 10, 63, 64, 60000):  # the words fastmlp info prints name the same path
         for density, X in ((0.2, sparse), (0.45, middling), (1.0, dense)):
-            path, rows, why = epochs.auto_path(batch, density)
+            path, rows, why = epochs.auto_path(batch, density, crossing=crossing)
             assert (path, rows) == epochs.choose_path(kern, "auto", batch, X) and why
+    with pytest.raises(ValueError, match="crossing"):
+        epochs.auto_path(10, 1.0)  # dense inputs between batch 2 and 31 need the measured crossing
 
 
 def test_blas_kernel_detection_follows_openblas():
@@ -385,12 +388,14 @@ def _chunking_kernels(monkeypatch, chunk, backend="cython"):
 
 def _grouping_kernels(monkeypatch, group_min, backend="cython"):
     """A backend's kernels grouping the updates of batches from ``group_min`` examples
-    up (small, so that small problems take the grouped update at many sizes)."""
+    up (small, so that small problems take the grouped update at many sizes), up to
+    128 at a time whatever this CPU's L1d (the blocks of a 48 KiB one)."""
     if backend not in BACKENDS:
         pytest.skip(f"the {backend} backend is not available")
     kern = backends.kernels(backend)
     assert 0 < kern.SPARSE_GROUP_MIN <= kern.SPARSE_MASK_ROWS
     monkeypatch.setattr(kern, "SPARSE_GROUP_MIN", group_min)
+    monkeypatch.setenv(caches.L1D_VAR, "48K")
     return kern
 
 
@@ -619,8 +624,8 @@ def test_grouped_blocks_of_a_batch_too_large_to_group_whole_match_the_reference(
     if limit == "mask":
         kern = _small_mask_kernels(monkeypatch, backend)
     else:
-        cache_env(l1d="3K")
         kern = _grouping_kernels(monkeypatch, 2, backend)
+        cache_env(l1d="3K")
     X, y, p = random_problem(300, 60, 40, 4, dtype, seed=5, sparse=True, loss=loss)  # 60 inputs > 40 examples
     w = 0.5 + np.random.default_rng(1).random(300).astype(dtype) if weighted else None
     expected = {k: v.copy() for k, v in p.items()}

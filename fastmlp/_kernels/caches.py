@@ -95,16 +95,21 @@ def _sysctl():
 
 
 @functools.cache
-def caches():
-    """The L1d and L2 sizes per core the kernels' blocks are derived from, and where
-    they came from (read once per process)."""
-    reported, source = None, "not reported; assumed"
+def _reported():
+    """((L1d, L2), where they came from): what the operating system reports, read
+    once per process, or the assumed sizes."""
     for name, read in (("Linux sysfs", _sysfs), ("sysconf", _sysconf), ("sysctl", _sysctl)):
         reported = read()
         if reported:
-            source = name
-            break
-    l1d, l2 = reported or (DEFAULT_L1D, DEFAULT_L2)
+            return reported, name
+    return (DEFAULT_L1D, DEFAULT_L2), "not reported; assumed"
+
+
+def caches():
+    """The L1d and L2 sizes per core the kernels' blocks are derived from, and where
+    they came from: the operating system's (read once per process), or the
+    variables' where set (read at each call)."""
+    (l1d, l2), source = _reported()
     overridden = []
     if os.environ.get(L1D_VAR, "").strip():
         l1d = parse_size(os.environ[L1D_VAR], L1D_VAR)

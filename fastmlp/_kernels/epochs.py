@@ -36,7 +36,7 @@ import numpy as np
 from .. import tables
 from .._validation import count_nonfinite, is_sparse
 from ..network import CACHE_LINE, aligned_zeros
-from . import caches
+from . import caches, tuning
 
 # ---- the network's codes ----
 
@@ -69,19 +69,18 @@ PATHS = ("auto", "sparse", "blas", "reference")
 # rate of the batch size, plus a GEMM call per batch that dwarfs a row at batches
 # of one or two. So: CSR up to 35% non-zeros at every batch size; up to 50% for
 # batches of at most 4 or at least 32, and at every batch size where OpenBLAS runs
-# kernels without AVX-512; denser inputs row by row on the sparse path at batches
-# of 1 and 2 (up to 5 without AVX-512 GEMMs), GEMMs above; from batch 32 on the
-# sparse path updates each touched row once per batch. The thresholds come from
-# where the paths cross on the machines docs/design/kernels.md names; `fastmlp
-# info --explain` times both paths on the machine it runs on and shows how far
-# auto's choice is from the fastest at each point.
+# kernels without AVX-512; denser inputs row by row on the sparse path at batch 1,
+# GEMMs from batch 32, and in between up to the batch where the two cross on this
+# machine (``tuning.crossover``: measured once and kept, as no constant held on
+# the CPUs measured); from batch 32 on the sparse path updates each touched row
+# once per batch. The thresholds come from where the paths cross on the machines
+# docs/design/kernels.md names; `fastmlp info --explain` times both paths on the
+# machine it runs on and shows how far auto's choice is from the fastest at each point.
 SPARSE_DENSITY_MAX = 0.35  # dense inputs with at most this fraction of non-zeros go to CSR
 MIDDLE_DENSITY_MAX = 0.5  # ... and up to this fraction where the GEMMs do not win:
 SMALL_BATCH_MAX = 4  # batches up to this size,
 LARGE_BATCH_MIN = 32  # batches from this size up (the sparse path's SPARSE_GROUP_MIN), or any batch with
 # OpenBLAS kernels without AVX-512
-DENSE_ROWS_BATCH_MAX = 2  # denser inputs take the sparse path, row by row, up to this batch,
-DENSE_ROWS_BATCH_MAX_NO_AVX512 = 5  # or this one with OpenBLAS kernels without AVX-512
 _AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 
 
@@ -108,10 +107,24 @@ def input_density(X, rows=256):
     return float(np.count_nonzero(sample) / sample.size)
 
 
-def auto_path(batch, density, sparse_input=False):
+def needs_crossing(batch, density, sparse_input=False):
+    """Whether ``auto_path`` needs this machine's measured crossing (dense inputs at
+    batches of 2 to LARGE_BATCH_MIN - 1)."""
+    return not sparse_input and density > MIDDLE_DENSITY_MAX and 1 < batch < LARGE_BATCH_MIN
+
+
+def dense_rows_crossing(kernels, dtype, n_threads=None):
+    """``tuning.Crossover``: the batch size up to which dense inputs take the sparse
+    path row by row on backend ``kernels`` in ``dtype`` on the threads a training
+    asks for (measured here once, then kept; see ``tuning``)."""
+    return tuning.crossover(kernels, dtype, wanted_threads(n_threads, kernels))
+
+
+def auto_path(batch, density, sparse_input=False, crossing=None):
     """``(path, rows, why)`` for batches of ``batch`` examples over inputs with this
     fraction of non-zero entries: the path "auto" takes, the layout of its rows
-    ("csr", "dense" or None for the BLAS path), and the reason, in words."""
+    ("csr", "dense" or None for the BLAS path), and the reason, in words.
+    ``crossing`` (a ``tuning.Crossover``) is needed where ``needs_crossing``."""
     if sparse_input:
         return "sparse", "csr", "sparse input: never densified"
     if density <= SPARSE_DENSITY_MAX:
@@ -125,16 +138,22 @@ def auto_path(batch, density, sparse_input=False):
         if not blas_has_avx512_kernels():
             return "sparse", "csr", f"{at_most} and OpenBLAS runs kernels without AVX-512: converted to CSR once"
         return "blas", None, f"{at_most}, batch {SMALL_BATCH_MAX + 1}-{LARGE_BATCH_MIN - 1}, AVX-512 GEMMs: GEMMs"
-    rows_max = DENSE_ROWS_BATCH_MAX if blas_has_avx512_kernels() else DENSE_ROWS_BATCH_MAX_NO_AVX512
-    if batch <= rows_max:
-        return "sparse", "dense", f"dense inputs, batch <= {rows_max}: a GEMM call costs more than a row"
-    return "blas", None, f"dense inputs, batch > {rows_max}: GEMMs"
+    if batch <= 1:
+        return "sparse", "dense", "dense inputs, batch 1: a GEMM call costs more than a row"
+    if batch >= LARGE_BATCH_MIN:
+        return "blas", None, f"dense inputs, batch >= {LARGE_BATCH_MIN}: GEMMs"
+    if crossing is None:
+        raise ValueError(f"dense inputs at batch {batch}: the path needs this machine's crossing (tuning.crossover)")
+    if batch <= crossing.rows_max:
+        return "sparse", "dense", f"dense inputs, batch <= {crossing.rows_max} ({crossing.source}): rows beat GEMMs"
+    return "blas", None, f"dense inputs, batch > {crossing.rows_max} ({crossing.source}): GEMMs"
 
 
-def choose_path(kernels, path, batch, X, deep=False):
+def choose_path(kernels, path, batch, X, deep=False, n_threads=None):
     """``(path, rows)``: the path an epoch runs and the layout of its rows, ``path``
     if given, else by ``auto_path``, among the paths backend ``kernels`` implements
-    (for a network of several hidden layers, ``deep``, among its DEEP_PATHS)."""
+    (for a network of several hidden layers, ``deep``, among its DEEP_PATHS) on
+    ``n_threads`` threads (None: the default)."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if kernels.PATHS == ("reference",):  # the NumPy backend: one path for everything
@@ -150,7 +169,11 @@ def choose_path(kernels, path, batch, X, deep=False):
             )
         path = kernels.DEEP_PATHS[0] if path == "auto" else path
     if path == "auto":
-        path, rows, _ = auto_path(batch, input_density(X), sparse_input)
+        density = input_density(X)
+        crossing = None
+        if needs_crossing(batch, density, sparse_input):
+            crossing = dense_rows_crossing(kernels, X.dtype, n_threads)
+        path, rows, _ = auto_path(batch, density, sparse_input, crossing)
         return path, rows
     if path == "blas" and sparse_input:
         raise ValueError("path 'blas' needs dense inputs; sparse inputs take the 'sparse' path")
@@ -855,7 +878,7 @@ class EpochRunner:
         self.deep = "Wh" not in params
         if self.deep and not kernels.DEEP_PATHS:
             raise ValueError("this backend trains networks of one hidden layer (its DEEP_PATHS are empty)")
-        self.path, rows = choose_path(kernels, path, self.batch, X, self.deep)
+        self.path, rows = choose_path(kernels, path, self.batch, X, self.deep, n_threads)
         self.n_threads = n_threads
         self._layouts = {}
         self._full_batch = None  # a full batch's chunks grouped by input, once built
