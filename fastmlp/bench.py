@@ -371,10 +371,10 @@ def _runner(name, params, X, labels, batch_size, lr, n_threads=None, activation=
 def row_pass_floor(X, labels, shape, batch_size, n_threads, repeats=3):
     """Seconds per epoch of the row-pass floor (the sparse epoch's two passes over a
     row of the transposed hidden weights per non-zero input, nothing else), on
-    ``n_threads`` threads meeting every ``batch_size`` examples; best of ``repeats``.
-    With several hidden layers, the first layer's (what the sparse-first passes
-    cost; the dense layers after it add to it). None where the Cython kernels are
-    not available."""
+    ``n_threads`` threads meeting every ``batch_size`` examples; the median of
+    ``repeats``, as the epochs it is put against. With several hidden layers, the
+    first layer's (what the sparse-first passes cost; the dense layers after it add
+    to it). None where the Cython kernels are not available."""
     if "cython" not in backends.available_backends():
         return None
     kern = backends.kernels("cython")
@@ -389,7 +389,7 @@ def row_pass_floor(X, labels, shape, batch_size, n_threads, repeats=3):
         )
 
     run()
-    return min(_timed(run) for _ in range(repeats))
+    return statistics.median(_timed(run) for _ in range(repeats))
 
 
 def _warm_up(run, perm, batch_size, budget):
