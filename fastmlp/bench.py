@@ -30,6 +30,7 @@ import numpy as np
 from . import backends
 from . import reference as ref
 from ._kernels import caches, epochs
+from ._kernels.caches import cpu_description
 
 __all__ = [
     "OPENBLAS_VARS",
@@ -110,29 +111,6 @@ def blas_description():
                 f"threads={pool.get('num_threads')} ({lib})"
             )
     return "; ".join(parts) or "no BLAS found by threadpoolctl"
-
-
-def cpu_description():
-    """(CPU model name, widest vector extension: "AVX-512", "AVX2", ... or the machine)."""
-    import platform
-
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() in ("flags", "Features"):
-                    flags = set(value.split())
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON"), ("sse2", "SSE2")):
-        if flag in flags:
-            return model, name
-    return model, platform.machine()
 
 
 def kernel_build():

@@ -1,4 +1,5 @@
-"""The CPU's data caches per core, and the sparse path's block of examples they set.
+"""The CPU's data caches per core, and the sparse path's block of examples they set;
+the CPU's model and widest vector extension (``cpu_description``).
 
 The sparse path's grouped update (``_sparse_impl.h`` ``fm_grouped_rows``) walks
 the inputs once per group of hidden units and, for each input, sums the rows of
@@ -144,3 +145,26 @@ def describe():
     """One line: the sizes and where they came from."""
     c = caches()
     return f"L1d {kib(c.l1d)}, L2 {kib(c.l2)} per core ({c.source})"
+
+
+def cpu_description():
+    """(CPU model name, widest vector extension: "AVX-512", "AVX2", ... or the machine)."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags = set(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON"), ("sse2", "SSE2")):
+        if flag in flags:
+            return model, name
+    return model, platform.machine()

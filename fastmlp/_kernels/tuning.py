@@ -3,16 +3,16 @@
 For dense inputs (more than half non-zero), the sparse path takes each example's
 row whole (a pass over Wh per example) and the BLAS path a batch's GEMMs (a call
 per batch, at the GEMM rate of the batch size). Which is faster at batches of 2 to
-31 depends on the CPU and on the BLAS's kernel for small GEMMs: on an Intel Xeon
-with OpenBLAS's Haswell kernels the GEMMs win from batch 6 to 8, on AMD Zen 3 and
-Zen 5 only from 11 to 12 (docs/design/kernels.md), so no constant holds on both.
+31 depends on the CPU and on the BLAS's kernels for small GEMMs, by more than one
+constant can cover (docs/design/kernels.md has the measurements).
 
 So the crossing is measured, once per machine, backend, dtype and thread count, the
 first time "auto" needs it: both paths time epochs of the MNIST-sized network
 (784-100-10, every input non-zero) at batches of 2 to 24, in turns, and the
-largest batch up to which the rows won is kept in a JSON file in the user's cache
-directory (``FASTMLP_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastmlp`` or
-``~/.cache/fastmlp``). ``fastmlp info`` shows the value and where it came from.
+threshold with the least time over them all (``least_cost``) is kept in a JSON
+file in the user's cache directory (``FASTMLP_CACHE_DIR``, else
+``$XDG_CACHE_HOME/fastmlp`` or ``~/.cache/fastmlp``). ``fastmlp info`` shows the
+value and where it came from.
 
 The path is part of the arithmetic, so results are bitwise reproducible for a
 build level, cache sizes and this value: ``FASTMLP_DENSE_ROWS_MAX`` (a batch size)
@@ -21,6 +21,7 @@ pins it, to reproduce a run from another machine, or to skip the measurement.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -66,30 +67,29 @@ def cache_dir():
     return Path(base) / "fastmlp"
 
 
-def machine_key(kernels, dtype, n_threads):
-    """What the crossing depends on: the package's version, the backend and its
-    build level, the CPU, the BLAS and its kernels, the dtype and the threads."""
-    from threadpoolctl import threadpool_info
-
+@functools.cache
+def _machine():
+    """The package's version, the CPU, and the BLAS libraries with their kernels:
+    fixed for the process, so found once (threadpoolctl's look at the loaded
+    libraries costs milliseconds, paid otherwise at every training's choice of path)."""
     from .._version import __version__
-    from ..bench import cpu_description
+    from .caches import cpu_description
+    from .epochs import blas_controller
 
     blas = sorted(
         f"{p.get('internal_api')} {p.get('version')} {p.get('architecture')}"
-        for p in threadpool_info()
+        for p in blas_controller().info()
         if p.get("user_api") == "blas"
     )
+    return f"fastmlp {__version__} | {' '.join(cpu_description())} | {'; '.join(blas) or 'no BLAS'}"
+
+
+def machine_key(kernels, dtype, n_threads):
+    """What the crossing depends on: the package's version, the CPU, the BLAS and
+    its kernels, the backend and its build level, the dtype and the threads."""
     level = kernels.clone_level() if hasattr(kernels, "clone_level") else None
-    return " | ".join(
-        [
-            f"fastmlp {__version__}",
-            f"{kernels.__name__.rsplit('.', 1)[-1]} level {level}",
-            " ".join(cpu_description()),
-            "; ".join(blas) or "no BLAS",
-            np.dtype(dtype).name,
-            f"{n_threads} threads",
-        ]
-    )
+    backend = kernels.__name__.rsplit(".", 1)[-1]
+    return f"{_machine()} | {backend} level {level} | {np.dtype(dtype).name} | {n_threads} threads"
 
 
 def _read(path):
@@ -205,7 +205,8 @@ def crossover(kernels, dtype, n_threads):
             "date": time.strftime("%Y-%m-%d"),
             "seconds": {str(b): list(t) for b, t in table.items()},
         }
-        unsaved = _save(key := machine_key(kernels, dtype, n_threads), entry)
+        key = machine_key(kernels, dtype, n_threads)
+        unsaved = _save(key, entry)
         source = f"measured {entry['date']}, " + (unsaved or f"kept in {cache_dir() / FILE}")
         _known[key] = Crossover(rows_max, source)
         return _known[key]
