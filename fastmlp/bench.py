@@ -502,7 +502,7 @@ def explain_paths(
                 times[path] = seconds * 60_000 / n
             crossing = None
             if epochs.needs_crossing(bs, measured_density):
-                crossing = epochs.dense_rows_crossing(kern, dtype, n_threads)
+                crossing = epochs.dense_rows_crossing(kern, dtype, n_threads, shape[:2])
             auto = epochs.auto_path(bs, measured_density, crossing=crossing)[0]
             ran = {k: v for k, v in times.items() if v is not None}
             fastest = min(ran, key=ran.get)

@@ -230,12 +230,15 @@ def cmd_info(args):
         print("large batches on the sparse path: taken whole")
     crossing = None
     if "blas" in kern.PATHS:
-        if tuning.cached(kern, np.float32, epochs.wanted_threads(None, kern)) is None:
+        threads = epochs.wanted_threads(None, kern)
+        shapes = (tuning.SHAPE, tuning.SMALL_SHAPE)
+        if any(tuning.cached(kern, np.float32, threads, shape) is None for shape in shapes):
             print("measuring where GEMMs overtake dense rows (once on this machine, a few seconds)...", flush=True)
-        crossing = epochs.dense_rows_crossing(kern, np.float32)
+        crossing, small = (tuning.crossover(kern, np.float32, threads, shape) for shape in shapes)
         print(
             f"dense inputs (over {epochs.MIDDLE_DENSITY_MAX:.0%} non-zero), float32: row by row on the sparse path "
-            f"up to batch {crossing.rows_max}, GEMMs above ({crossing.source}; {tuning.VAR} pins it)"
+            f"up to batch {crossing.rows_max}, GEMMs above ({crossing.source}); for first layers of fewer than "
+            f"{tuning.LARGE_LAYER_MIN} weights up to batch {small.rows_max} ({small.source}); {tuning.VAR} pins both"
         )
     print("epoch path of the compiled backends (auto), by batch size and input density:")
     for batch in (1, 4, 10, 32, 64, 256, 60000):

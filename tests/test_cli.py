@@ -109,7 +109,8 @@ def test_info_lists_backends_and_blas():
     # where dense inputs leave the rows for GEMMs, and where that came from (pinned here)
     crossing = epochs.dense_rows_crossing(backends.kernels("auto"), np.float32)
     assert (
-        f"row by row on the sparse path up to batch {crossing.rows_max}, GEMMs above (FASTMLP_DENSE_ROWS_MAX"
+        f"row by row on the sparse path up to batch {crossing.rows_max}, GEMMs above (FASTMLP_DENSE_ROWS_MAX); "
+        f"for first layers of fewer than 8192 weights up to batch {crossing.rows_max} (FASTMLP_DENSE_ROWS_MAX)"
         in out.stdout
     )
     # the path of every batch size, with the reason, as the driver decides it

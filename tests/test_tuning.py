@@ -8,6 +8,7 @@ import pytest
 from helpers import BACKENDS
 
 from fastmlp import backends
+from fastmlp import reference as ref
 from fastmlp._kernels import epochs, tuning
 
 COMPILED = [b for b in BACKENDS if b != "numpy"]
@@ -27,8 +28,8 @@ def fake_measure(monkeypatch, rows_max=7):
     """Replaces the measurement by one that returns ``rows_max`` and counts its calls."""
     calls = []
 
-    def measure(kernels, dtype, n_threads):
-        calls.append((kernels, np.dtype(dtype), n_threads))
+    def measure(kernels, dtype, n_threads, shape):
+        calls.append((kernels, np.dtype(dtype), n_threads, shape))
         return rows_max, {2: (1.0, 2.0), 24: (1.0, 0.5)}
 
     monkeypatch.setattr(tuning, "measure", measure)
@@ -124,7 +125,8 @@ def test_the_key_names_what_the_crossing_depends_on():
     }
     assert len(keys) == len(COMPILED) * 4
     key = tuning.machine_key(backends.kernels(COMPILED[0]), np.float32, 2)
-    assert "float32" in key and "2 threads" in key and "fastmlp" in key
+    assert "float32" in key and "2 threads" in key and "fastmlp" in key and "784x100 first layer" in key
+    assert tuning.machine_key(backends.kernels(COMPILED[0]), np.float32, 2, tuning.SMALL_SHAPE) != key
 
 
 def test_a_damaged_cache_file_is_measured_again(monkeypatch, unpinned):
@@ -167,6 +169,31 @@ def test_auto_measures_only_where_the_crossing_matters(monkeypatch, unpinned):
     assert epochs.choose_path(kern, "auto", 7, dense) == ("blas", None)
     assert len(calls) == 1 and calls[0][1] == np.dtype(np.float64)
     assert calls[0][2] == epochs.wanted_threads(None, kern)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_a_small_first_layer_is_measured_on_a_small_network(monkeypatch, unpinned, backend):
+    """A training's first layer picks the network its crossing is measured on: a small
+    one (a tenth of a second) under LARGE_LAYER_MIN weights, MNIST's from there; each
+    kept under its own key. A circles network's first training does not pay for the
+    large measurement."""
+    calls = fake_measure(monkeypatch, rows_max=6)
+    kern = backends.kernels(backend)
+    rng = np.random.default_rng(0)
+    circles = rng.random((300, 2)) + 0.1
+    labels = rng.integers(0, 2, 300).astype(np.intp)
+    runner = epochs.EpochRunner(kern, ref.init_params(2, 10, 2, seed=0), circles, labels, batch_size=10, path="auto")
+    assert runner.path == "blas"
+    assert [c[3] for c in calls] == [tuning.SMALL_SHAPE]
+    wide = rng.random((300, 128)) + 0.1  # 128 x 64 = LARGE_LAYER_MIN weights
+    epochs.EpochRunner(kern, ref.init_params(128, 64, 2, seed=0), wide, labels, batch_size=10, path="auto")
+    epochs.EpochRunner(kern, ref.init_params(2, 12, 2, seed=0), circles, labels, batch_size=10, path="auto")
+    assert [c[3] for c in calls] == [tuning.SMALL_SHAPE, tuning.SHAPE]  # the small one was known
+    assert tuning.shape_for(127, 64) == tuning.SMALL_SHAPE and tuning.shape_for(784, 100) == tuning.SHAPE
+    kept = json.loads(unpinned.read_text())
+    threads = epochs.wanted_threads(None, kern)
+    assert set(kept) == {tuning.machine_key(kern, np.float64, threads, s) for s in (tuning.SHAPE, tuning.SMALL_SHAPE)}
+    assert "on a 64x64 first layer" in epochs.dense_rows_crossing(kern, np.float64, None, (2, 10)).source
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):

@@ -113,11 +113,13 @@ def needs_crossing(batch, density, sparse_input=False):
     return not sparse_input and density > MIDDLE_DENSITY_MAX and 1 < batch < LARGE_BATCH_MIN
 
 
-def dense_rows_crossing(kernels, dtype, n_threads=None):
+def dense_rows_crossing(kernels, dtype, n_threads=None, layer=None):
     """``tuning.Crossover``: the batch size up to which dense inputs take the sparse
     path row by row on backend ``kernels`` in ``dtype`` on the threads a training
-    asks for (measured here once, then kept; see ``tuning``)."""
-    return tuning.crossover(kernels, dtype, wanted_threads(n_threads, kernels))
+    asks for, for a first layer of ``layer`` = (inputs, hidden units) (None: an
+    MNIST-sized one); measured here once, then kept (see ``tuning``)."""
+    shape = tuning.SHAPE if layer is None else tuning.shape_for(*layer)
+    return tuning.crossover(kernels, dtype, wanted_threads(n_threads, kernels), shape)
 
 
 def auto_path(batch, density, sparse_input=False, crossing=None):
@@ -149,11 +151,12 @@ def auto_path(batch, density, sparse_input=False, crossing=None):
     return "blas", None, f"dense inputs, batch > {crossing.rows_max} ({crossing.source}): GEMMs"
 
 
-def choose_path(kernels, path, batch, X, deep=False, n_threads=None):
+def choose_path(kernels, path, batch, X, deep=False, n_threads=None, n_hidden=None):
     """``(path, rows)``: the path an epoch runs and the layout of its rows, ``path``
     if given, else by ``auto_path``, among the paths backend ``kernels`` implements
     (for a network of several hidden layers, ``deep``, among its DEEP_PATHS) on
-    ``n_threads`` threads (None: the default)."""
+    ``n_threads`` threads (None: the default), for a first layer of ``n_hidden``
+    units (None: the crossing of an MNIST-sized layer)."""
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     if kernels.PATHS == ("reference",):  # the NumPy backend: one path for everything
@@ -172,7 +175,8 @@ def choose_path(kernels, path, batch, X, deep=False, n_threads=None):
         density = input_density(X)
         crossing = None
         if needs_crossing(batch, density, sparse_input):
-            crossing = dense_rows_crossing(kernels, X.dtype, n_threads)
+            layer = None if n_hidden is None else (X.shape[1], n_hidden)
+            crossing = dense_rows_crossing(kernels, X.dtype, n_threads, layer)
         path, rows, _ = auto_path(batch, density, sparse_input, crossing)
         return path, rows
     if path == "blas" and sparse_input:
@@ -878,7 +882,8 @@ class EpochRunner:
         self.deep = "Wh" not in params
         if self.deep and not kernels.DEEP_PATHS:
             raise ValueError("this backend trains networks of one hidden layer (its DEEP_PATHS are empty)")
-        self.path, rows = choose_path(kernels, path, self.batch, X, self.deep, n_threads)
+        n_hidden = None if self.deep else params["bh"].shape[0]
+        self.path, rows = choose_path(kernels, path, self.batch, X, self.deep, n_threads, n_hidden)
         self.n_threads = n_threads
         self._layouts = {}
         self._full_batch = None  # a full batch's chunks grouped by input, once built

@@ -6,13 +6,20 @@ per batch, at the GEMM rate of the batch size). Which is faster at batches of 2 
 31 depends on the CPU and on the BLAS's kernels for small GEMMs, by more than one
 constant can cover (docs/design/kernels.md has the measurements).
 
-So the crossing is measured, once per machine, backend, dtype and thread count, the
-first time "auto" needs it: both paths time epochs of the MNIST-sized network
-(784-100-10, every input non-zero) at batches of 2 to 24, in turns, and the
+So the crossing is measured, once per machine, backend, dtype, thread count and
+size of first layer, the first time "auto" needs it: both paths time epochs of a
+network with every input non-zero at batches of 2 to 24, in turns, and the
 threshold with the least time over them all (``least_cost``) is kept in a JSON
 file in the user's cache directory (``FASTMLP_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/fastmlp`` or ``~/.cache/fastmlp``). ``fastmlp info`` shows the
 value and where it came from.
+
+The crossing moves with the layer's size: a GEMM call's own cost is the same for a
+small layer, the rows' work shrinks with it, so small layers take rows up to larger
+batches. First layers of LARGE_LAYER_MIN weights and more are measured on the
+MNIST-sized network (784-100-10, about a second and a half); smaller ones on a
+64-64-10 network (a tenth of a second), so a small network's first training does
+not pay for the large measurement, and takes a crossing that describes it.
 
 The path is part of the arithmetic, so results are bitwise reproducible for a
 build level, cache sizes and this value: ``FASTMLP_DENSE_ROWS_MAX`` (a batch size)
@@ -36,7 +43,9 @@ VAR = "FASTMLP_DENSE_ROWS_MAX"
 CACHE_DIR_VAR = "FASTMLP_CACHE_DIR"
 FILE = "dense_rows.json"
 CANDIDATES = (2, 3, 4, 6, 8, 10, 12, 16, 24)  # batches where one GEMM call may cost more than the rows
-SHAPE = (784, 100, 10)  # the network both paths train while measured
+SHAPE = (784, 100, 10)  # the network measured for first layers of LARGE_LAYER_MIN weights and more
+SMALL_SHAPE = (64, 64, 10)  # the network measured for smaller first layers
+LARGE_LAYER_MIN = 8192  # first-layer weights (inputs x hidden units)
 EXAMPLES = 1920  # per timed epoch: whole batches of every candidate, and a call's own cost below 2%
 REPEATS = 3  # epochs of each path and batch, in turns; the medians compared
 
@@ -56,6 +65,12 @@ def parse_rows_max(text):
     if value < 1:
         raise ValueError(f"{VAR} must be a batch size (a whole number of at least 1), got {text!r}")
     return value
+
+
+def shape_for(n_inputs, n_hidden):
+    """The network whose measured crossing stands for a first layer of ``n_inputs``
+    x ``n_hidden`` weights: SHAPE from LARGE_LAYER_MIN weights, else SMALL_SHAPE."""
+    return SHAPE if n_inputs * n_hidden >= LARGE_LAYER_MIN else SMALL_SHAPE
 
 
 def cache_dir():
@@ -84,12 +99,14 @@ def _machine():
     return f"fastmlp {__version__} | {' '.join(cpu_description())} | {'; '.join(blas) or 'no BLAS'}"
 
 
-def machine_key(kernels, dtype, n_threads):
+def machine_key(kernels, dtype, n_threads, shape=SHAPE):
     """What the crossing depends on: the package's version, the CPU, the BLAS and
-    its kernels, the backend and its build level, the dtype and the threads."""
+    its kernels, the backend and its build level, the dtype, the threads and the
+    measured network's first layer."""
     level = kernels.clone_level() if hasattr(kernels, "clone_level") else None
     backend = kernels.__name__.rsplit(".", 1)[-1]
-    return f"{_machine()} | {backend} level {level} | {np.dtype(dtype).name} | {n_threads} threads"
+    dims = f"{shape[0]}x{shape[1]} first layer"
+    return f"{_machine()} | {backend} level {level} | {np.dtype(dtype).name} | {n_threads} threads | {dims}"
 
 
 def _read(path):
@@ -119,10 +136,13 @@ def _save(key, entry):
     return None
 
 
-def measure(kernels, dtype, n_threads, candidates=CANDIDATES, examples=EXAMPLES, repeats=REPEATS, timer=None):
+def measure(
+    kernels, dtype, n_threads, shape=SHAPE, candidates=CANDIDATES, examples=EXAMPLES, repeats=REPEATS, timer=None
+):
     """``(rows_max, {batch: (rows seconds, GEMM seconds)})``: each of ``candidates``
     timed on the sparse path's rows and on the GEMMs (the median of ``repeats``
-    epochs of ``examples`` dense examples, taken in turns on ``n_threads`` threads),
+    epochs of ``examples`` dense examples through a network of layer sizes
+    ``shape``, taken in turns on ``n_threads`` threads),
     and the threshold that costs least over them all: rows up to it, GEMMs above
     (``least_cost``). ``timer(batch, path, run)`` returns the seconds that ``run()``,
     an epoch of that path at that batch size, takes (by default: runs it, timed)."""
@@ -131,13 +151,13 @@ def measure(kernels, dtype, n_threads, candidates=CANDIDATES, examples=EXAMPLES,
 
     timer = timer or _timed
     rng = np.random.default_rng(0)
-    X = (rng.random((examples, SHAPE[0])) + 1e-3).astype(dtype)
-    labels = rng.integers(0, SHAPE[-1], examples).astype(np.intp)
+    X = (rng.random((examples, shape[0])) + 1e-3).astype(dtype)
+    labels = rng.integers(0, shape[-1], examples).astype(np.intp)
     perm = rng.permutation(examples)
     runs = {}
     for b in candidates:
         for path in ("sparse", "blas"):
-            params = ref.init_params(*SHAPE, dtype=dtype, seed=0)
+            params = ref.init_params(*shape, dtype=dtype, seed=0)
             runner = epochs.EpochRunner(kernels, params, X, labels, batch_size=b, path=path, n_threads=n_threads)
             runs[b, path] = runner
     seconds = {k: [] for k in runs}
@@ -171,43 +191,48 @@ _known = {}
 _lock = threading.Lock()
 
 
-def cached(kernels, dtype, n_threads):
+def cached(kernels, dtype, n_threads, shape=SHAPE):
     """The crossing from FASTMLP_DENSE_ROWS_MAX, this process, or the cache file,
     without measuring; None where none of them has it."""
     if os.environ.get(VAR, "").strip():
         return Crossover(parse_rows_max(os.environ[VAR]), VAR)
-    key = machine_key(kernels, dtype, n_threads)
+    key = machine_key(kernels, dtype, n_threads, shape)
     if key in _known:
         return _known[key]
     path = cache_dir() / FILE
     entry = _read(path).get(key)
     if isinstance(entry, dict) and isinstance(entry.get("rows_max"), int) and entry["rows_max"] >= 1:
-        found = Crossover(entry["rows_max"], f"measured {entry.get('date', '')}, kept in {path}")
+        found = Crossover(entry["rows_max"], f"{_measured(entry, shape)}, kept in {path}")
         _known[key] = found
         return found
     return None
 
 
-def crossover(kernels, dtype, n_threads):
+def _measured(entry, shape):
+    return f"measured {entry.get('date', '')} on a {shape[0]}x{shape[1]} first layer"
+
+
+def crossover(kernels, dtype, n_threads, shape=SHAPE):
     """The batch size up to which dense inputs take the sparse path's rows on
-    ``kernels`` in ``dtype`` on ``n_threads`` threads: ``cached``, else measured now
-    (about a second, once) and kept."""
-    found = cached(kernels, dtype, n_threads)
+    ``kernels`` in ``dtype`` on ``n_threads`` threads, for first layers that
+    ``shape`` stands for (``shape_for``): ``cached``, else measured now (once) and
+    kept."""
+    found = cached(kernels, dtype, n_threads, shape)
     if found is not None:
         return found
     with _lock:
-        found = cached(kernels, dtype, n_threads)
+        found = cached(kernels, dtype, n_threads, shape)
         if found is not None:
             return found
-        rows_max, table = measure(kernels, dtype, n_threads)
+        rows_max, table = measure(kernels, dtype, n_threads, shape)
         entry = {
             "rows_max": rows_max,
             "date": time.strftime("%Y-%m-%d"),
             "seconds": {str(b): list(t) for b, t in table.items()},
         }
-        key = machine_key(kernels, dtype, n_threads)
+        key = machine_key(kernels, dtype, n_threads, shape)
         unsaved = _save(key, entry)
-        source = f"measured {entry['date']}, " + (unsaved or f"kept in {cache_dir() / FILE}")
+        source = f"{_measured(entry, shape)}, " + (unsaved or f"kept in {cache_dir() / FILE}")
         _known[key] = Crossover(rows_max, source)
         return _known[key]
 
