@@ -9,8 +9,9 @@
 # 3. a fresh venv with only the repaired wheel (no Numba: it is an extra), then with
 #    the test extra (+ Numba and the test tools); from a directory
 #    outside the source tree: import, backends, `fastmlp train` on circles, the
-#    whole test suite against the installed package, and Numba's kernels with
-#    site-packages and the home directory on read-only file systems.
+#    tests of what installing can break, against the installed package, and
+#    Numba's kernels with site-packages and the home directory on read-only file
+#    systems.
 #
 # cibuildwheel ([tool.cibuildwheel] in pyproject.toml) runs the same build and test
 # for Linux, macOS and Windows where a container engine or runners are available.
@@ -72,8 +73,19 @@ echo "== add the test extra (Numba among it)"
 "$work/venv/bin/pip" install -q "$wheel[test]"
 "$work/venv/bin/python" -c "import fastmlp; b = fastmlp.available_backends(); print(b); assert 'numba' in b"
 
-echo "== the test suite against the installed wheel (on x86-64 Linux it must carry the AVX2 and AVX-512 builds)"
-FASTMLP_REQUIRE_CLONES=1 "$work/venv/bin/python" -m pytest "$root/tests" --import-mode=importlib -p no:cacheprovider -q
+echo "== the tests of what installing can break, against the installed wheel"
+# The compiled modules and their builds for each CPU (on x86-64 Linux the wheel must
+# carry the AVX2 and AVX-512 builds), every kernel against the reference, the
+# backends and the optional Numba (and, below, Numba on read-only file systems),
+# the package's data, entry points, docstrings and public API. The rest of the
+# suite tests the same compiled code, built with the same flags, from the source
+# tree (.ci/run runs it all before this); cibuildwheel, on platforms where nothing
+# else runs, runs the whole suite on each wheel.
+installed=()
+for name in kernels call_cost backends optional_numba cli datasets doctests api; do
+    installed+=("$root/tests/test_$name.py")
+done
+FASTMLP_REQUIRE_CLONES=1 "$work/venv/bin/python" -m pytest "${installed[@]}" --import-mode=importlib -p no:cacheprovider -q
 
 echo "== Numba with a read-only site-packages and no writable home"
 # A private mount namespace where the venv and HOME are read-only file systems:
