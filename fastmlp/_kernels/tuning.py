@@ -17,9 +17,10 @@ value and where it came from.
 The crossing moves with the layer's size: a GEMM call's own cost is the same for a
 small layer, the rows' work shrinks with it, so small layers take rows up to larger
 batches. First layers of LARGE_LAYER_MIN weights and more are measured on the
-MNIST-sized network (784-100-10, about a second and a half); smaller ones on a
-64-64-10 network (a tenth of a second), so a small network's first training does
-not pay for the large measurement, and takes a crossing that describes it.
+MNIST-sized network (784-100-10); smaller ones on a 64-64-10 network, whose
+measurement costs a fraction of the large one's, so a small network's first
+training does not pay for the large measurement, and takes a crossing that
+describes it (the figures are in docs/design/kernels.md).
 
 The path is part of the arithmetic, so results are bitwise reproducible for a
 build level, cache sizes and this value: ``FASTMLP_DENSE_ROWS_MAX`` (a batch size)
