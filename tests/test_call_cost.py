@@ -66,6 +66,42 @@ def test_dense_to_csr_equals_scipy_at_every_kernel_level(each_level, level, dtyp
             assert data.dtype == dtype and indices.dtype == np.int32 and indptr.dtype == np.int64
 
 
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_tiled_copy_equals_numpys_for_transposes_slices_and_odd_shapes(each_level, level, dtype):
+    """copy_2d moves the parameters between the model's layout and the sparse path's
+    transposed one: every element lands where NumPy puts it, for shapes that are no
+    multiple of the tile, large ones on threads, slices with padded strides, either
+    side transposed; what it cannot take it leaves untouched and says so."""
+    cy.set_clone_level(level)
+    rng = np.random.default_rng(level)
+    for n0, n1 in [(1, 1), (3, 70), (65, 129), (100, 1000), (700, 100)]:
+        src = rng.standard_normal((n1, n0 + 5)).astype(dtype)[:, 2 : n0 + 2].T  # (n0, n1), transposed
+        dst = np.full((n0, n1 + 3), np.nan, dtype)
+        assert cy.copy_2d(dst[:, :n1], src)
+        np.testing.assert_array_equal(dst[:, :n1], src)
+        assert np.isnan(dst[:, n1:]).all()  # the padding beyond the view is not written
+        back = np.zeros((n1, n0 + 5), dtype)
+        assert cy.copy_2d(back[:, 2 : n0 + 2].T, dst[:, :n1])  # the destination transposed
+        np.testing.assert_array_equal(back[:, 2 : n0 + 2].T, src)
+        assert not back[:, :2].any() and not back[:, n0 + 2 :].any()
+        plain = np.empty((n0, n1), dtype)
+        assert cy.copy_2d(plain, np.ascontiguousarray(src))
+        np.testing.assert_array_equal(plain, src)
+    a = np.arange(12.0, dtype=dtype).reshape(3, 4)
+    for dst, src in [
+        (np.zeros((3, 4), np.int64), a.astype(np.int64)),  # not a float dtype
+        (np.zeros((3, 4), np.float32 if dtype == np.float64 else np.float64), a),  # two dtypes
+        (np.zeros((4, 3), dtype), a),  # two shapes
+        (np.zeros(12, dtype), a.ravel()),  # not 2-D
+        (a[:, ::-1], a),  # a negative stride (and the same memory)
+        (a.T.T, a),  # overlapping
+    ]:
+        before = dst.copy()
+        assert not cy.copy_2d(dst, src)
+        np.testing.assert_array_equal(dst, before)
+
+
 # ---- the finite check of a dense X, deferred to the pass that converts it ----
 
 PATHS = [  # (batch, density of X): the layout the sparse path or the BLAS path reads

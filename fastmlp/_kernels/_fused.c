@@ -309,6 +309,11 @@ int fm_max_threads(void)
     ptrdiff_t fm_count_nonfinite_##S(const REAL *x, ptrdiff_t n)                                   \
     {                                                                                              \
         FM_CALL(fm_count_nonfinite_##S, (x, n))                                                    \
+    } \
+    void fm_copy_2d_##S(const REAL *src, ptrdiff_t s0, ptrdiff_t s1, REAL *dst, ptrdiff_t d0, ptrdiff_t d1,      \
+                        ptrdiff_t n0, ptrdiff_t n1)                                                \
+    {                                                                                              \
+        FM_CALL_VOID(fm_copy_2d_##S, (src, s0, s1, dst, d0, d1, n0, n1))                           \
     }
 
 FM_EXPORT(float, f)

@@ -206,3 +206,5 @@ void FM_D(fm_csr_counts)(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, int64_
 void FM_D(fm_csr_fill)(const REAL *X, ptrdiff_t n_rows, ptrdiff_t n_in, const int64_t *indptr,
                        int32_t *indices, REAL *data);
 ptrdiff_t FM_D(fm_count_nonfinite)(const REAL *x, ptrdiff_t n);
+void FM_D(fm_copy_2d)(const REAL *src, ptrdiff_t s0, ptrdiff_t s1, REAL *dst, ptrdiff_t d0, ptrdiff_t d1,
+                     ptrdiff_t n0, ptrdiff_t n1);

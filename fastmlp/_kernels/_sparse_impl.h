@@ -1023,6 +1023,34 @@ FM_LEVEL_FN ptrdiff_t FN(fm_count_nonfinite)(const REAL *restrict x, ptrdiff_t n
     return bad;
 }
 
+/* dst[i * d0 + j * d1] = src[i * s0 + j * s1] for i < n0, j < n1 (strides in
+ * elements): the copies between the model's layout and a path's transposed one.
+ * Taken in tiles of FM_TILE x FM_TILE, so that the strided side of a transpose
+ * reads (or writes) whole cache lines that stay in L1 while the tile uses them,
+ * on every thread for large arrays. */
+#ifndef FM_TILE
+#define FM_TILE 64
+#endif
+FM_LEVEL_FN void FN(fm_copy_2d)(const REAL *restrict src, ptrdiff_t s0, ptrdiff_t s1, REAL *restrict dst, ptrdiff_t d0,
+                                ptrdiff_t d1, ptrdiff_t n0, ptrdiff_t n1)
+{
+    ptrdiff_t t0 = (n0 + FM_TILE - 1) / FM_TILE, t1 = (n1 + FM_TILE - 1) / FM_TILE;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) if (n0 * n1 >= FM_PARALLEL_MIN)
+#endif
+    for (ptrdiff_t t = 0; t < t0 * t1; t++) {
+        ptrdiff_t i0 = t / t1 * FM_TILE, j0 = t % t1 * FM_TILE;
+        ptrdiff_t i1 = i0 + FM_TILE < n0 ? i0 + FM_TILE : n0, j1 = j0 + FM_TILE < n1 ? j0 + FM_TILE : n1;
+        if (d1 == 1) { /* the destination's rows contiguous: write them in order */
+            for (ptrdiff_t i = i0; i < i1; i++)
+                for (ptrdiff_t j = j0; j < j1; j++) dst[i * d0 + j] = src[i * s0 + j * s1];
+        } else { /* else walk the tile by columns, the source's order in a transpose */
+            for (ptrdiff_t j = j0; j < j1; j++)
+                for (ptrdiff_t i = i0; i < i1; i++) dst[i * d0 + j * d1] = src[i * s0 + j * s1];
+        }
+    }
+}
+
 #undef FM_BY_LINES
 #undef GROUP_OFF
 #undef GROUP_LINES

@@ -774,6 +774,10 @@ def blas_work(net, batch, n_in, gathered, gradients):
     )
 
 
+# arrays smaller than this are copied by NumPy: the call costs more than the tiles save
+COPY_TILED_MIN = 4096
+
+
 def dense_to_csr(X, kernels):
     """(data, indices int32, indptr int64) of dense X by a compiled two-pass scan: the
     C one where the Cython kernels are built (far faster than np.nonzero), else the
@@ -783,6 +787,22 @@ def dense_to_csr(X, kernels):
     except ImportError:
         return kernels.dense_to_csr(X)
     return _cy.dense_to_csr(X)
+
+
+def copy_into(dst, src):
+    """``dst[...] = src`` for the copies between the model's layout and a path's
+    transposed one: by the compiled tiled copy where the Cython kernels are built
+    (NumPy's copy of a transposed view misses the cache on each element of its
+    strided side: 16 ms against 3.5 ms for 10M float32 weights), else NumPy's."""
+    if dst.size >= COPY_TILED_MIN:
+        try:
+            from . import _cy
+        except ImportError:
+            pass
+        else:
+            if _cy.copy_2d(dst, src):
+                return
+    dst[...] = src
 
 
 def batch_order(perm, n_rows, batch_size):
@@ -1008,14 +1028,14 @@ class EpochRunner:
     def _load(self):
         if self.path == "sparse":
             for model, block in self._slice_views():
-                block[...] = model
+                copy_into(block, model)
         self._stored = True
 
     def _store(self):
         """The block's values into the model's arrays (where they differ)."""
         if self.path == "sparse" and not self._stored:
             for model, block in self._slice_views():
-                model[...] = block
+                copy_into(model, block)
         self._stored = True
 
     # -- one compiled call --
