@@ -3,6 +3,8 @@ every kernel level, the finite check deferred to that conversion, the sparse inp
 shared instead of copied, and the chunks lengthened where saving the parameters costs
 more than their compiled time; none of which may change a result."""
 
+import time
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -194,6 +196,27 @@ def test_lengthened_chunks_train_bitwise_as_the_first_length(backend, dense, kw,
     for k in fixed.params:
         np.testing.assert_array_equal(grown.params[k], fixed.params[k])
     np.testing.assert_allclose(h_grown.loss, h_fixed.loss, rtol=1e-12)  # summed over other chunks
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("slow_copy", [False, True])
+def test_the_first_chunks_free_save_is_priced_as_the_load(backend, slow_copy, monkeypatch):
+    """On the sparse path the first chunk's save costs nothing (the model's arrays hold
+    its start) but every later one is a copy as long as the load: the chunks grow by
+    the load's price, and only by it."""
+    X, y, _ = random_problem(1000, 30, 12, 3, np.float64, seed=3, sparse=True)
+    if slow_copy:
+        copy = epochs.copy_into
+
+        def slow(dst, src):
+            time.sleep(0.01)
+            copy(dst, src)
+
+        monkeypatch.setattr(epochs, "copy_into", slow)
+    # chunks grow only where saving and checking cost more than 10x their compiled time
+    _, _, lengths = _fit(backend, X, y, monkeypatch, 10.0, epochs=1, batch_size=4, lr=0.05)
+    assert sum(lengths) == 1000
+    assert (lengths[1] > 64) == slow_copy  # grown from the second chunk on
 
 
 @pytest.mark.parametrize("backend", COMPILED)

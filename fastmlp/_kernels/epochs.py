@@ -911,6 +911,7 @@ class EpochRunner:
         self._stored = True  # the model's arrays hold the block's values
         self._chunk_scale = 1  # chunks of this many times CHUNK_EXAMPLES (_rescale)
         self._rescaled = False
+        self._move_seconds = 0.0  # the last load of the sparse path's layout
         self.threads = 1  # until an epoch asks for more (the sparse path: below)
         if self.path == "sparse":
             self.rows = self._rows(rows)
@@ -1027,8 +1028,10 @@ class EpochRunner:
 
     def _load(self):
         if self.path == "sparse":
+            t0 = time.perf_counter()
             for model, block in self._slice_views():
                 copy_into(block, model)
+            self._move_seconds = time.perf_counter() - t0
         self._stored = True
 
     def _store(self):
@@ -1157,7 +1160,10 @@ class EpochRunner:
                 if not (np.isfinite(ls) and self._finite()):
                     self._locate_divergence(perm, start, chunk, opt, before)
                 if start + chunk < len(perm):
-                    self._rescale(t1 - t0 + time.perf_counter() - t2, t2 - t1)
+                    # a save the model's arrays made free (they held the chunk's start)
+                    # is priced as the load that filled the block: the same copy back
+                    saved = max(t1 - t0, self._move_seconds if before is None else 0.0)
+                    self._rescale(saved + time.perf_counter() - t2, t2 - t1)
             loss_sum += ls
             n_correct += nc
             start += chunk
