@@ -793,7 +793,7 @@ def copy_into(dst, src):
     """``dst[...] = src`` for the copies between the model's layout and a path's
     transposed one: by the compiled tiled copy where the Cython kernels are built
     (NumPy's copy of a transposed view misses the cache on each element of its
-    strided side: 16 ms against 3.5 ms for 10M float32 weights), else NumPy's."""
+    strided side; docs/design/kernels.md has the figures), else NumPy's."""
     if dst.size >= COPY_TILED_MIN:
         try:
             from . import _cy
@@ -1161,8 +1161,8 @@ class EpochRunner:
                     self._locate_divergence(perm, start, chunk, opt, before)
                 if start + chunk < len(perm):
                     # a save the model's arrays made free (they held the chunk's start)
-                    # is priced as the load that filled the block: the same copy back
-                    saved = max(t1 - t0, self._move_seconds if before is None else 0.0)
+                    # is priced as the sparse path's load: the same copy back
+                    saved = max(t1 - t0, self._move_seconds)
                     self._rescale(saved + time.perf_counter() - t2, t2 - t1)
             loss_sum += ls
             n_correct += nc
