@@ -970,7 +970,10 @@ def test_deep_epochs_are_bitwise_equal_for_every_thread_count_and_csr_equals_den
         )  # fmt: skip
         assert isinstance(runner.block, epochs.DeepNet)
         assert runner._usable(n_threads) >= min(n_threads, 2)  # threads really share the work
+        # from the backend's SPARSE_GROUP_MIN examples a chunk, the first layer's rows are updated once each
+        assert (runner.work.mask.size > 0) == (min(batch, kern.SPARSE_CHUNK_ROWS) >= kern.SPARSE_GROUP_MIN)
         runs.append((runner.epoch(perm, opt), p))
+        assert not runner.work.mask.any()  # every bit cleared for the next chunk
     for result, p in runs[1:]:
         assert result == runs[0][0]
         for k in p0:

@@ -1421,6 +1421,30 @@ def _deep_update(W3, j0, j1, c, vals, av, idx, ai, k, D3, r, lanes):
             _update_lines(W3, W3, False, 0, j, 1, c, vals, av, idx, ai, k, D3, r)
 
 
+# fmt: off
+@_jit
+def _deep_grouped(W3, j0, j1, c, mask, t, data, indptr, dense, n_in, order, first, C, D3, cur, lanes):
+    # fmt: on
+    """Each row of W3[0, :, j0:j1] that the chunk's examples order[first : first + C]
+    touch, once: W3[0, i, j0:j1] -= c sum_r x_ri D3[0, r, j0:j1] over the examples
+    with bits in thread t's mask, cleared on the last group (_grouped_lines)."""
+    for j in range(j0, j1, 4 * lanes):
+        nl = min(j1 - j, 4 * lanes) // lanes
+        last = j + 4 * lanes >= j1
+        if nl == 4:
+            _grouped_lines(W3, W3, 0, j, 4, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D3,
+                           cur)
+        elif nl == 3:
+            _grouped_lines(W3, W3, 0, j, 3, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D3,
+                           cur)
+        elif nl == 2:
+            _grouped_lines(W3, W3, 0, j, 2, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D3,
+                           cur)
+        else:
+            _grouped_lines(W3, W3, 0, j, 1, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D3,
+                           cur)
+
+
 @_jit
 def _deep_activate(act, h, j0, j1, n):
     """h[j0:j1] = f(h) for the live units (< n), 0 for the padded ones."""
@@ -1504,6 +1528,7 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
         own[vb0 + o] = net.Vb[b_off[L - 1] + o] if momentum else zero
         own[sb0 + o] = net.Sb[b_off[L - 1] + o] if moments else zero
     ws_int, ws_char, ws_real = np.zeros(6, np.int32), np.zeros(2, np.uint8), np.zeros(2, W.dtype)
+    cur = np.empty(rows, np.int64)  # each example's next non-zero, for the grouped update
     loss_sum = 0.0
     correct = 0.0
     parity = 0
@@ -1521,11 +1546,15 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
             C = min(rows, B - c0)
             first = start + c0
             gemm = ws.gemm_min > 0 and C >= ws.gemm_min  # the dense layers by GEMMs, one per group
-            # forward: the first layer from the non-zero inputs
+            # forward: the first layer from the non-zero inputs; where the chunk's rows
+            # of it are updated once each, the gather marks each example's inputs
             j0, j1 = _deep_own(s1, group, t, nt)
+            grouped = ws.mask.size > 0 and C >= ws.group_min and j1 > j0
             for r in range(C):
                 av, ai, k = _row_of(indptr, dense, n_in, order[first + r])
                 _deep_gather(H1, r, j0, j1, b1, W1, data, av, indices, ai, k, lanes)
+                if grouped:
+                    _mark_inputs(ws.mask, t, r, indices, ai, k)
                 _deep_activate(act, ws.H[r * s1 : (r + 1) * s1], j0, j1, n[1])
             # forward: the dense layers, partial sums per group of the layer below
             for kk in range(2, L + 1):
@@ -1617,9 +1646,15 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
                               q1 - q0)  # fmt: skip
             # the first layer's rows of the non-zero inputs, and its biases
             c = -one if summed else step.lr
+            if grouped:  # each touched row once, with the sum over the chunk's examples
+                # fmt: off
+                _deep_grouped(G1 if summed else W1, j0, j1, c, ws.mask, t, data, indptr, dense, n_in, order, first, C,
+                              D1, cur, lanes)
+                # fmt: on
             for r in range(C):
-                av, ai, k = _row_of(indptr, dense, n_in, order[first + r])
-                _deep_update(G1 if summed else W1, j0, j1, c, data, av, indices, ai, k, D1, r, lanes)
+                if not grouped:
+                    av, ai, k = _row_of(indptr, dense, n_in, order[first + r])
+                    _deep_update(G1 if summed else W1, j0, j1, c, data, av, indices, ai, k, D1, r, lanes)
                 _axpy(Gb if summed else bias, j0, -c, ws.D, r * s1 + j0, j1 - j0)
         start += B
         if not summed:
