@@ -1001,8 +1001,9 @@ def test_the_deep_layout_round_trips_and_keeps_the_padding_zero(backend):
     net = runner.block
     live = np.zeros(net.W.shape, bool)
     live_b = np.zeros(net.b.shape, bool)
-    for WT, b in epochs.deep_views(net, live, live_b):
-        WT[...] = True
+    for blocks, b in epochs.deep_views(net, live, live_b):
+        for _, WT in blocks:
+            WT[...] = True
         b[...] = True
     assert not net.W[~live].any() and not net.b[~live_b].any()
     assert np.abs(net.W[live]).sum() > 0

@@ -4,8 +4,12 @@
  *
  * Layer k maps the n[k-1] values of the layer below to n[k] units; every weight
  * matrix is held transposed, WT_k (rows: the layer's inputs, s[k] columns: its
- * units padded with zero units to whole cache lines). The first layer is the
- * sparse-first pass of the one-layer epoch:
+ * units padded with zero units to whole cache lines). WT_1 is held in panels of
+ * DGROUP columns, one after the other (panel g: the n[0] rows of its units
+ * g DGROUP .. + DGROUP, DGROUP apart; the last panel padded to DGROUP with zeros):
+ * each thread's units then lie in panels of their own, where two threads writing
+ * halves of the same rows slowed each other down (docs/design/kernels.md).
+ * The first layer is the sparse-first pass of the one-layer epoch:
  *     h_1 = f(b_1 + sum over the non-zero inputs i of x_i WT_1[i, :])
  * and its update WT_1[i, :] -= lr x_i d_1 visits the rows of the non-zero inputs
  * only. The layers after it are dense, one pass over WT_k per batch each way:
@@ -186,7 +190,7 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
                     for (ptrdiff_t j = j0; j < j1; j += DGROUP) {
                         const int nl = (int)(((j1 - j < DGROUP ? j1 - j : DGROUP)) / DLANES);
                         uint64_t *const m = mask && j == j0 ? mask + r / 64 : NULL; /* marked once per example */
-                        FN(fm_gather)(H + r * s[1] + j, b + j, nl, vals, idx, k, WT + j, s[1], m, words,
+                        FN(fm_gather)(H + r * s[1] + j, b + j, nl, vals, idx, k, WT + j * n[0], DGROUP, m, words,
                                       (uint64_t)1 << (r % 64));
                     }
                     FN(fm_deep_activate)(net->act, H + r * s[1], j0, j1, n[1]);
@@ -284,8 +288,8 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
                     for (ptrdiff_t j = j0; j < j1; j += DGROUP) {
                         const int nl = (int)(((j1 - j < DGROUP ? j1 - j : DGROUP)) / DLANES);
                         for (ptrdiff_t r = 0; r < C; r++) next[r] = vals[r];
-                        FN(fm_grouped_rows)(WT + j, NULL, s[1], nl, lr, mask, words, j + DGROUP >= j1, n[0], next,
-                                            D + j);
+                        FN(fm_grouped_rows)(WT + j * n[0], NULL, DGROUP, nl, lr, mask, words, j + DGROUP >= j1, n[0],
+                                            next, D + j, s[1]);
                     }
                 }
                 for (ptrdiff_t r = 0; r < C; r++) {
@@ -295,7 +299,7 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
                         const ptrdiff_t k = FN(fm_row)(ex, order[r], &vals, &idx);
                         for (ptrdiff_t j = j0; j < j1; j += DGROUP) {
                             const int nl = (int)(((j1 - j < DGROUP ? j1 - j : DGROUP)) / DLANES);
-                            FN(fm_update)(WT + j, s[1], nl, lr, vals, idx, k, D + r * s[1] + j);
+                            FN(fm_update)(WT + j * n[0], DGROUP, nl, lr, vals, idx, k, D + r * s[1] + j);
                         }
                     }
                     FN(fm_axpy)(b + j0, -lr, D + r * s[1] + j0, j1 - j0);
@@ -310,12 +314,10 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
             FN(fm_deep_own)(s[k], t, nt, &j0, &j1); /* columns of WT_1 and of the hidden biases */
             REAL *W = net->W + net->w_off[k - 1], *G = ws->GW + net->w_off[k - 1];
             REAL *V = momentum ? net->VW + net->w_off[k - 1] : NULL, *S = adam ? net->SW + net->w_off[k - 1] : NULL;
-            if (k == 1) {
-                for (ptrdiff_t i = 0; i < n[0]; i++) {
-                    const ptrdiff_t at = i * s[1] + j0;
-                    FN(fm_step_dense)(W + at, V ? V + at : NULL, S ? S + at : NULL, G + at, j1 - j0, &step, decay);
-                    memset(G + at, 0, (size_t)(j1 - j0) * sizeof(REAL));
-                }
+            if (k == 1) { /* this thread's panels, one block */
+                const ptrdiff_t at = j0 * n[0], len = j1 > j0 ? ((j1 - j0 + DGROUP - 1) / DGROUP) * DGROUP * n[0] : 0;
+                FN(fm_step_dense)(W + at, V ? V + at : NULL, S ? S + at : NULL, G + at, len, &step, decay);
+                memset(G + at, 0, (size_t)len * sizeof(REAL));
             } else {
                 ptrdiff_t i0, i1;
                 FN(fm_deep_own)(s[k - 1], t, nt, &i0, &i1); /* rows of WT_k */

@@ -806,17 +806,28 @@ for _op, _name in ((operator.add, "fadd"), (operator.sub, "fsub"), (operator.mul
 
 
 @_jit
+def _gather_at(H, h, bh, bo, W, w, stride, nl, vals, av, idx, ai, k):
+    """The nl lines of H's elements from h (flat) = those of bh from bo + sum_t
+    vals[av + t] (those of W from w + idx[ai + t] stride), the sums held in
+    registers through the loop over the non-zeros (_sparse_impl.h FM_GATHER). nl
+    is a literal: one compiled loop per width."""
+    literally(nl)
+    a = _lines_load(bh, bo, nl)
+    for t in range(k):
+        a = a + vals[av + t] * _lines_load(W, w + idx[ai + t] * stride, nl)
+    _lines_store(H, h, a)
+
+
+@_jit
 def _gather_lines(H, s, b, off, nl, bh, W, vals, av, idx, ai, k):
-    """H[s, b, off : + nl lines] = bh[s, off : ...] + sum_t vals[av + t] W[s, idx[ai + t], off : ...],
-    the sums held in registers through the loop over the non-zeros (_sparse_impl.h
-    FM_GATHER). nl is a literal: one compiled loop per width."""
+    """H[s, b, off : + nl lines] = bh[s, off : ...] + sum_t vals[av + t] W[s, idx[ai + t], off : ...]
+    (_gather_at)."""
     literally(nl)
     stride = W.shape[2]
-    rows = s * W.shape[1] * stride + off
-    a = _lines_load(bh, s * bh.shape[1] + off, nl)
-    for t in range(k):
-        a = a + vals[av + t] * _lines_load(W, rows + idx[ai + t] * stride, nl)
-    _lines_store(H, (s * H.shape[1] + b) * H.shape[2] + off, a)
+    # fmt: off
+    _gather_at(H, (s * H.shape[1] + b) * H.shape[2] + off, bh, s * bh.shape[1] + off, W, s * W.shape[1] * stride + off,
+               stride, nl, vals, av, idx, ai, k)
+    # fmt: on
 
 
 @_jit
@@ -949,27 +960,25 @@ def _mark_inputs(mask, t, b, indices, ai, k):
 
 # fmt: off
 @_jit
-def _grouped_lines(WhT, VWhT, s, off, nl, c, momentum, mask, t, clear, data, indptr, dense, n_in, order, start, B,
-                   dH, cur):
+def _grouped_at(W, V, w, stride, nl, c, momentum, mask, t, clear, data, indptr, dense, n_in, order, start, B, dH, dh,
+                dstride, cur):
     # fmt: on
-    """Each row of WhT[s, :, off : + nl lines] that the batch touches, once
-    (_sparse_impl.h fm_grouped_rows): for every input i with bits in thread t's
-    mask (cleared as read where `clear`), a = the sum over those examples b, in
-    order, of x_bi dH[s, b, off : ...], held in registers; then WhT[s, i] -= c a
-    and, with momentum, VWhT[s, i] += a. x_bi is the next value of example b's
-    row (data[cur[b]]): the inputs go in order, and each row's indices are sorted
-    and unique. nl is a literal: one compiled loop per width."""
+    """Each row of W that the batch touches, once (_sparse_impl.h fm_grouped_rows),
+    the nl lines from w + i stride (flat) of input i: for every input i with bits
+    in thread t's mask (cleared as read where `clear`), a = the sum over those
+    examples b, in order, of x_bi (dH's nl lines from dh + b dstride), held in
+    registers; then W's row -= c a and, with momentum, V's row += a. x_bi is the
+    next value of example b's row (data[cur[b]]): the inputs go in order, and each
+    row's indices are sorted and unique. nl is a literal: one compiled loop per
+    width."""
     literally(nl)
-    stride = WhT.shape[2]
-    rows = s * WhT.shape[1] * stride + off
-    dh = s * dH.shape[1] * dH.shape[2] + off
     for b in range(B):
         cur[b] = _row_of(indptr, dense, n_in, order[start + b])[0]
     words = mask.shape[2]
     zero = np.uint64(0)
     for i in range(n_in):
         touched = False
-        a = _lines_zero(nl, WhT)
+        a = _lines_zero(nl, W)
         for q in range(words):
             m = mask[t, i, q]
             if m == zero:
@@ -982,12 +991,27 @@ def _grouped_lines(WhT, VWhT, s, off, nl, c, momentum, mask, t, clear, data, ind
                 m &= m - np.uint64(1)
                 x = data[cur[e]]
                 cur[e] += 1
-                a = a + x * _lines_load(dH, dh + e * dH.shape[2], nl)
+                a = a + x * _lines_load(dH, dh + e * dstride, nl)
         if touched:
-            r = rows + i * stride
-            _lines_store(WhT, r, _lines_load(WhT, r, nl) - c * a)
+            r = w + i * stride
+            _lines_store(W, r, _lines_load(W, r, nl) - c * a)
             if momentum:
-                _lines_store(VWhT, r, _lines_load(VWhT, r, nl) + a)
+                _lines_store(V, r, _lines_load(V, r, nl) + a)
+
+
+# fmt: off
+@_jit
+def _grouped_lines(WhT, VWhT, s, off, nl, c, momentum, mask, t, clear, data, indptr, dense, n_in, order, start, B,
+                   dH, cur):
+    # fmt: on
+    """Each row of WhT[s, :, off : + nl lines] that the batch touches, once, from
+    dH[s, :, off : ...] (_grouped_at)."""
+    literally(nl)
+    stride = WhT.shape[2]
+    # fmt: off
+    _grouped_at(WhT, VWhT, s * WhT.shape[1] * stride + off, stride, nl, c, momentum, mask, t, clear, data, indptr,
+                dense, n_in, order, start, B, dH, s * dH.shape[1] * dH.shape[2] + off, dH.shape[2], cur)
+    # fmt: on
 
 
 # fmt: off
@@ -1017,21 +1041,32 @@ def _grouped_rows(WhT, VWhT, s, first, g0, g1, group_line, c, momentum, mask, t,
 
 
 @_jit
+def _update_at(W, V, momentum, w, stride, nl, c, data, av, indices, ai, k, dH, dh):
+    """W's nl lines from w + i stride (flat) -= (c x) dH's from dh and, with
+    momentum, V's += x dH's, for the entries (i, x) of an example's row, last first
+    (the forward pass has just read them: the last are in L1), dH's lines held in
+    registers (_sparse_impl.h FM_UPDATE)."""
+    literally(nl)
+    d = _lines_load(dH, dh, nl)
+    for e in range(k - 1, -1, -1):
+        r = w + indices[ai + e] * stride
+        x = data[av + e]
+        _lines_store(W, r, _lines_load(W, r, nl) - (c * x) * d)
+        if momentum:
+            _lines_store(V, r, _lines_load(V, r, nl) + x * d)
+
+
+@_jit
 def _update_lines(WhT, VWhT, momentum, s, off, nl, c, data, av, indices, ai, k, dH, b):
     """WhT[s, i, off : + nl lines] -= (c x) dH[s, b, off : ...] and, with momentum,
     VWhT[s, i, off : ...] += x dH[s, b, off : ...] for the entries (i, x) of example
-    b's row, last first (the forward pass has just read them: the last are in L1),
-    dH's lines held in registers (_sparse_impl.h FM_UPDATE)."""
+    b's row (_update_at)."""
     literally(nl)
     stride = WhT.shape[2]
-    rows = s * WhT.shape[1] * stride + off
-    d = _lines_load(dH, (s * dH.shape[1] + b) * dH.shape[2] + off, nl)
-    for e in range(k - 1, -1, -1):
-        r = rows + indices[ai + e] * stride
-        x = data[av + e]
-        _lines_store(WhT, r, _lines_load(WhT, r, nl) - (c * x) * d)
-        if momentum:
-            _lines_store(VWhT, r, _lines_load(VWhT, r, nl) + x * d)
+    # fmt: off
+    _update_at(WhT, VWhT, momentum, s * WhT.shape[1] * stride + off, stride, nl, c, data, av, indices, ai, k, dH,
+               (s * dH.shape[1] + b) * dH.shape[2] + off)
+    # fmt: on
 
 
 @_jit
@@ -1390,59 +1425,66 @@ def _deep_own(width, group, t, nt):
 
 
 @_jit
-def _deep_gather(H3, r, j0, j1, b2, W3, vals, av, idx, ai, k, lanes):
-    """H3[0, r, j0:j1] = b + sum over the row's non-zeros of x W3[0, i, j0:j1], four
-    lines at a time in registers (_gather_lines)."""
-    for j in range(j0, j1, 4 * lanes):
-        nl = min(j1 - j, 4 * lanes) // lanes
+def _deep_gather(H, r, j0, j1, s1, b, W, n_in, vals, av, idx, ai, k, lanes):
+    """H[r, j0:j1] (rows of s1) = b + sum over the row's non-zeros of x WT_1[i, j0:j1],
+    WT_1 in W as its panels (epochs.deep_panels), four lines at a time in
+    registers (_gather_at)."""
+    group = 4 * lanes
+    for j in range(j0, j1, group):
+        nl = min(j1 - j, group) // lanes
+        h, w = r * s1 + j, j * n_in
         if nl == 4:
-            _gather_lines(H3, 0, r, j, 4, b2, W3, vals, av, idx, ai, k)
+            _gather_at(H, h, b, j, W, w, group, 4, vals, av, idx, ai, k)
         elif nl == 3:
-            _gather_lines(H3, 0, r, j, 3, b2, W3, vals, av, idx, ai, k)
+            _gather_at(H, h, b, j, W, w, group, 3, vals, av, idx, ai, k)
         elif nl == 2:
-            _gather_lines(H3, 0, r, j, 2, b2, W3, vals, av, idx, ai, k)
+            _gather_at(H, h, b, j, W, w, group, 2, vals, av, idx, ai, k)
         else:
-            _gather_lines(H3, 0, r, j, 1, b2, W3, vals, av, idx, ai, k)
+            _gather_at(H, h, b, j, W, w, group, 1, vals, av, idx, ai, k)
 
 
 @_jit
-def _deep_update(W3, j0, j1, c, vals, av, idx, ai, k, D3, r, lanes):
-    """W3[0, i, j0:j1] -= (c x) D3[0, r, j0:j1] over the row's non-zeros (i, x)
-    (_update_lines)."""
-    for j in range(j0, j1, 4 * lanes):
-        nl = min(j1 - j, 4 * lanes) // lanes
+def _deep_update(W, j0, j1, n_in, c, vals, av, idx, ai, k, D, r, s1, lanes):
+    """WT_1[i, j0:j1] -= (c x) D[r, j0:j1] (rows of s1) over the row's non-zeros
+    (i, x), WT_1 in W as its panels (_update_at)."""
+    group = 4 * lanes
+    for j in range(j0, j1, group):
+        nl = min(j1 - j, group) // lanes
+        w, d = j * n_in, r * s1 + j
         if nl == 4:
-            _update_lines(W3, W3, False, 0, j, 4, c, vals, av, idx, ai, k, D3, r)
+            _update_at(W, W, False, w, group, 4, c, vals, av, idx, ai, k, D, d)
         elif nl == 3:
-            _update_lines(W3, W3, False, 0, j, 3, c, vals, av, idx, ai, k, D3, r)
+            _update_at(W, W, False, w, group, 3, c, vals, av, idx, ai, k, D, d)
         elif nl == 2:
-            _update_lines(W3, W3, False, 0, j, 2, c, vals, av, idx, ai, k, D3, r)
+            _update_at(W, W, False, w, group, 2, c, vals, av, idx, ai, k, D, d)
         else:
-            _update_lines(W3, W3, False, 0, j, 1, c, vals, av, idx, ai, k, D3, r)
+            _update_at(W, W, False, w, group, 1, c, vals, av, idx, ai, k, D, d)
 
 
 # fmt: off
 @_jit
-def _deep_grouped(W3, j0, j1, c, mask, t, data, indptr, dense, n_in, order, first, C, D3, cur, lanes):
+def _deep_grouped(W, j0, j1, n_in, c, mask, t, data, indptr, dense, order, first, C, D, s1, cur, lanes):
     # fmt: on
-    """Each row of W3[0, :, j0:j1] that the chunk's examples order[first : first + C]
-    touch, once: W3[0, i, j0:j1] -= c sum_r x_ri D3[0, r, j0:j1] over the examples
-    with bits in thread t's mask, cleared on the last group (_grouped_lines)."""
-    for j in range(j0, j1, 4 * lanes):
-        nl = min(j1 - j, 4 * lanes) // lanes
-        last = j + 4 * lanes >= j1
+    """Each row of WT_1[:, j0:j1] (in W as its panels) that the chunk's examples
+    order[first : first + C] touch, once: WT_1[i, j0:j1] -= c sum_r x_ri D[r, j0:j1]
+    (rows of s1) over the examples with bits in thread t's mask, cleared on the
+    last group (_grouped_at)."""
+    group = 4 * lanes
+    for j in range(j0, j1, group):
+        nl = min(j1 - j, group) // lanes
+        last, w = j + group >= j1, j * n_in
         if nl == 4:
-            _grouped_lines(W3, W3, 0, j, 4, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D3,
-                           cur)
+            _grouped_at(W, W, w, group, 4, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D, j,
+                        s1, cur)
         elif nl == 3:
-            _grouped_lines(W3, W3, 0, j, 3, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D3,
-                           cur)
+            _grouped_at(W, W, w, group, 3, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D, j,
+                        s1, cur)
         elif nl == 2:
-            _grouped_lines(W3, W3, 0, j, 2, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D3,
-                           cur)
+            _grouped_at(W, W, w, group, 2, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D, j,
+                        s1, cur)
         else:
-            _grouped_lines(W3, W3, 0, j, 1, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D3,
-                           cur)
+            _grouped_at(W, W, w, group, 1, c, False, mask, t, last, data, indptr, dense, n_in, order, first, C, D, j,
+                        s1, cur)
 
 
 @_jit
@@ -1511,12 +1553,8 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
     moments = _second_moment(step)
     momentum = mu != 0 or step.kind != 0
     plain = not momentum and step.decay == 0
-    # the first layer's arrays as one slice of the sparse epoch's layout, for its row passes
-    W1 = W[: n_in * s1].reshape((1, n_in, s1))
-    b1 = bias[:s1].reshape((1, s1))
-    H1 = ws.H[: rows * s1].reshape((1, rows, s1))
-    D1 = ws.D[: rows * s1].reshape((1, rows, s1))
-    G1 = ws.GW[: n_in * s1].reshape((1, n_in, s1)) if ws.GW.size else W1
+    # the first layer's weights (WT_1 as its panels), activations and dl/dh~ start each array
+    G1 = ws.GW if ws.GW.size else W
     Gb = ws.Gb if ws.Gb.size else bias
     # this thread's dl/dz rows and its copy of the output biases (state, gradient)
     own = ws.own[t]
@@ -1552,7 +1590,7 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
             grouped = ws.mask.size > 0 and C >= ws.group_min and j1 > j0
             for r in range(C):
                 av, ai, k = _row_of(indptr, dense, n_in, order[first + r])
-                _deep_gather(H1, r, j0, j1, b1, W1, data, av, indices, ai, k, lanes)
+                _deep_gather(ws.H, r, j0, j1, s1, bias, W, n_in, data, av, indices, ai, k, lanes)
                 if grouped:
                     _mark_inputs(ws.mask, t, r, indices, ai, k)
                 _deep_activate(act, ws.H[r * s1 : (r + 1) * s1], j0, j1, n[1])
@@ -1648,13 +1686,13 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
             c = -one if summed else step.lr
             if grouped:  # each touched row once, with the sum over the chunk's examples
                 # fmt: off
-                _deep_grouped(G1 if summed else W1, j0, j1, c, ws.mask, t, data, indptr, dense, n_in, order, first, C,
-                              D1, cur, lanes)
+                _deep_grouped(G1 if summed else W, j0, j1, n_in, c, ws.mask, t, data, indptr, dense, order, first, C,
+                              ws.D, s1, cur, lanes)
                 # fmt: on
             for r in range(C):
                 if not grouped:
                     av, ai, k = _row_of(indptr, dense, n_in, order[first + r])
-                    _deep_update(G1 if summed else W1, j0, j1, c, data, av, indices, ai, k, D1, r, lanes)
+                    _deep_update(G1 if summed else W, j0, j1, n_in, c, data, av, indices, ai, k, ws.D, r, s1, lanes)
                 _axpy(Gb if summed else bias, j0, -c, ws.D, r * s1 + j0, j1 - j0)
         start += B
         if not summed:
@@ -1665,11 +1703,11 @@ def _deep_thread(act, loss, t, nt, net, ex, step, ws):
         for kk in range(1, L + 1):
             q0, q1 = _deep_own(s[kk], group, t, nt)
             w_at = w_off[kk - 1]
-            if kk == 1:
-                for i in range(n_in):
-                    at = w_at + i * s1
-                    _step_vector(W, V, S, at + q0, ws.GW[at + q0 : at + q1], q1 - q0, step, adam, decay)
-                    ws.GW[at + q0 : at + q1] = zero
+            if kk == 1:  # this thread's panels, one block
+                at = w_at + q0 * n_in
+                size = -(-(q1 - q0) // group) * group * n_in
+                _step_vector(W, V, S, at, ws.GW[at : at + size], size, step, adam, decay)
+                ws.GW[at : at + size] = zero
             else:
                 i0, i1 = _deep_own(s[kk - 1], group, t, nt)
                 at, size = w_at + i0 * s[kk], (i1 - i0) * s[kk]

@@ -238,8 +238,9 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
 }
 
 /* Each row of W that the examples of a batch (or chunk) touch, once: for every
- * input i with bits in mask[i * words .. + words) (cleared as read where `clear`),
- * s = the sum, over those examples b in order, of x_bi d[b * stride, 0 : nl lines],
+ * input i with bits in mask[i * words .. + words) (cleared as read where `clear`;
+ * the rows of W `stride` elements apart, those of d `dstride`),
+ * s = the sum, over those examples b in order, of x_bi d[b * dstride, 0 : nl lines],
  * then W[i, :] -= c s and, with V, V[i, :] += s. x_bi is the next entry of example
  * b's row, *next[b]++: the inputs go in order and each row's indices are
  * sorted and unique. The sums are held in registers, the d rows read from L1, and
@@ -272,7 +273,7 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
                     const ptrdiff_t b = q * 64 + __builtin_ctzll(m);                  \
                     m &= m - 1;                                                       \
                     const REAL x = *next[b]++;                                        \
-                    const VL *restrict dv = (const VL *)(d + b * stride);             \
+                    const VL *restrict dv = (const VL *)(d + b * dstride);            \
                     for (int l = 0; l < NL * VPL; l++) a[l] += x * dv[l];             \
                 } while (m);                                                          \
             }                                                                         \
@@ -288,7 +289,7 @@ static FM_INLINE void FN(fm_update)(REAL *restrict W, ptrdiff_t stride, int nl, 
 
 static FM_INLINE void FN(fm_grouped_rows)(REAL *restrict W, REAL *restrict V, ptrdiff_t stride, int nl, REAL c,
                                           uint64_t *restrict mask, ptrdiff_t words, int clear, ptrdiff_t n_in,
-                                          const REAL **restrict next, const REAL *restrict d)
+                                          const REAL **restrict next, const REAL *restrict d, ptrdiff_t dstride)
 {
 #if FM_VECTORS
     FM_BY_LINES(nl, FM_GROUPED_ROWS)
@@ -305,7 +306,7 @@ static FM_INLINE void FN(fm_grouped_rows)(REAL *restrict W, REAL *restrict V, pt
             any = 1;
             const REAL x = *next[b]++;
 #pragma omp simd
-            for (ptrdiff_t j = 0; j < n; j++) a[j] += x * d[b * stride + j];
+            for (ptrdiff_t j = 0; j < n; j++) a[j] += x * d[b * dstride + j];
         }
         if (clear)
             for (ptrdiff_t q = 0; q < words; q++) mask[i * words + q] = 0;
@@ -356,7 +357,7 @@ static FM_INLINE void FN(fm_grouped_slice)(const FT(fm_net) *net, const FT(fm_ro
         for (ptrdiff_t b = 0; b < C; b++) next[b] = vals[b];
         FN(fm_grouped_rows)(Ws + GROUP_OFF(g), Vs ? Vs + GROUP_OFF(g) : NULL, stride, GROUP_LINES(g), c,
                             THREAD_MASK(ws, t, n_in), words, g == g1 - 1 && s + nt >= net->n_slices, n_in, next,
-                            dH + GROUP_OFF(g));
+                            dH + GROUP_OFF(g), stride);
     }
 }
 

@@ -628,7 +628,8 @@ def _group_mask(n_slices, n_in, rows, group, nnz_per_row):
 class DeepNet(NamedTuple):
     """The parameters of a network of several hidden layers in the sparse path's
     layout (_fused_decl.h fm_deep): every layer's weights transposed, WT_k (its
-    inputs by its units padded to whole cache lines, ``s[k]``), one after the other
+    inputs by its units padded to whole cache lines, ``s[k]``; WT_1 in panels of a
+    group of units each, see ``deep_panels``), one after the other
     in ``W`` from ``w_off[k - 1]``, the biases (``s[k]`` each) in ``b`` from
     ``b_off[k - 1]``, every block cache-aligned, the padding zero; ``VW``, ``Vb``
     their velocities (or Adam's first moments), ``SW``, ``Sb`` Adam's second moments
@@ -677,7 +678,8 @@ def deep_net(sizes, dtype, state=0):
     itemsize = np.dtype(dtype).itemsize
     n = np.asarray(sizes, np.int64)
     s = np.asarray([n[0]] + [padded_width(int(k), itemsize) for k in n[1:]], np.int64)
-    blocks = [(int(n[0]) if k == 1 else int(s[k - 1])) * int(s[k]) for k in range(1, len(n))]
+    group = _deep_group(itemsize)
+    blocks = [int(n[0]) * -(-int(s[1]) // group) * group] + [int(s[k - 1]) * int(s[k]) for k in range(2, len(n))]
     w_off = np.concatenate([[0], np.cumsum(blocks)[:-1]]).astype(np.int64)
     b_off = np.concatenate([[0], np.cumsum(s[1:])[:-1]]).astype(np.int64)
     W, b = aligned_zeros((sum(blocks),), dtype), aligned_zeros((int(s[1:].sum()),), dtype)
@@ -685,21 +687,44 @@ def deep_net(sizes, dtype, state=0):
     return DeepNet(W, b, VW, Vb, SW, Sb, n, s, w_off, b_off)
 
 
+def _deep_group(itemsize):
+    """Units per group of a hidden layer (_deep_impl.h DGROUP)."""
+    return DEEP_GROUP_LINES * CACHE_LINE // itemsize
+
+
+def deep_panels(net, W):
+    """WT_1 in ``W`` (``net``'s layout: the parameters, a state, or any array of
+    that shape) as its panels, a group of units each: (ng, n_in, group). Panel g
+    holds the units g group .. + group, its rows ``group`` apart, so that each
+    thread's units (whole groups) lie in memory of their own (_deep_impl.h); the
+    last panel is padded with zeros."""
+    group = _deep_group(net.W.itemsize)
+    ng = -(-int(net.s[1]) // group)
+    return W[: ng * int(net.n[0]) * group].reshape(ng, int(net.n[0]), group)
+
+
 def deep_views(net, W, b):
     """Per layer, the live part of ``W`` and ``b`` (in ``net``'s layout: the
-    parameters or their velocities): [(WT_k (n_{k-1}, n_k), b_k (n_k,)), ...]."""
+    parameters or their velocities): [([(u0, WT_k[:, u0 : u0 + width]), ...], b_k
+    (n_k,)), ...], each WT_k as its column blocks (n_{k-1}, width) from unit u0: one
+    per panel for the first layer, one for the others."""
     n, s = net.n, net.s
     out = []
     for k in range(1, len(n)):
-        rows = int(n[0]) if k == 1 else int(s[k - 1])
-        WT = W[net.w_off[k - 1] : net.w_off[k - 1] + rows * s[k]].reshape(rows, int(s[k]))
-        out.append((WT[: n[k - 1], : n[k]], b[net.b_off[k - 1] : net.b_off[k - 1] + n[k]]))
+        bk = b[net.b_off[k - 1] : net.b_off[k - 1] + n[k]]
+        if k == 1:
+            panels = deep_panels(net, W)
+            group = panels.shape[2]
+            out.append(([(u0, panels[u0 // group, :, : min(group, n[1] - u0)]) for u0 in range(0, n[1], group)], bk))
+            continue
+        WT = W[net.w_off[k - 1] : net.w_off[k - 1] + s[k - 1] * s[k]].reshape(int(s[k - 1]), int(s[k]))
+        out.append(([(0, WT[: n[k - 1], : n[k]])], bk))
     return out
 
 
 def deep_groups(net):
     """The fewest groups of units of any hidden layer: the threads the path keeps busy."""
-    group = DEEP_GROUP_LINES * CACHE_LINE // net.W.itemsize
+    group = _deep_group(net.W.itemsize)
     return min(-(-int(w) // group) for w in net.s[1:-1])
 
 
@@ -713,7 +738,7 @@ def deep_work(net, batch, n_threads, chunk_rows, summed=False, gemm_min=0, group
     least that many examples update each touched row of the first layer once."""
     dtype, s, L = net.W.dtype, net.s, len(net.n) - 1
     rows = max(1, min(batch, chunk_rows))
-    group = DEEP_GROUP_LINES * CACHE_LINE // dtype.itemsize
+    group = _deep_group(dtype.itemsize)
     h_sizes = [rows * int(s[k]) for k in range(1, L)]
     p_sizes = [0] + [-(-int(s[k - 1]) // group) * rows * int(s[k]) for k in range(2, L + 1)]
     h_off = np.concatenate([[0], np.cumsum(h_sizes)[:-1]]).astype(np.int64)
@@ -1013,8 +1038,9 @@ class EpochRunner:
         if self.deep:
             for source, (W, b) in zip(sources, ((net.W, net.b), (net.VW, net.Vb), (net.SW, net.Sb)), strict=False):
                 layers = list(source.values())
-                for (WT, bk), Wm, bm in zip(deep_views(net, W, b), layers[0::2], layers[1::2], strict=True):
-                    yield Wm.T, WT
+                for (blocks, bk), Wm, bm in zip(deep_views(net, W, b), layers[0::2], layers[1::2], strict=True):
+                    for u0, WT in blocks:
+                        yield Wm[u0 : u0 + WT.shape[1]].T, WT
                     yield bm, bk
             return
         for source, (WhT, bhs, Wys, bys) in zip(sources, (net[:4], net[4:8], net[8:12]), strict=False):
