@@ -144,8 +144,9 @@ typedef struct {
  * activation and loss codes; n_layers layers of weights (one more than the hidden
  * layers); n (n_layers + 1,) the widths, n[0] the inputs and n[n_layers] the
  * outputs; s (n_layers + 1,) the same padded to whole cache lines (s[0] = n[0]);
- * layer k + 1's weights transposed, WT (s[k] rows, or n[0] for the first, by
- * s[k + 1]), at W + w_off[k], its biases (s[k + 1],) at b + b_off[k], each
+ * layer k + 1's weights transposed, WT (s[k] rows by s[k + 1]; the first's as
+ * panels of DGROUP columns, n[0] rows each, the last padded to DGROUP), at
+ * W + w_off[k], its biases (s[k + 1],) at b + b_off[k], each
  * cache-aligned; the padded rows and columns zero. VW, Vb: their velocities (or
  * Adam's first moments), SW, Sb Adam's second moments, in the same layout (NULL
  * where the step keeps none). */
