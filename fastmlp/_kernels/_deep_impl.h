@@ -315,7 +315,7 @@ static void FN(fm_deep_thread)(const FT(fm_deep) *net, const FT(fm_rows) *ex, co
             REAL *W = net->W + net->w_off[k - 1], *G = ws->GW + net->w_off[k - 1];
             REAL *V = momentum ? net->VW + net->w_off[k - 1] : NULL, *S = adam ? net->SW + net->w_off[k - 1] : NULL;
             if (k == 1) { /* this thread's panels, one block */
-                const ptrdiff_t at = j0 * n[0], len = j1 > j0 ? ((j1 - j0 + DGROUP - 1) / DGROUP) * DGROUP * n[0] : 0;
+                const ptrdiff_t at = j0 * n[0], len = (j1 - j0 + DGROUP - 1) / DGROUP * DGROUP * n[0];
                 FN(fm_step_dense)(W + at, V ? V + at : NULL, S ? S + at : NULL, G + at, len, &step, decay);
                 memset(G + at, 0, (size_t)len * sizeof(REAL));
             } else {

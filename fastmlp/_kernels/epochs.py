@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import math
 import os
 import threading
 import time
@@ -678,8 +679,7 @@ def deep_net(sizes, dtype, state=0):
     itemsize = np.dtype(dtype).itemsize
     n = np.asarray(sizes, np.int64)
     s = np.asarray([n[0]] + [padded_width(int(k), itemsize) for k in n[1:]], np.int64)
-    group = _deep_group(itemsize)
-    blocks = [int(n[0]) * -(-int(s[1]) // group) * group] + [int(s[k - 1]) * int(s[k]) for k in range(2, len(n))]
+    blocks = [math.prod(_panels_shape(n, s, itemsize))] + [int(s[k - 1]) * int(s[k]) for k in range(2, len(n))]
     w_off = np.concatenate([[0], np.cumsum(blocks)[:-1]]).astype(np.int64)
     b_off = np.concatenate([[0], np.cumsum(s[1:])[:-1]]).astype(np.int64)
     W, b = aligned_zeros((sum(blocks),), dtype), aligned_zeros((int(s[1:].sum()),), dtype)
@@ -692,15 +692,20 @@ def _deep_group(itemsize):
     return DEEP_GROUP_LINES * CACHE_LINE // itemsize
 
 
+def _panels_shape(n, s, itemsize):
+    """(panels, n_in, units a panel) of WT_1 for the widths n and padded widths s."""
+    group = _deep_group(itemsize)
+    return -(-int(s[1]) // group), int(n[0]), group
+
+
 def deep_panels(net, W):
     """WT_1 in ``W`` (``net``'s layout: the parameters, a state, or any array of
     that shape) as its panels, a group of units each: (ng, n_in, group). Panel g
     holds the units g group .. + group, its rows ``group`` apart, so that each
     thread's units (whole groups) lie in memory of their own (_deep_impl.h); the
     last panel is padded with zeros."""
-    group = _deep_group(net.W.itemsize)
-    ng = -(-int(net.s[1]) // group)
-    return W[: ng * int(net.n[0]) * group].reshape(ng, int(net.n[0]), group)
+    shape = _panels_shape(net.n, net.s, net.W.itemsize)
+    return W[: math.prod(shape)].reshape(shape)
 
 
 def deep_views(net, W, b):
